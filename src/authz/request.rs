@@ -1,0 +1,120 @@
+//! CheckRequest -> (principal, destination, request id): what Envoy told us, normalized.
+//!
+//! Two callers send CheckRequests: the HTTP filter (`request.http` set: proxied requests and
+//! CONNECT) and the network filter (no `request.http`; Envoy puts the TLS SNI in
+//! `destination.service`, and `destination.address` is the listener's address).
+
+use std::borrow::Cow;
+
+use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address::PortSpecifier};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context::HttpRequest};
+
+use crate::identity::xfcc;
+use crate::policy::fqdn::{Host, normalize_host, parse_authority};
+use crate::policy::{Destination, Malformed, Protocol};
+
+/// Everything the decision needs from a CheckRequest, borrowed where possible.
+#[derive(Debug)]
+pub struct CheckView<'a> {
+    pub principal: Option<Cow<'a, str>>,
+    pub destination: Result<Destination<'a>, Malformed>,
+    pub request_id: Option<&'a str>,
+    /// HTTP method (empty for network checks); recorded, not decided on.
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Whether the caller was Envoy's HTTP filter (and so can use an HTTP deny response).
+    pub is_http: bool,
+}
+
+/// Reads a CheckRequest. `trust_xfcc`: fall back to the XFCC header when the peer principal is empty.
+pub fn view(req: &CheckRequest, trust_xfcc: bool) -> Result<CheckView<'_>, Malformed> {
+    let attrs = req.attributes.as_ref().ok_or(Malformed::NoAttributes)?;
+    let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
+    let source_principal = attrs.source.as_ref().map(|s| s.principal.as_str()).filter(|p| !p.is_empty());
+    let principal = match (source_principal, http) {
+        (Some(p), _) => Some(Cow::Borrowed(p)),
+        (None, Some(http)) if trust_xfcc => {
+            header(http, "x-forwarded-client-cert").and_then(xfcc::last_uri).map(Cow::Owned)
+        }
+        _ => None,
+    };
+    Ok(match http {
+        Some(http) => CheckView {
+            principal,
+            destination: http_destination(http),
+            request_id: header(http, "x-request-id").or(Some(http.id.as_str()).filter(|id| !id.is_empty())),
+            method: &http.method,
+            path: &http.path,
+            is_http: true,
+        },
+        None => CheckView {
+            principal,
+            destination: network_destination(attrs),
+            request_id: None,
+            method: "",
+            path: "",
+            is_http: false,
+        },
+    })
+}
+
+/// A request header by lowercase name, from `headers` or (when Envoy sends raw headers) `header_map`.
+pub fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    if let Some(v) = http.headers.get(name) {
+        return Some(v.as_str());
+    }
+    let map = http.header_map.as_ref()?;
+    map.headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .and_then(|h| if h.value.is_empty() { std::str::from_utf8(&h.raw_value).ok() } else { Some(h.value.as_str()) })
+}
+
+fn http_destination(http: &HttpRequest) -> Result<Destination<'_>, Malformed> {
+    let authority = Some(http.host.as_str())
+        .filter(|h| !h.is_empty())
+        .or_else(|| header(http, ":authority"))
+        .or_else(|| header(http, "host"))
+        .ok_or(Malformed::NoDestination)?;
+    let (host, port) = parse_authority(authority)?;
+    if http.method.eq_ignore_ascii_case("CONNECT") {
+        // The CONNECT target is the destination; what the tunnel will carry is judged by its port.
+        let port = port.ok_or(Malformed::ConnectWithoutPort)?;
+        let protocol = if port == 443 { Protocol::Https } else { Protocol::Tcp };
+        return Ok(Destination { host, port, protocol });
+    }
+    let https = http.scheme.eq_ignore_ascii_case("https");
+    let protocol = if https { Protocol::Https } else { Protocol::Http };
+    let port = port.unwrap_or(if https { 443 } else { 80 });
+    Ok(Destination { host, port, protocol })
+}
+
+fn network_destination(attrs: &AttributeContext) -> Result<Destination<'_>, Malformed> {
+    let dest = attrs.destination.as_ref();
+    let sni = attrs
+        .tls_session
+        .as_ref()
+        .map(|t| t.sni.as_str())
+        .filter(|s| !s.is_empty())
+        .or_else(|| dest.map(|d| d.service.as_str()).filter(|s| !s.is_empty()));
+    let socket = dest.and_then(|d| socket_address(d.address.as_ref()));
+    match (sni, socket) {
+        (Some(sni), socket) => {
+            let host = normalize_host(sni)?;
+            let port = socket.map(|(_, port)| port).ok_or(Malformed::NoPort)?;
+            Ok(Destination { host, port, protocol: Protocol::Tls })
+        }
+        (None, Some((ip, port))) => Ok(Destination { host: Host::Ip(ip), port, protocol: Protocol::Tcp }),
+        (None, None) => Err(Malformed::NoDestination),
+    }
+}
+
+fn socket_address(addr: Option<&Address>) -> Option<(std::net::IpAddr, u16)> {
+    let Some(address::Address::SocketAddress(sa)) = addr?.address.as_ref() else { return None };
+    let ip = sa.address.parse().ok()?;
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok().filter(|p| *p != 0)?,
+        _ => return None,
+    };
+    Some((ip, port))
+}

@@ -1,0 +1,90 @@
+//! Decision -> CheckResponse.
+//!
+//! Allow: gRPC OK, and `x-forwarded-client-cert` removed so the caller's identity never leaves the
+//! mesh. Deny: PERMISSION_DENIED with a 403 whose body and `x-egressd-reason` header say why. Both
+//! carry dynamic metadata (decision, reason, rule, service, mode, policy version) for access logs.
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response};
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use envoy_types::pb::google::rpc::Status;
+
+use crate::policy::{Decision, Destination, Malformed};
+
+/// gRPC status codes (google.rpc.Code) Envoy reads from a CheckResponse.
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+
+pub const REASON_HEADER: &str = "x-egressd-reason";
+pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+
+/// Builds the answer to Envoy. `dest` is `Err` when the destination could not be parsed.
+pub fn build(
+    decision: &Decision<'_>,
+    dest: Result<&Destination<'_>, &Malformed>,
+    version: &str,
+    is_http: bool,
+) -> CheckResponse {
+    let metadata = metadata(decision, version);
+    if decision.outcome.permits() {
+        return CheckResponse {
+            status: Some(Status { code: OK, ..Default::default() }),
+            dynamic_metadata: Some(metadata),
+            http_response: is_http.then(|| {
+                check_response::HttpResponse::OkResponse(OkHttpResponse {
+                    headers_to_remove: vec![XFCC_HEADER.to_string()],
+                    ..Default::default()
+                })
+            }),
+        };
+    }
+    let code = decision.reason.code();
+    CheckResponse {
+        status: Some(Status { code: PERMISSION_DENIED, message: code.to_string(), ..Default::default() }),
+        dynamic_metadata: Some(metadata),
+        http_response: is_http.then(|| {
+            check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus { code: StatusCode::Forbidden as i32 }),
+                headers: vec![header(REASON_HEADER, code), header("content-type", "text/plain; charset=utf-8")],
+                body: deny_body(decision, dest),
+            })
+        }),
+    }
+}
+
+fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>) -> String {
+    let destination = match dest {
+        Ok(d) => format!("{}:{}", d.host, d.port),
+        Err(_) => "(unparseable)".to_string(),
+    };
+    let service = if decision.service_name().is_empty() { "(unidentified)" } else { decision.service_name() };
+    let mut body = format!(
+        "egressd denied this request: {}\nreason: {}\nservice: {service}\ndestination: {destination}\n",
+        decision.reason,
+        decision.reason.code()
+    );
+    if let Some(rule) = decision.rule {
+        body.push_str(&format!("rule: {} ({})\n", rule.id, rule.loc.short()));
+    }
+    body
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn metadata(decision: &Decision<'_>, version: &str) -> Struct {
+    let s = |v: &str| Value { kind: Some(value::Kind::StringValue(v.to_string())) };
+    let mut fields = std::collections::HashMap::with_capacity(6);
+    fields.insert("decision".to_string(), s(decision.outcome.as_str()));
+    fields.insert("reason".to_string(), s(decision.reason.code()));
+    fields.insert("rule".to_string(), s(decision.rule_id()));
+    fields.insert("service".to_string(), s(decision.service_name()));
+    fields.insert("mode".to_string(), s(decision.mode_str()));
+    fields.insert("policy_version".to_string(), s(version));
+    Struct { fields }
+}

@@ -1,0 +1,139 @@
+//! Explaining a decision to a human (`egressd check`) or a program (`--json`).
+
+use serde_json::json;
+
+use crate::policy::fqdn::{Host, parse_authority};
+use crate::policy::matcher::Miss;
+use crate::policy::{CompiledPolicy, Decision, Destination, Mode, Outcome, Protocol, RuleInfo};
+use crate::rollout;
+
+/// Builds the destination `egressd check --to HOST[:PORT] [--protocol P]` describes, with the same
+/// defaults the gateway applies: the port from the protocol (http 80, https/tls 443), the protocol
+/// from the port (80 http, 443 https, anything else tcp).
+pub fn cli_destination(to: &str, protocol: Option<Protocol>) -> Result<Destination<'static>, String> {
+    let (host, port) = parse_authority(to).map_err(|e| format!("--to {to}: {e}"))?;
+    let host = host.into_owned();
+    let protocol = protocol.unwrap_or(match port {
+        None | Some(443) => Protocol::Https,
+        Some(80) => Protocol::Http,
+        Some(_) => Protocol::Tcp,
+    });
+    let port = match (port, protocol) {
+        (Some(p), _) => p,
+        (None, Protocol::Http) => 80,
+        (None, Protocol::Https | Protocol::Tls) => 443,
+        (None, Protocol::Tcp) => return Err(format!("--to {to}: a tcp destination needs a port (HOST:PORT)")),
+    };
+    if protocol == Protocol::Tls && matches!(host, Host::Ip(_)) {
+        return Err(format!("--to {to}: TLS by SNI needs a name, not an IP address"));
+    }
+    Ok(Destination { host, port, protocol })
+}
+
+fn miss_text(rule: &RuleInfo, miss: Miss, dest: &Destination<'_>) -> String {
+    let what = match miss {
+        Miss::Port => format!("port {} is not in its ports {:?}", dest.port, rule.ports.as_deref().unwrap_or_default()),
+        Miss::Protocol => format!(
+            "protocol {} is not in its protocols [{}]",
+            dest.protocol,
+            rule.protocols.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        Miss::Expired => format!("it expired on {}", rule.expires.as_deref().unwrap_or("?")),
+    };
+    format!("{} ({}) matches {} but {what}", rule.id, rule.loc.short(), rule.target)
+}
+
+fn verdict_label(d: &Decision<'_>) -> &'static str {
+    match d.outcome {
+        Outcome::Allow => "ALLOW",
+        Outcome::Deny => "DENY",
+        Outcome::WouldDeny => "WOULD-DENY (allowed: not enforced)",
+    }
+}
+
+fn mode_text(d: &Decision<'_>, request_id: Option<&str>) -> Option<String> {
+    let svc = d.service?;
+    Some(match svc.mode {
+        Mode::Canary => {
+            let share = format!("canary: {}% of requests enforced", svc.canary_percent);
+            match request_id {
+                Some(id) => format!("{share}; request id {id:?} is in bucket {} of 0..99", rollout::canary_bucket(id)),
+                None => format!("{share}; no --request-id given, so the enforced outcome is shown"),
+            }
+        }
+        m => m.to_string(),
+    })
+}
+
+pub fn text(
+    policy: &CompiledPolicy,
+    from: &str,
+    dest: &Destination<'_>,
+    d: &Decision<'_>,
+    request_id: Option<&str>,
+) -> String {
+    let mut out = format!("{}  {from} -> {}:{} ({})\n", verdict_label(d), dest.host, dest.port, dest.protocol);
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<9} {v}\n"));
+    if let Some(svc) = d.service {
+        line("service:", format!("{} ({})", svc.name, svc.loc.short()));
+    }
+    if let Some(mode) = mode_text(d, request_id) {
+        line("mode:", mode);
+    }
+    line("reason:", format!("{}: {}", d.reason.code(), d.reason));
+    if let Some(rule) = d.rule {
+        line("rule:", format!("{} at {}", rule.id, rule.loc));
+        line("matches:", describe_rule(rule));
+        if let Some(j) = &rule.justification {
+            line("why:", j.clone());
+        }
+    }
+    if let Some((rule, miss)) = d.near_miss {
+        line("hint:", miss_text(rule, miss, dest));
+    }
+    line("policy:", format!("{} ({})", policy.version, policy.origin));
+    out
+}
+
+fn describe_rule(rule: &RuleInfo) -> String {
+    let mut s = format!("{} {}", rule.action_str(), rule.target);
+    if let Some(ports) = &rule.ports {
+        s.push_str(&format!(" ports {ports:?}"));
+    }
+    if !rule.protocols.is_empty() {
+        let p: Vec<&str> = rule.protocols.iter().map(|p| p.as_str()).collect();
+        s.push_str(&format!(" protocols [{}]", p.join(", ")));
+    }
+    if let Some(g) = &rule.group {
+        s.push_str(&format!(" (group {g})"));
+    }
+    if let Some(e) = &rule.expires {
+        s.push_str(&format!(", expires {e}"));
+    }
+    s
+}
+
+pub fn json(
+    policy: &CompiledPolicy,
+    from: &str,
+    dest: &Destination<'_>,
+    d: &Decision<'_>,
+    request_id: Option<&str>,
+) -> serde_json::Value {
+    json!({
+        "decision": d.outcome.as_str(),
+        "allowed": d.outcome.permits(),
+        "reason": d.reason.code(),
+        "detail": d.reason.to_string(),
+        "from": from,
+        "destination": { "host": dest.host.to_string(), "port": dest.port, "protocol": dest.protocol },
+        "service": d.service.map(|s| s.name.as_str()),
+        "mode": d.mode,
+        "canaryPercent": d.service.filter(|s| s.mode == Mode::Canary).map(|s| s.canary_percent),
+        "canaryBucket": request_id.filter(|_| d.mode == Some(Mode::Canary)).map(rollout::canary_bucket),
+        "enforced": d.enforced,
+        "rule": d.rule,
+        "hint": d.near_miss.map(|(r, m)| miss_text(r, m, dest)),
+        "policyVersion": policy.version,
+    })
+}

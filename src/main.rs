@@ -1,0 +1,185 @@
+//! The `egressd` binary: thin CLI over the library. `anyhow` lives here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+
+use egressd::policy::{self, CompiledPolicy, PolicySource, Protocol, Severity};
+use egressd::{explain, server};
+
+const DEFAULT_POLICY_DIR: &str = "mesh-config";
+
+#[derive(Parser)]
+#[command(name = "egressd", version, about = "Default-deny, explainable egress for an Envoy egress gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz Check (and gRPC health) for the egress gateway, plus the admin HTTP port.
+    Serve {
+        /// Policy directory. Default: ./mesh-config, or the example policy built into the binary
+        /// when that directory does not exist.
+        #[arg(long, env = "EGRESSD_POLICY")]
+        policy: Option<PathBuf>,
+        /// gRPC listen address (ext_authz Check, grpc.health.v1).
+        #[arg(long, default_value = "127.0.0.1:18000", env = "EGRESSD_GRPC_LISTEN")]
+        grpc_listen: SocketAddr,
+        /// Admin HTTP listen address (/healthz, /readyz, /policy).
+        #[arg(long, default_value = "127.0.0.1:18001", env = "EGRESSD_ADMIN_LISTEN")]
+        admin_listen: SocketAddr,
+    },
+    /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
+    Validate {
+        /// Policy directory (default: ./mesh-config).
+        dir: Option<PathBuf>,
+        /// Treat warnings (expired allows, overlapping identities) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Explain, offline, what egressd decides for one request. Exit 0 on allow (including a dry-run
+    /// would-deny), 1 on deny, 2 when the policy or arguments are invalid.
+    Check {
+        /// Policy directory. Default as for `serve`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The caller's SPIFFE ID, e.g. spiffe://corp.example/ns/payments/sa/api.
+        #[arg(long)]
+        from: String,
+        /// Destination HOST[:PORT] (IPv6 as [ADDR]:PORT).
+        #[arg(long)]
+        to: String,
+        /// How the request reaches the gateway. Default: from the port (80 http, 443 https, else tcp).
+        #[arg(long, value_enum)]
+        protocol: Option<Protocol>,
+        /// x-request-id, to see which side of a canary this request falls on.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("egressd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { policy, grpc_listen, admin_listen } => serve(policy, grpc_listen, admin_listen),
+        Command::Validate { dir, strict } => validate(&dir.unwrap_or_else(|| DEFAULT_POLICY_DIR.into()), strict),
+        Command::Check { policy, from, to, protocol, request_id, json } => {
+            check(policy, &from, &to, protocol, request_id.as_deref(), json)
+        }
+    }
+}
+
+/// The explicit directory, else ./mesh-config, else the embedded example.
+fn policy_source(dir: Option<PathBuf>) -> anyhow::Result<PolicySource> {
+    match dir {
+        Some(dir) => Ok(PolicySource::from_dir(&dir)?),
+        None if Path::new(DEFAULT_POLICY_DIR).is_dir() => Ok(PolicySource::from_dir(Path::new(DEFAULT_POLICY_DIR))?),
+        None => Ok(PolicySource::embedded()),
+    }
+}
+
+fn compile_or_report(source: &PolicySource) -> anyhow::Result<CompiledPolicy> {
+    policy::compile(source, policy::unix_now())
+        .map_err(|diags| anyhow::anyhow!("{} is invalid:\n{}", source.origin, policy::format_diagnostics(&diags)))
+}
+
+fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let source = policy_source(dir)?;
+    let compiled = compile_or_report(&source)?;
+    for w in &compiled.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        origin = %compiled.origin,
+        version = %compiled.version,
+        services = compiled.services.len(),
+        rules = compiled.rule_count(),
+        "policy loaded"
+    );
+    let shared = Arc::new(ArcSwap::from_pointee(compiled));
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(server::serve(
+        server::ServeConfig { grpc_listen, admin_listen },
+        shared,
+        |_| {},
+        shutdown_signal(),
+    ))?;
+    tracing::info!("egressd stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn validate(dir: &Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let source = PolicySource::from_dir(dir)?;
+    let diags = match policy::compile(&source, policy::unix_now()) {
+        Ok(compiled) => compiled.warnings,
+        Err(diags) => diags,
+    };
+    for d in &diags {
+        println!("{d}");
+    }
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error || strict).count();
+    if errors > 0 {
+        eprintln!("{}: {errors} error(s)", dir.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    eprintln!("{}: valid ({} file(s), version {})", dir.display(), source.files.len(), source.version());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(
+    dir: Option<PathBuf>,
+    from: &str,
+    to: &str,
+    protocol: Option<Protocol>,
+    request_id: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let compiled = compile_or_report(&policy_source(dir)?)?;
+    let dest = explain::cli_destination(to, protocol).map_err(anyhow::Error::msg)?;
+    let decision = compiled.decide(Some(from), Ok(&dest), request_id, policy::unix_now());
+    if json {
+        println!("{:#}", explain::json(&compiled, from, &dest, &decision, request_id));
+    } else {
+        print!("{}", explain::text(&compiled, from, &dest, &decision, request_id));
+    }
+    Ok(if decision.outcome.permits() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,573 @@
+//! Typed documents -> `CompiledPolicy` (phase two): every semantic check, each error at its
+//! `FILE:LINE:COL`, then the matcher and identity index the hot path uses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde_saphyr::Spanned;
+
+use super::compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
+use super::diagnostic::{Diagnostic, Diagnostics, SourceLoc};
+use super::fqdn::HostPattern;
+use super::load::{Located, ParsedDocs, parse_documents};
+use super::matcher::{Matcher, RuleConstraints, TableId};
+use super::model::{DestinationGroupDoc, Mode, Protocol, RuleDoc, ServicePolicyDoc};
+use super::source::PolicySource;
+use crate::identity::{IdentityIndex, IdentityPattern};
+
+/// Compiles a policy set. `now` (unix seconds) only decides which `expires` dates earn a warning;
+/// expiry itself is checked at decision time.
+pub fn compile(source: &PolicySource, now: i64) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    let mut diags = Diagnostics::default();
+    let docs = parse_documents(source, &mut diags);
+    let policy = Compiler::new(source, now, &mut diags).run(docs);
+    if diags.has_errors() {
+        return Err(diags.into_sorted());
+    }
+    let mut policy = policy.expect("a compiler that reported no error produced a policy");
+    policy.version = source.version();
+    policy.warnings = diags.into_sorted();
+    Ok(policy)
+}
+
+/// A rule's destination after validation.
+enum Dest {
+    Host(HostPattern),
+    Cidr(IpNet),
+    Group(String, SourceLoc),
+    Any,
+}
+
+/// A validated rule, not yet placed in a table.
+struct CheckedRule {
+    dest: Dest,
+    constraints: RuleConstraints,
+    justification: Option<String>,
+    ports: Option<Vec<u16>>,
+    protocols: Vec<Protocol>,
+    expires: Option<String>,
+    loc: SourceLoc,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuleContext {
+    Allow,
+    Deny,
+    GroupDestination,
+}
+
+struct CheckedGroup {
+    info: GroupInfo,
+    destinations: Vec<CheckedRule>,
+}
+
+struct Compiler<'d> {
+    origin: Arc<str>,
+    now: i64,
+    diags: &'d mut Diagnostics,
+    matcher: Matcher,
+    rules: Vec<RuleInfo>,
+}
+
+impl<'d> Compiler<'d> {
+    fn new(source: &PolicySource, now: i64, diags: &'d mut Diagnostics) -> Self {
+        let origin: Arc<str> = source.origin.as_str().into();
+        Compiler { origin, now, diags, matcher: Matcher::new(), rules: Vec::new() }
+    }
+
+    fn run(mut self, docs: ParsedDocs) -> Option<CompiledPolicy> {
+        // MeshDefaults: exactly one.
+        let mut mesh_iter = docs.mesh_defaults.into_iter();
+        let Some(mesh) = mesh_iter.next() else {
+            self.diags.error(
+                SourceLoc::new(&self.origin, 0, 0),
+                "no MeshDefaults document: a policy set needs exactly one (trustDomain, mode, mesh-wide denies)",
+            );
+            return None;
+        };
+        for extra in mesh_iter {
+            self.diags.error(extra.loc, format!("a second MeshDefaults document (the first is at {})", mesh.loc));
+        }
+        let trust_domain = match spiffe::TrustDomain::new(&mesh.doc.trust_domain.value) {
+            Ok(td) => td.as_str().to_string(),
+            Err(e) => {
+                self.diags
+                    .error(SourceLoc::of(&mesh.file, &mesh.doc.trust_domain), format!("invalid trustDomain: {e}"));
+                String::new()
+            }
+        };
+        let default_mode = mesh.doc.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Enforce);
+        let default_canary = self.canary_percent(&mesh.file, mesh.doc.canary_percent.as_ref());
+        if default_mode == Mode::Canary && default_canary.is_none() {
+            self.diags.error(mesh.loc.clone(), "mode canary needs canaryPercent (0..=100)");
+        }
+
+        let groups = self.check_groups(docs.groups);
+
+        // Mesh-wide denies: the floor under every service.
+        let mesh_deny_table = self.matcher.add_table();
+        let mut mesh_deny_rules = 0;
+        for (i, rule) in mesh.doc.deny.iter().enumerate() {
+            if let Some(checked) = self.check_rule(&mesh.file, rule, RuleContext::Deny) {
+                mesh_deny_rules +=
+                    self.place(mesh_deny_table, Action::Deny, &format!("mesh/deny/{i}"), checked, &groups);
+            }
+        }
+
+        let mut identities = IdentityIndex::default();
+        let mut claims: Vec<(IdentityPattern, usize, SourceLoc)> = Vec::new();
+        let mut services: Vec<ServiceInfo> = Vec::new();
+        let mut by_name: HashMap<String, SourceLoc> = HashMap::new();
+        for svc in docs.services {
+            let index = services.len();
+            if let Some(info) =
+                self.check_service(&svc, &trust_domain, default_mode, default_canary, &groups, &mut by_name)
+            {
+                for id in &svc.doc.identities {
+                    let loc = SourceLoc::of(&svc.file, id);
+                    let Ok(pattern) = IdentityPattern::parse(id.value.trim()) else { continue };
+                    if pattern.trust_domain() != trust_domain {
+                        continue; // reported by check_service
+                    }
+                    match identities.insert(&pattern, index as u32) {
+                        Ok(()) => claims.push((pattern, index, loc)),
+                        Err(owner) if owner as usize == index => {
+                            self.diags.warning(loc, format!("identity `{}` is listed twice", id.value));
+                        }
+                        Err(owner) => self.diags.error(
+                            loc,
+                            format!(
+                                "identity `{}` is already claimed by service `{}` ({}): an identity belongs to one service",
+                                id.value, services[owner as usize].name, services[owner as usize].loc
+                            ),
+                        ),
+                    }
+                }
+                services.push(info);
+            }
+        }
+        self.warn_overlapping_claims(&claims, &services);
+
+        Some(CompiledPolicy {
+            version: String::new(),
+            origin: self.origin.to_string(),
+            trust_domain,
+            default_mode,
+            trust_forwarded_client_cert: mesh.doc.trust_forwarded_client_cert,
+            services,
+            groups: groups.into_values().map(|g| g.info).collect(),
+            rules: self.rules,
+            mesh_deny_table,
+            mesh_deny_rules,
+            warnings: Vec::new(),
+            identities,
+            matcher: self.matcher,
+        })
+    }
+
+    fn canary_percent(&mut self, file: &Arc<str>, value: Option<&Spanned<i64>>) -> Option<u8> {
+        let v = value?;
+        match u8::try_from(v.value) {
+            Ok(p) if p <= 100 => Some(p),
+            _ => {
+                self.diags.error(SourceLoc::of(file, v), format!("canaryPercent {} is outside 0..=100", v.value));
+                None
+            }
+        }
+    }
+
+    fn check_groups(&mut self, docs: Vec<Located<DestinationGroupDoc>>) -> HashMap<String, CheckedGroup> {
+        let mut groups: HashMap<String, CheckedGroup> = HashMap::new();
+        for g in docs {
+            let name_loc = SourceLoc::of(&g.file, &g.doc.name);
+            let name = g.doc.name.value.trim().to_string();
+            if name.is_empty() {
+                self.diags.error(name_loc, "a DestinationGroup needs a name");
+                continue;
+            }
+            if let Some(existing) = groups.get(&name) {
+                self.diags
+                    .error(name_loc, format!("DestinationGroup `{name}` is already defined at {}", existing.info.loc));
+                continue;
+            }
+            let justification = match g.doc.justification.as_deref().map(str::trim) {
+                Some(j) if !j.is_empty() => j.to_string(),
+                _ => {
+                    self.diags.error(
+                        g.loc.clone(),
+                        format!("DestinationGroup `{name}` has no justification: say why services may reach these destinations"),
+                    );
+                    String::new()
+                }
+            };
+            if g.doc.destinations.is_empty() {
+                self.diags.error(g.loc.clone(), format!("DestinationGroup `{name}` has no destinations"));
+            }
+            let destinations: Vec<CheckedRule> = g
+                .doc
+                .destinations
+                .iter()
+                .filter_map(|d| self.check_rule(&g.file, d, RuleContext::GroupDestination))
+                .collect();
+            let info = GroupInfo {
+                name: name.clone(),
+                justification,
+                description: g.doc.description.clone(),
+                destinations: destinations.len(),
+                loc: name_loc,
+            };
+            groups.insert(name, CheckedGroup { info, destinations });
+        }
+        groups
+    }
+
+    fn check_service(
+        &mut self,
+        svc: &Located<ServicePolicyDoc>,
+        trust_domain: &str,
+        default_mode: Mode,
+        default_canary: Option<u8>,
+        groups: &HashMap<String, CheckedGroup>,
+        by_name: &mut HashMap<String, SourceLoc>,
+    ) -> Option<ServiceInfo> {
+        let file = &svc.file;
+        let doc = &svc.doc;
+        let name_loc = SourceLoc::of(file, &doc.service);
+        let name = doc.service.value.trim().to_string();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
+            self.diags.error(name_loc, "service name must be non-empty, without spaces or '/'");
+            return None;
+        }
+        if let Some(first) = by_name.get(&name) {
+            self.diags.error(name_loc, format!("service `{name}` is already defined at {first}"));
+            return None;
+        }
+        by_name.insert(name.clone(), name_loc.clone());
+
+        if doc.identities.is_empty() {
+            self.diags
+                .error(name_loc.clone(), format!("service `{name}` has no identities: nothing could ever use it"));
+        }
+        for id in &doc.identities {
+            match IdentityPattern::parse(id.value.trim()) {
+                Err(e) => self.diags.error(SourceLoc::of(file, id), e),
+                Ok(p) if p.trust_domain() != trust_domain => self.diags.error(
+                    SourceLoc::of(file, id),
+                    format!(
+                        "identity is in trust domain `{}`, but the mesh accepts `{trust_domain}`",
+                        p.trust_domain()
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+
+        let mode = doc.mode.as_ref().map(|m| m.value).unwrap_or(default_mode);
+        let own_canary = self.canary_percent(file, doc.canary_percent.as_ref());
+        if let Some(cp) = &doc.canary_percent
+            && mode != Mode::Canary
+        {
+            self.diags.warning(SourceLoc::of(file, cp), format!("canaryPercent is ignored: service mode is {mode}"));
+        }
+        let canary_percent = own_canary.or(default_canary);
+        if mode == Mode::Canary && canary_percent.is_none() && doc.canary_percent.is_none() {
+            self.diags.error(svc.loc.clone(), "mode canary needs canaryPercent (0..=100)");
+        }
+
+        let deny_table = self.matcher.add_table();
+        let allow_table = self.matcher.add_table();
+        let (mut allow_rules, mut deny_rules) = (0, 0);
+        for (i, rule) in doc.deny.iter().enumerate() {
+            if let Some(c) = self.check_rule(file, rule, RuleContext::Deny) {
+                deny_rules += self.place(deny_table, Action::Deny, &format!("{name}/deny/{i}"), c, groups);
+            }
+        }
+        for (i, rule) in doc.allow.iter().enumerate() {
+            if let Some(c) = self.check_rule(file, rule, RuleContext::Allow) {
+                allow_rules += self.place(allow_table, Action::Allow, &format!("{name}/allow/{i}"), c, groups);
+            }
+        }
+        Some(ServiceInfo {
+            name,
+            owner: doc.owner.clone(),
+            description: doc.description.clone(),
+            mode,
+            canary_percent: canary_percent.unwrap_or(0),
+            identities: doc.identities.iter().map(|i| i.value.trim().to_string()).collect(),
+            loc: svc.loc.clone(),
+            allow_rules,
+            deny_rules,
+            allow_table,
+            deny_table,
+        })
+    }
+
+    /// Checks one rule's fields for its context. `None` when it has errors (already reported).
+    fn check_rule(&mut self, file: &Arc<str>, rule: &Spanned<RuleDoc>, ctx: RuleContext) -> Option<CheckedRule> {
+        let loc = SourceLoc::of(file, rule);
+        let r = &rule.value;
+        let errors_before = self.diags.error_count();
+        let named = [r.host.is_some(), r.cidr.is_some(), r.group.is_some()].iter().filter(|b| **b).count();
+        if named > 1 {
+            self.diags.error(loc.clone(), "a rule names one destination: host, cidr or group, not several");
+        }
+        let dest = if let Some(h) = &r.host {
+            match HostPattern::parse(&h.value) {
+                Ok(p) => Dest::Host(p),
+                Err(e) => {
+                    self.diags.error(SourceLoc::of(file, h), e.to_string());
+                    Dest::Any
+                }
+            }
+        } else if let Some(c) = &r.cidr {
+            match parse_cidr(c.value.trim()) {
+                Ok(net) => Dest::Cidr(net),
+                Err(e) => {
+                    self.diags.error(SourceLoc::of(file, c), e);
+                    Dest::Any
+                }
+            }
+        } else if let Some(g) = &r.group {
+            if ctx == RuleContext::GroupDestination {
+                self.diags.error(SourceLoc::of(file, g), "a group destination cannot name another group");
+            }
+            if r.ports.is_some() || r.protocols.is_some() {
+                self.diags
+                    .error(loc.clone(), "ports and protocols of a group come from its destinations: set them there");
+            }
+            Dest::Group(g.value.trim().to_string(), SourceLoc::of(file, g))
+        } else {
+            match ctx {
+                RuleContext::Allow => self.diags.error(loc.clone(), "an allow must name host, cidr or group"),
+                RuleContext::GroupDestination => {
+                    self.diags.error(loc.clone(), "a group destination must name host or cidr")
+                }
+                RuleContext::Deny if r.ports.is_none() && r.protocols.is_none() => self.diags.error(
+                    loc.clone(),
+                    "a deny must name host, cidr, group, ports or protocols: an empty deny would deny everything",
+                ),
+                RuleContext::Deny => {}
+            }
+            Dest::Any
+        };
+
+        let justification = r.justification.as_deref().map(str::trim).filter(|j| !j.is_empty()).map(str::to_string);
+        let is_group = matches!(dest, Dest::Group(..));
+        if ctx == RuleContext::Allow && justification.is_none() && !is_group {
+            self.diags.error(
+                loc.clone(),
+                "allow has no justification: say why this destination is needed (an allow nobody can explain is not reviewable)",
+            );
+        }
+
+        let ports = r.ports.as_ref().map(|ports| {
+            if ports.is_empty() {
+                self.diags.error(loc.clone(), "an empty ports list matches nothing: omit ports to match any port");
+            }
+            let mut out = Vec::with_capacity(ports.len());
+            for p in ports {
+                match u16::try_from(p.value) {
+                    Ok(port) if port > 0 => out.push(port),
+                    _ => {
+                        self.diags.error(SourceLoc::of(file, p), format!("port {} is out of range 1..=65535", p.value))
+                    }
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+            out
+        });
+        let protocols = r.protocols.clone().unwrap_or_default();
+        if r.protocols.as_ref().is_some_and(|p| p.is_empty()) {
+            self.diags.error(loc.clone(), "an empty protocols list matches nothing: omit protocols to match any");
+        }
+
+        let mut expires_at = i64::MAX;
+        if let Some(e) = &r.expires {
+            match expiry_deadline(e.value.trim()) {
+                Ok(deadline) => {
+                    expires_at = deadline;
+                    if deadline <= self.now {
+                        self.diags.warning(
+                            SourceLoc::of(file, e),
+                            format!(
+                                "this rule expired on {}: it no longer matches; remove or renew it",
+                                e.value.trim()
+                            ),
+                        );
+                    }
+                }
+                Err(msg) => self.diags.error(SourceLoc::of(file, e), msg),
+            }
+        }
+
+        if self.diags.error_count() != errors_before {
+            return None;
+        }
+        let constraints = RuleConstraints {
+            ports: ports.clone().map(Vec::into_boxed_slice),
+            protocols: protocols.iter().fold(0, |acc, p| acc | p.bit()),
+            expires_at,
+        };
+        Some(CheckedRule {
+            dest,
+            constraints,
+            justification,
+            ports,
+            protocols,
+            expires: r.expires.as_ref().map(|e| e.value.trim().to_string()),
+            loc,
+        })
+    }
+
+    /// Puts a checked rule (expanding a group reference) into `table`; returns how many rules it became.
+    fn place(
+        &mut self,
+        table: TableId,
+        action: Action,
+        id: &str,
+        rule: CheckedRule,
+        groups: &HashMap<String, CheckedGroup>,
+    ) -> usize {
+        match rule.dest {
+            Dest::Group(name, name_loc) => {
+                let Some(group) = groups.get(&name) else {
+                    let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+                    self.diags
+                        .error(name_loc, format!("unknown group `{name}` (defined groups: {})", known.join(", ")));
+                    return 0;
+                };
+                for (j, d) in group.destinations.iter().enumerate() {
+                    // The referencing rule's justification, if any, overrides the group's.
+                    let justification = rule
+                        .justification
+                        .clone()
+                        .or_else(|| d.justification.clone())
+                        .or_else(|| Some(group.info.justification.clone()));
+                    let info = RuleInfo {
+                        id: format!("{id}/{name}/{j}"),
+                        action,
+                        loc: d.loc.clone(),
+                        justification,
+                        target: describe(&d.dest),
+                        ports: d.ports.clone(),
+                        protocols: d.protocols.clone(),
+                        expires: rule.expires.clone().or_else(|| d.expires.clone()),
+                        group: Some(name.clone()),
+                    };
+                    let mut constraints = d.constraints.clone();
+                    constraints.expires_at = constraints.expires_at.min(rule.constraints.expires_at);
+                    self.add(table, &d.dest, constraints, info);
+                }
+                group.destinations.len()
+            }
+            ref dest => {
+                let info = RuleInfo {
+                    id: id.to_string(),
+                    action,
+                    loc: rule.loc.clone(),
+                    justification: rule.justification.clone(),
+                    target: describe(dest),
+                    ports: rule.ports.clone(),
+                    protocols: rule.protocols.clone(),
+                    expires: rule.expires.clone(),
+                    group: None,
+                };
+                self.add(table, dest, rule.constraints.clone(), info);
+                1
+            }
+        }
+    }
+
+    fn add(&mut self, table: TableId, dest: &Dest, constraints: RuleConstraints, info: RuleInfo) {
+        let idx = match dest {
+            Dest::Host(p) => self.matcher.add_host(table, p, constraints),
+            Dest::Cidr(net) => self.matcher.add_cidr(table, *net, constraints),
+            Dest::Any => self.matcher.add_any(table, constraints),
+            Dest::Group(..) => unreachable!("groups are expanded by place()"),
+        };
+        debug_assert_eq!(idx as usize, self.rules.len());
+        self.rules.push(info);
+    }
+
+    /// Nested claims (`/ns/ci/*` and `/ns/ci/sa/deployer` in different services) are legal: the
+    /// most specific claim wins. Say so, because a reviewer may not expect it.
+    fn warn_overlapping_claims(&mut self, claims: &[(IdentityPattern, usize, SourceLoc)], services: &[ServiceInfo]) {
+        for (narrow, narrow_svc, loc) in claims {
+            let path = match narrow {
+                IdentityPattern::Exact { path, .. } => path.clone(),
+                IdentityPattern::Prefix { path, .. } => format!("{path}/x"),
+            };
+            for (wide, wide_svc, _) in claims {
+                if wide_svc != narrow_svc
+                    && matches!(wide, IdentityPattern::Prefix { .. })
+                    && wide != narrow
+                    && wide.covers(&path)
+                {
+                    self.diags.warning(
+                        loc.clone(),
+                        format!(
+                            "`{narrow}` of service `{}` is inside `{wide}` of service `{}`: the more specific claim wins",
+                            services[*narrow_svc].name, services[*wide_svc].name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn describe(dest: &Dest) -> String {
+    match dest {
+        Dest::Host(p) => p.to_string(),
+        Dest::Cidr(n) => n.to_string(),
+        Dest::Group(g, _) => format!("group {g}"),
+        Dest::Any => "any destination".to_string(),
+    }
+}
+
+fn parse_cidr(raw: &str) -> Result<IpNet, String> {
+    let net: IpNet = if raw.contains('/') {
+        raw.parse().map_err(|_| format!("invalid CIDR `{raw}`: expected ADDRESS/PREFIX such as 10.20.0.0/16"))?
+    } else {
+        let ip: std::net::IpAddr =
+            raw.parse().map_err(|_| format!("invalid CIDR `{raw}`: expected ADDRESS/PREFIX such as 10.20.0.0/16"))?;
+        IpNet::from(ip)
+    };
+    if net.trunc() != net {
+        return Err(format!("CIDR `{raw}` has host bits set: did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+/// `YYYY-MM-DD` -> the first second (UTC) after that day: an allow is good through its expiry date.
+fn expiry_deadline(raw: &str) -> Result<i64, String> {
+    let bad = || format!("invalid expires `{raw}`: expected a date YYYY-MM-DD");
+    let date: jiff::civil::Date = raw.parse().map_err(|_| bad())?;
+    let next = date.tomorrow().map_err(|_| bad())?;
+    let ts = next.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| bad())?.timestamp();
+    Ok(ts.as_second())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("10.20.0.0/16").unwrap().to_string(), "10.20.0.0/16");
+        assert_eq!(parse_cidr("10.20.1.5").unwrap().to_string(), "10.20.1.5/32");
+        assert!(parse_cidr("10.20.1.0/16").unwrap_err().contains("did you mean 10.20.0.0/16"));
+        assert!(parse_cidr("10.300.0.0/16").is_err());
+        assert!(parse_cidr("fd00::/8").is_ok());
+    }
+
+    #[test]
+    fn expiry_is_end_of_day_utc() {
+        // 2027-06-30 is good through 23:59:59 UTC; 2027-07-01T00:00:00Z = 1814313600.
+        assert_eq!(expiry_deadline("2027-06-30").unwrap(), 1_814_313_600);
+        assert!(expiry_deadline("2027-02-30").is_err());
+        assert!(expiry_deadline("next week").is_err());
+    }
+}

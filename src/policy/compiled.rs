@@ -1,0 +1,112 @@
+//! The compiled policy: what the Check hot path reads (through `arc-swap`) and what explanations
+//! and the admin API describe. Nothing in here is a serde/YAML type.
+
+use serde::Serialize;
+
+use super::diagnostic::{Diagnostic, SourceLoc};
+use super::matcher::{Matcher, TableId};
+use super::model::{Mode, Protocol};
+use crate::identity::IdentityIndex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// One compiled rule, as an operator would want it explained.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleInfo {
+    /// Stable name: `payments/allow/0`, `payments/allow/1/package-mirrors/0`, `mesh/deny/0`.
+    pub id: String,
+    pub action: Action,
+    /// Where the deciding text is: the rule itself, or the group destination it expanded to.
+    #[serde(serialize_with = "ser_loc")]
+    pub loc: SourceLoc,
+    pub justification: Option<String>,
+    /// `api.stripe.com`, `*.pythonhosted.org`, `10.20.0.0/16`, or `any destination`.
+    pub target: String,
+    pub ports: Option<Vec<u16>>,
+    pub protocols: Vec<Protocol>,
+    pub expires: Option<String>,
+    /// The destination group this rule came from, if any.
+    pub group: Option<String>,
+}
+
+impl RuleInfo {
+    pub fn action_str(&self) -> &'static str {
+        match self.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+fn ser_loc<S: serde::Serializer>(loc: &SourceLoc, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&loc.to_string())
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceInfo {
+    pub name: String,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub mode: Mode,
+    /// Share of requests enforced in canary mode (0..=100); meaningless in other modes.
+    pub canary_percent: u8,
+    pub identities: Vec<String>,
+    #[serde(serialize_with = "ser_loc")]
+    pub loc: SourceLoc,
+    pub allow_rules: usize,
+    pub deny_rules: usize,
+    #[serde(skip)]
+    pub allow_table: TableId,
+    #[serde(skip)]
+    pub deny_table: TableId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    pub name: String,
+    pub justification: String,
+    pub description: Option<String>,
+    pub destinations: usize,
+    #[serde(serialize_with = "ser_loc")]
+    pub loc: SourceLoc,
+}
+
+/// A validated, compiled policy set. Immutable: a reload builds a new one and swaps it in whole.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    /// Content hash of the source files (`sha256:…`), stamped on every decision.
+    pub version: String,
+    /// Where it was loaded from (a directory, or the embedded example).
+    pub origin: String,
+    pub trust_domain: String,
+    pub default_mode: Mode,
+    pub trust_forwarded_client_cert: bool,
+    pub services: Vec<ServiceInfo>,
+    pub groups: Vec<GroupInfo>,
+    /// Indexed by `RuleIdx`, parallel to the matcher's constraints.
+    pub rules: Vec<RuleInfo>,
+    pub mesh_deny_table: TableId,
+    pub mesh_deny_rules: usize,
+    /// Findings that did not stop the load (expired allows, overlapping identities).
+    pub warnings: Vec<Diagnostic>,
+    pub(crate) identities: IdentityIndex,
+    pub(crate) matcher: Matcher,
+}
+
+impl CompiledPolicy {
+    pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}

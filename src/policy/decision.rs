@@ -1,0 +1,135 @@
+//! What a check concluded, and why, in terms an operator (and Envoy's access log) can use.
+
+use super::compiled::{RuleInfo, ServiceInfo};
+use super::fqdn::HostError;
+use super::matcher::Miss;
+use super::model::Mode;
+use crate::identity::AuthnError;
+
+/// What happens to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Allowed because the service is in dry-run (or outside its canary share); enforcement would deny.
+    WouldDeny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::WouldDeny => "would-deny",
+        }
+    }
+
+    /// Whether the request goes through.
+    pub fn permits(self) -> bool {
+        !matches!(self, Outcome::Deny)
+    }
+}
+
+/// A request egressd could not make sense of. Always denied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("CheckRequest has no attributes")]
+    NoAttributes,
+    #[error("request names no destination (no :authority/host, SNI or destination address)")]
+    NoDestination,
+    #[error("CONNECT target has no port")]
+    ConnectWithoutPort,
+    #[error("destination has no port")]
+    NoPort,
+    #[error("{0}")]
+    Host(#[from] HostError),
+}
+
+/// Why the policy concluded what it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A service allow matched (`rule` names it).
+    Allowed,
+    /// A mesh-wide deny matched; enforced in every mode.
+    MeshDeny,
+    /// One of the service's own denies matched.
+    ServiceDeny,
+    /// Default deny.
+    NoMatchingAllow,
+    Unauthenticated(AuthnError),
+    UnknownService,
+    Malformed(Malformed),
+}
+
+impl Reason {
+    /// Stable machine-readable code (header `x-egressd-reason`, metadata, logs).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::MeshDeny => "mesh-deny",
+            Reason::ServiceDeny => "service-deny",
+            Reason::NoMatchingAllow => "no-matching-allow",
+            Reason::Unauthenticated(_) => "unauthenticated",
+            Reason::UnknownService => "unknown-service",
+            Reason::Malformed(_) => "malformed-request",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Allowed => f.write_str("allowed by rule"),
+            Reason::MeshDeny => f.write_str("denied by a mesh-wide rule"),
+            Reason::ServiceDeny => f.write_str("denied by a rule of the service"),
+            Reason::NoMatchingAllow => f.write_str("no allow rule matches (default deny)"),
+            Reason::Unauthenticated(e) => write!(f, "{e}"),
+            Reason::UnknownService => f.write_str("caller's SPIFFE ID is not claimed by any service"),
+            Reason::Malformed(m) => write!(f, "malformed request: {m}"),
+        }
+    }
+}
+
+/// One decision. Borrows from the policy version that made it, so it is cheap to build.
+#[derive(Debug, Clone)]
+pub struct Decision<'p> {
+    pub outcome: Outcome,
+    pub reason: Reason,
+    /// The rule that decided, if a rule did.
+    pub rule: Option<&'p RuleInfo>,
+    pub service: Option<&'p ServiceInfo>,
+    /// The service's mode (None when no service was identified).
+    pub mode: Option<Mode>,
+    /// For a deny by the service's rules: whether this request was enforced (canary share).
+    pub enforced: bool,
+    /// On a default deny: an allow whose destination matched but whose port, protocol or expiry did not.
+    pub near_miss: Option<(&'p RuleInfo, Miss)>,
+}
+
+impl<'p> Decision<'p> {
+    /// A deny that no mode can soften (identity and parsing failures).
+    pub fn hard_deny(reason: Reason) -> Self {
+        Decision {
+            outcome: Outcome::Deny,
+            reason,
+            rule: None,
+            service: None,
+            mode: None,
+            enforced: true,
+            near_miss: None,
+        }
+    }
+
+    pub fn mode_str(&self) -> &'static str {
+        self.mode.map(Mode::as_str).unwrap_or("none")
+    }
+
+    pub fn service_name(&self) -> &str {
+        self.service.map(|s| s.name.as_str()).unwrap_or("")
+    }
+
+    pub fn rule_id(&self) -> &str {
+        self.rule.map(|r| r.id.as_str()).unwrap_or("")
+    }
+}

@@ -1,0 +1,195 @@
+//! YAML text -> typed documents, with every syntax or shape error reported at `FILE:LINE:COL`.
+//!
+//! This is the only module that knows the YAML library (serde-saphyr), so it can be swapped here.
+//! Multi-document files are split on `---` by hand instead of through an internally tagged serde
+//! enum: serde buffers tagged enums, which would throw away every value's source location.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::diagnostic::{Diagnostics, SourceLoc};
+use super::model::{DestinationGroupDoc, KindProbe, MeshDefaultsDoc, ServicePolicyDoc};
+use super::source::PolicySource;
+
+/// A parsed document and the file it came from.
+#[derive(Debug)]
+pub struct Located<T> {
+    pub file: Arc<str>,
+    /// Where the document starts (its first line).
+    pub loc: SourceLoc,
+    pub doc: T,
+}
+
+/// Every document of a policy set, grouped by kind, in file order.
+#[derive(Debug, Default)]
+pub struct ParsedDocs {
+    pub mesh_defaults: Vec<Located<MeshDefaultsDoc>>,
+    pub groups: Vec<Located<DestinationGroupDoc>>,
+    pub services: Vec<Located<ServicePolicyDoc>>,
+}
+
+pub const KINDS: &str = "MeshDefaults, DestinationGroup or ServicePolicy";
+
+/// Parses every document of every file. Problems go to `diags`; documents that parse are returned
+/// even when others fail, so later checks can still report what they find.
+pub fn parse_documents(source: &PolicySource, diags: &mut Diagnostics) -> ParsedDocs {
+    let mut out = ParsedDocs::default();
+    for file in &source.files {
+        for doc in split_documents(&file.text) {
+            parse_document(&file.name, &doc, &mut out, diags);
+        }
+    }
+    out
+}
+
+/// One YAML document, padded with blank lines so parser line numbers are the file's line numbers.
+struct DocText {
+    first_line: u32,
+    padded: String,
+}
+
+fn split_documents(text: &str) -> Vec<DocText> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut first_line = 1;
+    let mut has_content = false;
+    let mut flush = |current: &mut String, first_line: u32, has_content: &mut bool| {
+        if *has_content {
+            docs.push(DocText { first_line, padded: std::mem::take(current) });
+        }
+        current.clear();
+        *has_content = false;
+    };
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index as u32 + 1;
+        let is_start = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        let is_end = line == "..." || line.starts_with("... ");
+        if is_start || is_end {
+            flush(&mut current, first_line, &mut has_content);
+            // Blank lines for everything before the next document keep line numbers absolute.
+            current.extend(std::iter::repeat_n('\n', index + 1));
+            if is_start {
+                // Keep anything after the marker (a comment, say) at its column.
+                current.pop();
+                current.push_str("   ");
+                current.push_str(&line[3..]);
+                current.push('\n');
+            }
+            first_line = line_no + 1;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if !has_content && !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('%') {
+            has_content = true;
+            first_line = line_no;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    flush(&mut current, first_line, &mut has_content);
+    docs
+}
+
+fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &mut Diagnostics) {
+    let start = SourceLoc::new(file, doc.first_line, 1);
+    let probe: KindProbe = match parse_yaml(file, &doc.padded, &start, diags) {
+        Some(p) => p,
+        None => return,
+    };
+    let Some(kind) = probe.kind else {
+        diags.error(start, format!("document has no `kind`: expected {KINDS}"));
+        return;
+    };
+    let located = |doc| Located { file: file.clone(), loc: start.clone(), doc };
+    match kind.value.as_str() {
+        "MeshDefaults" => {
+            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
+                out.mesh_defaults.push(located(d));
+            }
+        }
+        "DestinationGroup" => {
+            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
+                out.groups.push(Located { file: file.clone(), loc: start.clone(), doc: d });
+            }
+        }
+        "ServicePolicy" => {
+            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
+                out.services.push(Located { file: file.clone(), loc: start.clone(), doc: d });
+            }
+        }
+        other => diags.error(SourceLoc::of(file, &kind), format!("unknown kind `{other}`: expected {KINDS}")),
+    }
+}
+
+fn parse_yaml<T: DeserializeOwned>(
+    file: &Arc<str>,
+    text: &str,
+    fallback: &SourceLoc,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match serde_saphyr::from_str::<T>(text) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            let loc = err
+                .location()
+                .filter(|l| l.line() > 0)
+                .map(|l| SourceLoc::new(file, l.line() as u32, l.column() as u32))
+                .unwrap_or_else(|| fallback.clone());
+            diags.error(loc, strip_location_suffix(&err.without_snippet().to_string()));
+            None
+        }
+    }
+}
+
+/// serde-saphyr appends " at line N, column M" to its messages; we print the location up front.
+fn strip_location_suffix(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => message[..i].to_string(),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (ParsedDocs, Vec<String>) {
+        let mut diags = Diagnostics::default();
+        let docs = parse_documents(&PolicySource::from_text("p.yaml", text), &mut diags);
+        (docs, diags.into_sorted().iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn multi_document_lines_are_absolute() {
+        let text = "# header\nkind: MeshDefaults\ntrustDomain: corp.example\n---\n\nkind: ServicePolicy\nservice: a\nidentities: []\nallow:\n  - host: x.example.com\n    justification: j\n";
+        let (docs, errors) = parse(text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs.mesh_defaults.len(), 1);
+        assert_eq!(docs.services[0].loc.line, 6);
+        assert_eq!(docs.services[0].doc.allow[0].value.host.as_ref().unwrap().referenced.line(), 10);
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_located() {
+        let text = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: ServicePolicy\nservice: a\nidentities: []\nallow:\n  - host: x.example.com\n    portz: [1]\n---\nkind: Bogus\n---\nfoo: bar\n";
+        let (_, errors) = parse(text);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("p.yaml:9:5: unknown field `portz`"), "{}", errors[0]);
+        assert!(errors[1].starts_with("p.yaml:11:7: unknown kind `Bogus`"), "{}", errors[1]);
+        assert!(errors[2].starts_with("p.yaml:13:1: document has no `kind`"), "{}", errors[2]);
+    }
+
+    #[test]
+    fn camel_case_keys_only() {
+        let (_, errors) = parse("kind: MeshDefaults\ntrust_domain: corp.example\n");
+        assert!(errors[0].contains("unknown field `trust_domain`"), "{errors:?}");
+    }
+
+    #[test]
+    fn empty_documents_are_skipped() {
+        let (docs, errors) = parse("---\n# nothing\n---\nkind: MeshDefaults\ntrustDomain: corp.example\n...\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(docs.mesh_defaults.len(), 1);
+    }
+}

@@ -1,0 +1,152 @@
+//! The policy documents exactly as written in YAML (phase one of two).
+//!
+//! These structs only describe shape: camelCase keys, unknown keys rejected, every value that a
+//! later check may complain about kept with its source location. Meaning (hosts, CIDRs, groups,
+//! identities) is checked by `compile`, which turns them into the types the hot path uses.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Just enough of a document to dispatch on its `kind`.
+#[derive(Debug, Deserialize)]
+pub struct KindProbe {
+    pub kind: Option<Spanned<String>>,
+}
+
+/// How a service's own rules are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Denies are enforced.
+    Enforce,
+    /// Everything is allowed; a deny is recorded as `would-deny`.
+    DryRun,
+    /// `canaryPercent`% of requests (by a stable hash of the request id) are enforced, the rest dry-run.
+    Canary,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+            Mode::Canary => "canary",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of traffic a rule may restrict itself to (see the README for how each is recognized).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A plaintext HTTP request proxied by the gateway.
+    Http,
+    /// HTTPS: a CONNECT tunnel to port 443, or a request with the `https` scheme.
+    Https,
+    /// TLS passed through by SNI.
+    Tls,
+    /// An opaque TCP stream: a CONNECT tunnel to another port, or a network check with no SNI.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tls => "tls",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    /// Bit for a compact protocol set.
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `kind: MeshDefaults`: one per policy set.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshDefaultsDoc {
+    #[allow(dead_code)]
+    pub kind: String,
+    pub trust_domain: Spanned<String>,
+    #[serde(default)]
+    pub mode: Option<Spanned<Mode>>,
+    #[serde(default)]
+    pub canary_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub trust_forwarded_client_cert: bool,
+    #[serde(default)]
+    pub deny: Vec<Spanned<RuleDoc>>,
+}
+
+/// `kind: DestinationGroup`: a named, justified set of destinations services can allow by name.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationGroupDoc {
+    #[allow(dead_code)]
+    pub kind: String,
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub justification: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub destinations: Vec<Spanned<RuleDoc>>,
+}
+
+/// `kind: ServicePolicy`: who a service is (identities) and where it may go.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePolicyDoc {
+    #[allow(dead_code)]
+    pub kind: String,
+    pub service: Spanned<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub identities: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub mode: Option<Spanned<Mode>>,
+    #[serde(default)]
+    pub canary_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RuleDoc>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<RuleDoc>>,
+}
+
+/// One allow, deny or group destination. Which fields are required depends on where it stands;
+/// `compile` checks that.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleDoc {
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub cidr: Option<Spanned<String>>,
+    #[serde(default)]
+    pub group: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ports: Option<Vec<Spanned<i64>>>,
+    #[serde(default)]
+    pub protocols: Option<Vec<Protocol>>,
+    #[serde(default)]
+    pub justification: Option<String>,
+    #[serde(default)]
+    pub expires: Option<Spanned<String>>,
+}

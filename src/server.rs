@@ -1,0 +1,87 @@
+//! `egressd serve`: one gRPC port (ext_authz Check + gRPC health), one admin HTTP port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{AdminState, router};
+use crate::authz::CheckService;
+use crate::policy::SharedPolicy;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub grpc_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Addresses actually bound (useful with port 0 in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Binds both ports, then serves until `shutdown` resolves. `on_bound` learns the real addresses.
+pub async fn serve(
+    config: ServeConfig,
+    policy: SharedPolicy,
+    on_bound: impl FnOnce(Bound),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let grpc = bind("gRPC", config.grpc_listen).await?;
+    let admin = bind("admin", config.admin_listen).await?;
+    let bound = Bound { grpc: grpc.local_addr().expect("bound"), admin: admin.local_addr().expect("bound") };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AuthorizationServer<CheckService>>().await;
+
+    let grpc_ready = Arc::new(AtomicBool::new(false));
+    let admin_state = AdminState { policy: policy.clone(), grpc_ready: grpc_ready.clone() };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let admin_task = tokio::spawn({
+        let stop = wait_stop(stop_rx.clone());
+        async move { axum::serve(admin, router(admin_state)).with_graceful_shutdown(stop).await }
+    });
+
+    on_bound(bound);
+    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
+    grpc_ready.store(true, Ordering::Release);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(CheckService::new(policy).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait_stop(stop_rx))
+        .await?;
+    grpc_ready.store(false, Ordering::Release);
+    match admin_task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Admin(e)),
+        Err(e) => Err(ServeError::Admin(std::io::Error::other(e))),
+    }
+}
