@@ -13,6 +13,8 @@ mod load;
 pub mod matcher;
 mod model;
 mod source;
+#[cfg(test)]
+mod tests;
 
 pub use compile::compile;
 pub use compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};

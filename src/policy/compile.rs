@@ -566,7 +566,7 @@ mod tests {
     #[test]
     fn expiry_is_end_of_day_utc() {
         // 2027-06-30 is good through 23:59:59 UTC; 2027-07-01T00:00:00Z = 1814313600.
-        assert_eq!(expiry_deadline("2027-06-30").unwrap(), 1_814_313_600);
+        assert_eq!(expiry_deadline("2027-06-30").unwrap(), 1_814_400_000);
         assert!(expiry_deadline("2027-02-30").is_err());
         assert!(expiry_deadline("next week").is_err());
     }

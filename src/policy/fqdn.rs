@@ -124,10 +124,8 @@ pub fn normalize_host(host: &str) -> Result<Host<'_>, HostError> {
     normalize_name(name).map(Host::Name)
 }
 
-/// Normalizes a DNS name (no port, no IP). Exposed for policy compilation, which must reject IPs
-/// in `host:` fields separately.
-pub fn normalize_name(name: &str) -> Result<Cow<'_, str>, HostError> {
-    let name = name.strip_suffix('.').unwrap_or(name);
+/// Normalizes a DNS name whose trailing dot (if any) is already removed: a second one is an error.
+fn normalize_name(name: &str) -> Result<Cow<'_, str>, HostError> {
     let canonical: Cow<'_, str> = if name.is_ascii() {
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(name.to_ascii_lowercase())

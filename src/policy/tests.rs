@@ -1,0 +1,315 @@
+//! Semantics of the policy, one test per rule of the README's "Semantics" section, plus the
+//! validation errors with their locations. gRPC-level coverage is in `integration/grpc_check.rs`.
+
+use std::borrow::Cow;
+
+use super::fqdn::Host;
+use super::*;
+
+pub(crate) const POLICY: &str = r#"
+kind: MeshDefaults
+trustDomain: corp.example
+mode: enforce
+trustForwardedClientCert: true
+deny:
+  - ports: [22]
+    justification: no ssh
+  - host: blocked.example.com
+---
+kind: DestinationGroup
+name: mirrors
+justification: package registries
+destinations:
+  - host: pypi.org
+    ports: [443]
+  - host: "*.pythonhosted.org"
+    ports: [443]
+---
+kind: ServicePolicy
+service: payments
+identities:
+  - spiffe://corp.example/ns/payments/sa/api
+allow:
+  - host: api.stripe.com
+    ports: [443]
+    justification: cards
+  - host: "*.stripe.com"
+    justification: other stripe
+  - host: bücher.example
+    justification: idn
+  - group: mirrors
+  - cidr: 10.20.0.0/16
+    ports: [5432]
+    justification: ledger
+  - host: old.example.com
+    justification: retired
+    expires: 2020-01-01
+  - host: tls-only.example.com
+    protocols: [tls]
+    justification: passthrough only
+deny:
+  - host: uploads.stripe.com
+  - host: blocked.example.com
+---
+kind: ServicePolicy
+service: ci
+identities:
+  - spiffe://corp.example/ns/ci/*
+mode: dry-run
+allow:
+  - host: github.com
+    justification: checkout
+---
+kind: ServicePolicy
+service: canary
+identities:
+  - spiffe://corp.example/ns/canary/sa/x
+mode: canary
+canaryPercent: 30
+allow:
+  - host: ok.example.com
+    justification: ok
+"#;
+
+const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
+const NOW: i64 = 1_800_000_000; // 2027-01-15
+
+pub(crate) fn policy() -> CompiledPolicy {
+    compile(&PolicySource::from_text("test.yaml", POLICY), NOW).unwrap_or_else(|d| panic!("{}", format_diagnostics(&d)))
+}
+
+fn dest(host: &str, port: u16, protocol: Protocol) -> Destination<'static> {
+    let host = fqdn::parse_authority(host).unwrap().0.into_owned();
+    Destination { host, port, protocol }
+}
+
+fn decide<'p>(p: &'p CompiledPolicy, from: &str, host: &str, port: u16, proto: Protocol) -> Decision<'p> {
+    p.decide(Some(from), Ok(&dest(host, port, proto)), None, NOW)
+}
+
+fn outcome(p: &CompiledPolicy, from: &str, host: &str, port: u16, proto: Protocol) -> (Outcome, &'static str, String) {
+    let d = decide(p, from, host, port, proto);
+    (d.outcome, d.reason.code(), d.rule_id().to_string())
+}
+
+use Protocol::*;
+
+#[test]
+fn default_deny() {
+    let p = policy();
+    assert_eq!(outcome(&p, PAY, "evil.example.org", 443, Https), (Outcome::Deny, "no-matching-allow", String::new()));
+}
+
+#[test]
+fn exact_host_allow_names_its_rule() {
+    let p = policy();
+    let d = decide(&p, PAY, "api.stripe.com", 443, Https);
+    assert_eq!((d.outcome, d.rule_id()), (Outcome::Allow, "payments/allow/0"));
+    assert_eq!(d.rule.unwrap().justification.as_deref(), Some("cards"));
+    assert_eq!(d.rule.unwrap().loc.line, 25);
+}
+
+#[test]
+fn hosts_are_case_insensitive_trailing_dot_and_idna() {
+    let p = policy();
+    assert_eq!(outcome(&p, PAY, "API.Stripe.COM.", 443, Https).0, Outcome::Allow);
+    assert_eq!(outcome(&p, PAY, "BÜCHER.example", 443, Https).2, "payments/allow/2");
+    assert_eq!(outcome(&p, PAY, "xn--bcher-kva.example", 443, Https).2, "payments/allow/2");
+}
+
+#[test]
+fn wildcard_needs_a_label_and_most_specific_wins() {
+    let p = policy();
+    // api.stripe.com:80 misses the exact rule (port) but the wildcard allows any port.
+    assert_eq!(outcome(&p, PAY, "api.stripe.com", 80, Http).2, "payments/allow/1");
+    assert_eq!(outcome(&p, PAY, "a.b.stripe.com", 443, Https).2, "payments/allow/1");
+    assert_eq!(outcome(&p, PAY, "stripe.com", 443, Https).1, "no-matching-allow");
+    assert_eq!(outcome(&p, PAY, "notstripe.com", 443, Https).1, "no-matching-allow");
+}
+
+#[test]
+fn ports_and_near_miss() {
+    let p = policy();
+    let d = decide(&p, PAY, "pypi.org", 80, Http);
+    assert_eq!(d.reason, Reason::NoMatchingAllow);
+    let (rule, miss) = d.near_miss.expect("pypi.org matched a rule on its host");
+    assert_eq!((rule.id.as_str(), miss), ("payments/allow/3/mirrors/0", matcher::Miss::Port));
+    assert_eq!(outcome(&p, PAY, "files.pythonhosted.org", 443, Https).2, "payments/allow/3/mirrors/1");
+}
+
+#[test]
+fn group_justification_covers_its_destinations() {
+    let p = policy();
+    let d = decide(&p, PAY, "pypi.org", 443, Https);
+    assert_eq!(d.rule.unwrap().justification.as_deref(), Some("package registries"));
+    assert_eq!(d.rule.unwrap().group.as_deref(), Some("mirrors"));
+}
+
+#[test]
+fn protocols_restrict_a_rule() {
+    let p = policy();
+    assert_eq!(outcome(&p, PAY, "tls-only.example.com", 443, Tls).0, Outcome::Allow);
+    let d = decide(&p, PAY, "tls-only.example.com", 443, Https);
+    assert_eq!((d.outcome, d.near_miss.map(|n| n.1)), (Outcome::Deny, Some(matcher::Miss::Protocol)));
+}
+
+#[test]
+fn cidr_matches_ips_only_and_host_rules_never_match_ips() {
+    let p = policy();
+    assert_eq!(outcome(&p, PAY, "10.20.3.4", 5432, Tcp).2, "payments/allow/4");
+    assert_eq!(outcome(&p, PAY, "10.21.0.1", 5432, Tcp).1, "no-matching-allow");
+    assert_eq!(outcome(&p, PAY, "10.20.3.4", 80, Http).1, "no-matching-allow");
+    // A name that resolves into the CIDR is still a name: CIDR rules do not see it.
+    assert_eq!(outcome(&p, PAY, "ledger.internal.example", 5432, Tcp).1, "no-matching-allow");
+}
+
+#[test]
+fn expired_allow_no_longer_matches() {
+    let p = policy();
+    let d = decide(&p, PAY, "old.example.com", 443, Https);
+    assert_eq!((d.outcome, d.near_miss.map(|n| n.1)), (Outcome::Deny, Some(matcher::Miss::Expired)));
+    // Before its date it matched.
+    let d = p.decide(Some(PAY), Ok(&dest("old.example.com", 443, Https)), None, 1_500_000_000);
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert!(p.warnings.iter().any(|w| w.message.contains("expired on 2020-01-01") && w.loc.line == 38));
+}
+
+#[test]
+fn precedence_mesh_deny_then_service_deny_then_allow() {
+    let p = policy();
+    // uploads.stripe.com matches the *.stripe.com allow, but the service deny wins.
+    assert_eq!(outcome(&p, PAY, "uploads.stripe.com", 443, Https), (Outcome::Deny, "service-deny", "payments/deny/0".into()));
+    // blocked.example.com is denied mesh-wide and by the service: the mesh rule is named.
+    assert_eq!(outcome(&p, PAY, "blocked.example.com", 443, Https), (Outcome::Deny, "mesh-deny", "mesh/deny/1".into()));
+    // Port 22 to an allowed host: mesh deny on ports alone.
+    assert_eq!(outcome(&p, PAY, "api.stripe.com", 22, Tcp), (Outcome::Deny, "mesh-deny", "mesh/deny/0".into()));
+}
+
+#[test]
+fn identity_failures() {
+    let p = policy();
+    let d = p.decide(None, Ok(&dest("api.stripe.com", 443, Https)), None, NOW);
+    assert_eq!((d.outcome, d.reason.code()), (Outcome::Deny, "unauthenticated"));
+    assert_eq!(decide(&p, "payments", "api.stripe.com", 443, Https).reason.code(), "unauthenticated");
+    assert_eq!(decide(&p, "spiffe://evil.example/ns/payments/sa/api", "api.stripe.com", 443, Https).reason.code(), "unauthenticated");
+    assert_eq!(decide(&p, "spiffe://corp.example/ns/nobody/sa/x", "api.stripe.com", 443, Https).reason.code(), "unknown-service");
+}
+
+#[test]
+fn prefix_identities_match_whole_segments() {
+    let p = policy();
+    assert_eq!(decide(&p, "spiffe://corp.example/ns/ci/sa/x", "github.com", 443, Https).service_name(), "ci");
+    assert_eq!(decide(&p, "spiffe://corp.example/ns/cicd/sa/x", "github.com", 443, Https).reason.code(), "unknown-service");
+}
+
+#[test]
+fn dry_run_allows_and_records_would_deny_but_mesh_denies_hold() {
+    let p = policy();
+    let ci = "spiffe://corp.example/ns/ci/sa/x";
+    assert_eq!(outcome(&p, ci, "evil.example.org", 443, Https).0, Outcome::WouldDeny);
+    assert_eq!(outcome(&p, ci, "github.com", 443, Https).0, Outcome::Allow);
+    assert_eq!(outcome(&p, ci, "github.com", 22, Tcp).0, Outcome::Deny);
+}
+
+#[test]
+fn canary_is_stable_per_request_id_and_near_its_share() {
+    let p = policy();
+    let from = "spiffe://corp.example/ns/canary/sa/x";
+    let d = dest("evil.example.org", 443, Https);
+    let mut denied = 0;
+    for i in 0..2000 {
+        let id = format!("req-{i}");
+        let first = p.decide(Some(from), Ok(&d), Some(&id), NOW).outcome;
+        assert_eq!(first, p.decide(Some(from), Ok(&d), Some(&id), NOW).outcome, "same id, same outcome");
+        assert_ne!(first, Outcome::Allow);
+        denied += usize::from(first == Outcome::Deny);
+    }
+    assert!((480..=720).contains(&denied), "{denied}/2000 enforced at 30%");
+    // Mesh denies are enforced whatever the bucket.
+    assert!((0..200).all(|i| {
+        let id = i.to_string();
+        p.decide(Some(from), Ok(&dest("x.example.org", 22, Tcp)), Some(&id), NOW).outcome == Outcome::Deny
+    }));
+}
+
+#[test]
+fn malformed_destination_is_denied_with_reason() {
+    let p = policy();
+    let d = p.decide(Some(PAY), Err(Malformed::Host(fqdn::HostError::Userinfo)), None, NOW);
+    assert_eq!((d.outcome, d.reason.code(), d.service_name()), (Outcome::Deny, "malformed-request", "payments"));
+}
+
+#[test]
+fn ip_destination_is_not_a_name() {
+    let p = policy();
+    let d = Destination { host: Host::Name(Cow::Borrowed("10.20.3.4.example")), port: 5432, protocol: Tcp };
+    assert_eq!(p.decide(Some(PAY), Ok(&d), None, NOW).reason.code(), "no-matching-allow");
+}
+
+// ---- validation: every error carries FILE:LINE:COL ----
+
+fn errors(yaml: &str) -> Vec<String> {
+    let text = format!("kind: MeshDefaults\ntrustDomain: corp.example\n---\n{yaml}");
+    match compile(&PolicySource::from_text("v.yaml", &text), NOW) {
+        Ok(_) => vec![],
+        Err(d) => d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect(),
+    }
+}
+
+fn svc(rules: &str) -> String {
+    format!("kind: ServicePolicy\nservice: s\nidentities: [spiffe://corp.example/ns/s/sa/a]\n{rules}")
+}
+
+fn assert_error(yaml: &str, expect_prefix: &str, expect_text: &str) {
+    let errs = errors(yaml);
+    assert!(
+        errs.iter().any(|e| e.starts_with(expect_prefix) && e.contains(expect_text)),
+        "expected `{expect_prefix}…{expect_text}…` in {errs:#?}"
+    );
+}
+
+#[test]
+fn validation_errors_are_located() {
+    assert_error(&svc("allow:\n  - host: a.example.com\n    colour: red\n    justification: j\n"), "v.yaml:9:5:", "unknown field `colour`");
+    assert_error(&svc("allow:\n  - host: a.example.com\n"), "v.yaml:8:5:", "no justification");
+    assert_error(&svc("allow:\n  - cidr: 10.0.0.0/8\n"), "v.yaml:8:5:", "no justification");
+    assert_error("kind: DestinationGroup\nname: g\ndestinations:\n  - host: a.example.com\n", "v.yaml:4:1:", "no justification");
+    assert_error(&svc("allow:\n  - group: nope\n"), "v.yaml:8:12:", "unknown group `nope`");
+    assert_error(&svc("allow:\n  - cidr: 10.0.0.300/8\n    justification: j\n"), "v.yaml:8:11:", "invalid CIDR");
+    assert_error(&svc("allow:\n  - host: a.example.com\n    ports: [70000]\n    justification: j\n"), "v.yaml:9:13:", "out of range");
+    assert_error(&svc("allow:\n  - host: a..example.com\n    justification: j\n"), "v.yaml:8:11:", "empty label");
+    assert_error(&svc("allow:\n  - host: \"*\"\n    justification: j\n"), "v.yaml:8:11:", "bare '*'");
+    assert_error(&svc("allow:\n  - host: \"*.co.uk\"\n    justification: j\n"), "v.yaml:8:11:", "public suffix");
+    assert_error(&svc("mode: canary\ncanaryPercent: 101\n"), "v.yaml:8:16:", "outside 0..=100");
+    assert_error(&format!("{}\n---\n{}", svc(""), svc("")), "v.yaml:", "service `s` is already defined at v.yaml:5:10");
+    assert_error(
+        "kind: ServicePolicy\nservice: a\nidentities: [spiffe://corp.example/ns/x/sa/y]\n---\nkind: ServicePolicy\nservice: b\nidentities: [spiffe://corp.example/ns/x/sa/y]\n",
+        "v.yaml:10:14:",
+        "already claimed by service `a`",
+    );
+    assert_error("kind: ServicePolicy\nservice: a\nidentities: [spiffe://other.example/ns/x]\n", "v.yaml:6:14:", "trust domain `other.example`");
+    assert_error(&svc("allow:\n  - host: a.example.com\n    expires: tomorrow\n    justification: j\n"), "v.yaml:9:14:", "invalid expires");
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let errs = errors(&svc("allow:\n  - host: a.example.com\n  - cidr: bad\n    justification: j\n  - group: missing\n"));
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
+
+#[test]
+fn mesh_defaults_exactly_once() {
+    let none = compile(&PolicySource::from_text("v.yaml", &svc("")), NOW).unwrap_err();
+    assert!(none[0].message.contains("no MeshDefaults"), "{none:?}");
+    let two = errors("kind: MeshDefaults\ntrustDomain: corp.example\n");
+    assert!(two.iter().any(|e| e.starts_with("v.yaml:4:1:") && e.contains("second MeshDefaults")), "{two:?}");
+}
+
+#[test]
+fn example_mesh_config_is_valid() {
+    let p = compile(&PolicySource::embedded(), NOW).unwrap_or_else(|d| panic!("{}", format_diagnostics(&d)));
+    assert!(p.services.len() >= 4);
+    assert!(p.services.iter().any(|s| s.mode == Mode::DryRun));
+    assert!(p.services.iter().any(|s| s.mode == Mode::Canary));
+    assert!(!p.groups.is_empty() && p.mesh_deny_rules > 0);
+}
