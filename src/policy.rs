@@ -14,6 +14,8 @@ pub mod matcher;
 mod model;
 mod source;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use compile::compile;
