@@ -12,9 +12,9 @@ pub mod fqdn;
 mod load;
 pub mod matcher;
 mod model;
-mod source;
 #[cfg(test)]
 mod proptests;
+mod source;
 #[cfg(test)]
 mod tests;
 

@@ -43,16 +43,19 @@ struct RuleSpec {
 const PORTS: [u16; 3] = [80, 443, 8443];
 
 fn host_pattern() -> impl Strategy<Value = String> {
-    (prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3), any::<bool>()).prop_map(|(labels, wild)| {
-        let mut name = labels.join(".");
-        name.push_str(if name.is_empty() { "ex.com" } else { ".ex.com" });
-        if wild { format!("*.{name}") } else { name }
-    })
+    (prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3), any::<bool>()).prop_map(
+        |(labels, wild)| {
+            let mut name = labels.join(".");
+            name.push_str(if name.is_empty() { "ex.com" } else { ".ex.com" });
+            if wild { format!("*.{name}") } else { name }
+        },
+    )
 }
 
 fn cidr() -> impl Strategy<Value = String> {
-    (0u8..2, 0u8..2, 0u8..2, prop::sample::select(vec![8u8, 16, 24, 32]))
-        .prop_map(|(b, c, d, len)| IpNet::new(format!("10.{b}.{c}.{d}").parse().unwrap(), len).unwrap().trunc().to_string())
+    (0u8..2, 0u8..2, 0u8..2, prop::sample::select(vec![8u8, 16, 24, 32])).prop_map(|(b, c, d, len)| {
+        IpNet::new(format!("10.{b}.{c}.{d}").parse().unwrap(), len).unwrap().trunc().to_string()
+    })
 }
 
 fn rule() -> impl Strategy<Value = RuleSpec> {
@@ -88,9 +91,8 @@ fn reference_matches(rule: &RuleSpec, host: &Host<'_>, port: u16) -> bool {
 
 fn request_host() -> impl Strategy<Value = String> {
     prop_oneof![
-        (prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "d"]), 0..4)).prop_map(|l| {
-            if l.is_empty() { "ex.com".to_string() } else { format!("{}.ex.com", l.join(".")) }
-        }),
+        (prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "d"]), 0..4))
+            .prop_map(|l| { if l.is_empty() { "ex.com".to_string() } else { format!("{}.ex.com", l.join(".")) } }),
         (0u8..2, 0u8..2, 0u8..2, 0u8..3).prop_map(|(b, c, d, e)| format!("10.{b}.{c}.{d}{e}")),
         Just("other.org".to_string()),
     ]

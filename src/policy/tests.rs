@@ -6,70 +6,7 @@ use std::borrow::Cow;
 use super::fqdn::Host;
 use super::*;
 
-pub(crate) const POLICY: &str = r#"
-kind: MeshDefaults
-trustDomain: corp.example
-mode: enforce
-trustForwardedClientCert: true
-deny:
-  - ports: [22]
-    justification: no ssh
-  - host: blocked.example.com
----
-kind: DestinationGroup
-name: mirrors
-justification: package registries
-destinations:
-  - host: pypi.org
-    ports: [443]
-  - host: "*.pythonhosted.org"
-    ports: [443]
----
-kind: ServicePolicy
-service: payments
-identities:
-  - spiffe://corp.example/ns/payments/sa/api
-allow:
-  - host: api.stripe.com
-    ports: [443]
-    justification: cards
-  - host: "*.stripe.com"
-    justification: other stripe
-  - host: bücher.example
-    justification: idn
-  - group: mirrors
-  - cidr: 10.20.0.0/16
-    ports: [5432]
-    justification: ledger
-  - host: old.example.com
-    justification: retired
-    expires: 2020-01-01
-  - host: tls-only.example.com
-    protocols: [tls]
-    justification: passthrough only
-deny:
-  - host: uploads.stripe.com
-  - host: blocked.example.com
----
-kind: ServicePolicy
-service: ci
-identities:
-  - spiffe://corp.example/ns/ci/*
-mode: dry-run
-allow:
-  - host: github.com
-    justification: checkout
----
-kind: ServicePolicy
-service: canary
-identities:
-  - spiffe://corp.example/ns/canary/sa/x
-mode: canary
-canaryPercent: 30
-allow:
-  - host: ok.example.com
-    justification: ok
-"#;
+pub(crate) const POLICY: &str = include_str!("../../integration/fixtures/semantics.yaml");
 
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
 const NOW: i64 = 1_800_000_000; // 2027-01-15
@@ -178,7 +115,10 @@ fn expired_allow_no_longer_matches() {
 fn precedence_mesh_deny_then_service_deny_then_allow() {
     let p = policy();
     // uploads.stripe.com matches the *.stripe.com allow, but the service deny wins.
-    assert_eq!(outcome(&p, PAY, "uploads.stripe.com", 443, Https), (Outcome::Deny, "service-deny", "payments/deny/0".into()));
+    assert_eq!(
+        outcome(&p, PAY, "uploads.stripe.com", 443, Https),
+        (Outcome::Deny, "service-deny", "payments/deny/0".into())
+    );
     // blocked.example.com is denied mesh-wide and by the service: the mesh rule is named.
     assert_eq!(outcome(&p, PAY, "blocked.example.com", 443, Https), (Outcome::Deny, "mesh-deny", "mesh/deny/1".into()));
     // Port 22 to an allowed host: mesh deny on ports alone.
@@ -191,15 +131,24 @@ fn identity_failures() {
     let d = p.decide(None, Ok(&dest("api.stripe.com", 443, Https)), None, NOW);
     assert_eq!((d.outcome, d.reason.code()), (Outcome::Deny, "unauthenticated"));
     assert_eq!(decide(&p, "payments", "api.stripe.com", 443, Https).reason.code(), "unauthenticated");
-    assert_eq!(decide(&p, "spiffe://evil.example/ns/payments/sa/api", "api.stripe.com", 443, Https).reason.code(), "unauthenticated");
-    assert_eq!(decide(&p, "spiffe://corp.example/ns/nobody/sa/x", "api.stripe.com", 443, Https).reason.code(), "unknown-service");
+    assert_eq!(
+        decide(&p, "spiffe://evil.example/ns/payments/sa/api", "api.stripe.com", 443, Https).reason.code(),
+        "unauthenticated"
+    );
+    assert_eq!(
+        decide(&p, "spiffe://corp.example/ns/nobody/sa/x", "api.stripe.com", 443, Https).reason.code(),
+        "unknown-service"
+    );
 }
 
 #[test]
 fn prefix_identities_match_whole_segments() {
     let p = policy();
     assert_eq!(decide(&p, "spiffe://corp.example/ns/ci/sa/x", "github.com", 443, Https).service_name(), "ci");
-    assert_eq!(decide(&p, "spiffe://corp.example/ns/cicd/sa/x", "github.com", 443, Https).reason.code(), "unknown-service");
+    assert_eq!(
+        decide(&p, "spiffe://corp.example/ns/cicd/sa/x", "github.com", 443, Https).reason.code(),
+        "unknown-service"
+    );
 }
 
 #[test]
@@ -270,13 +219,25 @@ fn assert_error(yaml: &str, expect_prefix: &str, expect_text: &str) {
 
 #[test]
 fn validation_errors_are_located() {
-    assert_error(&svc("allow:\n  - host: a.example.com\n    colour: red\n    justification: j\n"), "v.yaml:9:5:", "unknown field `colour`");
+    assert_error(
+        &svc("allow:\n  - host: a.example.com\n    colour: red\n    justification: j\n"),
+        "v.yaml:9:5:",
+        "unknown field `colour`",
+    );
     assert_error(&svc("allow:\n  - host: a.example.com\n"), "v.yaml:8:5:", "no justification");
     assert_error(&svc("allow:\n  - cidr: 10.0.0.0/8\n"), "v.yaml:8:5:", "no justification");
-    assert_error("kind: DestinationGroup\nname: g\ndestinations:\n  - host: a.example.com\n", "v.yaml:4:1:", "no justification");
+    assert_error(
+        "kind: DestinationGroup\nname: g\ndestinations:\n  - host: a.example.com\n",
+        "v.yaml:4:1:",
+        "no justification",
+    );
     assert_error(&svc("allow:\n  - group: nope\n"), "v.yaml:8:12:", "unknown group `nope`");
     assert_error(&svc("allow:\n  - cidr: 10.0.0.300/8\n    justification: j\n"), "v.yaml:8:11:", "invalid CIDR");
-    assert_error(&svc("allow:\n  - host: a.example.com\n    ports: [70000]\n    justification: j\n"), "v.yaml:9:13:", "out of range");
+    assert_error(
+        &svc("allow:\n  - host: a.example.com\n    ports: [70000]\n    justification: j\n"),
+        "v.yaml:9:13:",
+        "out of range",
+    );
     assert_error(&svc("allow:\n  - host: a..example.com\n    justification: j\n"), "v.yaml:8:11:", "empty label");
     assert_error(&svc("allow:\n  - host: \"*\"\n    justification: j\n"), "v.yaml:8:11:", "bare '*'");
     assert_error(&svc("allow:\n  - host: \"*.co.uk\"\n    justification: j\n"), "v.yaml:8:11:", "public suffix");
@@ -287,13 +248,22 @@ fn validation_errors_are_located() {
         "v.yaml:10:14:",
         "already claimed by service `a`",
     );
-    assert_error("kind: ServicePolicy\nservice: a\nidentities: [spiffe://other.example/ns/x]\n", "v.yaml:6:14:", "trust domain `other.example`");
-    assert_error(&svc("allow:\n  - host: a.example.com\n    expires: tomorrow\n    justification: j\n"), "v.yaml:9:14:", "invalid expires");
+    assert_error(
+        "kind: ServicePolicy\nservice: a\nidentities: [spiffe://other.example/ns/x]\n",
+        "v.yaml:6:14:",
+        "trust domain `other.example`",
+    );
+    assert_error(
+        &svc("allow:\n  - host: a.example.com\n    expires: tomorrow\n    justification: j\n"),
+        "v.yaml:9:14:",
+        "invalid expires",
+    );
 }
 
 #[test]
 fn every_error_is_reported_not_just_the_first() {
-    let errs = errors(&svc("allow:\n  - host: a.example.com\n  - cidr: bad\n    justification: j\n  - group: missing\n"));
+    let errs =
+        errors(&svc("allow:\n  - host: a.example.com\n  - cidr: bad\n    justification: j\n  - group: missing\n"));
     assert_eq!(errs.len(), 3, "{errs:#?}");
 }
 
