@@ -1,1 +1,70 @@
-fn main() {}
+//! `decide` cost against policy size: 10,000 services x 50 rules versus 10 services x 5 rules.
+//! The ratio is the claim (cost independent of rule count); absolute times drift on shared VMs.
+//! Run: cargo bench --bench decide
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use egressd::policy::fqdn::parse_authority;
+use egressd::policy::{CompiledPolicy, Destination, PolicySource, Protocol, compile};
+
+/// A synthetic mesh: per service, exact hosts, wildcards and CIDRs in a 3:1:1 mix.
+fn generate(services: usize, rules: usize) -> CompiledPolicy {
+    let mut y = String::from("kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - ports: [22]\n");
+    for s in 0..services {
+        write!(
+            y,
+            "---\nkind: ServicePolicy\nservice: svc{s}\nidentities: [spiffe://corp.example/ns/svc{s}/sa/api]\nallow:\n"
+        )
+        .unwrap();
+        for r in 0..rules {
+            match r % 5 {
+                3 => writeln!(y, "  - host: \"*.s{s}r{r}.vendor{}.com\"", r % 97),
+                4 => writeln!(y, "  - cidr: 10.{}.{}.0/24\n    ports: [5432]", s % 256, r % 256),
+                _ => writeln!(y, "  - host: api{r}.svc{s}.vendor{}.com\n    ports: [443]", r % 97),
+            }
+            .unwrap();
+            y.push_str("    justification: generated\n");
+        }
+    }
+    compile(&PolicySource::from_text("bench.yaml", &y), 0).expect("generated policy is valid")
+}
+
+fn dest(authority: &str) -> Destination<'static> {
+    let (host, port) = parse_authority(authority).unwrap();
+    Destination { host: host.into_owned(), port: port.unwrap_or(443), protocol: Protocol::Https }
+}
+
+fn bench(c: &mut Criterion) {
+    let small = generate(10, 5);
+    let large = generate(10_000, 50);
+    let mut group = c.benchmark_group("decide");
+    // Same shapes of request on both: the last exact rule of a service, a wildcard, a default deny.
+    let cases = |services: usize, rules: usize| {
+        let s = services / 2;
+        let last_exact = (0..rules).rev().find(|r| r % 5 < 3).unwrap();
+        let wild = (0..rules).rev().find(|r| r % 5 == 3).unwrap();
+        (
+            format!("spiffe://corp.example/ns/svc{s}/sa/api"),
+            dest(&format!("api{last_exact}.svc{s}.vendor{}.com:443", last_exact % 97)),
+            dest(&format!("x.y.s{s}r{wild}.vendor{}.com:443", wild % 97)),
+            dest("unknown.example.org:443"),
+        )
+    };
+    for (name, policy, (from, exact, wildcard, miss)) in
+        [("10x5", &small, cases(10, 5)), ("10000x50", &large, cases(10_000, 50))]
+    {
+        for (kind, d) in [("exact", &exact), ("wildcard", &wildcard), ("default-deny", &miss)] {
+            let expected = policy.decide(Some(&from), Ok(d), None, 0).outcome;
+            assert_eq!(expected.permits(), kind != "default-deny", "{name}/{kind}");
+            group.bench_function(format!("{name}/{kind}"), |b| {
+                b.iter(|| black_box(policy.decide(Some(black_box(&from)), Ok(black_box(d)), None, 0)).outcome)
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{AdminState, router};
 use crate::authz::CheckService;
@@ -73,10 +73,12 @@ pub async fn serve(
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
     grpc_ready.store(true, Ordering::Release);
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(CheckService::new(policy).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait_stop(stop_rx))
+        // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
+        // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
+        // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), wait_stop(stop_rx))
         .await?;
     grpc_ready.store(false, Ordering::Release);
     match admin_task.await {

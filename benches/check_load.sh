@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One command for the Check load comparison: egressd (release) versus a no-op Check server, both in
+# their own process, same load, rounds interleaved. Usage: bash benches/check_load.sh [extra args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin egressd --example check_load
+grpc=127.0.0.1:18100
+admin=127.0.0.1:18101
+./target/release/egressd serve --grpc-listen "$grpc" --admin-listen "$admin" >/tmp/egressd-bench.log 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+echo "== max throughput (closed loop)"
+./target/release/examples/check_load --target "$grpc" --noop --concurrency 64 --duration 5 --rounds 4 "$@"
+echo "== fixed rate 5000 checks/s"
+./target/release/examples/check_load --target "$grpc" --noop --concurrency 32 --rate 5000 --duration 5 --rounds 4 "$@"

@@ -1,0 +1,269 @@
+//! Load tool for the Check service: N concurrent Check calls over loopback for T seconds, printing
+//! throughput and p50/p99/p99.9 latency; optionally the same load against a no-op Check server this
+//! tool hosts itself (in a child process, so both servers get the same treatment), with ratios.
+//!
+//! Closed loop (max throughput):   cargo run --release --example check_load -- --target 127.0.0.1:18000 --noop
+//! Open loop (fixed rate, p99):    ... --rate 5000
+//! Rounds alternate egressd / no-op (A B A B ...) and report medians, because this 2-core VM's
+//! absolute numbers drift; only the ratios are meaningful.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::rpc::Status;
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Drive ext_authz Check load and compare against a no-op server")]
+struct Args {
+    /// egressd's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    target: SocketAddr,
+    /// Also run the load against a no-op Check server (child process) and print ratios.
+    #[arg(long)]
+    noop: bool,
+    /// Concurrent in-flight requests.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds per round.
+    #[arg(long, short = 'd', default_value_t = 5.0)]
+    duration: f64,
+    /// Rounds per server (interleaved A B A B; medians reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Open loop: total requests per second (latency measured from the scheduled send time, so a
+    /// stalled server is not hidden by coordinated omission).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// HTTP/2 connections (Envoy opens one per worker).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Client runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Internal: serve the no-op Check on this address and never return.
+    #[arg(long, hide = true)]
+    serve_noop: Option<SocketAddr>,
+}
+
+/// Answers every Check with OK and nothing else: the floor for any ext_authz server.
+struct Noop;
+
+#[tonic::async_trait]
+impl Authorization for Noop {
+    async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(Status { code: 0, ..Default::default() }),
+            ..Default::default()
+        }))
+    }
+}
+
+/// A realistic mix against the example mesh-config: allows, denies, dry-run, canary.
+fn requests() -> Vec<CheckRequest> {
+    let mix = [
+        ("spiffe://corp.example/ns/payments/sa/api", "CONNECT", "api.stripe.com:443"),
+        ("spiffe://corp.example/ns/ci/sa/builder", "CONNECT", "files.pythonhosted.org:443"),
+        ("spiffe://corp.example/ns/checkout/sa/web", "GET", "api.partner.test"),
+        ("spiffe://corp.example/ns/checkout/sa/web", "CONNECT", "evil.example.org:443"),
+        ("spiffe://corp.example/ns/search/sa/indexer", "CONNECT", "unknown.example.net:443"),
+        ("spiffe://corp.example/ns/payments/sa/worker", "CONNECT", "uploads.stripe.com:443"),
+        ("spiffe://corp.example/ns/ci/sa/builder", "CONNECT", "github.com:443"),
+        ("spiffe://corp.example/ns/payments/sa/api", "CONNECT", "10.20.4.4:5432"),
+    ];
+    (0..64)
+        .map(|i| {
+            let (principal, method, host) = mix[i % mix.len()];
+            let mut headers = HashMap::new();
+            headers.insert("x-request-id".to_string(), format!("4bf92f35-77b3-4da6-a3ce-{i:012}"));
+            headers.insert("user-agent".to_string(), "curl/8.5.0".to_string());
+            headers.insert("accept".to_string(), "*/*".to_string());
+            CheckRequest {
+                attributes: Some(AttributeContext {
+                    source: Some(Peer { principal: principal.to_string(), ..Default::default() }),
+                    request: Some(Request {
+                        http: Some(HttpRequest {
+                            method: method.into(),
+                            host: host.into(),
+                            path: "/".into(),
+                            scheme: "http".into(),
+                            protocol: "HTTP/1.1".into(),
+                            headers,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
+}
+
+struct RoundResult {
+    rps: f64,
+    hist: Histogram<u64>,
+    errors: u64,
+}
+
+async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let ch =
+            Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.expect("connect");
+        clients.push(AuthorizationClient::new(ch));
+    }
+    let reqs = Arc::new(requests());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.duration);
+    let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r as f64));
+    let mut tasks = Vec::new();
+    for t in 0..args.concurrency {
+        let mut client = clients[t % clients.len()].clone();
+        let reqs = reqs.clone();
+        // Open loop: task t sends at start + (t + k * concurrency) / rate.
+        let offset = args.rate.map(|r| Duration::from_secs_f64(t as f64 / r as f64)).unwrap_or_default();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let (mut n, mut errors) = (0usize, 0u64);
+            let mut next = start + offset;
+            loop {
+                let sent_at = match interval {
+                    Some(iv) => {
+                        tokio::time::sleep_until(next.into()).await;
+                        let at = next;
+                        next += iv;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                if sent_at >= deadline {
+                    break;
+                }
+                let req = reqs[(t + n) % reqs.len()].clone();
+                match client.check(req).await {
+                    Ok(_) => hist.record(sent_at.elapsed().as_micros().max(1) as u64).unwrap(),
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (hist, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await.unwrap();
+        hist.add(h).unwrap();
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(args.duration);
+    RoundResult { rps: hist.len() as f64 / elapsed, hist, errors }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Summary {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    errors: u64,
+}
+
+fn summarize(rounds: &[RoundResult]) -> Summary {
+    let q = |p: f64| median(rounds.iter().map(|r| r.hist.value_at_quantile(p) as f64).collect());
+    Summary {
+        rps: median(rounds.iter().map(|r| r.rps).collect()),
+        p50: q(0.50),
+        p99: q(0.99),
+        p999: q(0.999),
+        errors: rounds.iter().map(|r| r.errors).sum(),
+    }
+}
+
+fn print(name: &str, s: &Summary) {
+    println!(
+        "{name:<8} {:>10.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us   p99.9 {:>7.0} us   errors {}",
+        s.rps, s.p50, s.p99, s.p999, s.errors
+    );
+}
+
+fn spawn_noop() -> (Child, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--serve-noop", &addr.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn no-op server");
+    (child, addr)
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(addr) = args.serve_noop {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(AuthorizationServer::new(Noop))
+                .serve(addr)
+                .await
+                .unwrap();
+        });
+        return;
+    }
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build().unwrap();
+    let noop = args.noop.then(spawn_noop);
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = match args.rate {
+        Some(r) => format!("open loop at {r} req/s"),
+        None => "closed loop".to_string(),
+    };
+    println!(
+        "Check load: {mode}, concurrency {}, {} connection(s), {} x {:.1}s rounds per server, interleaved",
+        args.concurrency, args.connections, args.rounds, args.duration
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        let warm = Args { duration: 1.0, ..args.clone() };
+        round(args.target, &warm).await;
+        if let Some((_, addr)) = &noop {
+            round(*addr, &warm).await;
+        }
+        for _ in 0..args.rounds {
+            ours.push(round(args.target, &args).await);
+            if let Some((_, addr)) = &noop {
+                theirs.push(round(*addr, &args).await);
+            }
+        }
+    });
+    let a = summarize(&ours);
+    print("egressd", &a);
+    if let Some((mut child, _)) = noop {
+        let b = summarize(&theirs);
+        print("no-op", &b);
+        println!(
+            "ratio egressd/no-op: throughput {:.3}   p50 {:.2}x   p99 {:.2}x   p99.9 {:.2}x",
+            a.rps / b.rps,
+            a.p50 / b.p50,
+            a.p99 / b.p99,
+            a.p999 / b.p999
+        );
+        let _ = child.kill();
+    }
+}
