@@ -117,12 +117,6 @@ impl IdentityIndex {
     }
 }
 
-/// A caller's SPIFFE ID split into the parts policy needs, after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub id: SpiffeId,
-}
-
 /// Parses and checks a principal against the accepted trust domain.
 pub fn authenticate(principal: &str, trust_domain: &str) -> Result<SpiffeId, AuthnError> {
     let id = SpiffeId::new(principal).map_err(|e| AuthnError::NotSpiffe(e.to_string()))?;

@@ -101,25 +101,22 @@ fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &
         diags.error(start, format!("document has no `kind`: expected {KINDS}"));
         return;
     };
-    let located = |doc| Located { file: file.clone(), loc: start.clone(), doc };
     match kind.value.as_str() {
-        "MeshDefaults" => {
-            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
-                out.mesh_defaults.push(located(d));
-            }
-        }
-        "DestinationGroup" => {
-            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
-                out.groups.push(Located { file: file.clone(), loc: start.clone(), doc: d });
-            }
-        }
-        "ServicePolicy" => {
-            if let Some(d) = parse_yaml(file, &doc.padded, &start, diags) {
-                out.services.push(Located { file: file.clone(), loc: start.clone(), doc: d });
-            }
-        }
+        "MeshDefaults" => out.mesh_defaults.extend(parse_located(file, doc, &start, diags)),
+        "DestinationGroup" => out.groups.extend(parse_located(file, doc, &start, diags)),
+        "ServicePolicy" => out.services.extend(parse_located(file, doc, &start, diags)),
         other => diags.error(SourceLoc::of(file, &kind), format!("unknown kind `{other}`: expected {KINDS}")),
     }
+}
+
+fn parse_located<T: DeserializeOwned>(
+    file: &Arc<str>,
+    doc: &DocText,
+    start: &SourceLoc,
+    diags: &mut Diagnostics,
+) -> Option<Located<T>> {
+    let parsed = parse_yaml(file, &doc.padded, start, diags)?;
+    Some(Located { file: file.clone(), loc: start.clone(), doc: parsed })
 }
 
 fn parse_yaml<T: DeserializeOwned>(

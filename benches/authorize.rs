@@ -1,0 +1,49 @@
+//! Server-side cost of one Check without the network: request view + decide + response build, on
+//! the example policy, versus building the minimal OK response a no-op server returns.
+//! Run: cargo bench --bench authorize
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use egressd::authz::authorize;
+use egressd::policy::{PolicySource, compile};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+
+fn request(principal: &str, method: &str, host: &str) -> CheckRequest {
+    let mut headers = HashMap::new();
+    headers.insert("x-request-id".to_string(), "4bf92f35-77b3-4da6-a3ce-000000000001".to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer { principal: principal.into(), ..Default::default() }),
+            request: Some(Request {
+                http: Some(HttpRequest { method: method.into(), host: host.into(), headers, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let policy = compile(&PolicySource::embedded(), 0).unwrap();
+    let allow = request("spiffe://corp.example/ns/payments/sa/api", "CONNECT", "api.stripe.com:443");
+    let deny = request("spiffe://corp.example/ns/checkout/sa/web", "CONNECT", "evil.example.org:443");
+    let mut g = c.benchmark_group("authorize");
+    g.bench_function("noop-response+encode", |b| {
+        b.iter(|| {
+            let r = CheckResponse { status: Some(Status { code: 0, ..Default::default() }), ..Default::default() };
+            black_box(r.encode_to_vec())
+        })
+    });
+    for (name, req) in [("allow+encode", &allow), ("deny+encode", &deny)] {
+        g.bench_function(name, |b| b.iter(|| black_box(authorize(&policy, black_box(req), 0).encode_to_vec())));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
