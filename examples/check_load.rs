@@ -20,7 +20,64 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorizat
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use hdrhistogram::Histogram;
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+
+/// Client codec that sends CheckRequests and keeps answers as opaque bytes.
+#[derive(Clone, Copy, Default)]
+struct OpaqueAnswers;
+#[derive(Clone, Copy, Default)]
+struct RequestEncoder;
+#[derive(Clone, Copy, Default)]
+struct BytesDecoder;
+
+impl Codec for OpaqueAnswers {
+    type Encode = CheckRequest;
+    type Decode = bytes::Bytes;
+    type Encoder = RequestEncoder;
+    type Decoder = BytesDecoder;
+    fn encoder(&mut self) -> RequestEncoder {
+        RequestEncoder
+    }
+    fn decoder(&mut self) -> BytesDecoder {
+        BytesDecoder
+    }
+}
+
+impl Encoder for RequestEncoder {
+    type Item = CheckRequest;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: CheckRequest, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        item.encode(buf).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for BytesDecoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
+    }
+}
+
+/// One Check call, decoding the answer or not.
+async fn call(
+    client: &mut AuthorizationClient<Channel>,
+    raw: &mut tonic::client::Grpc<Channel>,
+    decode: bool,
+    req: CheckRequest,
+) -> bool {
+    if decode {
+        return client.check(req).await.is_ok();
+    }
+    if raw.ready().await.is_err() {
+        return false;
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+    raw.unary(tonic::Request::new(req), path, OpaqueAnswers).await.is_ok()
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Drive ext_authz Check load and compare against a no-op server")]
@@ -50,6 +107,11 @@ struct Args {
     /// Client runtime worker threads.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Decode every answer into a CheckResponse. Off by default: the client shares this machine's two
+    /// cores with the server under test, and decoding a larger answer (egressd's metadata) would bill
+    /// client work to the server. Either way gRPC errors are counted.
+    #[arg(long)]
+    decode: bool,
     /// Internal: serve the no-op Check on this address and never return.
     #[arg(long, hide = true)]
     serve_noop: Option<SocketAddr>,
@@ -120,7 +182,7 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
     for _ in 0..args.connections.max(1) {
         let ch =
             Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.expect("connect");
-        clients.push(AuthorizationClient::new(ch));
+        clients.push((AuthorizationClient::new(ch.clone()), tonic::client::Grpc::new(ch)));
     }
     let reqs = Arc::new(requests());
     let start = Instant::now();
@@ -128,7 +190,8 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
     let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r as f64));
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
-        let mut client = clients[t % clients.len()].clone();
+        let (mut client, mut raw) = clients[t % clients.len()].clone();
+        let decode = args.decode;
         let reqs = reqs.clone();
         // Open loop: task t sends at start + (t + k * concurrency) / rate.
         let offset = args.rate.map(|r| Duration::from_secs_f64(t as f64 / r as f64)).unwrap_or_default();
@@ -150,9 +213,10 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
                     break;
                 }
                 let req = reqs[(t + n) % reqs.len()].clone();
-                match client.check(req).await {
-                    Ok(_) => hist.record(sent_at.elapsed().as_micros().max(1) as u64).unwrap(),
-                    Err(_) => errors += 1,
+                if call(&mut client, &mut raw, decode, req).await {
+                    hist.record(sent_at.elapsed().as_micros().max(1) as u64).unwrap();
+                } else {
+                    errors += 1;
                 }
                 n += 1;
             }
@@ -235,8 +299,12 @@ fn main() {
         None => "closed loop".to_string(),
     };
     println!(
-        "Check load: {mode}, concurrency {}, {} connection(s), {} x {:.1}s rounds per server, interleaved",
-        args.concurrency, args.connections, args.rounds, args.duration
+        "Check load: {mode}, concurrency {}, {} connection(s), {} x {:.1}s rounds per server, interleaved, answers {}",
+        args.concurrency,
+        args.connections,
+        args.rounds,
+        args.duration,
+        if args.decode { "decoded" } else { "not decoded" }
     );
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     rt.block_on(async {

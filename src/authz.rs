@@ -2,37 +2,53 @@
 //!
 //! Per request: read the policy through arc-swap (no lock), view the request, decide, answer. A
 //! request that cannot be understood is denied with a reason; this path never returns an RPC error.
+//! Allow answers come pre-encoded from a per-policy-version cache (see `cache`, `codec`).
 
+pub mod cache;
+pub mod codec;
 pub mod request;
 pub mod response;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
-use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, unix_now};
+use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, coarse_unix_now};
+use cache::ResponseCache;
+use codec::{CheckAnswer, CheckCodec};
 
-#[derive(Clone)]
-pub struct CheckService {
-    policy: SharedPolicy,
-}
+/// gRPC path of the one method this service serves.
+pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-impl CheckService {
-    pub fn new(policy: SharedPolicy) -> Self {
-        CheckService { policy }
-    }
-
-    pub fn into_server(self) -> AuthorizationServer<Self> {
-        AuthorizationServer::new(self)
-    }
-}
-
-/// Decides one CheckRequest against `policy` and builds Envoy's answer.
+/// Decides one CheckRequest against `policy` and builds Envoy's answer as a message. The server
+/// answers through `answer` (same decision, cached encoding); this is the reference form.
 pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
+    match decide_and_build(policy, None, req, now) {
+        CheckAnswer::Message(m) => *m,
+        encoded => encoded.to_message(),
+    }
+}
+
+/// Decides and answers, taking an encoded answer from `cache` when the decision has one.
+pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> CheckAnswer {
+    decide_and_build(&cache.policy, Some(cache), req, now)
+}
+
+fn decide_and_build(
+    policy: &CompiledPolicy,
+    cache: Option<&ResponseCache>,
+    req: &CheckRequest,
+    now: i64,
+) -> CheckAnswer {
     let view = match request::view(req, policy.trust_forwarded_client_cert) {
         Ok(v) => v,
         Err(m) => {
             let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
-            return response::build(&decision, Err(&m), &policy.version, true);
+            return CheckAnswer::Message(Box::new(response::build(&decision, Err(&m), &policy.version, true)));
         }
     };
     let dest = view.destination.as_ref().map_err(Clone::clone);
@@ -46,16 +62,136 @@ pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Check
         path = view.path,
         "check"
     );
-    response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http)
+    if view.is_http
+        && let Some(bytes) = cache.and_then(|c| c.http_answer(&decision))
+    {
+        return CheckAnswer::Encoded(bytes);
+    }
+    CheckAnswer::Message(Box::new(response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http)))
 }
 
-#[tonic::async_trait]
-impl Authorization for CheckService {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+/// The Check handler's state: the live policy and the answer cache of its current version.
+struct CheckState {
+    policy: SharedPolicy,
+    cache: ArcSwap<ResponseCache>,
+}
+
+impl CheckState {
+    fn answer(&self, req: &CheckRequest) -> CheckAnswer {
         let policy = self.policy.load();
-        Ok(tonic::Response::new(authorize(&policy, request.get_ref(), unix_now())))
+        let cache = self.cache.load();
+        if Arc::ptr_eq(&cache.policy, &policy) {
+            return answer(&cache, req, coarse_unix_now());
+        }
+        // First check after a reload: start an empty cache for the new version.
+        let fresh = Arc::new(ResponseCache::new(Arc::clone(&policy)));
+        self.cache.store(fresh.clone());
+        answer(&fresh, req, coarse_unix_now())
+    }
+}
+
+/// `envoy.service.auth.v3.Authorization` as a tower service, like tonic's generated server but with
+/// `CheckCodec`, so cached answers are written without re-encoding.
+#[derive(Clone)]
+pub struct CheckServer {
+    state: Arc<CheckState>,
+}
+
+impl CheckServer {
+    pub fn new(policy: SharedPolicy) -> Self {
+        let cache = ArcSwap::from_pointee(ResponseCache::new(policy.load_full()));
+        CheckServer { state: Arc::new(CheckState { policy, cache }) }
+    }
+}
+
+impl tonic::server::NamedService for CheckServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+struct CheckMethod(Arc<CheckState>);
+
+impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
+    type Response = CheckAnswer;
+    type Future = std::future::Ready<Result<tonic::Response<CheckAnswer>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(self.0.answer(request.get_ref()))))
+    }
+}
+
+impl<B> Service<http::Request<B>> for CheckServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async {
+                Ok(tonic::Status::unimplemented("egressd serves Authorization/Check only").into_http())
+            });
+        }
+        let state = self.state.clone();
+        Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(CheckMethod(state), req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    use super::*;
+    use crate::policy::{PolicySource, compile};
+
+    fn http(principal: &str, method: &str, host: &str) -> CheckRequest {
+        let headers = HashMap::from([("x-request-id".to_string(), "fixed".to_string())]);
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer { principal: principal.into(), ..Default::default() }),
+                request: Some(Request {
+                    http: Some(HttpRequest { method: method.into(), host: host.into(), headers, ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn cached_answers_equal_freshly_built_ones() {
+        let text = include_str!("../integration/fixtures/semantics.yaml");
+        let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
+        let cache = ResponseCache::new(policy.clone());
+        let pay = "spiffe://corp.example/ns/payments/sa/api";
+        let ci = "spiffe://corp.example/ns/ci/sa/x";
+        let requests = [
+            http(pay, "CONNECT", "api.stripe.com:443"),     // allow (exact)
+            http(pay, "GET", "a.stripe.com"),               // allow (wildcard)
+            http(pay, "CONNECT", "pypi.org:443"),           // allow (group)
+            http(ci, "CONNECT", "evil.example.org:443"),    // would-deny, no matching allow
+            http(ci, "CONNECT", "github.com:443"),          // allow in dry-run
+            http(pay, "CONNECT", "evil.example.org:443"),   // deny: built per request
+            http(pay, "CONNECT", "uploads.stripe.com:443"), // service deny
+            http("", "CONNECT", "api.stripe.com:443"),      // unauthenticated
+        ];
+        let mut cached = 0;
+        for round in 0..2 {
+            for req in &requests {
+                let got = answer(&cache, req, 0);
+                cached += usize::from(round == 1 && matches!(got, CheckAnswer::Encoded(_)));
+                assert_eq!(got.to_message(), authorize(&policy, req, 0), "{req:?}");
+            }
+        }
+        assert_eq!(cached, 5, "allows and would-denies come from the cache");
     }
 }

@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{AdminState, router};
-use crate::authz::CheckService;
+use crate::authz::CheckServer;
 use crate::policy::SharedPolicy;
 
 #[derive(Debug, Clone)]
@@ -50,7 +49,7 @@ pub async fn serve(
     let bound = Bound { grpc: grpc.local_addr().expect("bound"), admin: admin.local_addr().expect("bound") };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<AuthorizationServer<CheckService>>().await;
+    health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
     let admin_state = AdminState { policy: policy.clone(), grpc_ready: grpc_ready.clone() };
@@ -74,7 +73,7 @@ pub async fn serve(
     grpc_ready.store(true, Ordering::Release);
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CheckService::new(policy).into_server())
+        .add_service(CheckServer::new(policy))
         // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
         // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
         // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.

@@ -117,13 +117,15 @@ impl<'d> Compiler<'d> {
 
         let mut identities = IdentityIndex::default();
         let mut claims: Vec<(IdentityPattern, usize, SourceLoc)> = Vec::new();
+        let mut exact_principals = rustc_hash::FxHashMap::default();
         let mut services: Vec<ServiceInfo> = Vec::new();
         let mut by_name: HashMap<String, SourceLoc> = HashMap::new();
         for svc in docs.services {
             let index = services.len();
-            if let Some(info) =
+            if let Some(mut info) =
                 self.check_service(&svc, &trust_domain, default_mode, default_canary, &groups, &mut by_name)
             {
+                info.index = index;
                 for id in &svc.doc.identities {
                     let loc = SourceLoc::of(&svc.file, id);
                     let Ok(pattern) = IdentityPattern::parse(id.value.trim()) else { continue };
@@ -131,7 +133,12 @@ impl<'d> Compiler<'d> {
                         continue; // reported by check_service
                     }
                     match identities.insert(&pattern, index as u32) {
-                        Ok(()) => claims.push((pattern, index, loc)),
+                        Ok(()) => {
+                            if let IdentityPattern::Exact { .. } = pattern {
+                                exact_principals.insert(pattern.to_string().into_boxed_str(), index as u32);
+                            }
+                            claims.push((pattern, index, loc))
+                        }
                         Err(owner) if owner as usize == index => {
                             self.diags.warning(loc, format!("identity `{}` is listed twice", id.value));
                         }
@@ -162,6 +169,7 @@ impl<'d> Compiler<'d> {
             mesh_deny_rules,
             warnings: Vec::new(),
             identities,
+            exact_principals,
             matcher: self.matcher,
         })
     }
@@ -289,6 +297,7 @@ impl<'d> Compiler<'d> {
             }
         }
         Some(ServiceInfo {
+            index: 0, // set by run()
             name,
             owner: doc.owner.clone(),
             description: doc.description.clone(),
@@ -446,6 +455,7 @@ impl<'d> Compiler<'d> {
                         .or_else(|| d.justification.clone())
                         .or_else(|| Some(group.info.justification.clone()));
                     let info = RuleInfo {
+                        index: 0, // set by add()
                         id: format!("{id}/{name}/{j}"),
                         action,
                         loc: d.loc.clone(),
@@ -464,6 +474,7 @@ impl<'d> Compiler<'d> {
             }
             ref dest => {
                 let info = RuleInfo {
+                    index: 0, // set by add()
                     id: id.to_string(),
                     action,
                     loc: rule.loc.clone(),
@@ -480,7 +491,7 @@ impl<'d> Compiler<'d> {
         }
     }
 
-    fn add(&mut self, table: TableId, dest: &Dest, constraints: RuleConstraints, info: RuleInfo) {
+    fn add(&mut self, table: TableId, dest: &Dest, constraints: RuleConstraints, mut info: RuleInfo) {
         let idx = match dest {
             Dest::Host(p) => self.matcher.add_host(table, p, constraints),
             Dest::Cidr(net) => self.matcher.add_cidr(table, *net, constraints),
@@ -488,6 +499,7 @@ impl<'d> Compiler<'d> {
             Dest::Group(..) => unreachable!("groups are expanded by place()"),
         };
         debug_assert_eq!(idx as usize, self.rules.len());
+        info.index = self.rules.len();
         self.rules.push(info);
     }
 

@@ -19,6 +19,9 @@ pub enum Action {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleInfo {
+    /// Position in `CompiledPolicy::rules` (lets per-rule caches be plain vectors).
+    #[serde(skip)]
+    pub index: usize,
     /// Stable name: `payments/allow/0`, `payments/allow/1/package-mirrors/0`, `mesh/deny/0`.
     pub id: String,
     pub action: Action,
@@ -51,6 +54,9 @@ fn ser_loc<S: serde::Serializer>(loc: &SourceLoc, s: S) -> Result<S::Ok, S::Erro
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceInfo {
+    /// Position in `CompiledPolicy::services`.
+    #[serde(skip)]
+    pub index: usize,
     pub name: String,
     pub owner: Option<String>,
     pub description: Option<String>,
@@ -98,6 +104,9 @@ pub struct CompiledPolicy {
     /// Findings that did not stop the load (expired allows, overlapping identities).
     pub warnings: Vec<Diagnostic>,
     pub(crate) identities: IdentityIndex,
+    /// Canonical exact identities (`spiffe://td/path`) -> service: a principal equal to one of these
+    /// strings is already known valid, so the hot path skips parsing it.
+    pub(crate) exact_principals: rustc_hash::FxHashMap<Box<str>, u32>,
     pub(crate) matcher: Matcher,
 }
 

@@ -31,6 +31,9 @@ impl CompiledPolicy {
                 return Err(Reason::Unauthenticated(AuthnError::Missing { xfcc }));
             }
         };
+        if let Some(&service) = self.exact_principals.get(principal) {
+            return Ok(service as usize);
+        }
         let id = authenticate(principal, &self.trust_domain).map_err(Reason::Unauthenticated)?;
         self.identities.lookup(id.path()).map(|s| s as usize).ok_or(Reason::UnknownService)
     }

@@ -283,3 +283,20 @@ fn example_mesh_config_is_valid() {
     assert!(p.services.iter().any(|s| s.mode == Mode::Canary));
     assert!(!p.groups.is_empty() && p.mesh_deny_rules > 0);
 }
+
+#[test]
+fn exact_principal_fast_path_agrees_with_parsing() {
+    let p = policy();
+    // Canonical form: found without parsing.
+    assert_eq!(decide(&p, PAY, "api.stripe.com", 443, Https).service_name(), "payments");
+    // Trust domains compare case-insensitively (SPIFFE): the parsing path finds the same service.
+    assert_eq!(
+        decide(&p, "spiffe://CORP.example/ns/payments/sa/api", "api.stripe.com", 443, Https).service_name(),
+        "payments"
+    );
+    // Paths are case-sensitive.
+    assert_eq!(
+        decide(&p, "spiffe://corp.example/ns/Payments/sa/api", "api.stripe.com", 443, Https).reason.code(),
+        "unknown-service"
+    );
+}
