@@ -2,30 +2,18 @@
 //! the example policy, versus building the minimal OK response a no-op server returns.
 //! Run: cargo bench --bench authorize
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use egressd::authz::authorize;
 use egressd::policy::{PolicySource, compile};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use egressd::testing::http_check;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
 fn request(principal: &str, method: &str, host: &str) -> CheckRequest {
-    let mut headers = HashMap::new();
-    headers.insert("x-request-id".to_string(), "4bf92f35-77b3-4da6-a3ce-000000000001".to_string());
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer { principal: principal.into(), ..Default::default() }),
-            request: Some(Request {
-                http: Some(HttpRequest { method: method.into(), host: host.into(), headers, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    http_check(principal, method, host, &[("x-request-id", "4bf92f35-77b3-4da6-a3ce-000000000001")])
 }
 
 fn bench(c: &mut Criterion) {

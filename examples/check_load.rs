@@ -7,17 +7,16 @@
 //! Rounds alternate egressd / no-op (A B A B ...) and report medians, because this 2-core VM's
 //! absolute numbers drift; only the ratios are meaningful.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use egressd::testing::http_check;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use hdrhistogram::Histogram;
 use prost::Message;
@@ -145,28 +144,13 @@ fn requests() -> Vec<CheckRequest> {
     (0..64)
         .map(|i| {
             let (principal, method, host) = mix[i % mix.len()];
-            let mut headers = HashMap::new();
-            headers.insert("x-request-id".to_string(), format!("4bf92f35-77b3-4da6-a3ce-{i:012}"));
-            headers.insert("user-agent".to_string(), "curl/8.5.0".to_string());
-            headers.insert("accept".to_string(), "*/*".to_string());
-            CheckRequest {
-                attributes: Some(AttributeContext {
-                    source: Some(Peer { principal: principal.to_string(), ..Default::default() }),
-                    request: Some(Request {
-                        http: Some(HttpRequest {
-                            method: method.into(),
-                            host: host.into(),
-                            path: "/".into(),
-                            scheme: "http".into(),
-                            protocol: "HTTP/1.1".into(),
-                            headers,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            }
+            let id = format!("4bf92f35-77b3-4da6-a3ce-{i:012}");
+            http_check(
+                principal,
+                method,
+                host,
+                &[("x-request-id", &id), ("user-agent", "curl/8.5.0"), ("accept", "*/*")],
+            )
         })
         .collect()
 }

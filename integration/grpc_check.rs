@@ -2,20 +2,19 @@
 //! HTTP (ext_authz HTTP filter) and network (ext_authz network filter) CheckRequests shaped like the
 //! ones Envoy 1.40 sends (see shared envoy-lab notes), one test per semantic rule.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request, TlsSession};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, check_response};
 use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::transport::Channel;
 
 use egressd::policy::{self, PolicySource};
+use egressd::testing::{http_check, network_check};
 
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
 const CI: &str = "spiffe://corp.example/ns/ci/sa/runner";
@@ -52,63 +51,6 @@ async fn fixture() -> (Server, AuthorizationClient<Channel>) {
     let server = start(PolicySource::from_dir(&dir).unwrap()).await;
     let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
     (server, client)
-}
-
-fn socket(ip: &str, port: u32) -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(port)),
-            ..Default::default()
-        })),
-    }
-}
-
-/// What Envoy's HTTP ext_authz filter sends.
-fn http_check(principal: &str, method: &str, host: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    let headers: HashMap<String, String> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                principal: principal.to_string(),
-                address: Some(socket("127.0.0.1", 40000)),
-                ..Default::default()
-            }),
-            destination: Some(Peer { address: Some(socket("127.0.0.1", 10000)), ..Default::default() }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.to_string(),
-                    host: host.to_string(),
-                    path: if method == "CONNECT" { String::new() } else { "/v1/charges".to_string() },
-                    scheme: "http".to_string(),
-                    protocol: "HTTP/1.1".to_string(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// What Envoy's network ext_authz filter sends: SNI in destination.service, the listener's address.
-fn network_check(principal: &str, sni: &str, dest_ip: &str, port: u32) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                principal: principal.to_string(),
-                address: Some(socket("127.0.0.1", 40001)),
-                ..Default::default()
-            }),
-            destination: Some(Peer {
-                service: sni.to_string(),
-                address: Some(socket(dest_ip, port)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
 }
 
 async fn check(client: &mut AuthorizationClient<Channel>, req: CheckRequest) -> CheckResponse {

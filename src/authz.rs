@@ -145,26 +145,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-
     use super::*;
     use crate::policy::{PolicySource, compile};
+    use crate::testing::http_check;
 
     fn http(principal: &str, method: &str, host: &str) -> CheckRequest {
-        let headers = HashMap::from([("x-request-id".to_string(), "fixed".to_string())]);
-        CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(Peer { principal: principal.into(), ..Default::default() }),
-                request: Some(Request {
-                    http: Some(HttpRequest { method: method.into(), host: host.into(), headers, ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }
+        http_check(principal, method, host, &[("x-request-id", "fixed")])
     }
 
     #[test]

@@ -33,14 +33,14 @@ pub fn cli_destination(to: &str, protocol: Option<Protocol>) -> Result<Destinati
 fn miss_text(rule: &RuleInfo, miss: Miss, dest: &Destination<'_>) -> String {
     let what = match miss {
         Miss::Port => format!("port {} is not in its ports {:?}", dest.port, rule.ports.as_deref().unwrap_or_default()),
-        Miss::Protocol => format!(
-            "protocol {} is not in its protocols [{}]",
-            dest.protocol,
-            rule.protocols.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
-        ),
+        Miss::Protocol => format!("protocol {} is not in its protocols [{}]", dest.protocol, protocol_list(rule)),
         Miss::Expired => format!("it expired on {}", rule.expires.as_deref().unwrap_or("?")),
     };
     format!("{} ({}) matches {} but {what}", rule.id, rule.loc.short(), rule.target)
+}
+
+fn protocol_list(rule: &RuleInfo) -> String {
+    rule.protocols.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn verdict_label(d: &Decision<'_>) -> &'static str {
@@ -101,8 +101,7 @@ fn describe_rule(rule: &RuleInfo) -> String {
         s.push_str(&format!(" ports {ports:?}"));
     }
     if !rule.protocols.is_empty() {
-        let p: Vec<&str> = rule.protocols.iter().map(|p| p.as_str()).collect();
-        s.push_str(&format!(" protocols [{}]", p.join(", ")));
+        s.push_str(&format!(" protocols [{}]", protocol_list(rule)));
     }
     if let Some(g) = &rule.group {
         s.push_str(&format!(" (group {g})"));

@@ -12,3 +12,4 @@ pub mod identity;
 pub mod policy;
 pub mod rollout;
 pub mod server;
+pub mod testing;
