@@ -180,4 +180,30 @@ mod tests {
         }
         assert_eq!(cached, 5, "allows and would-denies come from the cache");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_request_gets_ok_or_permission_denied(
+            principal in "(spiffe://corp\\.example/ns/[a-z]{1,8}/sa/[a-z]{1,8}|.{0,40})",
+            method in "(GET|CONNECT|POST|.{0,8})",
+            host in ".{0,80}",
+            sni in ".{0,40}",
+            port in proptest::prelude::any::<u32>(),
+            xfcc in ".{0,60}",
+            network in proptest::prelude::any::<bool>(),
+        ) {
+            let text = include_str!("../integration/fixtures/semantics.yaml");
+            let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
+            let cache = ResponseCache::new(policy.clone());
+            let req = if network {
+                crate::testing::network_check(&principal, &sni, "10.20.0.1", port)
+            } else {
+                http_check(&principal, &method, &host, &[("x-forwarded-client-cert", &xfcc)])
+            };
+            let resp = answer(&cache, &req, 0).to_message();
+            let code = resp.status.as_ref().map(|s| s.code);
+            proptest::prop_assert!(code == Some(0) || code == Some(7), "{:?}", code);
+            proptest::prop_assert_eq!(resp, authorize(&policy, &req, 0));
+        }
+    }
 }
