@@ -13,3 +13,4 @@ pub mod policy;
 pub mod rollout;
 pub mod server;
 pub mod testing;
+pub mod xds;

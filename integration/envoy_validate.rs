@@ -1,0 +1,135 @@
+//! Every resource egressd generates for the gateway passes the real Envoy's `--mode validate`.
+
+mod support {
+    pub mod envoy;
+}
+
+use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::util::pack_any;
+use prost::Message;
+
+use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
+use egressd::xds::resources;
+
+fn decode<M: Message + Default>(r: &resources::Resource) -> M {
+    M::decode(r.any.value.as_slice()).unwrap()
+}
+
+/// A copy of the HTTP listener whose HCM carries `route` inline, so the route is validated too.
+fn with_inline_route(mut listener: Listener, route: RouteConfiguration, port: u16) -> Listener {
+    listener.name = "route_check".into();
+    if let Some(envoy_types::pb::envoy::config::core::v3::Address {
+        address: Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)),
+    }) = listener.address.as_mut()
+    {
+        sa.port_specifier =
+            Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(port.into()));
+    }
+    let f = &mut listener.filter_chains[0].filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { panic!("HCM has a typed config") };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route));
+    f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+    listener
+}
+
+fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
+    let mut clusters: Vec<Cluster> =
+        vec![decode(&resources::authz_cluster(spec)), decode(&resources::dfp_cluster(spec))];
+    // The ADS source the HCM's RDS subscription names.
+    let mut xds = clusters[0].clone();
+    xds.name = "xds_cluster".into();
+    if let Some(la) = xds.load_assignment.as_mut() {
+        la.cluster_name = "xds_cluster".into();
+    }
+    clusters.push(xds);
+    let http: Listener = decode(&resources::http_listener(spec));
+    let route: RouteConfiguration = decode(&resources::http_route(spec));
+    let mut listeners = vec![with_inline_route(http.clone(), route, 19080), http];
+    if let Some(tls) = spec.tls_listen {
+        listeners.push(decode(&resources::tls_listener(spec, tls)));
+    }
+    Bootstrap {
+        node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "validate".into(),
+            cluster: "egress-gateway".into(),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::StaticResources { listeners, clusters, ..Default::default() }),
+        dynamic_resources: Some(bootstrap::DynamicResources {
+            ads_config: Some(envoy_types::pb::envoy::config::core::v3::ApiConfigSource {
+                api_type: envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType::Grpc as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                        cluster_name: "xds_cluster".into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn validate(name: &str, spec: &GatewaySpec) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.pb"));
+    std::fs::write(&path, bootstrap_for(spec).encode_to_vec()).unwrap();
+    if let Err(out) = support::envoy::validate(&path) {
+        panic!("Envoy rejected the generated {name} gateway:\n{out}");
+    }
+}
+
+#[test]
+fn plaintext_gateway_validates() {
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    spec.dns_resolvers = vec!["127.0.0.1:5353".parse().unwrap()];
+    validate("plaintext", &spec);
+}
+
+#[test]
+fn mtls_gateway_validates() {
+    // Envoy reads certificate files at validation: generate real ones.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.corp.example".into()]).unwrap();
+    let cert = dir.path().join("gw.pem");
+    let key = dir.path().join("gw.key");
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&cert, ca.cert.pem()).unwrap();
+    std::fs::write(&key, ca.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    spec.mtls = Some(MtlsFiles {
+        certificate_chain: cert.display().to_string(),
+        private_key: key.display().to_string(),
+        trust_bundle: bundle.display().to_string(),
+    });
+    spec.tls_listen = None;
+    validate("mtls", &spec);
+}
+
+#[test]
+fn a_broken_resource_is_rejected() {
+    // The check can fail: a DFP cluster whose DNS cache differs from the filters' is invalid.
+    let spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    let mut bootstrap = bootstrap_for(&spec);
+    let mut other = spec.clone();
+    other.dns_max_hosts = 7;
+    bootstrap.static_resources.as_mut().unwrap().clusters[1] = decode(&resources::dfp_cluster(&other));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.pb");
+    std::fs::write(&path, bootstrap.encode_to_vec()).unwrap();
+    let err = support::envoy::validate(&path).expect_err("Envoy accepted mismatched DNS caches");
+    assert!(err.contains("egress_dns_cache"), "rejected for another reason:\n{err}");
+}

@@ -1,0 +1,55 @@
+//! What a gateway looks like: ports, certificates, DNS, timeouts. Every Envoy resource egressd
+//! serves is derived from one of these (see `resources`).
+
+use std::net::SocketAddr;
+
+/// Files of the gateway's own certificate and the trust bundle that verifies workload SVIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsFiles {
+    pub certificate_chain: String,
+    pub private_key: String,
+    pub trust_bundle: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySpec {
+    /// Name of the profile (a `kind: Gateway` document's name, or `default`).
+    pub name: String,
+    /// The HTTP proxy / CONNECT listener.
+    pub http_listen: SocketAddr,
+    /// The TLS-by-SNI listener, if enabled.
+    pub tls_listen: Option<SocketAddr>,
+    /// Port the SNI forward proxy dials upstream.
+    pub tls_upstream_port: u16,
+    /// Workload mTLS on the HTTP listener; `None` serves it in plaintext (development only).
+    pub mtls: Option<MtlsFiles>,
+    /// egressd's gRPC address as the gateway reaches it.
+    pub authz_address: SocketAddr,
+    pub authz_timeout_ms: u64,
+    /// DNS servers for destination names (c-ares); empty means the system's.
+    pub dns_resolvers: Vec<SocketAddr>,
+    pub dns_host_ttl_ms: u64,
+    pub dns_max_hosts: u32,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl GatewaySpec {
+    /// A development gateway on loopback talking to egressd at `authz_address`.
+    pub fn local(authz_address: SocketAddr) -> Self {
+        GatewaySpec {
+            name: "default".to_string(),
+            http_listen: "127.0.0.1:10080".parse().expect("literal"),
+            tls_listen: Some("127.0.0.1:10443".parse().expect("literal")),
+            tls_upstream_port: 443,
+            mtls: None,
+            authz_address,
+            authz_timeout_ms: 500,
+            dns_resolvers: Vec::new(),
+            dns_host_ttl_ms: 300_000,
+            dns_max_hosts: 10_000,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}

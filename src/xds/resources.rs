@@ -1,0 +1,421 @@
+//! The egress gateway's Envoy resources, generated from a `GatewaySpec`: what `envoy-lab` proved on
+//! Envoy 1.40, built from envoy-types messages (type URLs come from `prost::Name`, never typed).
+//!
+//! * cluster `egressd_authz`: egressd's gRPC port over HTTP/2 (ext_authz checks).
+//! * cluster `egress_dfp`: dynamic forward proxy, DNS through c-ares at the configured resolvers.
+//! * listener `egress_http`: HTTP proxy + CONNECT (HTTP/1.1 and HTTP/2), ext_authz, DFP, router;
+//!   mTLS with a required, verified client certificate when the spec names certificate files.
+//! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel, everything else proxied.
+//! * listener `egress_tls` (optional): TLS by SNI: tls_inspector, network ext_authz, SNI DFP, tcp_proxy.
+
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
+    Http2ProtocolOptions, SocketAddress, SubstitutionFormatString, TransportSocket, TypedExtensionConfig, address,
+    config_source, data_source, grpc_service, socket_address, substitution_format_string, transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
+use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{ClusterConfig, cluster_config};
+use envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig;
+use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
+    FilterConfig as HttpDfpConfig, filter_config as http_dfp_config,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{
+    ExtAuthz as HttpExtAuthz, ext_authz as http_ext_authz,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as NetworkExtAuthz;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_proxy::v3::{
+    FilterConfig as SniDfpConfig, filter_config as sni_dfp_config,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, common_tls_context,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::Name;
+
+use super::gateway::GatewaySpec;
+
+pub const AUTHZ_CLUSTER: &str = "egressd_authz";
+pub const DFP_CLUSTER: &str = "egress_dfp";
+pub const HTTP_LISTENER: &str = "egress_http";
+pub const HTTP_ROUTE: &str = "egress_http";
+pub const TLS_LISTENER: &str = "egress_tls";
+const DNS_CACHE: &str = "egress_dns_cache";
+
+/// One generated resource: its name and the message packed as `Any`.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub name: String,
+    pub any: Any,
+}
+
+fn resource<M: Name + prost::Message>(name: &str, msg: M) -> Resource {
+    Resource { name: name.to_string(), any: pack_any(msg) }
+}
+
+fn typed<M: Name + prost::Message>(name: &str, msg: M) -> TypedExtensionConfig {
+    TypedExtensionConfig { name: name.to_string(), typed_config: Some(pack_any(msg)) }
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+fn socket(addr: std::net::SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn file(path: &str) -> Option<DataSource> {
+    Some(DataSource { specifier: Some(data_source::Specifier::Filename(path.to_string())), ..Default::default() })
+}
+
+/// The DNS cache shared by the DFP filters and the DFP cluster (Envoy requires them identical).
+fn dns_cache(spec: &GatewaySpec) -> DnsCacheConfig {
+    let resolver = CaresDnsResolverConfig {
+        resolvers: spec.dns_resolvers.iter().copied().map(socket).collect(),
+        use_resolvers_as_fallback: false,
+        dns_resolver_options: Some(envoy_types::pb::envoy::config::core::v3::DnsResolverOptions {
+            use_tcp_for_dns_lookups: false,
+            no_default_search_domain: true,
+        }),
+        ..Default::default()
+    };
+    DnsCacheConfig {
+        name: DNS_CACHE.to_string(),
+        // V4_ONLY: the lab's resolvers answer A records; AUTO would wait on AAAA first.
+        dns_lookup_family: envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Only as i32,
+        max_hosts: Some(UInt32Value { value: spec.dns_max_hosts }),
+        host_ttl: Some(millis(spec.dns_host_ttl_ms)),
+        typed_dns_resolver_config: Some(typed("envoy.network.dns_resolver.cares", resolver)),
+        ..Default::default()
+    }
+}
+
+fn http2_options() -> (String, Any) {
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    (HttpProtocolOptions::full_name(), pack_any(opts))
+}
+
+/// egressd's own gRPC port, over HTTP/2, for ext_authz.
+pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
+    let c = Cluster {
+        name: AUTHZ_CLUSTER.to_string(),
+        connect_timeout: Some(millis(1000)),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        typed_extension_protocol_options: [http2_options()].into_iter().collect(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: AUTHZ_CLUSTER.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(spec.authz_address)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    resource(AUTHZ_CLUSTER, c)
+}
+
+/// Dynamic forward proxy: upstream hosts are the authorized destinations, resolved on demand.
+pub fn dfp_cluster(spec: &GatewaySpec) -> Resource {
+    let config = ClusterConfig {
+        cluster_implementation_specifier: Some(cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(
+            dns_cache(spec),
+        )),
+        ..Default::default()
+    };
+    let c = Cluster {
+        name: DFP_CLUSTER.to_string(),
+        connect_timeout: Some(millis(spec.connect_timeout_ms)),
+        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(cluster::CustomClusterType {
+            name: "envoy.clusters.dynamic_forward_proxy".to_string(),
+            typed_config: Some(pack_any(config)),
+        })),
+        ..Default::default()
+    };
+    resource(DFP_CLUSTER, c)
+}
+
+fn grpc_authz_service(spec: &GatewaySpec) -> GrpcService {
+    GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+            cluster_name: AUTHZ_CLUSTER.to_string(),
+            ..Default::default()
+        })),
+        timeout: Some(millis(spec.authz_timeout_ms)),
+        ..Default::default()
+    }
+}
+
+/// The access log line: the request, then egressd's decision from ext_authz dynamic metadata.
+fn access_log(namespace: &str, tcp: bool) -> Vec<AccessLog> {
+    let m = |key: &str| format!("%DYNAMIC_METADATA({namespace}:{key})%");
+    let what = if tcp {
+        "%DOWNSTREAM_REMOTE_ADDRESS% -> %REQUESTED_SERVER_NAME% %UPSTREAM_HOST% %RESPONSE_FLAGS%".to_string()
+    } else {
+        "%DOWNSTREAM_REMOTE_ADDRESS% \"%REQ(:METHOD)% %REQ(:AUTHORITY)%%REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS%"
+            .to_string()
+    };
+    let format = format!(
+        "[%START_TIME%] {what} peer=%DOWNSTREAM_PEER_URI_SAN% decision={} reason={} rule={} service={} mode={}\n",
+        m("decision"),
+        m("reason"),
+        m("rule"),
+        m("service"),
+        m("mode")
+    );
+    let stdout = StdoutAccessLog {
+        access_log_format: Some(envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(format)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )),
+    };
+    vec![AccessLog {
+        name: "envoy.access_loggers.stdout".to_string(),
+        config_type: Some(access_log::ConfigType::TypedConfig(pack_any(stdout))),
+        ..Default::default()
+    }]
+}
+
+fn http_filter<M: Name + prost::Message>(name: &str, msg: M) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(msg))),
+        ..Default::default()
+    }
+}
+
+fn network_filter<M: Name + prost::Message>(name: &str, msg: M) -> Filter {
+    Filter { name: name.to_string(), config_type: Some(filter::ConfigType::TypedConfig(pack_any(msg))) }
+}
+
+fn downstream_mtls(spec: &GatewaySpec) -> Option<TransportSocket> {
+    let mtls = spec.mtls.as_ref()?;
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: file(&mtls.certificate_chain),
+                private_key: file(&mtls.private_key),
+                ..Default::default()
+            }],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext { trusted_ca: file(&mtls.trust_bundle), ..Default::default() },
+            )),
+            // HTTP/2 and HTTP/1.1 over TLS (CONNECT works on both).
+            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            ..Default::default()
+        }),
+        // A workload without a valid SVID never gets past the handshake.
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    })
+}
+
+/// The HTTP egress listener: plain proxy requests and CONNECT tunnels, each checked by egressd.
+pub fn http_listener(spec: &GatewaySpec) -> Resource {
+    let ext_authz = HttpExtAuthz {
+        services: Some(http_ext_authz::Services::GrpcService(grpc_authz_service(spec))),
+        transport_api_version: ApiVersion::V3 as i32,
+        // Fail closed: egressd down means no egress.
+        failure_mode_allow: false,
+        include_peer_certificate: false,
+        ..Default::default()
+    };
+    let dfp = HttpDfpConfig {
+        implementation_specifier: Some(http_dfp_config::ImplementationSpecifier::DnsCacheConfig(dns_cache(spec))),
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: HTTP_LISTENER.to_string(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_source()),
+            route_config_name: HTTP_ROUTE.to_string(),
+        })),
+        http_filters: vec![
+            http_filter("envoy.filters.http.ext_authz", ext_authz),
+            http_filter("envoy.filters.http.dynamic_forward_proxy", dfp),
+            http_filter("envoy.filters.http.router", Router::default()),
+        ],
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "CONNECT".to_string(),
+            ..Default::default()
+        }],
+        http_protocol_options: Some(Http1ProtocolOptions {
+            // Absolute-form proxy requests (GET http://host/) and HTTP/1.0 CONNECT (openssl -proxy).
+            allow_absolute_url: Some(BoolValue { value: true }),
+            accept_http_10: true,
+            ..Default::default()
+        }),
+        http2_protocol_options: Some(Http2ProtocolOptions { allow_connect: true, ..Default::default() }),
+        // Identity headers never leave: egressd's OK answer also removes XFCC per request.
+        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
+        access_log: access_log("envoy.filters.http.ext_authz", false),
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: HTTP_LISTENER.to_string(),
+        address: Some(socket(spec.http_listen)),
+        filter_chains: vec![FilterChain {
+            filters: vec![network_filter("envoy.filters.network.http_connection_manager", hcm)],
+            transport_socket: downstream_mtls(spec),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    resource(HTTP_LISTENER, listener)
+}
+
+fn ads_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource::default())),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// Routes of the HTTP listener: CONNECT becomes a tunnel to the authorized authority; other
+/// requests are proxied to the host they name.
+pub fn http_route(spec: &GatewaySpec) -> Resource {
+    let to_dfp = |upgrade: bool| {
+        route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(DFP_CLUSTER.to_string())),
+            timeout: (!upgrade).then(|| millis(spec.request_timeout_ms)),
+            upgrade_configs: if upgrade {
+                vec![route_action::UpgradeConfig {
+                    upgrade_type: "CONNECT".to_string(),
+                    connect_config: Some(route_action::upgrade_config::ConnectConfig::default()),
+                    ..Default::default()
+                }]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        })
+    };
+    let rc = RouteConfiguration {
+        name: HTTP_ROUTE.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: "any".to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![
+                Route {
+                    name: "connect".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+                            route_match::ConnectMatcher::default(),
+                        )),
+                        ..Default::default()
+                    }),
+                    action: Some(to_dfp(true)),
+                    ..Default::default()
+                },
+                Route {
+                    name: "proxy".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                        ..Default::default()
+                    }),
+                    action: Some(to_dfp(false)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    resource(HTTP_ROUTE, rc)
+}
+
+/// TLS by SNI: the client speaks TLS straight to the gateway; egressd checks the SNI, Envoy dials it.
+pub fn tls_listener(spec: &GatewaySpec, listen: std::net::SocketAddr) -> Resource {
+    let ext_authz = NetworkExtAuthz {
+        stat_prefix: TLS_LISTENER.to_string(),
+        grpc_service: Some(grpc_authz_service(spec)),
+        failure_mode_allow: false,
+        transport_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    };
+    let sni_dfp = SniDfpConfig {
+        port_specifier: Some(sni_dfp_config::PortSpecifier::PortValue(u32::from(spec.tls_upstream_port))),
+        dns_cache_config: Some(dns_cache(spec)),
+        ..Default::default()
+    };
+    let tcp = TcpProxy {
+        stat_prefix: TLS_LISTENER.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(DFP_CLUSTER.to_string())),
+        access_log: access_log("envoy.filters.network.ext_authz", true),
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: TLS_LISTENER.to_string(),
+        address: Some(socket(listen)),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_string(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
+            ..Default::default()
+        }],
+        filter_chains: vec![FilterChain {
+            filters: vec![
+                network_filter("envoy.filters.network.ext_authz", ext_authz),
+                network_filter("envoy.filters.network.sni_dynamic_forward_proxy", sni_dfp),
+                network_filter("envoy.filters.network.tcp_proxy", tcp),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    resource(TLS_LISTENER, listener)
+}
