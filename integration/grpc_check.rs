@@ -2,51 +2,32 @@
 //! HTTP (ext_authz HTTP filter) and network (ext_authz network filter) CheckRequests shaped like the
 //! ones Envoy 1.40 sends (see shared envoy-lab notes), one test per semantic rule.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, check_response};
 use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::transport::Channel;
 
-use egressd::policy::{self, PolicySource};
+use egressd::policy::PolicySource;
 use egressd::testing::{http_check, network_check};
 
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
 const CI: &str = "spiffe://corp.example/ns/ci/sa/runner";
 const CANARY: &str = "spiffe://corp.example/ns/canary/sa/x";
 
-struct Server {
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+mod support {
+    pub mod server;
 }
 
-async fn start(source: PolicySource) -> Server {
-    let compiled = policy::compile(&source, policy::unix_now()).expect("fixture policy is valid");
-    let shared = Arc::new(ArcSwap::from_pointee(compiled));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let config = egressd::server::ServeConfig {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-    };
-    tokio::spawn(async move {
-        egressd::server::serve(config, shared, move |b| bound_tx.send(b).unwrap(), async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("server runs");
-    });
-    let bound = bound_rx.await.unwrap();
-    Server { grpc: bound.grpc, admin: bound.admin, _stop: stop_tx }
+use support::server::{TestServer, http_get, start as start_server};
+
+async fn start(source: PolicySource) -> TestServer {
+    start_server(source, None).await
 }
 
-async fn fixture() -> (Server, AuthorizationClient<Channel>) {
+async fn fixture() -> (TestServer, AuthorizationClient<Channel>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures");
     let server = start(PolicySource::from_dir(&dir).unwrap()).await;
     let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
@@ -343,19 +324,4 @@ async fn grpc_health_and_admin_endpoints() {
     assert!(json["version"].as_str().unwrap().starts_with("sha256:"));
     let names: Vec<&str> = json["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["payments", "ci", "canary"]);
-}
-
-/// A minimal HTTP/1.1 GET, to keep an HTTP client out of the dependency graph.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
 }

@@ -1,5 +1,6 @@
 //! Admin HTTP: `GET /healthz` (process is up), `/readyz` (a policy is loaded and the gRPC port is
-//! serving), `/policy` (version, origin, services, groups, warnings of the live policy).
+//! serving), `/policy` (version, origin, services, groups, warnings of the live policy), `/xds`
+//! (connected nodes, per type the version sent and ACKed, the last NACK).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +12,16 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::policy::SharedPolicy;
+use crate::xds::registry::Registry;
+use crate::xds::snapshot::SharedSnapshot;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub policy: SharedPolicy,
     /// Set once the gRPC listener is bound.
     pub grpc_ready: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    pub snapshot: tokio::sync::watch::Receiver<SharedSnapshot>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -24,6 +29,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/policy", get(policy))
+        .route("/xds", get(xds))
         .with_state(state)
 }
 
@@ -48,5 +54,16 @@ async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "services": p.services,
         "groups": p.groups,
         "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+    }))
+}
+
+async fn xds(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let snap = state.snapshot.borrow().clone();
+    Json(json!({
+        "snapshot": { "version": snap.version, "policyVersion": snap.policy_version, "profile": snap.profile },
+        "pushes": state.registry.pushes.load(Relaxed),
+        "nacks": state.registry.nacks.load(Relaxed),
+        "nodes": state.registry.snapshot(),
     }))
 }

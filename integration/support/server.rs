@@ -1,0 +1,57 @@
+#![allow(dead_code)] // each test binary uses a subset of these helpers
+//! egressd in-process on loopback ports chosen by the OS, for integration tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use egressd::policy::{self, PolicySource};
+use egressd::server::{ServeConfig, XdsHandle, serve};
+use egressd::xds::gateway::GatewaySpec;
+
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub xds: XdsHandle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts egressd on `source`; the server stops when the returned value is dropped.
+pub async fn start(source: PolicySource, gateway: Option<GatewaySpec>) -> TestServer {
+    let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
+    let shared = Arc::new(ArcSwap::from_pointee(compiled));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let config = ServeConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        gateway,
+    };
+    tokio::spawn(async move {
+        let on_bound = move |b| {
+            let _ = bound_tx.send(b);
+        };
+        serve(config, shared, on_bound, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let bound = bound_rx.await.expect("server bound its ports");
+    TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, _stop: stop_tx }
+}
+
+/// A minimal HTTP/1.1 GET, to keep an HTTP client out of the dependency graph.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,430 @@
+//! The Aggregated Discovery Service, state-of-the-world and incremental (delta).
+//!
+//! Protocol state per stream and type: the nonce of the last response, what was sent, what was
+//! ACKed. A NACK (a request carrying `error_detail`) leaves the node on its last ACKed version, is
+//! logged and recorded for `/xds`, and the rejected version is not sent again: only a new snapshot
+//! version triggers the next push (go-control-plane#962 re-sent rejected configs in a loop).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::registry::Registry;
+use super::snapshot::{SharedSnapshot, Snapshot, is_wildcard_type, short_type, type_order};
+
+/// Snapshots by gateway profile, and which profile a node gets.
+#[derive(Clone)]
+pub struct Profiles {
+    default: watch::Receiver<SharedSnapshot>,
+    /// Node `cluster` (or `id`) -> profile snapshots.
+    by_node: Arc<HashMap<String, watch::Receiver<SharedSnapshot>>>,
+}
+
+impl Profiles {
+    pub fn single(default: watch::Receiver<SharedSnapshot>) -> Self {
+        Profiles { default, by_node: Arc::new(HashMap::new()) }
+    }
+
+    pub fn with_nodes(
+        default: watch::Receiver<SharedSnapshot>,
+        by_node: HashMap<String, watch::Receiver<SharedSnapshot>>,
+    ) -> Self {
+        Profiles { default, by_node: Arc::new(by_node) }
+    }
+
+    /// A node's profile: by its cluster, else by its id, else the default gateway.
+    pub fn select(&self, node: Option<&Node>) -> watch::Receiver<SharedSnapshot> {
+        node.and_then(|n| self.by_node.get(&n.cluster).or_else(|| self.by_node.get(&n.id)))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct AdsService {
+    profiles: Profiles,
+    registry: Arc<Registry>,
+    nonces: Arc<AtomicU64>,
+}
+
+impl AdsService {
+    pub fn new(profiles: Profiles, registry: Arc<Registry>) -> Self {
+        AdsService { profiles, registry, nonces: Arc::new(AtomicU64::new(1)) }
+    }
+
+    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    fn nonce(&self) -> String {
+        self.nonces.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+}
+
+fn control_plane() -> Option<ControlPlane> {
+    Some(ControlPlane { identifier: format!("egressd {}", env!("CARGO_PKG_VERSION")) })
+}
+
+/// Deregisters a stream when its task ends, however it ends.
+struct Registered(Arc<Registry>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.disconnect(self.1);
+    }
+}
+
+// ---------------------------------------------------------------- state of the world
+
+#[derive(Default)]
+struct SotwType {
+    /// `None`: wildcard (every resource of the type).
+    names: Option<BTreeSet<String>>,
+    nonce: String,
+    sent_version: String,
+}
+
+impl AdsService {
+    async fn run_sotw(
+        self,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        // The first request names the node (Envoy may omit it afterwards).
+        let Ok(Some(first)) = requests.message().await else { return };
+        let mut snapshots = self.profiles.select(first.node.as_ref());
+        let node = first.node.clone().unwrap_or_default();
+        let profile = snapshots.borrow().profile.clone();
+        let id = self.registry.connect(&node.id, &node.cluster, "sotw", &profile);
+        let _registered = Registered(self.registry.clone(), id);
+        tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (state of the world) opened");
+        let mut types: HashMap<String, SotwType> = HashMap::new();
+        let mut next = Some(first);
+        loop {
+            if let Some(req) = next.take() {
+                let snap = snapshots.borrow().clone();
+                if let Some(resp) = self.sotw_request(id, &node, &mut types, req, &snap)
+                    && tx.send(Ok(resp)).await.is_err()
+                {
+                    return;
+                }
+            }
+            tokio::select! {
+                msg = requests.message() => match msg {
+                    Ok(Some(req)) => next = Some(req),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %node.id, "xDS stream error: {e}");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snapshots.borrow_and_update().clone();
+                    for type_url in type_order() {
+                        let Some(state) = types.get_mut(&type_url) else { continue };
+                        // Unchanged (or the version this node already rejected): nothing to send.
+                        if snap.type_version(&type_url) == state.sent_version {
+                            continue;
+                        }
+                        let resp = self.sotw_response(id, &type_url, state, &snap);
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(node = %node.id, "xDS stream closed");
+    }
+
+    /// Handles one request: ACK, NACK or (re)subscription. Returns a response to send, if any.
+    fn sotw_request(
+        &self,
+        id: u64,
+        node: &Node,
+        types: &mut HashMap<String, SotwType>,
+        req: DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Option<DiscoveryResponse> {
+        let first_for_type = !types.contains_key(&req.type_url);
+        let state = types.entry(req.type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() {
+            if req.response_nonce != state.nonce {
+                // A reply to a response since superseded: nothing to answer, but an ACK still says
+                // which version the node runs.
+                if req.error_detail.is_none() {
+                    self.registry.acked(id, &req.type_url, &req.version_info);
+                }
+                return None;
+            }
+            match &req.error_detail {
+                Some(err) => {
+                    tracing::warn!(
+                        node = %node.id, type_url = short_type(&req.type_url), rejected = %state.sent_version,
+                        kept = %req.version_info, "Envoy rejected config (NACK): {}", err.message
+                    );
+                    self.registry.nacked(id, &req.type_url, &state.sent_version, &err.message);
+                }
+                None => self.registry.acked(id, &req.type_url, &req.version_info),
+            }
+        }
+        let names = if req.resource_names.is_empty() && is_wildcard_type(&req.type_url)
+            || req.resource_names.iter().any(|n| n == "*")
+        {
+            None
+        } else {
+            Some(req.resource_names.iter().cloned().collect::<BTreeSet<_>>())
+        };
+        let names_changed = names != state.names;
+        state.names = names;
+        // Respond to a new subscription or a changed one; an ACK or NACK alone gets no response.
+        (first_for_type || names_changed).then(|| self.sotw_response(id, &req.type_url, state, snap))
+    }
+
+    fn sotw_response(&self, id: u64, type_url: &str, state: &mut SotwType, snap: &Snapshot) -> DiscoveryResponse {
+        let resources = snap
+            .get(type_url)
+            .map(|t| {
+                t.resources
+                    .values()
+                    .filter(|r| state.names.as_ref().is_none_or(|n| n.contains(&r.name)))
+                    .map(|r| r.any.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        state.nonce = self.nonce();
+        state.sent_version = snap.type_version(type_url).to_string();
+        self.registry.sent(id, type_url, &state.sent_version);
+        DiscoveryResponse {
+            version_info: state.sent_version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce: state.nonce.clone(),
+            control_plane: control_plane(),
+            ..Default::default()
+        }
+    }
+}
+
+// ---------------------------------------------------------------- incremental (delta)
+
+#[derive(Default)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client has: name -> version.
+    known: HashMap<String, String>,
+    /// Per outstanding nonce: what the response changed, to undo on NACK, and its type version.
+    pending: HashMap<String, (Vec<(String, Option<String>)>, String)>,
+    /// A type version the client rejected: not offered again.
+    rejected: Option<String>,
+}
+
+impl DeltaType {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+impl AdsService {
+    async fn run_delta(
+        self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let Ok(Some(first)) = requests.message().await else { return };
+        let mut snapshots = self.profiles.select(first.node.as_ref());
+        let node = first.node.clone().unwrap_or_default();
+        let profile = snapshots.borrow().profile.clone();
+        let id = self.registry.connect(&node.id, &node.cluster, "delta", &profile);
+        let _registered = Registered(self.registry.clone(), id);
+        tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (delta) opened");
+        let mut types: HashMap<String, DeltaType> = HashMap::new();
+        let mut next = Some(first);
+        loop {
+            if let Some(req) = next.take() {
+                let snap = snapshots.borrow().clone();
+                if let Some(resp) = self.delta_request(id, &node, &mut types, req, &snap)
+                    && tx.send(Ok(resp)).await.is_err()
+                {
+                    return;
+                }
+            }
+            tokio::select! {
+                msg = requests.message() => match msg {
+                    Ok(Some(req)) => next = Some(req),
+                    Ok(None) | Err(_) => break,
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snap = snapshots.borrow_and_update().clone();
+                    for type_url in type_order() {
+                        let Some(state) = types.get_mut(&type_url) else { continue };
+                        if state.rejected.as_deref() == Some(snap.type_version(&type_url)) {
+                            continue;
+                        }
+                        if let Some(resp) = self.delta_response(id, &type_url, state, &snap, false)
+                            && tx.send(Ok(resp)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(node = %node.id, "xDS delta stream closed");
+    }
+
+    fn delta_request(
+        &self,
+        id: u64,
+        node: &Node,
+        types: &mut HashMap<String, DeltaType>,
+        req: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let first_for_type = !types.contains_key(&req.type_url);
+        let state = types.entry(req.type_url.clone()).or_default();
+        if first_for_type {
+            // Reconnecting clients say what they already have, so nothing unchanged is re-sent.
+            state.known = req.initial_resource_versions.clone();
+            state.wildcard = req.resource_names_subscribe.is_empty() && is_wildcard_type(&req.type_url);
+        }
+        let mut subscription_changed = false;
+        for name in &req.resource_names_subscribe {
+            subscription_changed = true;
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            subscription_changed = true;
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.known.remove(name);
+            }
+        }
+        if !req.response_nonce.is_empty()
+            && let Some((changes, version)) = state.pending.remove(&req.response_nonce)
+        {
+            match &req.error_detail {
+                Some(err) => {
+                    // The client kept what it had: undo our record of what it holds.
+                    for (name, previous) in changes {
+                        match previous {
+                            Some(v) => state.known.insert(name, v),
+                            None => state.known.remove(&name),
+                        };
+                    }
+                    tracing::warn!(
+                        node = %node.id, type_url = short_type(&req.type_url), rejected = %version,
+                        "Envoy rejected config (NACK): {}", err.message
+                    );
+                    self.registry.nacked(id, &req.type_url, &version, &err.message);
+                    state.rejected = Some(version);
+                }
+                None => self.registry.acked(id, &req.type_url, &version),
+            }
+        }
+        if first_for_type || subscription_changed {
+            return self.delta_response(id, &req.type_url, state, snap, first_for_type);
+        }
+        None
+    }
+
+    /// The difference between the snapshot and what the client holds; `None` when there is none
+    /// (unless `always`, for the first response of a type, which Envoy waits for).
+    fn delta_response(
+        &self,
+        id: u64,
+        type_url: &str,
+        state: &mut DeltaType,
+        snap: &Snapshot,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let mut resources = Vec::new();
+        let mut changes = Vec::new();
+        if let Some(t) = snap.get(type_url) {
+            for r in t.resources.values() {
+                if state.wants(&r.name) && state.known.get(&r.name) != Some(&r.version) {
+                    changes.push((r.name.clone(), state.known.insert(r.name.clone(), r.version.clone())));
+                    resources.push(Resource {
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                        resource: Some(r.any.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let removed: Vec<String> = state
+            .known
+            .keys()
+            .filter(|name| snap.get(type_url).is_none_or(|t| !t.resources.contains_key(*name)))
+            .cloned()
+            .collect();
+        for name in &removed {
+            changes.push((name.clone(), state.known.remove(name)));
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        let nonce = self.nonce();
+        let version = snap.type_version(type_url).to_string();
+        state.pending.insert(nonce.clone(), (changes, version.clone()));
+        self.registry.sent(id, type_url, &version);
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            control_plane: control_plane(),
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(self.clone().run_sotw(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(self.clone().run_delta(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,148 @@
+//! An immutable set of resources for one gateway profile. Each resource's version is a hash of its
+//! encoded bytes, so an unchanged resource keeps its version and is not re-sent; a type's version
+//! is a hash of its resources' names and versions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Name;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+
+use super::gateway::GatewaySpec;
+use super::resources::{self, Resource};
+
+/// Resource types in the order a change is pushed: clusters before the listeners that use them,
+/// listeners before the routes they name (Envoy's make-before-break order).
+pub fn type_order() -> [String; 3] {
+    [Cluster::type_url(), Listener::type_url(), RouteConfiguration::type_url()]
+}
+
+/// Types Envoy subscribes to with a wildcard (all resources of the type).
+pub fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == Cluster::type_url() || type_url == Listener::type_url()
+}
+
+/// Short name of a type URL for logs and the admin API (`Cluster`, `Listener`, ...).
+pub fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionedResource {
+    pub name: String,
+    pub version: String,
+    pub any: Any,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TypeSnapshot {
+    pub version: String,
+    pub resources: BTreeMap<String, VersionedResource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Hash of every type's version.
+    pub version: String,
+    /// The policy version this snapshot was built from.
+    pub policy_version: String,
+    pub profile: String,
+    types: BTreeMap<String, TypeSnapshot>,
+}
+
+impl Snapshot {
+    pub fn from_resources(profile: &str, policy_version: &str, resources: Vec<(String, Resource)>) -> Self {
+        let mut types: BTreeMap<String, TypeSnapshot> = BTreeMap::new();
+        for (type_url, r) in resources {
+            let version = format!("{:016x}", xxh3_64(&r.any.value));
+            types
+                .entry(type_url)
+                .or_default()
+                .resources
+                .insert(r.name.clone(), VersionedResource { name: r.name, version, any: r.any });
+        }
+        let mut all = Xxh3::new();
+        for (type_url, t) in types.iter_mut() {
+            let mut h = Xxh3::new();
+            for r in t.resources.values() {
+                h.update(r.name.as_bytes());
+                h.update(&[0]);
+                h.update(r.version.as_bytes());
+            }
+            t.version = format!("{:016x}", h.digest());
+            all.update(type_url.as_bytes());
+            all.update(t.version.as_bytes());
+        }
+        Snapshot {
+            version: format!("{:016x}", all.digest()),
+            policy_version: policy_version.to_string(),
+            profile: profile.to_string(),
+            types,
+        }
+    }
+
+    /// The gateway's resources for `spec`.
+    pub fn for_gateway(spec: &GatewaySpec, policy_version: &str) -> Self {
+        let cluster = Cluster::type_url();
+        let listener = Listener::type_url();
+        let route = RouteConfiguration::type_url();
+        let mut list = vec![
+            (cluster.clone(), resources::authz_cluster(spec)),
+            (cluster, resources::dfp_cluster(spec)),
+            (listener.clone(), resources::http_listener(spec)),
+            (route, resources::http_route(spec)),
+        ];
+        if let Some(tls) = spec.tls_listen {
+            list.push((listener, resources::tls_listener(spec, tls)));
+        }
+        Snapshot::from_resources(&spec.name, policy_version, list)
+    }
+
+    pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
+        self.types.get(type_url)
+    }
+
+    /// Version of one type; an empty string for a type with no resources.
+    pub fn type_version(&self, type_url: &str) -> &str {
+        self.types.get(type_url).map(|t| t.version.as_str()).unwrap_or("")
+    }
+}
+
+pub type SharedSnapshot = Arc<Snapshot>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GatewaySpec {
+        GatewaySpec::local("127.0.0.1:18000".parse().unwrap())
+    }
+
+    #[test]
+    fn unchanged_resources_keep_their_versions() {
+        let a = Snapshot::for_gateway(&spec(), "p1");
+        let b = Snapshot::for_gateway(&spec(), "p2");
+        assert_eq!(a.version, b.version, "same resources, same snapshot version");
+        let mut other = spec();
+        other.authz_timeout_ms = 250;
+        let c = Snapshot::for_gateway(&other, "p1");
+        let cl = Cluster::type_url();
+        assert_eq!(a.type_version(&cl), c.type_version(&cl), "clusters did not change");
+        assert_ne!(a.type_version(&Listener::type_url()), c.type_version(&Listener::type_url()));
+        assert_ne!(a.version, c.version);
+    }
+
+    #[test]
+    fn types_and_names() {
+        let s = Snapshot::for_gateway(&spec(), "p");
+        let names = |t: &str| s.get(t).unwrap().resources.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&Cluster::type_url()), ["egress_dfp", "egressd_authz"]);
+        assert_eq!(names(&Listener::type_url()), ["egress_http", "egress_tls"]);
+        assert_eq!(names(&RouteConfiguration::type_url()), ["egress_http"]);
+        assert_eq!(short_type(&Cluster::type_url()), "Cluster");
+    }
+}
