@@ -62,3 +62,52 @@ pub fn validate(config: &Path) -> Result<(), String> {
         Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 }
+
+/// A running Envoy, killed when dropped.
+pub struct RunningEnvoy {
+    child: std::process::Child,
+    pub admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RunningEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts Envoy with `examples/envoy-bootstrap.yaml`, its xDS cluster and admin port rewritten for
+/// this test. Stdout (the access log) goes to `log` in the temp dir.
+pub fn start_ads_envoy(xds: std::net::SocketAddr) -> RunningEnvoy {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy-bootstrap.yaml")).unwrap();
+    let config = template
+        .replace("port_value: 9901", &format!("port_value: {}", admin.port()))
+        .replace("port_value: 18000", &format!("port_value: {}", xds.port()));
+    assert_ne!(config, template, "the bootstrap template's ports were rewritten");
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let child = Command::new(envoy_bin())
+        .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start envoy");
+    RunningEnvoy { child, admin, _dir: dir }
+}
+
+impl RunningEnvoy {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
+    }
+}

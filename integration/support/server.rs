@@ -18,15 +18,16 @@ pub struct TestServer {
 
 /// Starts egressd on `source`; the server stops when the returned value is dropped.
 pub async fn start(source: PolicySource, gateway: Option<GatewaySpec>) -> TestServer {
+    start_at(source, gateway, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// As `start`, with the gRPC port given (a gateway spec must name egressd's address up front).
+pub async fn start_at(source: PolicySource, gateway: Option<GatewaySpec>, grpc_listen: SocketAddr) -> TestServer {
     let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let config = ServeConfig {
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        gateway,
-    };
+    let config = ServeConfig { grpc_listen, admin_listen: "127.0.0.1:0".parse().unwrap(), gateway };
     tokio::spawn(async move {
         let on_bound = move |b| {
             let _ = bound_tx.send(b);

@@ -222,14 +222,21 @@ impl AdsService {
 
 // ---------------------------------------------------------------- incremental (delta)
 
+/// What one delta response changed in the client's view, so a NACK can undo it.
+struct PendingDelta {
+    /// (resource name, the version the client held before; `None` if it held none).
+    previous: Vec<(String, Option<String>)>,
+    type_version: String,
+}
+
 #[derive(Default)]
 struct DeltaType {
     wildcard: bool,
     names: BTreeSet<String>,
     /// What the client has: name -> version.
     known: HashMap<String, String>,
-    /// Per outstanding nonce: what the response changed, to undo on NACK, and its type version.
-    pending: HashMap<String, (Vec<(String, Option<String>)>, String)>,
+    /// Per outstanding nonce: what the response changed.
+    pending: HashMap<String, PendingDelta>,
     /// A type version the client rejected: not offered again.
     rejected: Option<String>,
 }
@@ -325,7 +332,8 @@ impl AdsService {
             }
         }
         if !req.response_nonce.is_empty()
-            && let Some((changes, version)) = state.pending.remove(&req.response_nonce)
+            && let Some(PendingDelta { previous: changes, type_version: version }) =
+                state.pending.remove(&req.response_nonce)
         {
             match &req.error_detail {
                 Some(err) => {
@@ -391,7 +399,7 @@ impl AdsService {
         }
         let nonce = self.nonce();
         let version = snap.type_version(type_url).to_string();
-        state.pending.insert(nonce.clone(), (changes, version.clone()));
+        state.pending.insert(nonce.clone(), PendingDelta { previous: changes, type_version: version.clone() });
         self.registry.sent(id, type_url, &version);
         Some(DeltaDiscoveryResponse {
             system_version_info: version,
