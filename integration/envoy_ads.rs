@@ -72,7 +72,10 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     // 1. Everything arrives and is ACKed; Envoy goes LIVE with our listeners.
     let snap = s.xds.snapshots.borrow().clone();
     eventually("all types ACKed", &envoy, async || acked_all(&s, &snap).await.then_some(())).await;
-    eventually("Envoy ready", &envoy, async || (http_get(envoy.admin, "/ready").await.0 == 200).then_some(())).await;
+    eventually("Envoy ready", &envoy, async || {
+        matches!(support::server::try_http_get(envoy.admin, "/ready").await, Ok((200, _))).then_some(())
+    })
+    .await;
     let (_, listeners) = http_get(envoy.admin, "/listeners").await;
     assert!(listeners.contains("egress_http") && listeners.contains("egress_tls"), "{listeners}");
 

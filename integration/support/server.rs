@@ -44,15 +44,18 @@ pub async fn start_at(source: PolicySource, gateway: Option<GatewaySpec>, grpc_l
 
 /// A minimal HTTP/1.1 GET, to keep an HTTP client out of the dependency graph.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path).await.unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// As `http_get`, for polling a port that may not be listening yet.
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw[9..12].parse().unwrap();
+    stream.read_to_string(&mut raw).await?;
+    let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
