@@ -17,7 +17,7 @@ use prost::Name;
 use egressd::policy::PolicySource;
 use egressd::xds::gateway::GatewaySpec;
 use egressd::xds::resources;
-use egressd::xds::snapshot::Snapshot;
+use egressd::xds::snapshot::{Snapshot, SnapshotSet};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
 use support::server::{TestServer, http_get};
 
@@ -70,7 +70,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     let envoy = start_ads_envoy(s.grpc);
 
     // 1. Everything arrives and is ACKed; Envoy goes LIVE with our listeners.
-    let snap = s.xds.snapshots.borrow().clone();
+    let snap = s.xds.snapshots.borrow().default.clone();
     eventually("all types ACKed", &envoy, async || acked_all(&s, &snap).await.then_some(())).await;
     eventually("Envoy ready", &envoy, async || {
         matches!(support::server::try_http_get(envoy.admin, "/ready").await, Ok((200, _))).then_some(())
@@ -90,7 +90,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     changed.request_timeout_ms = 12_000;
     let snap2 = Arc::new(Snapshot::for_gateway(&changed, "v2"));
     let t0 = tokio::time::Instant::now();
-    s.xds.snapshots.send_replace(snap2.clone());
+    s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*snap2).clone())));
     eventually("new version ACKed", &envoy, async || acked_all(&s, &snap2).await.then_some(())).await;
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
 
@@ -112,7 +112,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
         ],
     ));
     let rejected_before = envoy_stat(&envoy, "cluster_manager.cds.update_rejected").await;
-    s.xds.snapshots.send_replace(bad.clone());
+    s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*bad).clone())));
     let v = eventually("a NACK", &envoy, async || {
         let v = xds(&s).await;
         v["nodes"][0]["types"]["Cluster"]["lastNack"].is_object().then_some(v)
@@ -135,7 +135,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     let mut fixed = changed.clone();
     fixed.request_timeout_ms = 15_000;
     let snap3 = Arc::new(Snapshot::for_gateway(&fixed, "v4"));
-    s.xds.snapshots.send_replace(snap3.clone());
+    s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*snap3).clone())));
     eventually("recovery ACKed", &envoy, async || acked_all(&s, &snap3).await.then_some(())).await;
 }
 

@@ -26,7 +26,7 @@ use tonic::Streaming;
 
 use egressd::policy::PolicySource;
 use egressd::xds::gateway::GatewaySpec;
-use egressd::xds::snapshot::Snapshot;
+use egressd::xds::snapshot::{Snapshot, SnapshotSet};
 use support::server::{TestServer, http_get, start};
 
 /// Polls /xds until `check` holds (the server processes ACKs asynchronously), or fails after 2 s.
@@ -56,7 +56,7 @@ fn publish(s: &TestServer, change: impl FnOnce(&mut GatewaySpec)) -> Snapshot {
     let mut spec = s.xds.gateway.clone();
     change(&mut spec);
     let snap = Snapshot::for_gateway(&spec, "test");
-    s.xds.snapshots.send_replace(std::sync::Arc::new(snap.clone()));
+    s.xds.snapshots.send_replace(std::sync::Arc::new(SnapshotSet::single(snap.clone())));
     snap
 }
 

@@ -12,8 +12,9 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::policy::SharedPolicy;
+use crate::reload::ReloadStatus;
 use crate::xds::registry::Registry;
-use crate::xds::snapshot::SharedSnapshot;
+use crate::xds::snapshot::SnapshotSet;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -21,7 +22,8 @@ pub struct AdminState {
     /// Set once the gRPC listener is bound.
     pub grpc_ready: Arc<AtomicBool>,
     pub registry: Arc<Registry>,
-    pub snapshot: tokio::sync::watch::Receiver<SharedSnapshot>,
+    pub snapshot: tokio::sync::watch::Receiver<Arc<SnapshotSet>>,
+    pub reload: Arc<ReloadStatus>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -54,14 +56,20 @@ async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "services": p.services,
         "groups": p.groups,
         "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "gateways": p.gateways,
+        "reloads": state.reload.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        "reloadFailures": state.reload.failures.load(std::sync::atomic::Ordering::Relaxed),
+        "lastReloadError": *state.reload.last_error.lock().expect("status lock"),
     }))
 }
 
 async fn xds(State(state): State<AdminState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
-    let snap = state.snapshot.borrow().clone();
+    let set = state.snapshot.borrow().clone();
+    let describe = |s: &crate::xds::snapshot::Snapshot| json!({ "version": s.version, "policyVersion": s.policy_version, "profile": s.profile });
     Json(json!({
-        "snapshot": { "version": snap.version, "policyVersion": snap.policy_version, "profile": snap.profile },
+        "snapshot": describe(&set.default),
+        "profiles": set.by_node.iter().map(|(node, s)| (node.clone(), describe(s))).collect::<serde_json::Map<_, _>>(),
         "pushes": state.registry.pushes.load(Relaxed),
         "nacks": state.registry.nacks.load(Relaxed),
         "nodes": state.registry.snapshot(),

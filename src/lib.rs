@@ -10,6 +10,7 @@ pub mod authz;
 pub mod explain;
 pub mod identity;
 pub mod policy;
+pub mod reload;
 pub mod rollout;
 pub mod server;
 pub mod testing;

@@ -107,6 +107,11 @@ fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    let watch_dir = match &dir {
+        Some(d) => Some(d.clone()),
+        None if Path::new(DEFAULT_POLICY_DIR).is_dir() => Some(PathBuf::from(DEFAULT_POLICY_DIR)),
+        None => None,
+    };
     let source = policy_source(dir)?;
     let compiled = compile_or_report(&source)?;
     for w in &compiled.warnings {
@@ -122,7 +127,7 @@ fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(server::serve(
-        server::ServeConfig { grpc_listen, admin_listen, gateway: None },
+        server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir },
         shared,
         |_| {},
         shutdown_signal(),

@@ -9,6 +9,7 @@ mod decide;
 mod decision;
 pub mod diagnostic;
 pub mod fqdn;
+mod gateway;
 mod load;
 pub mod matcher;
 mod model;
@@ -23,6 +24,7 @@ pub use compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
 pub use decide::Destination;
 pub use decision::{Decision, Malformed, Outcome, Reason};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
+pub use gateway::{GatewayConfig, MtlsPaths};
 pub use model::{Mode, Protocol};
 pub use source::{PolicySource, SourceError};
 

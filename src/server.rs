@@ -10,25 +10,29 @@ use tonic::transport::server::TcpIncoming;
 use crate::admin::{AdminState, router};
 use crate::authz::CheckServer;
 use crate::policy::SharedPolicy;
-use crate::xds::ads::{AdsService, Profiles};
+use crate::reload::{ReloadStatus, spawn_watcher};
+use crate::xds::ads::AdsService;
 use crate::xds::gateway::GatewaySpec;
 use crate::xds::registry::Registry;
-use crate::xds::snapshot::{SharedSnapshot, Snapshot};
+use crate::xds::snapshot::SnapshotSet;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// The default gateway profile served over ADS. Its `authz_address` is where Envoy reaches
-    /// egressd; when unset here, the bound gRPC address is used.
+    /// The default gateway served over ADS when the policy has no default `kind: Gateway`. Its
+    /// `authz_address` is where Envoy reaches egressd; when unset, the bound gRPC address is used.
     pub gateway: Option<GatewaySpec>,
+    /// Policy directory to watch for changes (None: no hot reload, e.g. the embedded example).
+    pub watch_dir: Option<std::path::PathBuf>,
 }
 
 /// Handles to the running server's xDS state, for callers that change snapshots (tests, reload).
 #[derive(Clone)]
 pub struct XdsHandle {
-    pub snapshots: Arc<tokio::sync::watch::Sender<SharedSnapshot>>,
+    pub snapshots: Arc<tokio::sync::watch::Sender<Arc<SnapshotSet>>>,
     pub registry: Arc<Registry>,
+    /// The fallback default gateway (used when the policy defines none).
     pub gateway: GatewaySpec,
 }
 
@@ -40,6 +44,16 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
+    #[error("cannot watch policy directory {0}: {1}")]
+    Watch(String, String),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Addresses actually bound (useful with port 0 in tests) and the xDS handles.
@@ -66,19 +80,37 @@ pub async fn serve(
     let admin_addr = admin.local_addr().expect("bound");
 
     let gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
-    let (snap_tx, snap_rx) =
-        tokio::sync::watch::channel(Arc::new(Snapshot::for_gateway(&gateway, &policy.load().version)));
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
-    let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway };
-    let ads = AdsService::new(Profiles::single(snap_rx.clone()), registry.clone());
+    let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
+    let ads = AdsService::new(snap_rx.clone(), registry.clone());
+    let reload_status = Arc::new(ReloadStatus::default());
+    // Kept alive for the server's lifetime; dropping it stops watching.
+    let _watcher = match &config.watch_dir {
+        Some(dir) => {
+            let snapshots = xds.snapshots.clone();
+            let on_new = Arc::new(move |p: &Arc<crate::policy::CompiledPolicy>| {
+                snapshots.send_replace(Arc::new(SnapshotSet::build(p, &gateway)));
+            });
+            let task = spawn_watcher(dir.clone(), policy.clone(), reload_status.clone(), on_new)
+                .map_err(|e| ServeError::Watch(dir.display().to_string(), e.to_string()))?;
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let bound = Bound { grpc: grpc_addr, admin: admin_addr, xds: xds.clone() };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
-    let admin_state =
-        AdminState { policy: policy.clone(), grpc_ready: grpc_ready.clone(), registry, snapshot: snap_rx };
+    let admin_state = AdminState {
+        policy: policy.clone(),
+        grpc_ready: grpc_ready.clone(),
+        registry,
+        snapshot: snap_rx,
+        reload: reload_status,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -23,11 +23,21 @@ pub async fn start(source: PolicySource, gateway: Option<GatewaySpec>) -> TestSe
 
 /// As `start`, with the gRPC port given (a gateway spec must name egressd's address up front).
 pub async fn start_at(source: PolicySource, gateway: Option<GatewaySpec>, grpc_listen: SocketAddr) -> TestServer {
+    start_full(source, gateway, grpc_listen, None).await
+}
+
+/// As `start_at`, hot-reloading `watch_dir` (which `source` should have been read from).
+pub async fn start_full(
+    source: PolicySource,
+    gateway: Option<GatewaySpec>,
+    grpc_listen: SocketAddr,
+    watch_dir: Option<std::path::PathBuf>,
+) -> TestServer {
     let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let config = ServeConfig { grpc_listen, admin_listen: "127.0.0.1:0".parse().unwrap(), gateway };
+    let config = ServeConfig { grpc_listen, admin_listen: "127.0.0.1:0".parse().unwrap(), gateway, watch_dir };
     tokio::spawn(async move {
         let on_bound = move |b| {
             let _ = bound_tx.send(b);

@@ -104,6 +104,7 @@ impl<'d> Compiler<'d> {
         }
 
         let groups = self.check_groups(docs.groups);
+        let gateways = super::gateway::compile_gateways(docs.gateways, self.diags);
 
         // Mesh-wide denies: the floor under every service.
         let mesh_deny_table = self.matcher.add_table();
@@ -167,6 +168,7 @@ impl<'d> Compiler<'d> {
             rules: self.rules,
             mesh_deny_table,
             mesh_deny_rules,
+            gateways,
             warnings: Vec::new(),
             identities,
             exact_principals,

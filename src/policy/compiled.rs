@@ -101,6 +101,8 @@ pub struct CompiledPolicy {
     pub rules: Vec<RuleInfo>,
     pub mesh_deny_table: TableId,
     pub mesh_deny_rules: usize,
+    /// `kind: Gateway` documents: how the gateways egressd configures over xDS are built.
+    pub gateways: Vec<super::gateway::GatewayConfig>,
     /// Findings that did not stop the load (expired allows, overlapping identities).
     pub warnings: Vec<Diagnostic>,
     pub(crate) identities: IdentityIndex,

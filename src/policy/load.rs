@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Diagnostics, SourceLoc};
-use super::model::{DestinationGroupDoc, KindProbe, MeshDefaultsDoc, ServicePolicyDoc};
+use super::model::{DestinationGroupDoc, GatewayDoc, KindProbe, MeshDefaultsDoc, ServicePolicyDoc};
 use super::source::PolicySource;
 
 /// A parsed document and the file it came from.
@@ -27,9 +27,10 @@ pub struct ParsedDocs {
     pub mesh_defaults: Vec<Located<MeshDefaultsDoc>>,
     pub groups: Vec<Located<DestinationGroupDoc>>,
     pub services: Vec<Located<ServicePolicyDoc>>,
+    pub gateways: Vec<Located<GatewayDoc>>,
 }
 
-pub const KINDS: &str = "MeshDefaults, DestinationGroup or ServicePolicy";
+pub const KINDS: &str = "MeshDefaults, DestinationGroup, ServicePolicy or Gateway";
 
 /// Parses every document of every file. Problems go to `diags`; documents that parse are returned
 /// even when others fail, so later checks can still report what they find.
@@ -105,6 +106,7 @@ fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &
         "MeshDefaults" => out.mesh_defaults.extend(parse_located(file, doc, &start, diags)),
         "DestinationGroup" => out.groups.extend(parse_located(file, doc, &start, diags)),
         "ServicePolicy" => out.services.extend(parse_located(file, doc, &start, diags)),
+        "Gateway" => out.gateways.extend(parse_located(file, doc, &start, diags)),
         other => diags.error(SourceLoc::of(file, &kind), format!("unknown kind `{other}`: expected {KINDS}")),
     }
 }

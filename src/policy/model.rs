@@ -150,3 +150,71 @@ pub struct RuleDoc {
     #[serde(default)]
     pub expires: Option<Spanned<String>>,
 }
+
+/// `kind: Gateway`: how an egress gateway is built (ports, certificates, DNS, timeouts). Nodes are
+/// matched by their Envoy node `cluster` (or `id`); a Gateway without `nodes` is the default.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayDoc {
+    #[allow(dead_code)]
+    pub kind: String,
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub nodes: Vec<Spanned<String>>,
+    pub listeners: GatewayListenersDoc,
+    #[serde(default)]
+    pub tls_upstream_port: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub mtls: Option<GatewayMtlsDoc>,
+    #[serde(default)]
+    pub authz: Option<GatewayAuthzDoc>,
+    #[serde(default)]
+    pub dns: Option<GatewayDnsDoc>,
+    #[serde(default)]
+    pub timeouts: Option<GatewayTimeoutsDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayListenersDoc {
+    pub http: Spanned<String>,
+    #[serde(default)]
+    pub tls: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayMtlsDoc {
+    pub certificate_chain: Spanned<String>,
+    pub private_key: Spanned<String>,
+    pub trust_bundle: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAuthzDoc {
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayDnsDoc {
+    #[serde(default)]
+    pub resolvers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub host_ttl_seconds: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_hosts: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTimeoutsDoc {
+    #[serde(default)]
+    pub connect_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub request_ms: Option<Spanned<i64>>,
+}

@@ -21,46 +21,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::registry::Registry;
-use super::snapshot::{SharedSnapshot, Snapshot, is_wildcard_type, short_type, type_order};
-
-/// Snapshots by gateway profile, and which profile a node gets.
-#[derive(Clone)]
-pub struct Profiles {
-    default: watch::Receiver<SharedSnapshot>,
-    /// Node `cluster` (or `id`) -> profile snapshots.
-    by_node: Arc<HashMap<String, watch::Receiver<SharedSnapshot>>>,
-}
-
-impl Profiles {
-    pub fn single(default: watch::Receiver<SharedSnapshot>) -> Self {
-        Profiles { default, by_node: Arc::new(HashMap::new()) }
-    }
-
-    pub fn with_nodes(
-        default: watch::Receiver<SharedSnapshot>,
-        by_node: HashMap<String, watch::Receiver<SharedSnapshot>>,
-    ) -> Self {
-        Profiles { default, by_node: Arc::new(by_node) }
-    }
-
-    /// A node's profile: by its cluster, else by its id, else the default gateway.
-    pub fn select(&self, node: Option<&Node>) -> watch::Receiver<SharedSnapshot> {
-        node.and_then(|n| self.by_node.get(&n.cluster).or_else(|| self.by_node.get(&n.id)))
-            .unwrap_or(&self.default)
-            .clone()
-    }
-}
+use super::snapshot::{Snapshot, SnapshotSet, is_wildcard_type, short_type, type_order};
 
 #[derive(Clone)]
 pub struct AdsService {
-    profiles: Profiles,
+    snapshots: watch::Receiver<Arc<SnapshotSet>>,
     registry: Arc<Registry>,
     nonces: Arc<AtomicU64>,
 }
 
 impl AdsService {
-    pub fn new(profiles: Profiles, registry: Arc<Registry>) -> Self {
-        AdsService { profiles, registry, nonces: Arc::new(AtomicU64::new(1)) }
+    pub fn new(snapshots: watch::Receiver<Arc<SnapshotSet>>, registry: Arc<Registry>) -> Self {
+        AdsService { snapshots, registry, nonces: Arc::new(AtomicU64::new(1)) }
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -103,9 +75,9 @@ impl AdsService {
     ) {
         // The first request names the node (Envoy may omit it afterwards).
         let Ok(Some(first)) = requests.message().await else { return };
-        let mut snapshots = self.profiles.select(first.node.as_ref());
+        let mut snapshots = self.snapshots.clone();
         let node = first.node.clone().unwrap_or_default();
-        let profile = snapshots.borrow().profile.clone();
+        let profile = snapshots.borrow().select(&node).profile.clone();
         let id = self.registry.connect(&node.id, &node.cluster, "sotw", &profile);
         let _registered = Registered(self.registry.clone(), id);
         tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (state of the world) opened");
@@ -113,7 +85,7 @@ impl AdsService {
         let mut next = Some(first);
         loop {
             if let Some(req) = next.take() {
-                let snap = snapshots.borrow().clone();
+                let snap = snapshots.borrow().select(&node);
                 if let Some(resp) = self.sotw_request(id, &node, &mut types, req, &snap)
                     && tx.send(Ok(resp)).await.is_err()
                 {
@@ -133,7 +105,7 @@ impl AdsService {
                     if changed.is_err() {
                         break;
                     }
-                    let snap = snapshots.borrow_and_update().clone();
+                    let snap = snapshots.borrow_and_update().select(&node);
                     for type_url in type_order() {
                         let Some(state) = types.get_mut(&type_url) else { continue };
                         // Unchanged (or the version this node already rejected): nothing to send.
@@ -254,9 +226,9 @@ impl AdsService {
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) {
         let Ok(Some(first)) = requests.message().await else { return };
-        let mut snapshots = self.profiles.select(first.node.as_ref());
+        let mut snapshots = self.snapshots.clone();
         let node = first.node.clone().unwrap_or_default();
-        let profile = snapshots.borrow().profile.clone();
+        let profile = snapshots.borrow().select(&node).profile.clone();
         let id = self.registry.connect(&node.id, &node.cluster, "delta", &profile);
         let _registered = Registered(self.registry.clone(), id);
         tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (delta) opened");
@@ -264,7 +236,7 @@ impl AdsService {
         let mut next = Some(first);
         loop {
             if let Some(req) = next.take() {
-                let snap = snapshots.borrow().clone();
+                let snap = snapshots.borrow().select(&node);
                 if let Some(resp) = self.delta_request(id, &node, &mut types, req, &snap)
                     && tx.send(Ok(resp)).await.is_err()
                 {
@@ -280,7 +252,7 @@ impl AdsService {
                     if changed.is_err() {
                         break;
                     }
-                    let snap = snapshots.borrow_and_update().clone();
+                    let snap = snapshots.borrow_and_update().select(&node);
                     for type_url in type_order() {
                         let Some(state) = types.get_mut(&type_url) else { continue };
                         if state.rejected.as_deref() == Some(snap.type_version(&type_url)) {

@@ -53,3 +53,27 @@ impl GatewaySpec {
         }
     }
 }
+
+impl GatewaySpec {
+    /// The spec of a `kind: Gateway` document; `authz_default` when it names no authz address.
+    pub fn from_config(cfg: &crate::policy::GatewayConfig, authz_default: SocketAddr) -> Self {
+        GatewaySpec {
+            name: cfg.name.clone(),
+            http_listen: cfg.http_listen,
+            tls_listen: cfg.tls_listen,
+            tls_upstream_port: cfg.tls_upstream_port,
+            mtls: cfg.mtls.as_ref().map(|m| MtlsFiles {
+                certificate_chain: m.certificate_chain.clone(),
+                private_key: m.private_key.clone(),
+                trust_bundle: m.trust_bundle.clone(),
+            }),
+            authz_address: cfg.authz_address.unwrap_or(authz_default),
+            authz_timeout_ms: cfg.authz_timeout_ms,
+            dns_resolvers: cfg.dns_resolvers.clone(),
+            dns_host_ttl_ms: cfg.dns_host_ttl_ms,
+            dns_max_hosts: cfg.dns_max_hosts,
+            connect_timeout_ms: cfg.connect_timeout_ms,
+            request_timeout_ms: cfg.request_timeout_ms,
+        }
+    }
+}

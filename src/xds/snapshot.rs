@@ -114,6 +114,44 @@ impl Snapshot {
 
 pub type SharedSnapshot = Arc<Snapshot>;
 
+/// Every gateway profile's snapshot for one policy version; each ADS stream picks its node's.
+#[derive(Debug, Clone)]
+pub struct SnapshotSet {
+    pub default: SharedSnapshot,
+    /// Node `cluster` or `id` -> snapshot of the Gateway that names it.
+    pub by_node: std::collections::HashMap<String, SharedSnapshot>,
+}
+
+impl SnapshotSet {
+    pub fn single(snapshot: Snapshot) -> Self {
+        SnapshotSet { default: Arc::new(snapshot), by_node: Default::default() }
+    }
+
+    /// Snapshots for the policy's `kind: Gateway` documents. `fallback` is the default gateway when
+    /// no Gateway document omits `nodes`; its authz address also fills Gateways that name none.
+    pub fn build(policy: &crate::policy::CompiledPolicy, fallback: &GatewaySpec) -> Self {
+        let mut default = None;
+        let mut by_node = std::collections::HashMap::new();
+        for cfg in &policy.gateways {
+            let spec = GatewaySpec::from_config(cfg, fallback.authz_address);
+            let snap = Arc::new(Snapshot::for_gateway(&spec, &policy.version));
+            if cfg.nodes.is_empty() {
+                default = Some(snap.clone());
+            }
+            for node in &cfg.nodes {
+                by_node.insert(node.clone(), snap.clone());
+            }
+        }
+        let default = default.unwrap_or_else(|| Arc::new(Snapshot::for_gateway(fallback, &policy.version)));
+        SnapshotSet { default, by_node }
+    }
+
+    /// A node's snapshot: by its cluster, else its id, else the default gateway's.
+    pub fn select(&self, node: &envoy_types::pb::envoy::config::core::v3::Node) -> SharedSnapshot {
+        self.by_node.get(&node.cluster).or_else(|| self.by_node.get(&node.id)).unwrap_or(&self.default).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,177 @@
+//! `kind: Gateway` documents -> `GatewayConfig`: plain data the xDS layer turns into Envoy
+//! resources. Checked here so a bad address or port is reported at FILE:LINE:COL like any rule.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_saphyr::Spanned;
+
+use super::diagnostic::{Diagnostics, SourceLoc};
+use super::load::Located;
+use super::model::GatewayDoc;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MtlsPaths {
+    pub certificate_chain: String,
+    pub private_key: String,
+    pub trust_bundle: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    pub name: String,
+    /// Envoy node clusters (or ids) served this gateway; empty: the default gateway.
+    pub nodes: Vec<String>,
+    pub http_listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_upstream_port: u16,
+    pub mtls: Option<MtlsPaths>,
+    /// Where the gateway reaches egressd; `None`: egressd's own gRPC listen address.
+    pub authz_address: Option<SocketAddr>,
+    pub authz_timeout_ms: u64,
+    pub dns_resolvers: Vec<SocketAddr>,
+    pub dns_host_ttl_ms: u64,
+    pub dns_max_hosts: u32,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    #[serde(skip)]
+    pub loc: SourceLoc,
+}
+
+fn addr(file: &Arc<str>, v: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<SocketAddr> {
+    match v.value.trim().parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Some(a),
+        _ => {
+            diags.error(SourceLoc::of(file, v), format!("{what} `{}` is not IP:PORT (e.g. 127.0.0.1:10080)", v.value));
+            None
+        }
+    }
+}
+
+fn positive(
+    file: &Arc<str>,
+    v: Option<&Spanned<i64>>,
+    default: u64,
+    max: u64,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> u64 {
+    match v {
+        None => default,
+        Some(s) if s.value > 0 && (s.value as u64) <= max => s.value as u64,
+        Some(s) => {
+            diags.error(SourceLoc::of(file, s), format!("{what} {} is outside 1..={max}", s.value));
+            default
+        }
+    }
+}
+
+pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics) -> Vec<GatewayConfig> {
+    let mut out: Vec<GatewayConfig> = Vec::new();
+    let mut names: HashMap<String, SourceLoc> = HashMap::new();
+    let mut nodes: HashMap<String, String> = HashMap::new();
+    let mut default: Option<SourceLoc> = None;
+    for g in docs {
+        let (file, d) = (&g.file, &g.doc);
+        let name = d.name.value.trim().to_string();
+        let name_loc = SourceLoc::of(file, &d.name);
+        if name.is_empty() {
+            diags.error(name_loc.clone(), "a Gateway needs a name");
+        } else if let Some(first) = names.insert(name.clone(), name_loc.clone()) {
+            diags.error(name_loc.clone(), format!("Gateway `{name}` is already defined at {first}"));
+        }
+        if d.nodes.is_empty() {
+            if let Some(first) = &default {
+                diags.error(g.loc.clone(), format!("a second default Gateway (no `nodes`); the first is at {first}"));
+            }
+            default = Some(g.loc.clone());
+        }
+        for n in &d.nodes {
+            if let Some(owner) = nodes.insert(n.value.clone(), name.clone()) {
+                diags.error(
+                    SourceLoc::of(file, n),
+                    format!("node `{}` is already served by Gateway `{owner}`", n.value),
+                );
+            }
+        }
+        let http = addr(file, &d.listeners.http, "listeners.http", diags);
+        let tls = d.listeners.tls.as_ref().and_then(|t| addr(file, t, "listeners.tls", diags));
+        if let (Some(h), Some(t)) = (http, tls)
+            && h == t
+        {
+            diags.error(
+                SourceLoc::of(file, d.listeners.tls.as_ref().unwrap()),
+                "listeners.tls and listeners.http are the same address",
+            );
+        }
+        let tls_upstream_port =
+            positive(file, d.tls_upstream_port.as_ref(), 443, 65535, "tlsUpstreamPort", diags) as u16;
+        let authz = d.authz.as_ref();
+        let dns = d.dns.as_ref();
+        let timeouts = d.timeouts.as_ref();
+        let Some(http_listen) = http else { continue };
+        out.push(GatewayConfig {
+            name,
+            nodes: d.nodes.iter().map(|n| n.value.clone()).collect(),
+            http_listen,
+            tls_listen: tls,
+            tls_upstream_port,
+            mtls: d.mtls.as_ref().map(|m| MtlsPaths {
+                certificate_chain: m.certificate_chain.value.clone(),
+                private_key: m.private_key.value.clone(),
+                trust_bundle: m.trust_bundle.value.clone(),
+            }),
+            authz_address: authz.and_then(|a| a.address.as_ref()).and_then(|a| addr(file, a, "authz.address", diags)),
+            authz_timeout_ms: positive(
+                file,
+                authz.and_then(|a| a.timeout_ms.as_ref()),
+                500,
+                60_000,
+                "authz.timeoutMs",
+                diags,
+            ),
+            dns_resolvers: dns
+                .map(|d| d.resolvers.iter().filter_map(|r| addr(file, r, "dns.resolvers", diags)).collect())
+                .unwrap_or_default(),
+            dns_host_ttl_ms: 1000
+                * positive(
+                    file,
+                    dns.and_then(|d| d.host_ttl_seconds.as_ref()),
+                    300,
+                    86_400,
+                    "dns.hostTtlSeconds",
+                    diags,
+                ),
+            dns_max_hosts: positive(
+                file,
+                dns.and_then(|d| d.max_hosts.as_ref()),
+                10_000,
+                1_000_000,
+                "dns.maxHosts",
+                diags,
+            ) as u32,
+            connect_timeout_ms: positive(
+                file,
+                timeouts.and_then(|t| t.connect_ms.as_ref()),
+                2_000,
+                600_000,
+                "timeouts.connectMs",
+                diags,
+            ),
+            request_timeout_ms: positive(
+                file,
+                timeouts.and_then(|t| t.request_ms.as_ref()),
+                30_000,
+                3_600_000,
+                "timeouts.requestMs",
+                diags,
+            ),
+            loc: g.loc.clone(),
+        });
+    }
+    out
+}

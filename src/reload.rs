@@ -1,0 +1,114 @@
+//! Policy hot reload: a changed policy directory (or SIGHUP) is read, validated and compiled as a
+//! whole, then swapped in atomically, and the gateways' xDS snapshots are rebuilt from it. A set
+//! with errors is rejected with its FILE:LINE:COL diagnostics (logged, and shown on `/policy`); the
+//! running policy stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use serde::Serialize;
+
+use crate::policy::{self, CompiledPolicy, PolicySource, SharedPolicy};
+
+/// What the last reload attempts did, for `/policy`.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    pub reloads: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: Mutex<Option<ReloadError>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadError {
+    pub at_unix: i64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Reloaded { from: String, to: String },
+    Rejected,
+}
+
+/// Reads `dir` once; swaps the policy in if it is valid and different. `on_new` runs after the swap.
+pub fn reload_once(
+    dir: &Path,
+    policy: &SharedPolicy,
+    status: &ReloadStatus,
+    on_new: &dyn Fn(&Arc<CompiledPolicy>),
+) -> Outcome {
+    let reject = |errors: Vec<String>| {
+        for e in &errors {
+            tracing::error!("policy reload rejected: {e}");
+        }
+        status.failures.fetch_add(1, Ordering::Relaxed);
+        *status.last_error.lock().expect("status lock") = Some(ReloadError { at_unix: policy::unix_now(), errors });
+        Outcome::Rejected
+    };
+    let source = match PolicySource::from_dir(dir) {
+        Ok(s) => s,
+        Err(e) => return reject(vec![e.to_string()]),
+    };
+    let current = policy.load();
+    if source.version() == current.version {
+        return Outcome::Unchanged;
+    }
+    match policy::compile(&source, policy::unix_now()) {
+        Err(diags) => {
+            reject(diags.iter().filter(|d| d.severity == policy::Severity::Error).map(|d| d.to_string()).collect())
+        }
+        Ok(compiled) => {
+            let from = current.version.clone();
+            let compiled = Arc::new(compiled);
+            policy.store(compiled.clone());
+            status.reloads.fetch_add(1, Ordering::Relaxed);
+            *status.last_error.lock().expect("status lock") = None;
+            for w in &compiled.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(from = %from, to = %compiled.version, "policy reloaded");
+            on_new(&compiled);
+            Outcome::Reloaded { from, to: compiled.version.clone() }
+        }
+    }
+}
+
+/// Watches `dir` (editors' atomic renames and ConfigMap symlink swaps included: the whole directory
+/// is watched and re-read) and listens for SIGHUP; reloads until the returned task is dropped.
+pub fn spawn_watcher(
+    dir: PathBuf,
+    policy: SharedPolicy,
+    status: Arc<ReloadStatus>,
+    on_new: Arc<dyn Fn(&Arc<CompiledPolicy>) + Send + Sync>,
+) -> Result<tokio::task::JoinHandle<()>, notify_debouncer_full::notify::Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let fs_tx = tx.clone();
+    let mut debouncer = new_debouncer(Duration::from_millis(150), None, move |res: DebounceEventResult| {
+        if res.is_ok() {
+            let _ = fs_tx.try_send(());
+        }
+    })?;
+    debouncer.watch(&dir, RecursiveMode::Recursive)?;
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading policy");
+            let _ = tx.send(()).await;
+        }
+    });
+    Ok(tokio::spawn(async move {
+        let _debouncer = debouncer; // dropping it stops the watch
+        while rx.recv().await.is_some() {
+            let (dir, policy, status, on_new) = (dir.clone(), policy.clone(), status.clone(), on_new.clone());
+            // Reading and compiling is blocking work: keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || reload_once(&dir, &policy, &status, &*on_new)).await;
+        }
+    }))
+}
