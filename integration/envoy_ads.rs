@@ -140,7 +140,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
 }
 
 async fn start_on(grpc: std::net::SocketAddr, spec: GatewaySpec) -> TestServer {
-    support::server::start_at(PolicySource::embedded(), Some(spec), grpc).await
+    support::server::start_at(support::server::mesh_without_gateway(), Some(spec), grpc).await
 }
 
 /// An absolute-form proxy request; returns the status and the raw response head.

@@ -23,7 +23,7 @@ use support::client::{connect_gateway, connect_tunnel, exchange, proxy_get, tls_
 use support::dns::{TestDns, start_dns};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
 use support::pki::{Ca, Issued};
-use support::server::{TestServer, start_at, try_http_get};
+use support::server::{TestServer, http_get, start_at, start_full, try_http_get};
 use support::upstream::{start_http, start_tls};
 
 const GATEWAY_NAME: &str = "egress-gateway.corp.example";
@@ -44,6 +44,12 @@ struct Lab {
 }
 
 async fn lab() -> Lab {
+    lab_from(None).await
+}
+
+/// The lab; with `policy_dir`, egressd runs from (and watches) a copy of mesh-config/ there, whose
+/// Gateway document describes this lab's gateway.
+async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
     let dns = start_dns(&["api.partner.test", "admin.partner.test", "unknown.partner.test"]).await;
     let ca = Ca::new("corp.example trust bundle");
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +72,15 @@ async fn lab() -> Lab {
         private_key: path("gw.key"),
         trust_bundle: path("bundle.pem"),
     });
-    let egressd = start_at(PolicySource::embedded(), Some(spec.clone()), grpc).await;
+    let egressd = match policy_dir {
+        None => start_at(support::server::mesh_without_gateway(), Some(spec.clone()), grpc).await,
+        Some(dir) => {
+            copy_mesh_config(dir);
+            std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
+            let source = PolicySource::from_dir(dir).unwrap();
+            start_full(source, None, grpc, Some(dir.to_path_buf())).await
+        }
+    };
     let envoy = start_ads_envoy(egressd.grpc);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -189,4 +203,116 @@ async fn a_dry_run_service_traffic_flows_and_is_logged_as_would_deny() {
     let log = lab.envoy.log();
     let line = log.lines().find(|l| l.contains("decision=would-deny")).unwrap();
     assert!(line.contains("service=search") && line.contains("mode=dry-run") && line.contains(SEARCH), "{line}");
+}
+
+fn copy_mesh_config(dir: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh-config");
+    for sub in ["", "services"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for e in std::fs::read_dir(root.join(sub)).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+fn gateway_yaml(spec: &GatewaySpec, request_ms: u64) -> String {
+    let m = spec.mtls.as_ref().unwrap();
+    format!(
+        "kind: Gateway\nname: lab\nlisteners:\n  http: {}\nmtls:\n  certificateChain: {}\n  privateKey: {}\n  trustBundle: {}\ndns:\n  resolvers: [{}]\ntimeouts:\n  requestMs: {request_ms}\n",
+        spec.http_listen, m.certificate_chain, m.private_key, m.trust_bundle, spec.dns_resolvers[0]
+    )
+}
+
+/// Replaces a file the way editors do: write a sibling, then rename over it.
+fn atomic_write(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn admin_json(lab: &Lab, path: &str) -> serde_json::Value {
+    serde_json::from_str(&http_get(lab._egressd.admin, path).await.1).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_policy_changes_decisions_and_envoy_config_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = lab_from(Some(dir.path())).await;
+    let admin_url = format!("http://admin.partner.test:{}/", lab.http_upstream.port());
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    assert_eq!(proxy_get(&mut conn, &admin_url).await.unwrap().0, 403, "denied before the edit");
+    let before = admin_json(&lab, "/xds").await;
+    let route_before = before["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"].as_str().unwrap().to_string();
+    assert!(!route_before.is_empty(), "{before:#}");
+    // An established tunnel, opened before the change.
+    let mut tunnel = lab.as_workload(&lab.checkout).await;
+    let (status, _) =
+        connect_tunnel(&mut tunnel, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
+    assert_eq!(status, 200);
+
+    // The edit: checkout may now reach admin.partner.test, and the gateway's request timeout changes.
+    let checkout = dir.path().join("services/checkout.yaml");
+    let text = std::fs::read_to_string(&checkout).unwrap();
+    let edited = text.split("deny:").next().unwrap().to_string()
+        + "  - host: admin.partner.test\n    justification: partner admin API, now in scope (CHK-77)\n";
+    atomic_write(&checkout, &edited);
+    atomic_write(&dir.path().join("gateway.yaml"), &gateway_yaml(&test_spec_from(&lab, dir.path()), 20_000));
+    let t0 = tokio::time::Instant::now();
+    let route_after = loop {
+        let v = admin_json(&lab, "/xds").await;
+        let acked = v["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"].as_str().unwrap_or("").to_string();
+        if acked != route_before && !acked.is_empty() {
+            break acked;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "Envoy did not ACK a new route version within 2 s: {v:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let (status, resp) = proxy_get(&mut conn, &admin_url).await.unwrap();
+    assert_eq!(status, 200, "allowed after the edit: {resp}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "decisions changed within 2 s");
+    // The tunnel opened before the change still carries TLS to the upstream.
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let mut inner =
+        tls.connect(ServerName::try_from("api.partner.test").unwrap(), tunnel).await.expect("tunnel survived");
+    let (status, _) =
+        exchange(&mut inner, "GET / HTTP/1.1\r\nhost: api.partner.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(status, 200);
+
+    // An invalid policy is rejected with FILE:LINE:COL and the previous one keeps serving.
+    let version = admin_json(&lab, "/policy").await["version"].clone();
+    atomic_write(&checkout, &edited.replace("    justification: partner admin API, now in scope (CHK-77)\n", ""));
+    let t1 = tokio::time::Instant::now();
+    let err = loop {
+        let p = admin_json(&lab, "/policy").await;
+        if p["lastReloadError"].is_object() {
+            break p;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(2), "no reload error reported: {p:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(err["version"], version, "the running policy stayed");
+    let message = err["lastReloadError"]["errors"][0].as_str().unwrap();
+    assert!(message.contains("services/checkout.yaml:") && message.contains("no justification"), "{message}");
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    assert_eq!(proxy_get(&mut conn, &admin_url).await.unwrap().0, 200, "still the last good policy");
+    let v = admin_json(&lab, "/xds").await;
+    assert_eq!(v["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"], route_after.as_str());
+}
+
+/// The lab's gateway spec, read back from the Gateway document it wrote.
+fn test_spec_from(lab: &Lab, dir: &std::path::Path) -> GatewaySpec {
+    let text = std::fs::read_to_string(dir.join("gateway.yaml")).unwrap();
+    let field = |k: &str| text.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_string();
+    let mut spec = GatewaySpec::local("127.0.0.1:1".parse().unwrap());
+    spec.http_listen = lab.gateway;
+    spec.mtls = Some(MtlsFiles {
+        certificate_chain: field("certificateChain:"),
+        private_key: field("privateKey:"),
+        trust_bundle: field("trustBundle:"),
+    });
+    spec.dns_resolvers = vec![field("resolvers:").trim_matches(|c| c == '[' || c == ']').parse().unwrap()];
+    spec
 }

@@ -79,13 +79,16 @@ pub fn reload_once(
     }
 }
 
+/// Called with each newly swapped-in policy (rebuilds the xDS snapshots).
+pub type OnNewPolicy = Arc<dyn Fn(&Arc<CompiledPolicy>) + Send + Sync>;
+
 /// Watches `dir` (editors' atomic renames and ConfigMap symlink swaps included: the whole directory
 /// is watched and re-read) and listens for SIGHUP; reloads until the returned task is dropped.
 pub fn spawn_watcher(
     dir: PathBuf,
     policy: SharedPolicy,
     status: Arc<ReloadStatus>,
-    on_new: Arc<dyn Fn(&Arc<CompiledPolicy>) + Send + Sync>,
+    on_new: OnNewPolicy,
 ) -> Result<tokio::task::JoinHandle<()>, notify_debouncer_full::notify::Error> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let fs_tx = tx.clone();
@@ -111,4 +114,43 @@ pub fn spawn_watcher(
             let _ = tokio::task::spawn_blocking(move || reload_once(&dir, &policy, &status, &*on_new)).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use arc_swap::ArcSwap;
+
+    use super::*;
+
+    const MESH: &str = "kind: MeshDefaults\ntrustDomain: corp.example\n";
+
+    fn setup(text: &str) -> (tempfile::TempDir, SharedPolicy) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+        let p = policy::load_dir(dir.path()).unwrap();
+        (dir, Arc::new(ArcSwap::from_pointee(p)))
+    }
+
+    #[test]
+    fn unchanged_reloaded_rejected() {
+        let (dir, shared) = setup(MESH);
+        let status = ReloadStatus::default();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let on_new = |_: &Arc<CompiledPolicy>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        };
+        assert_eq!(reload_once(dir.path(), &shared, &status, &on_new), Outcome::Unchanged);
+        let v1 = shared.load().version.clone();
+        std::fs::write(dir.path().join("p.yaml"), format!("{MESH}mode: dry-run\n")).unwrap();
+        let Outcome::Reloaded { from, to } = reload_once(dir.path(), &shared, &status, &on_new) else { panic!() };
+        assert_eq!((from, to.clone()), (v1, shared.load().version.clone()));
+        std::fs::write(dir.path().join("p.yaml"), format!("{MESH}mode: sometimes\n")).unwrap();
+        assert_eq!(reload_once(dir.path(), &shared, &status, &on_new), Outcome::Rejected);
+        assert_eq!(shared.load().version, to, "the running policy stays");
+        let err = status.last_error.lock().unwrap().clone().unwrap();
+        assert_eq!(err.errors.len(), 1, "{:?}", err.errors);
+        assert!(err.errors[0].contains("p.yaml:3:7: unknown variant `sometimes`"), "{:?}", err.errors);
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!((status.reloads.load(Ordering::Relaxed), status.failures.load(Ordering::Relaxed)), (1, 1));
+    }
 }

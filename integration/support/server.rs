@@ -16,6 +16,13 @@ pub struct TestServer {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The example mesh-config/ without its Gateway document, for tests that bring their own gateway.
+pub fn mesh_without_gateway() -> PolicySource {
+    let mut source = PolicySource::embedded();
+    source.files.retain(|f| !f.name.ends_with("gateway.yaml"));
+    source
+}
+
 /// Starts egressd on `source`; the server stops when the returned value is dropped.
 pub async fn start(source: PolicySource, gateway: Option<GatewaySpec>) -> TestServer {
     start_at(source, gateway, "127.0.0.1:0".parse().unwrap()).await

@@ -80,6 +80,9 @@ impl<'d> Compiler<'d> {
         // MeshDefaults: exactly one.
         let mut mesh_iter = docs.mesh_defaults.into_iter();
         let Some(mesh) = mesh_iter.next() else {
+            if docs.mesh_defaults_failed {
+                return None; // its parse error is the one to fix
+            }
             self.diags.error(
                 SourceLoc::new(&self.origin, 0, 0),
                 "no MeshDefaults document: a policy set needs exactly one (trustDomain, mode, mesh-wide denies)",

@@ -28,6 +28,8 @@ pub struct ParsedDocs {
     pub groups: Vec<Located<DestinationGroupDoc>>,
     pub services: Vec<Located<ServicePolicyDoc>>,
     pub gateways: Vec<Located<GatewayDoc>>,
+    /// A MeshDefaults document was present but failed to parse (already reported).
+    pub mesh_defaults_failed: bool,
 }
 
 pub const KINDS: &str = "MeshDefaults, DestinationGroup, ServicePolicy or Gateway";
@@ -103,7 +105,10 @@ fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &
         return;
     };
     match kind.value.as_str() {
-        "MeshDefaults" => out.mesh_defaults.extend(parse_located(file, doc, &start, diags)),
+        "MeshDefaults" => match parse_located(file, doc, &start, diags) {
+            Some(d) => out.mesh_defaults.push(d),
+            None => out.mesh_defaults_failed = true,
+        },
         "DestinationGroup" => out.groups.extend(parse_located(file, doc, &start, diags)),
         "ServicePolicy" => out.services.extend(parse_located(file, doc, &start, diags)),
         "Gateway" => out.gateways.extend(parse_located(file, doc, &start, diags)),

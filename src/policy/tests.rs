@@ -300,3 +300,42 @@ fn exact_principal_fast_path_agrees_with_parsing() {
         "unknown-service"
     );
 }
+
+// ---- kind: Gateway ----
+
+fn gateway_errors(yaml: &str) -> Vec<String> {
+    errors(yaml)
+}
+
+#[test]
+fn gateway_documents_compile_and_validate_with_locations() {
+    let text = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: edge\nnodes: [egress-gateway]\nlisteners:\n  http: 127.0.0.1:10080\n  tls: 127.0.0.1:10443\ndns:\n  resolvers: [127.0.0.1:5353]\n";
+    let p = compile(&PolicySource::from_text("g.yaml", text), NOW).unwrap();
+    let g = &p.gateways[0];
+    assert_eq!((g.name.as_str(), g.nodes.as_slice()), ("edge", &["egress-gateway".to_string()][..]));
+    assert_eq!((g.tls_upstream_port, g.authz_timeout_ms, g.dns_host_ttl_ms), (443, 500, 300_000));
+    assert_error("kind: Gateway\nname: x\nlisteners:\n  http: localhost\n", "v.yaml:7:9:", "is not IP:PORT");
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners:\n  http: 127.0.0.1:1\n  tls: 127.0.0.1:1\n",
+        "v.yaml:8:8:",
+        "same address",
+    );
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners: {http: 127.0.0.1:1}\ntimeouts: {connectMs: 0}\n",
+        "v.yaml:7:23:",
+        "outside 1..=",
+    );
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners: {http: 127.0.0.1:1}\nport: 3\n",
+        "v.yaml:7:1:",
+        "unknown field `port`",
+    );
+    let two_defaults = "kind: Gateway\nname: a\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nlisteners: {http: 127.0.0.1:2}\n";
+    assert!(
+        gateway_errors(two_defaults).iter().any(|e| e.contains("second default Gateway")),
+        "{:?}",
+        gateway_errors(two_defaults)
+    );
+    let node_twice = "kind: Gateway\nname: a\nnodes: [n]\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nnodes: [n]\nlisteners: {http: 127.0.0.1:2}\n";
+    assert!(gateway_errors(node_twice).iter().any(|e| e.contains("node `n` is already served by Gateway `a`")));
+}
