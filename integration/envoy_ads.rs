@@ -14,7 +14,6 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Name;
 
-use egressd::policy::PolicySource;
 use egressd::xds::gateway::GatewaySpec;
 use egressd::xds::resources;
 use egressd::xds::snapshot::{Snapshot, SnapshotSet};
