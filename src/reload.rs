@@ -53,7 +53,12 @@ pub fn reload_once(
     };
     let source = match PolicySource::from_dir(dir) {
         Ok(s) => s,
-        Err(e) => return reject(vec![e.to_string()]),
+        Err(e) => {
+            return reject(vec![format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            )]);
+        }
     };
     let current = policy.load();
     if source.version() == current.version {

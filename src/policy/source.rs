@@ -23,7 +23,7 @@ pub struct PolicySource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{path}: cannot read policy: {source}")]
+    #[error("{path}: cannot read policy")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0}: no *.yaml policy files found")]
     Empty(PathBuf),
