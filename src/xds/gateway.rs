@@ -32,6 +32,10 @@ pub struct GatewaySpec {
     pub dns_max_hosts: u32,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// The policy trusts x-forwarded-client-cert (sidecars terminate mTLS): the listener passes a
+    /// client's XFCC on to the check instead of stripping it. egressd removes it from every request
+    /// it allows, so it still never leaves the gateway.
+    pub trust_forwarded_client_cert: bool,
 }
 
 impl GatewaySpec {
@@ -50,6 +54,7 @@ impl GatewaySpec {
             dns_max_hosts: 10_000,
             connect_timeout_ms: 2_000,
             request_timeout_ms: 30_000,
+            trust_forwarded_client_cert: false,
         }
     }
 }
@@ -74,6 +79,7 @@ impl GatewaySpec {
             dns_max_hosts: cfg.dns_max_hosts,
             connect_timeout_ms: cfg.connect_timeout_ms,
             request_timeout_ms: cfg.request_timeout_ms,
+            trust_forwarded_client_cert: false,
         }
     }
 }

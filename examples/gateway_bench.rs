@@ -1,0 +1,437 @@
+//! Throughput and latency through the real gateway, four ways, in one run with rounds interleaved:
+//! (a) no authorization, (b) Envoy's in-proxy RBAC with the same allowlist (what Istio does),
+//! (c) ext_authz to a no-op Check server, (d) ext_authz to egressd. Plain HTTP proxy requests are
+//! driven by wrk (absolute-form, keep-alive); CONNECT tunnels (one check per tunnel, a new tunnel
+//! per request) by this tool. Every gateway is egressd's own generated listener and clusters,
+//! differing only in the authorization filter; Envoy runs with --concurrency 1.
+//!
+//!   bash benches/gateway_bench.sh      (needs wrk and nginx: apt-get install wrk nginx-light)
+//!
+//! Identity: wrk cannot present a client certificate, so the bench policy trusts
+//! x-forwarded-client-cert (the sidecar deployment shape) and the load carries one.
+
+#[path = "../integration/support/dns.rs"]
+mod dns;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    Permission, Policy, Principal, Rbac as RbacRules, permission, principal,
+};
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteConfiguration, header_matcher};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::util::pack_any;
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use egressd::xds::gateway::GatewaySpec;
+use egressd::xds::resources;
+
+const IDENTITY: &str = "spiffe://corp.example/ns/bench/sa/load";
+const FQDN: &str = "bench.test";
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Concurrent connections (wrk -c) and concurrent tunnels.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value = "target/release/egressd")]
+    egressd: PathBuf,
+    #[arg(long, default_value = "target/release/examples/check_load")]
+    noop: PathBuf,
+    #[arg(long, env = "ENVOY_BIN", default_value = "target/envoy/envoy/_bin/envoy")]
+    envoy: PathBuf,
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    NoAuthz,
+    Rbac,
+    NoopExtAuthz,
+    Egressd,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::NoAuthz => "(a) no authz",
+            Variant::Rbac => "(b) RBAC",
+            Variant::NoopExtAuthz => "(c) ext_authz no-op",
+            Variant::Egressd => "(d) ext_authz egressd",
+        }
+    }
+}
+
+/// egressd's generated gateway as a static bootstrap, with the authorization filter varied.
+fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authority: &str) -> Bootstrap {
+    let decode_cluster = |r: resources::Resource| Cluster::decode(r.any.value.as_slice()).unwrap();
+    let clusters = vec![decode_cluster(resources::authz_cluster(spec)), decode_cluster(resources::dfp_cluster(spec))];
+    let mut listener = Listener::decode(resources::http_listener(spec).any.value.as_slice()).unwrap();
+    let route = RouteConfiguration::decode(resources::http_route(spec).any.value.as_slice()).unwrap();
+    let f = &mut listener.filter_chains[0].filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { unreachable!() };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route));
+    hcm.access_log.clear(); // measured without logging, in all four
+    match variant {
+        Variant::NoAuthz => {
+            hcm.http_filters.remove(0);
+        }
+        Variant::Rbac => {
+            let allow = Policy {
+                permissions: vec![Permission {
+                    rule: Some(permission::Rule::Header(HeaderMatcher {
+                        name: ":authority".into(),
+                        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                            StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Exact(upstream_authority.into())),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    })),
+                }],
+                principals: vec![Principal { identifier: Some(principal::Identifier::Any(true)) }],
+                ..Default::default()
+            };
+            let rbac = Rbac {
+                rules: Some(RbacRules {
+                    action: 0,
+                    policies: [("allowlist".to_string(), allow)].into_iter().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            hcm.http_filters[0] = HttpFilter {
+                name: "envoy.filters.http.rbac".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(rbac))),
+                ..Default::default()
+            };
+        }
+        Variant::NoopExtAuthz | Variant::Egressd => {}
+    }
+    f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+    Bootstrap {
+        node: Some(Node { id: "bench".into(), cluster: "bench".into(), ..Default::default() }),
+        admin: Some(envoy_types::pb::envoy::config::bootstrap::v3::Admin {
+            address: Some(resources_socket(addr(admin))),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::StaticResources {
+            listeners: vec![listener],
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn resources_socket(a: SocketAddr) -> envoy_types::pb::envoy::config::core::v3::Address {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: a.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(a.port().into())),
+            ..Default::default()
+        })),
+    }
+}
+
+fn start_nginx(dir: &Path, port: u16) -> Proc {
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    Proc(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (apt-get install nginx-light)"),
+    )
+}
+
+async fn wait_port(a: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(a).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{a} never listened");
+}
+
+/// One proxied request with the bench identity; returns the status and the response.
+async fn probe(proxy: SocketAddr, authority: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let req = format!(
+        "GET http://{authority}/ HTTP/1.1\r\nhost: {authority}\r\nx-forwarded-client-cert: URI={IDENTITY}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    (text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+}
+
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_wrk(out: &str) -> Sample {
+    let rps =
+        out.lines().find_map(|l| l.strip_prefix("Requests/sec:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0.0);
+    let pct = |p: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+            .map(|v| {
+                let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+                let n: f64 = num.parse().unwrap_or(0.0);
+                match unit {
+                    "us" => n,
+                    "ms" => n * 1e3,
+                    "s" => n * 1e6,
+                    _ => n,
+                }
+            })
+            .unwrap_or(0.0)
+    };
+    Sample { rps, p50_us: pct("50%"), p99_us: pct("99%") }
+}
+
+fn wrk(proxy: SocketAddr, script: &Path, args: &Args) -> Sample {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{}", args.connections), &format!("-d{}s", args.duration), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://{proxy}"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// New tunnel per request: CONNECT, then one HTTP request inside, then close.
+async fn connect_load(proxy: SocketAddr, authority: String, args: &Args) -> Sample {
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let authority = authority.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let Ok(mut s) = tokio::net::TcpStream::connect(proxy).await else { continue };
+                let _ = s.set_nodelay(true);
+                let connect = format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\nx-forwarded-client-cert: URI={IDENTITY}\r\n\r\n");
+                if s.write_all(connect.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let mut head = Vec::with_capacity(128);
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !head.starts_with(b"HTTP/1.1 200") {
+                    continue;
+                }
+                let get = format!("GET / HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+                if s.write_all(get.as_bytes()).await.is_err() {
+                    continue;
+                }
+                // Read the response by its Content-Length, then close the tunnel ourselves (waiting
+                // for EOF would measure Envoy's delayed-close timer, not the request).
+                if read_response(&mut s).await == Some(200) {
+                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                }
+            }
+            h
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    Sample {
+        rps: all.len() as f64 / args.duration as f64,
+        p50_us: all.value_at_quantile(0.5) as f64,
+        p99_us: all.value_at_quantile(0.99) as f64,
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns its status.
+async fn read_response(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut raw = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + len {
+                return text.get(9..12).and_then(|c| c.parse().ok());
+            }
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_port = port();
+    let _nginx = start_nginx(dir.path(), upstream_port);
+    let dns = dns::start_dns(&[FQDN]).await;
+    let authority = format!("{FQDN}:{upstream_port}");
+
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("bench.yaml"),
+        format!("kind: MeshDefaults\ntrustDomain: corp.example\ntrustForwardedClientCert: true\n---\nkind: ServicePolicy\nservice: bench\nidentities: [{IDENTITY}]\nallow:\n  - host: {FQDN}\n    ports: [{upstream_port}]\n    justification: benchmark upstream\n"),
+    )
+    .unwrap();
+    let (egressd_port, noop_port) = (port(), port());
+    let _egressd = Proc(
+        Command::new(&args.egressd)
+            .args(["serve", "--policy"])
+            .arg(&policy)
+            .args(["--grpc-listen", &addr(egressd_port).to_string(), "--admin-listen", &addr(port()).to_string()])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("egressd binary (cargo build --release)"),
+    );
+    let _noop = Proc(
+        Command::new(&args.noop)
+            .args(["--serve-noop", &addr(noop_port).to_string()])
+            .spawn()
+            .expect("check_load binary"),
+    );
+    wait_port(addr(upstream_port)).await;
+    wait_port(addr(egressd_port)).await;
+    wait_port(addr(noop_port)).await;
+
+    let variants = [Variant::NoAuthz, Variant::Rbac, Variant::NoopExtAuthz, Variant::Egressd];
+    let mut envoys = Vec::new();
+    let mut proxies = Vec::new();
+    for v in variants {
+        let mut spec = GatewaySpec::local(addr(if v == Variant::Egressd { egressd_port } else { noop_port }));
+        spec.http_listen = addr(port());
+        spec.tls_listen = None;
+        spec.dns_resolvers = vec![dns.addr];
+        spec.trust_forwarded_client_cert = true; // the bench policy's identity source
+        let path = dir.path().join(format!("envoy-{}.pb", proxies.len()));
+        std::fs::write(&path, bootstrap(&spec, v, port(), &authority).encode_to_vec()).unwrap();
+        envoys.push(Proc(
+            Command::new(&args.envoy)
+                .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "error", "-c"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("envoy"),
+        ));
+        proxies.push(spec.http_listen);
+    }
+    for (v, p) in variants.iter().zip(&proxies) {
+        wait_port(*p).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, resp) = probe(*p, &authority).await;
+        assert_eq!(status, 200, "{} does not pass a request through:\n{resp}", v.label());
+    }
+    let script = dir.path().join("abs.lua");
+    std::fs::write(
+        &script,
+        format!("wrk.path = \"http://{authority}/\"\nwrk.headers[\"Host\"] = \"{authority}\"\nwrk.headers[\"x-forwarded-client-cert\"] = \"URI={IDENTITY}\"\n"),
+    )
+    .unwrap();
+
+    println!(
+        "gateway bench: Envoy --concurrency 1, {} connections, {} x {} s rounds, interleaved a b c d; medians",
+        args.connections, args.rounds, args.duration
+    );
+    let mut http: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    let mut tunnels: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds {
+        for (i, p) in proxies.iter().enumerate() {
+            http[i].push(wrk(*p, &script, &args));
+        }
+        for (i, p) in proxies.iter().enumerate() {
+            tunnels[i].push(connect_load(*p, authority.clone(), &args).await);
+        }
+    }
+    for (name, table) in [("plain HTTP (wrk, keep-alive)", &http), ("CONNECT (new tunnel per request)", &tunnels)] {
+        println!("\n{name}");
+        let summary: Vec<(f64, f64, f64)> = table
+            .iter()
+            .map(|s| {
+                (
+                    median(s.iter().map(|x| x.rps).collect()),
+                    median(s.iter().map(|x| x.p50_us).collect()),
+                    median(s.iter().map(|x| x.p99_us).collect()),
+                )
+            })
+            .collect();
+        for (v, (rps, p50, p99)) in variants.iter().zip(&summary) {
+            println!("  {:<24} {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", v.label(), rps, p50, p99);
+        }
+        let d = summary[3];
+        for (other, idx) in [("d/c", 2), ("d/b", 1), ("d/a", 0)] {
+            let o = summary[idx];
+            println!("  {other}: throughput {:.3}   p99 {:+.0} us ({:.2}x)", d.0 / o.0, d.2 - o.2, d.2 / o.2);
+        }
+    }
+}
