@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use egressd::policy::PolicySource;
 use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
-use support::client::{connect_gateway, connect_tunnel, exchange, proxy_get, tls_config};
+use support::client::{connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config};
 use support::dns::{TestDns, start_dns};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
 use support::pki::{Ca, Issued};
@@ -33,6 +33,7 @@ const SEARCH: &str = "spiffe://corp.example/ns/search/sa/indexer";
 struct Lab {
     ca: Ca,
     gateway: SocketAddr,
+    tls_gateway: SocketAddr,
     http_upstream: SocketAddr,
     tls_upstream: SocketAddr,
     checkout: Issued,
@@ -65,7 +66,9 @@ async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut spec = GatewaySpec::local(grpc);
     spec.http_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    spec.tls_listen = None;
+    spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    // The SNI forward proxy dials the TLS upstream's port.
+    spec.tls_upstream_port = tls_upstream.port();
     spec.dns_resolvers = vec![dns.addr];
     spec.mtls = Some(MtlsFiles {
         certificate_chain: path("gw.pem"),
@@ -85,7 +88,10 @@ async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let ready = matches!(try_http_get(envoy.admin, "/ready").await, Ok((200, _)));
-        if ready && tokio::net::TcpStream::connect(spec.http_listen).await.is_ok() {
+        if ready
+            && tokio::net::TcpStream::connect(spec.http_listen).await.is_ok()
+            && tokio::net::TcpStream::connect(spec.tls_listen.unwrap()).await.is_ok()
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "gateway never became ready\n{}", envoy.log());
@@ -96,6 +102,7 @@ async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
     Lab {
         ca,
         gateway: spec.http_listen,
+        tls_gateway: spec.tls_listen.unwrap(),
         http_upstream,
         tls_upstream,
         checkout,
@@ -205,6 +212,49 @@ async fn a_dry_run_service_traffic_flows_and_is_logged_as_would_deny() {
     assert!(line.contains("service=search") && line.contains("mode=dry-run") && line.contains(SEARCH), "{line}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_passthrough_allowed_reaches_the_upstream_over_the_workloads_mtls() {
+    let lab = lab().await;
+    let outer =
+        connect_by_sni(lab.tls_gateway, GATEWAY_NAME, "api.partner.test", &lab.ca.der, &lab.checkout).await.unwrap();
+    // Inside the mTLS to the gateway: the workload's own TLS to the destination.
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let mut inner = tls
+        .connect(ServerName::try_from("api.partner.test").unwrap(), outer)
+        .await
+        .unwrap_or_else(|e| panic!("inner TLS: {e}\n{}", lab.envoy.log()));
+    let (status, resp) =
+        exchange(&mut inner, "GET / HTTP/1.1\r\nhost: api.partner.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("upstream tls host api.partner.test"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_passthrough_denied_is_cut_and_logged() {
+    let lab = lab().await;
+    let outer =
+        connect_by_sni(lab.tls_gateway, GATEWAY_NAME, "admin.partner.test", &lab.ca.der, &lab.checkout).await.unwrap();
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let outcome = match tls.connect(ServerName::try_from("admin.partner.test").unwrap(), outer).await {
+        Err(e) => Err(e),
+        Ok(mut inner) => {
+            exchange(&mut inner, "GET / HTTP/1.1\r\nhost: admin.partner.test\r\nconnection: close\r\n\r\n").await
+        }
+    };
+    assert!(outcome.as_ref().map(|(status, _)| *status == 0).unwrap_or(true), "a denied SNI got through: {outcome:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !lab.envoy.log().contains("reason=service-deny") {
+        assert!(tokio::time::Instant::now() < deadline, "no deny in the TLS access log:\n{}", lab.envoy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = lab.envoy.log();
+    let line = log.lines().find(|l| l.contains("reason=service-deny")).unwrap();
+    assert!(
+        line.contains("admin.partner.test") && line.contains("service=checkout") && line.contains("decision=deny"),
+        "{line}"
+    );
+}
+
 fn copy_mesh_config(dir: &std::path::Path) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh-config");
     for sub in ["", "services"] {
@@ -220,8 +270,14 @@ fn copy_mesh_config(dir: &std::path::Path) {
 fn gateway_yaml(spec: &GatewaySpec, request_ms: u64) -> String {
     let m = spec.mtls.as_ref().unwrap();
     format!(
-        "kind: Gateway\nname: lab\nlisteners:\n  http: {}\nmtls:\n  certificateChain: {}\n  privateKey: {}\n  trustBundle: {}\ndns:\n  resolvers: [{}]\ntimeouts:\n  requestMs: {request_ms}\n",
-        spec.http_listen, m.certificate_chain, m.private_key, m.trust_bundle, spec.dns_resolvers[0]
+        "kind: Gateway\nname: lab\nlisteners:\n  http: {}\n  tls: {}\ntlsUpstreamPort: {}\nmtls:\n  certificateChain: {}\n  privateKey: {}\n  trustBundle: {}\ndns:\n  resolvers: [{}]\ntimeouts:\n  requestMs: {request_ms}\n",
+        spec.http_listen,
+        spec.tls_listen.unwrap(),
+        spec.tls_upstream_port,
+        m.certificate_chain,
+        m.private_key,
+        m.trust_bundle,
+        spec.dns_resolvers[0]
     )
 }
 
@@ -308,6 +364,8 @@ fn test_spec_from(lab: &Lab, dir: &std::path::Path) -> GatewaySpec {
     let field = |k: &str| text.lines().find_map(|l| l.trim().strip_prefix(k)).unwrap().trim().to_string();
     let mut spec = GatewaySpec::local("127.0.0.1:1".parse().unwrap());
     spec.http_listen = lab.gateway;
+    spec.tls_listen = Some(lab.tls_gateway);
+    spec.tls_upstream_port = lab.tls_upstream.port();
     spec.mtls = Some(MtlsFiles {
         certificate_chain: field("certificateChain:"),
         private_key: field("privateKey:"),

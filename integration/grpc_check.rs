@@ -194,6 +194,21 @@ async fn network_checks_by_sni_and_by_ip() {
 }
 
 #[tokio::test]
+async fn tls_checks_on_a_gateway_listener_see_the_upstream_port() {
+    let (_s, mut c) = fixture().await;
+    // The fixture's Gateway: TLS listener 127.0.0.1:10443, dialing upstream port 443.
+    assert_eq!(
+        summary(&check(&mut c, network_check(PAY, "port443.example.com", "127.0.0.1", 10443)).await),
+        allowed("payments/allow/7")
+    );
+    // The same check on another listener keeps the port it arrived on: 10444 is not 443.
+    assert_eq!(
+        summary(&check(&mut c, network_check(PAY, "port443.example.com", "127.0.0.1", 10444)).await),
+        denied("no-matching-allow", "")
+    );
+}
+
+#[tokio::test]
 async fn cidr_rules_see_ip_literals_not_names() {
     let (_s, mut c) = fixture().await;
     assert_eq!(

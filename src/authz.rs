@@ -44,7 +44,7 @@ fn decide_and_build(
     req: &CheckRequest,
     now: i64,
 ) -> CheckAnswer {
-    let view = match request::view(req, policy.trust_forwarded_client_cert) {
+    let view = match request::view(req, policy) {
         Ok(v) => v,
         Err(m) => {
             let decision = Decision::hard_deny(Reason::Malformed(m.clone()));

@@ -29,6 +29,71 @@ pub fn tls_config(ca: &CertificateDer<'static>, client: Option<&Issued>) -> Arc<
     Arc::new(config)
 }
 
+/// Verifies the gateway's chain as for `name`, whatever SNI the connection asks for: the workload
+/// names the *destination* in the SNI of its mTLS to the gateway's TLS listener (Istio's pattern),
+/// and checks the gateway's own identity.
+#[derive(Debug)]
+struct GatewayVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for GatewayVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _sni: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// mTLS to the gateway's TLS listener with `destination` as SNI; the gateway proves `gateway_name`.
+pub async fn connect_by_sni(
+    gateway: SocketAddr,
+    gateway_name: &str,
+    destination: &str,
+    ca: &CertificateDer<'static>,
+    svid: &Issued,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+    let verifier = GatewayVerifier { inner, name: ServerName::try_from(gateway_name.to_string()).unwrap() };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(vec![svid.cert_der.clone()], svid.key())
+        .unwrap();
+    let tcp = TcpStream::connect(gateway).await?;
+    TlsConnector::from(Arc::new(config)).connect(ServerName::try_from(destination.to_string()).unwrap(), tcp).await
+}
+
 /// mTLS to the gateway (which presents a certificate for `gateway_name`).
 pub async fn connect_gateway(
     gateway: SocketAddr,

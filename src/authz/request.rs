@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 
 use crate::identity::xfcc;
 use crate::policy::fqdn::{Host, normalize_host, parse_authority};
-use crate::policy::{Destination, Malformed, Protocol};
+use crate::policy::{CompiledPolicy, Destination, Malformed, Protocol};
 
 /// Everything the decision needs from a CheckRequest, borrowed where possible.
 #[derive(Debug)]
@@ -26,8 +26,10 @@ pub struct CheckView<'a> {
     pub is_http: bool,
 }
 
-/// Reads a CheckRequest. `trust_xfcc`: fall back to the XFCC header when the peer principal is empty.
-pub fn view(req: &CheckRequest, trust_xfcc: bool) -> Result<CheckView<'_>, Malformed> {
+/// Reads a CheckRequest against the policy: XFCC is used when the peer principal is empty and the
+/// policy trusts it; TLS checks on the policy's gateway listeners get the upstream port.
+pub fn view<'a>(req: &'a CheckRequest, policy: &CompiledPolicy) -> Result<CheckView<'a>, Malformed> {
+    let trust_xfcc = policy.trust_forwarded_client_cert;
     let attrs = req.attributes.as_ref().ok_or(Malformed::NoAttributes)?;
     let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
     let source_principal = attrs.source.as_ref().map(|s| s.principal.as_str()).filter(|p| !p.is_empty());
@@ -49,7 +51,7 @@ pub fn view(req: &CheckRequest, trust_xfcc: bool) -> Result<CheckView<'_>, Malfo
         },
         None => CheckView {
             principal,
-            destination: network_destination(attrs),
+            destination: network_destination(attrs, policy),
             request_id: None,
             method: "",
             path: "",
@@ -89,7 +91,7 @@ fn http_destination(http: &HttpRequest) -> Result<Destination<'_>, Malformed> {
     Ok(Destination { host, port, protocol })
 }
 
-fn network_destination(attrs: &AttributeContext) -> Result<Destination<'_>, Malformed> {
+fn network_destination<'a>(attrs: &'a AttributeContext, policy: &CompiledPolicy) -> Result<Destination<'a>, Malformed> {
     let dest = attrs.destination.as_ref();
     let sni = attrs
         .tls_session
@@ -101,7 +103,8 @@ fn network_destination(attrs: &AttributeContext) -> Result<Destination<'_>, Malf
     match (sni, socket) {
         (Some(sni), socket) => {
             let host = normalize_host(sni)?;
-            let port = socket.map(|(_, port)| port).ok_or(Malformed::NoPort)?;
+            let (ip, port) = socket.ok_or(Malformed::NoPort)?;
+            let port = policy.tls_upstream_port(std::net::SocketAddr::new(ip, port)).unwrap_or(port);
             Ok(Destination { host, port, protocol: Protocol::Tls })
         }
         (None, Some((ip, port))) => Ok(Destination { host: Host::Ip(ip), port, protocol: Protocol::Tcp }),

@@ -113,6 +113,16 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// The upstream port of a TLS-by-SNI check that arrived on one of the policy's gateway TLS
+    /// listeners: Envoy reports the listener's own address, but the gateway dials `tlsUpstreamPort`.
+    pub fn tls_upstream_port(&self, listener: std::net::SocketAddr) -> Option<u16> {
+        self.gateways.iter().find_map(|g| {
+            let l = g.tls_listen?;
+            (l.port() == listener.port() && (l.ip().is_unspecified() || l.ip() == listener.ip()))
+                .then_some(g.tls_upstream_port)
+        })
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
         self.services.iter().find(|s| s.name == name)
     }

@@ -237,7 +237,7 @@ fn network_filter<M: Name + prost::Message>(name: &str, msg: M) -> Filter {
     Filter { name: name.to_string(), config_type: Some(filter::ConfigType::TypedConfig(pack_any(msg))) }
 }
 
-fn downstream_mtls(spec: &GatewaySpec) -> Option<TransportSocket> {
+fn downstream_mtls(spec: &GatewaySpec, alpn: &[&str]) -> Option<TransportSocket> {
     let mtls = spec.mtls.as_ref()?;
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
@@ -249,8 +249,7 @@ fn downstream_mtls(spec: &GatewaySpec) -> Option<TransportSocket> {
             validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
                 CertificateValidationContext { trusted_ca: file(&mtls.trust_bundle), ..Default::default() },
             )),
-            // HTTP/2 and HTTP/1.1 over TLS (CONNECT works on both).
-            alpn_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+            alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         }),
         // A workload without a valid SVID never gets past the handshake.
@@ -316,7 +315,8 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         address: Some(socket(spec.http_listen)),
         filter_chains: vec![FilterChain {
             filters: vec![network_filter("envoy.filters.network.http_connection_manager", hcm)],
-            transport_socket: downstream_mtls(spec),
+            // HTTP/2 and HTTP/1.1 over TLS (CONNECT works on both).
+            transport_socket: downstream_mtls(spec, &["h2", "http/1.1"]),
             ..Default::default()
         }],
         ..Default::default()
@@ -385,7 +385,11 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
     resource(HTTP_ROUTE, rc)
 }
 
-/// TLS by SNI: the client speaks TLS straight to the gateway; egressd checks the SNI, Envoy dials it.
+/// TLS by SNI. With mTLS configured (production), the workload's mTLS to the gateway names the
+/// destination in its SNI (Istio's ISTIO_MUTUAL egress pattern): Envoy verifies the SVID, egressd
+/// checks identity + SNI, and the stream inside (the workload's own TLS to the destination) is
+/// forwarded to SNI:tlsUpstreamPort. Without mTLS, the client's TLS passes through untouched and
+/// checks carry no identity.
 pub fn tls_listener(spec: &GatewaySpec, listen: std::net::SocketAddr) -> Resource {
     let ext_authz = NetworkExtAuthz {
         stat_prefix: TLS_LISTENER.to_string(),
@@ -419,6 +423,7 @@ pub fn tls_listener(spec: &GatewaySpec, listen: std::net::SocketAddr) -> Resourc
                 network_filter("envoy.filters.network.sni_dynamic_forward_proxy", sni_dfp),
                 network_filter("envoy.filters.network.tcp_proxy", tcp),
             ],
+            transport_socket: downstream_mtls(spec, &[]),
             ..Default::default()
         }],
         ..Default::default()
