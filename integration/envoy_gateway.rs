@@ -19,7 +19,9 @@ use tokio_rustls::TlsConnector;
 
 use egressd::policy::PolicySource;
 use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
-use support::client::{connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config};
+use support::client::{
+    connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config, tls_config_h2,
+};
 use support::dns::{TestDns, start_dns};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
 use support::pki::{Ca, Issued};
@@ -253,6 +255,47 @@ async fn sni_passthrough_denied_is_cut_and_logged() {
         line.contains("admin.partner.test") && line.contains("service=checkout") && line.contains("decision=deny"),
         "{line}"
     );
+}
+
+/// CONNECT over HTTP/2 (one stream per tunnel), allowed and denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connect_tunnels_are_checked_too() {
+    let lab = lab().await;
+    let conn = connect_gateway(lab.gateway, GATEWAY_NAME, tls_config_h2(&lab.ca.der, &lab.checkout)).await.unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the gateway speaks HTTP/2");
+    let (client, h2conn) = h2::client::handshake(conn).await.unwrap();
+    tokio::spawn(h2conn);
+    let mut client = client.ready().await.unwrap();
+    // Allowed: the tunnel carries an HTTP/1.1 request to the plain upstream.
+    let authority = format!("api.partner.test:{}", lab.http_upstream.port());
+    let req = http::Request::builder().method("CONNECT").uri(authority.as_str()).body(()).unwrap();
+    let (resp, mut send) = client.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", lab.envoy.log());
+    send.send_data(format!("GET / HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").into(), false).unwrap();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+        if got.windows(8).any(|w| w == b"upstream") {
+            break;
+        }
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200") && got.contains("upstream http host api.partner.test"), "{got}");
+    // Denied: the CONNECT stream is answered 403 with the reason.
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("admin.partner.test:{}", lab.http_upstream.port()))
+        .body(())
+        .unwrap();
+    let (resp, _send) = client.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-egressd-reason"], "service-deny");
 }
 
 fn copy_mesh_config(dir: &std::path::Path) {

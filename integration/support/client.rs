@@ -15,6 +15,13 @@ use tokio_rustls::client::TlsStream;
 use super::pki::Issued;
 use super::upstream::provider;
 
+/// As `tls_config`, offering HTTP/2 by ALPN.
+pub fn tls_config_h2(ca: &CertificateDer<'static>, client: &Issued) -> Arc<ClientConfig> {
+    let mut config = (*tls_config(ca, Some(client))).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 pub fn tls_config(ca: &CertificateDer<'static>, client: Option<&Issued>) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
