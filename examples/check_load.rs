@@ -114,18 +114,48 @@ struct Args {
     /// Internal: serve the no-op Check on this address and never return.
     #[arg(long, hide = true)]
     serve_noop: Option<SocketAddr>,
+    /// With --serve-noop: answer with egressd's answer shape (decision metadata, XFCC removal)
+    /// instead of a bare OK, to measure what processing that answer costs the caller.
+    #[arg(long, hide = true)]
+    noop_shaped: bool,
 }
 
-/// Answers every Check with OK and nothing else: the floor for any ext_authz server.
-struct Noop;
+/// Answers every Check with OK and nothing else (the floor for any ext_authz server), or with a
+/// fixed answer shaped like egressd's allow.
+struct Noop(CheckResponse);
+
+impl Noop {
+    fn bare() -> Self {
+        Noop(CheckResponse { status: Some(Status { code: 0, ..Default::default() }), ..Default::default() })
+    }
+
+    fn shaped() -> Self {
+        use envoy_types::pb::envoy::service::auth::v3::{OkHttpResponse, check_response};
+        use envoy_types::pb::google::protobuf::{Struct, Value, value};
+        let s = |v: &str| Value { kind: Some(value::Kind::StringValue(v.to_string())) };
+        let fields = [
+            ("decision", "allow"),
+            ("reason", "allowed"),
+            ("rule", "bench/allow/0"),
+            ("service", "bench"),
+            ("mode", "enforce"),
+            ("policy_version", "sha256:0123456789abcdef"),
+        ];
+        Noop(CheckResponse {
+            status: Some(Status { code: 0, ..Default::default() }),
+            dynamic_metadata: Some(Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), s(v))).collect() }),
+            http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
+                headers_to_remove: vec!["x-forwarded-client-cert".to_string()],
+                ..Default::default()
+            })),
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
     async fn check(&self, _: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(Status { code: 0, ..Default::default() }),
-            ..Default::default()
-        }))
+        Ok(tonic::Response::new(self.0.clone()))
     }
 }
 
@@ -264,10 +294,11 @@ fn main() {
     let args = Args::parse();
     if let Some(addr) = args.serve_noop {
         let rt = tokio::runtime::Runtime::new().unwrap();
+        let noop = if args.noop_shaped { Noop::shaped() } else { Noop::bare() };
         rt.block_on(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(AuthorizationServer::new(Noop))
+                .add_service(AuthorizationServer::new(noop))
                 .serve(addr)
                 .await
                 .unwrap();

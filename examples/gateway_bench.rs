@@ -68,8 +68,11 @@ impl Drop for Proc {
     }
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Distinct free ports: all bound at once, then released, so no two callers get the same one.
+fn ports(n: usize) -> std::vec::IntoIter<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect::<Vec<_>>().into_iter()
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -81,6 +84,7 @@ enum Variant {
     NoAuthz,
     Rbac,
     NoopExtAuthz,
+    ShapedNoop,
     Egressd,
 }
 
@@ -90,6 +94,7 @@ impl Variant {
             Variant::NoAuthz => "(a) no authz",
             Variant::Rbac => "(b) RBAC",
             Variant::NoopExtAuthz => "(c) ext_authz no-op",
+            Variant::ShapedNoop => "(c') no-op, egressd-shaped",
             Variant::Egressd => "(d) ext_authz egressd",
         }
     }
@@ -141,7 +146,7 @@ fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authorit
                 ..Default::default()
             };
         }
-        Variant::NoopExtAuthz | Variant::Egressd => {}
+        Variant::NoopExtAuthz | Variant::ShapedNoop | Variant::Egressd => {}
     }
     f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
     Bootstrap {
@@ -333,6 +338,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().unwrap();
+    let mut free = ports(32);
+    let mut port = move || free.next().expect("enough ports");
     let upstream_port = port();
     let _nginx = start_nginx(dir.path(), upstream_port);
     let dns = dns::start_dns(&[FQDN]).await;
@@ -345,7 +352,7 @@ async fn main() {
         format!("kind: MeshDefaults\ntrustDomain: corp.example\ntrustForwardedClientCert: true\n---\nkind: ServicePolicy\nservice: bench\nidentities: [{IDENTITY}]\nallow:\n  - host: {FQDN}\n    ports: [{upstream_port}]\n    justification: benchmark upstream\n"),
     )
     .unwrap();
-    let (egressd_port, noop_port) = (port(), port());
+    let (egressd_port, noop_port, shaped_port) = (port(), port(), port());
     let _egressd = Proc(
         Command::new(&args.egressd)
             .args(["serve", "--policy"])
@@ -362,14 +369,26 @@ async fn main() {
             .expect("check_load binary"),
     );
     wait_port(addr(upstream_port)).await;
+    let _shaped = Proc(
+        Command::new(&args.noop)
+            .args(["--serve-noop", &addr(shaped_port).to_string(), "--noop-shaped"])
+            .spawn()
+            .expect("check_load binary"),
+    );
     wait_port(addr(egressd_port)).await;
     wait_port(addr(noop_port)).await;
+    wait_port(addr(shaped_port)).await;
 
-    let variants = [Variant::NoAuthz, Variant::Rbac, Variant::NoopExtAuthz, Variant::Egressd];
+    let variants = [Variant::NoAuthz, Variant::Rbac, Variant::NoopExtAuthz, Variant::ShapedNoop, Variant::Egressd];
     let mut envoys = Vec::new();
     let mut proxies = Vec::new();
     for v in variants {
-        let mut spec = GatewaySpec::local(addr(if v == Variant::Egressd { egressd_port } else { noop_port }));
+        let authz = match v {
+            Variant::Egressd => egressd_port,
+            Variant::ShapedNoop => shaped_port,
+            _ => noop_port,
+        };
+        let mut spec = GatewaySpec::local(addr(authz));
         spec.http_listen = addr(port());
         spec.tls_listen = None;
         spec.dns_resolvers = vec![dns.addr];
@@ -400,7 +419,7 @@ async fn main() {
     .unwrap();
 
     println!(
-        "gateway bench: Envoy --concurrency 1, {} connections, {} x {} s rounds, interleaved a b c d; medians",
+        "gateway bench: Envoy --concurrency 1, {} connections, {} x {} s rounds, interleaved a b c c' d; medians",
         args.connections, args.rounds, args.duration
     );
     let mut http: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
@@ -428,8 +447,9 @@ async fn main() {
         for (v, (rps, p50, p99)) in variants.iter().zip(&summary) {
             println!("  {:<24} {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", v.label(), rps, p50, p99);
         }
-        let d = summary[3];
-        for (other, idx) in [("d/c", 2), ("d/b", 1), ("d/a", 0)] {
+        let d = summary[4];
+        for (other, idx) in [("d/c", 2), ("d/c'", 3), ("c'/c", 2), ("d/b", 1), ("d/a", 0)] {
+            let d = if other == "c'/c" { summary[3] } else { d };
             let o = summary[idx];
             println!("  {other}: throughput {:.3}   p99 {:+.0} us ({:.2}x)", d.0 / o.0, d.2 - o.2, d.2 / o.2);
         }
