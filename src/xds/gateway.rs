@@ -3,13 +3,9 @@
 
 use std::net::SocketAddr;
 
-/// Files of the gateway's own certificate and the trust bundle that verifies workload SVIDs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MtlsFiles {
-    pub certificate_chain: String,
-    pub private_key: String,
-    pub trust_bundle: String,
-}
+/// Files of the gateway's own certificate and the trust bundle that verifies workload SVIDs (the
+/// same type the policy's `kind: Gateway` compiles to).
+pub type MtlsFiles = crate::policy::MtlsPaths;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySpec {
@@ -67,11 +63,7 @@ impl GatewaySpec {
             http_listen: cfg.http_listen,
             tls_listen: cfg.tls_listen,
             tls_upstream_port: cfg.tls_upstream_port,
-            mtls: cfg.mtls.as_ref().map(|m| MtlsFiles {
-                certificate_chain: m.certificate_chain.clone(),
-                private_key: m.private_key.clone(),
-                trust_bundle: m.trust_bundle.clone(),
-            }),
+            mtls: cfg.mtls.clone(),
             authz_address: cfg.authz_address.unwrap_or(authz_default),
             authz_timeout_ms: cfg.authz_timeout_ms,
             dns_resolvers: cfg.dns_resolvers.clone(),
