@@ -48,6 +48,23 @@ fn control_plane() -> Option<ControlPlane> {
     Some(ControlPlane { identifier: format!("egressd {}", env!("CARGO_PKG_VERSION")) })
 }
 
+impl AdsService {
+    /// What both protocols do when a stream's first request arrives: take the node, subscribe to
+    /// snapshot changes, and register the stream for `/xds` (deregistered when the guard drops).
+    fn open_stream(
+        &self,
+        node: Option<&Node>,
+        protocol: &'static str,
+    ) -> (Node, watch::Receiver<Arc<SnapshotSet>>, Registered) {
+        let node = node.cloned().unwrap_or_default();
+        let snapshots = self.snapshots.clone();
+        let profile = snapshots.borrow().select(&node).profile.clone();
+        let id = self.registry.connect(&node.id, &node.cluster, protocol, &profile);
+        tracing::info!(node = %node.id, cluster = %node.cluster, profile, protocol, "xDS stream opened");
+        (node, snapshots, Registered(self.registry.clone(), id))
+    }
+}
+
 /// Deregisters a stream when its task ends, however it ends.
 struct Registered(Arc<Registry>, u64);
 
@@ -75,12 +92,8 @@ impl AdsService {
     ) {
         // The first request names the node (Envoy may omit it afterwards).
         let Ok(Some(first)) = requests.message().await else { return };
-        let mut snapshots = self.snapshots.clone();
-        let node = first.node.clone().unwrap_or_default();
-        let profile = snapshots.borrow().select(&node).profile.clone();
-        let id = self.registry.connect(&node.id, &node.cluster, "sotw", &profile);
-        let _registered = Registered(self.registry.clone(), id);
-        tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (state of the world) opened");
+        let (node, mut snapshots, registered) = self.open_stream(first.node.as_ref(), "sotw");
+        let id = registered.1;
         let mut types: HashMap<String, SotwType> = HashMap::new();
         let mut next = Some(first);
         loop {
@@ -226,12 +239,8 @@ impl AdsService {
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) {
         let Ok(Some(first)) = requests.message().await else { return };
-        let mut snapshots = self.snapshots.clone();
-        let node = first.node.clone().unwrap_or_default();
-        let profile = snapshots.borrow().select(&node).profile.clone();
-        let id = self.registry.connect(&node.id, &node.cluster, "delta", &profile);
-        let _registered = Registered(self.registry.clone(), id);
-        tracing::info!(node = %node.id, cluster = %node.cluster, profile, "xDS stream (delta) opened");
+        let (node, mut snapshots, registered) = self.open_stream(first.node.as_ref(), "delta");
+        let id = registered.1;
         let mut types: HashMap<String, DeltaType> = HashMap::new();
         let mut next = Some(first);
         loop {
