@@ -35,9 +35,7 @@ pub fn view<'a>(req: &'a CheckRequest, policy: &CompiledPolicy) -> Result<CheckV
     let source_principal = attrs.source.as_ref().map(|s| s.principal.as_str()).filter(|p| !p.is_empty());
     let principal = match (source_principal, http) {
         (Some(p), _) => Some(Cow::Borrowed(p)),
-        (None, Some(http)) if trust_xfcc => {
-            header(http, "x-forwarded-client-cert").and_then(xfcc::last_uri).map(Cow::Owned)
-        }
+        (None, Some(http)) if trust_xfcc => header(http, "x-forwarded-client-cert").and_then(xfcc::last_uri),
         _ => None,
     };
     Ok(match http {

@@ -4,10 +4,13 @@
 //! value may be double-quoted, and inside quotes `\"` escapes a quote and `,`/`;`/`=` are literal.
 //! Each proxy hop appends an element, so the *last* element is the nearest hop's peer.
 
-/// The `URI=` value of the last element, or `None` if the header has none.
-pub fn last_uri(header: &str) -> Option<String> {
-    let last = split_unquoted(header, b',').into_iter().last()?;
-    for pair in split_unquoted(last, b';') {
+use std::borrow::Cow;
+
+/// The `URI=` value of the last element, or `None` if the header has none. Walks the header in
+/// place: the Check hot path allocates only when a quoted value holds escapes.
+pub fn last_uri(header: &str) -> Option<Cow<'_, str>> {
+    let last = UnquotedSplit { rest: Some(header), sep: b',' }.last()?;
+    for pair in (UnquotedSplit { rest: Some(last), sep: b';' }) {
         let (key, value) = pair.split_once('=')?;
         if key.trim().eq_ignore_ascii_case("uri") {
             let value = unquote(value.trim());
@@ -17,30 +20,40 @@ pub fn last_uri(header: &str) -> Option<String> {
     None
 }
 
-/// Splits on `sep` outside double quotes.
-fn split_unquoted(s: &str, sep: u8) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, b) in s.bytes().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            _ if b == sep && !quoted => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
+/// Splits on `sep` outside double quotes (`\` escapes inside quotes).
+struct UnquotedSplit<'a> {
+    rest: Option<&'a str>,
+    sep: u8,
 }
 
-fn unquote(v: &str) -> String {
+impl<'a> Iterator for UnquotedSplit<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self.rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in s.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                _ if b == self.sep && !quoted => {
+                    self.rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
+            }
+        }
+        self.rest = None;
+        Some(s)
+    }
+}
+
+fn unquote(v: &str) -> Cow<'_, str> {
     match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
-        None => v.to_string(),
+        Some(inner) if inner.contains('\\') => Cow::Owned(inner.replace("\\\"", "\"").replace("\\\\", "\\")),
+        Some(inner) => Cow::Borrowed(inner),
+        None => Cow::Borrowed(v),
     }
 }
 

@@ -246,10 +246,6 @@ impl Matcher {
             Target::Ip(ip) => TargetPath::Ip(ip),
         }
     }
-
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
-    }
 }
 
 /// A target with its trie walk already done.

@@ -303,10 +303,6 @@ fn exact_principal_fast_path_agrees_with_parsing() {
 
 // ---- kind: Gateway ----
 
-fn gateway_errors(yaml: &str) -> Vec<String> {
-    errors(yaml)
-}
-
 #[test]
 fn gateway_documents_compile_and_validate_with_locations() {
     let text = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: edge\nnodes: [egress-gateway]\nlisteners:\n  http: 127.0.0.1:10080\n  tls: 127.0.0.1:10443\ndns:\n  resolvers: [127.0.0.1:5353]\n";
@@ -331,11 +327,7 @@ fn gateway_documents_compile_and_validate_with_locations() {
         "unknown field `port`",
     );
     let two_defaults = "kind: Gateway\nname: a\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nlisteners: {http: 127.0.0.1:2}\n";
-    assert!(
-        gateway_errors(two_defaults).iter().any(|e| e.contains("second default Gateway")),
-        "{:?}",
-        gateway_errors(two_defaults)
-    );
+    assert!(errors(two_defaults).iter().any(|e| e.contains("second default Gateway")), "{:?}", errors(two_defaults));
     let node_twice = "kind: Gateway\nname: a\nnodes: [n]\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nnodes: [n]\nlisteners: {http: 127.0.0.1:2}\n";
-    assert!(gateway_errors(node_twice).iter().any(|e| e.contains("node `n` is already served by Gateway `a`")));
+    assert!(errors(node_twice).iter().any(|e| e.contains("node `n` is already served by Gateway `a`")));
 }
