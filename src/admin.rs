@@ -1,6 +1,7 @@
 //! Admin HTTP: `GET /healthz` (process is up), `/readyz` (a policy is loaded and the gRPC port is
 //! serving), `/policy` (version, origin, services, groups, warnings of the live policy), `/xds`
-//! (connected nodes, per type the version sent and ACKed, the last NACK).
+//! (connected nodes, per type the version sent and ACKed, the last NACK), `/metrics`
+//! (OpenMetrics text: decisions, Check latency, reloads, xDS, dropped spans and audit records).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub snapshot: tokio::sync::watch::Receiver<Arc<SnapshotSet>>,
     pub reload: Arc<ReloadStatus>,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -32,6 +34,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/policy", get(policy))
         .route("/xds", get(xds))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -74,4 +77,56 @@ async fn xds(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "nacks": state.registry.nacks.load(Relaxed),
         "nodes": state.registry.snapshot(),
     }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], crate::telemetry::metrics::render(&state.metrics))
+}
+
+/// The scrape registry: telemetry's own metrics plus what the reload watcher and the xDS registry
+/// already count, read at scrape time.
+pub fn metrics_registry(
+    metrics: &crate::telemetry::metrics::Metrics,
+    xds: Arc<Registry>,
+    reload: Arc<ReloadStatus>,
+) -> prometheus_client::registry::Registry {
+    metrics.registry(vec![Box::new(StateCollector { xds, reload })])
+}
+
+#[derive(Debug)]
+struct StateCollector {
+    xds: Arc<Registry>,
+    reload: Arc<ReloadStatus>,
+}
+
+impl prometheus_client::collector::Collector for StateCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = [
+            ("egressd_policy_reloads", "Policy sets loaded and swapped in by hot reload", &self.reload.reloads),
+            (
+                "egressd_policy_reload_failures",
+                "Policy sets rejected by hot reload (the running one stayed)",
+                &self.reload.failures,
+            ),
+            ("egressd_xds_pushes", "xDS responses sent to gateways", &self.xds.pushes),
+            ("egressd_xds_nacks", "xDS responses rejected (NACKed) by gateways", &self.xds.nacks),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value.load(Relaxed));
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let nodes = ConstGauge::new(self.xds.connected() as i64);
+        nodes.encode(encoder.encode_descriptor(
+            "egressd_xds_connected_nodes",
+            "Gateway xDS streams currently open",
+            None,
+            nodes.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }

@@ -12,12 +12,16 @@ pub mod response;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
-use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, coarse_unix_now};
+use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, Verdict, coarse_unix_now};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::DecisionCounters;
+use crate::telemetry::record::CheckEvent;
 use cache::ResponseCache;
 use codec::{CheckAnswer, CheckCodec};
 
@@ -27,14 +31,19 @@ pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// Decides one CheckRequest against `policy` and builds Envoy's answer as a message. The server
 /// answers through `answer` (same decision, cached encoding); this is the reference form.
 pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
-    match decide_and_build(policy, None, req, now) {
+    match decide_and_build(policy, None, req, now).0 {
         CheckAnswer::Message(m) => *m,
         encoded => encoded.to_message(),
     }
 }
 
+/// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
+pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
+    decide_and_build(policy, None, req, now).1
+}
+
 /// Decides and answers, taking an encoded answer from `cache` when the decision has one.
-pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> CheckAnswer {
+pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> (CheckAnswer, Verdict) {
     decide_and_build(&cache.policy, Some(cache), req, now)
 }
 
@@ -43,12 +52,13 @@ fn decide_and_build(
     cache: Option<&ResponseCache>,
     req: &CheckRequest,
     now: i64,
-) -> CheckAnswer {
+) -> (CheckAnswer, Verdict) {
     let view = match request::view(req, policy) {
         Ok(v) => v,
         Err(m) => {
             let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
-            return CheckAnswer::Message(Box::new(response::build(&decision, Err(&m), &policy.version, true)));
+            let resp = response::build(&decision, Err(&m), &policy.version, true);
+            return (CheckAnswer::Message(Box::new(resp)), decision.verdict());
         }
     };
     let dest = view.destination.as_ref().map_err(Clone::clone);
@@ -62,31 +72,58 @@ fn decide_and_build(
         path = view.path,
         "check"
     );
+    let verdict = decision.verdict();
     if view.is_http
         && let Some(bytes) = cache.and_then(|c| c.http_answer(&decision))
     {
-        return CheckAnswer::Encoded(bytes);
+        return (CheckAnswer::Encoded(bytes), verdict);
     }
-    CheckAnswer::Message(Box::new(response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http)))
+    let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http);
+    (CheckAnswer::Message(Box::new(resp)), verdict)
 }
 
-/// The Check handler's state: the live policy and the answer cache of its current version.
+/// Per policy version: its answer cache and its decision counters.
+struct VersionState {
+    cache: ResponseCache,
+    counters: DecisionCounters,
+}
+
+impl VersionState {
+    fn new(policy: Arc<CompiledPolicy>, telemetry: &Telemetry) -> Self {
+        VersionState { counters: telemetry.metrics.decision_counters(&policy), cache: ResponseCache::new(policy) }
+    }
+}
+
+/// The Check handler's state: the live policy, the state of its current version, and telemetry.
 struct CheckState {
     policy: SharedPolicy,
-    cache: ArcSwap<ResponseCache>,
+    version: ArcSwap<VersionState>,
+    telemetry: Telemetry,
 }
 
 impl CheckState {
-    fn answer(&self, req: &CheckRequest) -> CheckAnswer {
+    /// Answers one Check, counts it, times it and hands it to telemetry (which never blocks).
+    fn check(&self, request: tonic::Request<CheckRequest>) -> CheckAnswer {
+        let started = Instant::now();
         let policy = self.policy.load();
-        let cache = self.cache.load();
-        if Arc::ptr_eq(&cache.policy, &policy) {
-            return answer(&cache, req, coarse_unix_now());
+        let mut version = self.version.load_full();
+        if !Arc::ptr_eq(&version.cache.policy, &policy) {
+            // First check after a reload: start the state of the new version.
+            version = Arc::new(VersionState::new(Arc::clone(&policy), &self.telemetry));
+            self.version.store(version.clone());
         }
-        // First check after a reload: start an empty cache for the new version.
-        let fresh = Arc::new(ResponseCache::new(Arc::clone(&policy)));
-        self.cache.store(fresh.clone());
-        answer(&fresh, req, coarse_unix_now())
+        let (metadata, _, req) = request.into_parts();
+        let (answer, verdict) = answer(&version.cache, &req, coarse_unix_now());
+        version.counters.count(&verdict);
+        let duration = started.elapsed();
+        self.telemetry.metrics.check_duration.observe(duration);
+        if self.telemetry.records_decisions() {
+            let start = SystemTime::now() - duration;
+            let metadata = metadata.into_headers();
+            let policy = Arc::clone(&version.cache.policy);
+            self.telemetry.submit(CheckEvent { request: req, metadata, verdict, policy, start, duration });
+        }
+        answer
     }
 }
 
@@ -98,9 +135,9 @@ pub struct CheckServer {
 }
 
 impl CheckServer {
-    pub fn new(policy: SharedPolicy) -> Self {
-        let cache = ArcSwap::from_pointee(ResponseCache::new(policy.load_full()));
-        CheckServer { state: Arc::new(CheckState { policy, cache }) }
+    pub fn new(policy: SharedPolicy, telemetry: Telemetry) -> Self {
+        let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry));
+        CheckServer { state: Arc::new(CheckState { policy, version, telemetry }) }
     }
 }
 
@@ -115,7 +152,7 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     type Future = std::future::Ready<Result<tonic::Response<CheckAnswer>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(Ok(tonic::Response::new(self.0.answer(request.get_ref()))))
+        std::future::ready(Ok(tonic::Response::new(self.0.check(request))))
     }
 }
 
@@ -173,7 +210,7 @@ mod tests {
         let mut cached = 0;
         for round in 0..2 {
             for req in &requests {
-                let got = answer(&cache, req, 0);
+                let got = answer(&cache, req, 0).0;
                 cached += usize::from(round == 1 && matches!(got, CheckAnswer::Encoded(_)));
                 assert_eq!(got.to_message(), authorize(&policy, req, 0), "{req:?}");
             }
@@ -200,7 +237,7 @@ mod tests {
             } else {
                 http_check(&principal, &method, &host, &[("x-forwarded-client-cert", &xfcc)])
             };
-            let resp = answer(&cache, &req, 0).to_message();
+            let resp = answer(&cache, &req, 0).0.to_message();
             let code = resp.status.as_ref().map(|s| s.code);
             proptest::prop_assert!(code == Some(0) || code == Some(7), "{:?}", code);
             proptest::prop_assert_eq!(resp, authorize(&policy, &req, 0));

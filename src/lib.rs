@@ -13,5 +13,6 @@ pub mod policy;
 pub mod reload;
 pub mod rollout;
 pub mod server;
+pub mod telemetry;
 pub mod testing;
 pub mod xds;

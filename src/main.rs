@@ -10,6 +10,9 @@ use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
 use egressd::policy::{self, CompiledPolicy, PolicySource, Protocol, Severity};
+use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
+use egressd::telemetry::spans::parse_sampler;
+use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use egressd::{explain, server};
 
 const DEFAULT_POLICY_DIR: &str = "mesh-config";
@@ -35,6 +38,8 @@ enum Command {
         /// Admin HTTP listen address (/healthz, /readyz, /policy).
         #[arg(long, default_value = "127.0.0.1:18001", env = "EGRESSD_ADMIN_LISTEN")]
         admin_listen: SocketAddr,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
     },
     /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
     Validate {
@@ -68,6 +73,69 @@ enum Command {
     },
 }
 
+/// Decision spans (OTLP) and the audit log. The OTLP flags follow the standard variables.
+#[derive(clap::Args)]
+struct TelemetryArgs {
+    /// OTLP/gRPC collector for decision spans, e.g. http://127.0.0.1:4317 (falls back to
+    /// OTEL_EXPORTER_OTLP_ENDPOINT). No endpoint: no spans. OTEL_TRACES_EXPORTER=none or
+    /// OTEL_SDK_DISABLED=true turn export off. Headers, timeout and TLS: OTEL_EXPORTER_OTLP_*.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// service.name of the spans (OTEL_RESOURCE_ATTRIBUTES adds more resource attributes).
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "egressd")]
+    otel_service_name: String,
+    /// always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio. Applies to allows; denies and would-denies are always recorded
+    /// unless --sample-denies.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value = "parentbased_always_on")]
+    traces_sampler: String,
+    /// The sampler's ratio (0..1) for the *traceidratio samplers.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    traces_sampler_arg: Option<String>,
+    /// Apply the sampler to denies and would-denies too.
+    #[arg(long)]
+    sample_denies: bool,
+    /// Append one JSON line per decision to this file (schema in the README).
+    #[arg(long, env = "EGRESSD_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many MiB.
+    #[arg(long, default_value_t = 100)]
+    audit_max_mib: u64,
+    /// Rotated audit files to keep (PATH.1 .. PATH.N).
+    #[arg(long, default_value_t = 5)]
+    audit_keep: u32,
+    /// When the audit log is fsynced.
+    #[arg(long, value_enum, default_value = "batch")]
+    audit_fsync: FsyncPolicy,
+    /// Decisions queued for the telemetry thread before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 16384)]
+    telemetry_queue: usize,
+}
+
+impl TelemetryArgs {
+    fn config(self) -> anyhow::Result<TelemetryConfig> {
+        let env_is = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value));
+        let disabled = env_is("OTEL_TRACES_EXPORTER", "none") || env_is("OTEL_SDK_DISABLED", "true");
+        let endpoint = self.otlp_endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+        let otlp = endpoint
+            .filter(|e| !e.is_empty() && !disabled)
+            .map(|endpoint| OtlpConfig { endpoint, service_name: self.otel_service_name });
+        let audit = self.audit_log.map(|path| AuditConfig {
+            path,
+            max_bytes: self.audit_max_mib.saturating_mul(1024 * 1024),
+            keep: self.audit_keep,
+            fsync: self.audit_fsync,
+        });
+        Ok(TelemetryConfig {
+            otlp,
+            audit,
+            sampler: parse_sampler(&self.traces_sampler, self.traces_sampler_arg.as_deref())?,
+            sample_denies: self.sample_denies,
+            queue_capacity: self.telemetry_queue.max(1),
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -81,7 +149,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { policy, grpc_listen, admin_listen } => serve(policy, grpc_listen, admin_listen),
+        Command::Serve { policy, grpc_listen, admin_listen, telemetry } => {
+            serve(policy, grpc_listen, admin_listen, telemetry.config()?)
+        }
         Command::Validate { dir, strict } => validate(&dir.unwrap_or_else(|| DEFAULT_POLICY_DIR.into()), strict),
         Command::Check { policy, from, to, protocol, request_id, json } => {
             check(policy, &from, &to, protocol, request_id.as_deref(), json)
@@ -103,7 +173,12 @@ fn compile_or_report(source: &PolicySource) -> anyhow::Result<CompiledPolicy> {
         .map_err(|diags| anyhow::anyhow!("{} is invalid:\n{}", source.origin, policy::format_diagnostics(&diags)))
 }
 
-fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<ExitCode> {
+fn serve(
+    dir: Option<PathBuf>,
+    grpc_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    telemetry: TelemetryConfig,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -126,12 +201,14 @@ fn serve(dir: Option<PathBuf>, grpc_listen: SocketAddr, admin_listen: SocketAddr
     );
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(server::serve(
-        server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir },
-        shared,
-        |_| {},
-        shutdown_signal(),
-    ))?;
+    runtime.block_on(async move {
+        let (telemetry, tasks) = Telemetry::start(telemetry).context("starting telemetry")?;
+        let config = server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir, telemetry };
+        let served = server::serve(config, shared, |_| {}, shutdown_signal()).await;
+        // Every decision answered before the server stopped is in the audit log after this.
+        tasks.shutdown(std::time::Duration::from_secs(5)).await;
+        served.map_err(anyhow::Error::from)
+    })?;
     tracing::info!("egressd stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -22,7 +22,7 @@ mod tests;
 pub use compile::compile;
 pub use compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
 pub use decide::Destination;
-pub use decision::{Decision, Malformed, Outcome, Reason};
+pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{GatewayConfig, MtlsPaths};
 pub use model::{Mode, Protocol};

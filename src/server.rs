@@ -11,10 +11,14 @@ use crate::admin::{AdminState, router};
 use crate::authz::CheckServer;
 use crate::policy::SharedPolicy;
 use crate::reload::{ReloadStatus, spawn_watcher};
+use crate::telemetry::Telemetry;
 use crate::xds::ads::AdsService;
 use crate::xds::gateway::GatewaySpec;
 use crate::xds::registry::Registry;
 use crate::xds::snapshot::SnapshotSet;
+
+/// How long shutdown waits for open gRPC calls to finish.
+const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -25,6 +29,8 @@ pub struct ServeConfig {
     pub gateway: Option<GatewaySpec>,
     /// Policy directory to watch for changes (None: no hot reload, e.g. the embedded example).
     pub watch_dir: Option<std::path::PathBuf>,
+    /// Metrics, and where decision spans and audit records go.
+    pub telemetry: Telemetry,
 }
 
 /// Handles to the running server's xDS state, for callers that change snapshots (tests, reload).
@@ -83,7 +89,6 @@ pub async fn serve(
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
     let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
-    let ads = AdsService::new(snap_rx.clone(), registry.clone());
     let reload_status = Arc::new(ReloadStatus::default());
     // Kept alive for the server's lifetime; dropping it stops watching.
     let _watcher = match &config.watch_dir {
@@ -104,15 +109,18 @@ pub async fn serve(
     health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
+    let metrics = crate::admin::metrics_registry(&config.telemetry.metrics, registry.clone(), reload_status.clone());
     let admin_state = AdminState {
         policy: policy.clone(),
         grpc_ready: grpc_ready.clone(),
-        registry,
-        snapshot: snap_rx,
+        registry: registry.clone(),
+        snapshot: snap_rx.clone(),
         reload: reload_status,
+        metrics: Arc::new(metrics),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ads = AdsService::new(snap_rx.clone(), registry.clone(), stop_rx.clone());
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -129,15 +137,24 @@ pub async fn serve(
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
     on_bound(bound);
     grpc_ready.store(true, Ordering::Release);
-    tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CheckServer::new(policy))
+        .add_service(CheckServer::new(policy, config.telemetry))
         .add_service(ads.into_server())
         // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
         // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
         // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), wait_stop(stop_rx))
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), wait_stop(stop_rx.clone()));
+    // Graceful shutdown finishes in-flight calls; a client that keeps a connection open past the
+    // drain period does not keep the process alive.
+    let drain_expired = async move {
+        wait_stop(stop_rx).await;
+        tokio::time::sleep(DRAIN_PERIOD).await;
+    };
+    tokio::select! {
+        served = grpc_server => served?,
+        _ = drain_expired => tracing::warn!("gRPC connections still open after {DRAIN_PERIOD:?}; closing them"),
+    }
     grpc_ready.store(false, Ordering::Release);
     match admin_task.await {
         Ok(Ok(())) => Ok(()),

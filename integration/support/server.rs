@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use egressd::policy::{self, PolicySource};
 use egressd::server::{ServeConfig, XdsHandle, serve};
+use egressd::telemetry::Telemetry;
 use egressd::xds::gateway::GatewaySpec;
 
 pub struct TestServer {
@@ -40,11 +41,23 @@ pub async fn start_full(
     grpc_listen: SocketAddr,
     watch_dir: Option<std::path::PathBuf>,
 ) -> TestServer {
+    start_with_telemetry(source, gateway, grpc_listen, watch_dir, Telemetry::metrics_only()).await
+}
+
+/// As `start_full`, with decisions going to `telemetry` (spans, audit log).
+pub async fn start_with_telemetry(
+    source: PolicySource,
+    gateway: Option<GatewaySpec>,
+    grpc_listen: SocketAddr,
+    watch_dir: Option<std::path::PathBuf>,
+    telemetry: Telemetry,
+) -> TestServer {
     let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let config = ServeConfig { grpc_listen, admin_listen: "127.0.0.1:0".parse().unwrap(), gateway, watch_dir };
+    let admin_listen = "127.0.0.1:0".parse().unwrap();
+    let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry };
     tokio::spawn(async move {
         let on_bound = move |b| {
             let _ = bound_tx.send(b);

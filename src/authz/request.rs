@@ -90,14 +90,8 @@ fn http_destination(http: &HttpRequest) -> Result<Destination<'_>, Malformed> {
 }
 
 fn network_destination<'a>(attrs: &'a AttributeContext, policy: &CompiledPolicy) -> Result<Destination<'a>, Malformed> {
-    let dest = attrs.destination.as_ref();
-    let sni = attrs
-        .tls_session
-        .as_ref()
-        .map(|t| t.sni.as_str())
-        .filter(|s| !s.is_empty())
-        .or_else(|| dest.map(|d| d.service.as_str()).filter(|s| !s.is_empty()));
-    let socket = dest.and_then(|d| socket_address(d.address.as_ref()));
+    let sni = tls_sni(attrs);
+    let socket = attrs.destination.as_ref().and_then(|d| socket_address(d.address.as_ref()));
     match (sni, socket) {
         (Some(sni), socket) => {
             let host = normalize_host(sni)?;
@@ -110,7 +104,17 @@ fn network_destination<'a>(attrs: &'a AttributeContext, policy: &CompiledPolicy)
     }
 }
 
-fn socket_address(addr: Option<&Address>) -> Option<(std::net::IpAddr, u16)> {
+/// The TLS server name the client sent: `tls_session.sni`, or (network filter) `destination.service`.
+pub fn tls_sni(attrs: &AttributeContext) -> Option<&str> {
+    attrs
+        .tls_session
+        .as_ref()
+        .map(|t| t.sni.as_str())
+        .filter(|s| !s.is_empty())
+        .or_else(|| attrs.destination.as_ref().map(|d| d.service.as_str()).filter(|s| !s.is_empty()))
+}
+
+pub fn socket_address(addr: Option<&Address>) -> Option<(std::net::IpAddr, u16)> {
     let Some(address::Address::SocketAddress(sa)) = addr?.address.as_ref() else { return None };
     let ip = sa.address.parse().ok()?;
     let port = match sa.port_specifier {

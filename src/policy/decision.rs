@@ -133,3 +133,28 @@ impl<'p> Decision<'p> {
         self.rule.map(|r| r.id.as_str()).unwrap_or("")
     }
 }
+
+/// A decision detached from the borrow of its policy, so it can travel off the Check path (to
+/// metrics, spans and the audit log). Indices refer to the policy version that decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reason: Reason,
+    pub rule: Option<u32>,
+    pub service: Option<u32>,
+    pub mode: Option<Mode>,
+    pub enforced: bool,
+}
+
+impl Decision<'_> {
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            outcome: self.outcome,
+            reason: self.reason.clone(),
+            rule: self.rule.map(|r| r.index as u32),
+            service: self.service.map(|s| s.index as u32),
+            mode: self.mode,
+            enforced: self.enforced,
+        }
+    }
+}

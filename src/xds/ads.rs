@@ -28,11 +28,22 @@ pub struct AdsService {
     snapshots: watch::Receiver<Arc<SnapshotSet>>,
     registry: Arc<Registry>,
     nonces: Arc<AtomicU64>,
+    /// Set when the server stops: streams end so graceful shutdown does not wait on them forever.
+    stopping: watch::Receiver<bool>,
 }
 
 impl AdsService {
-    pub fn new(snapshots: watch::Receiver<Arc<SnapshotSet>>, registry: Arc<Registry>) -> Self {
-        AdsService { snapshots, registry, nonces: Arc::new(AtomicU64::new(1)) }
+    pub fn new(
+        snapshots: watch::Receiver<Arc<SnapshotSet>>,
+        registry: Arc<Registry>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        AdsService { snapshots, registry, nonces: Arc::new(AtomicU64::new(1)), stopping }
+    }
+
+    async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -106,6 +117,7 @@ impl AdsService {
                 }
             }
             tokio::select! {
+                _ = self.stopped() => break,
                 msg = requests.message() => match msg {
                     Ok(Some(req)) => next = Some(req),
                     Ok(None) => break,
@@ -253,6 +265,7 @@ impl AdsService {
                 }
             }
             tokio::select! {
+                _ = self.stopped() => break,
                 msg = requests.message() => match msg {
                     Ok(Some(req)) => next = Some(req),
                     Ok(None) | Err(_) => break,

@@ -98,6 +98,11 @@ impl Registry {
         });
     }
 
+    /// Streams currently open.
+    pub fn connected(&self) -> usize {
+        self.streams.lock().expect("registry lock").len()
+    }
+
     pub fn snapshot(&self) -> Vec<StreamStatus> {
         self.streams.lock().expect("registry lock").values().cloned().collect()
     }

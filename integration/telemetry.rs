@@ -1,0 +1,267 @@
+//! Decisions as OpenTelemetry spans, metrics and audit records, over real gRPC: egressd exports to
+//! an OTLP collector running in the test (a tonic TraceService), the admin port serves /metrics,
+//! and the real `egressd` binary writes its audit log and is stopped with SIGTERM.
+
+use std::path::Path;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use tonic::transport::Channel;
+
+use egressd::policy::PolicySource;
+use egressd::telemetry::spans::parse_sampler;
+use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig, TelemetryTasks};
+use egressd::testing::{http_check, network_check};
+
+mod support {
+    pub mod otlp;
+    pub mod server;
+}
+
+use support::otlp::{Collector, Received};
+use support::server::{TestServer, http_get, start_with_telemetry};
+
+const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fixtures() -> PolicySource {
+    PolicySource::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures")).unwrap()
+}
+
+fn otlp_config(collector: &Collector, sampler: &str, arg: Option<&str>) -> TelemetryConfig {
+    TelemetryConfig {
+        otlp: Some(OtlpConfig { endpoint: collector.endpoint(), service_name: "egressd-test".into() }),
+        sampler: parse_sampler(sampler, arg).unwrap(),
+        ..Default::default()
+    }
+}
+
+async fn serve(config: TelemetryConfig) -> (TestServer, AuthorizationClient<Channel>, TelemetryTasks) {
+    let (telemetry, tasks) = Telemetry::start(config).expect("telemetry starts");
+    let server = start_with_telemetry(fixtures(), None, "127.0.0.1:0".parse().unwrap(), None, telemetry).await;
+    let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    (server, client, tasks)
+}
+
+async fn check(client: &mut AuthorizationClient<Channel>, req: impl tonic::IntoRequest<CheckRequest>) -> i32 {
+    let resp = client.check(req).await.expect("Check answers").into_inner();
+    resp.status.unwrap().code
+}
+
+fn attr(span: &Received, key: &str) -> String {
+    span.attr(key).unwrap_or_else(|| panic!("span lacks {key}: {:?}", span.span.attributes))
+}
+
+#[tokio::test]
+async fn decision_span_is_a_child_of_the_callers_trace_with_its_attributes() {
+    let collector = Collector::start().await;
+    let (_server, mut client, _tasks) = serve(otlp_config(&collector, "parentbased_always_on", None)).await;
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let req =
+        http_check(PAY, "CONNECT", "api.stripe.com:443", &[("traceparent", &traceparent), ("x-request-id", "req-42")]);
+    assert_eq!(check(&mut client, req).await, 0);
+
+    let spans = collector.wait_for(WAIT, |s| !s.is_empty()).await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span.service, "egressd-test");
+    assert_eq!(span.span.name, "egress check");
+    assert_eq!(span.trace_id(), TRACE, "same trace as the caller");
+    assert_eq!(span.parent_span_id(), "00f067aa0ba902b7", "child of the caller's span");
+    assert_ne!(span.span_id(), "00f067aa0ba902b7");
+    assert!(span.span.end_time_unix_nano >= span.span.start_time_unix_nano && span.span.start_time_unix_nano > 0);
+    assert_eq!(attr(span, "egress.spiffe_id"), PAY);
+    assert_eq!(attr(span, "egress.service"), "payments");
+    assert_eq!(attr(span, "server.address"), "api.stripe.com");
+    assert_eq!(attr(span, "server.port"), "443");
+    assert_eq!(attr(span, "egress.protocol"), "https");
+    assert_eq!(attr(span, "http.request.method"), "CONNECT");
+    assert_eq!(attr(span, "egress.decision"), "allow");
+    assert_eq!(attr(span, "egress.mode"), "enforce");
+    assert_eq!(attr(span, "egress.reason"), "allowed");
+    assert!(!attr(span, "egress.rule.id").is_empty());
+    let location = attr(span, "egress.rule.location");
+    assert!(location.ends_with("semantics.yaml:25:5"), "{location}");
+    assert_eq!(attr(span, "egress.policy.version"), fixtures().version());
+    assert_eq!(attr(span, "egress.request_id"), "req-42");
+    assert_eq!(attr(span, "rpc.system"), "grpc");
+}
+
+#[tokio::test]
+async fn the_check_calls_own_trace_context_is_preferred_and_b3_is_understood() {
+    let collector = Collector::start().await;
+    let (_server, mut client, _tasks) = serve(otlp_config(&collector, "parentbased_always_on", None)).await;
+    // What Envoy does when it traces: its ext_authz client span travels in the gRPC metadata.
+    let headers = [("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))];
+    let mut req = tonic::Request::new(http_check(PAY, "GET", "api.stripe.com", &[("traceparent", &headers[0].1)]));
+    let envoy_span = format!("00-{TRACE}-b7ad6b7169203331-01");
+    req.metadata_mut().insert("traceparent", envoy_span.parse().unwrap());
+    check(&mut client, req).await;
+    // Envoy's Zipkin tracer speaks B3.
+    let b3 = "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+    check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[("b3", b3)])).await;
+
+    let spans = collector.wait_for(WAIT, |s| s.len() >= 2).await;
+    let by_parent = |p: &str| spans.iter().find(|s| s.parent_span_id() == p);
+    let grpc = by_parent("b7ad6b7169203331").expect("parent from gRPC metadata");
+    assert_eq!(grpc.trace_id(), TRACE);
+    let b3_child = by_parent("e457b5a2e4d86bd1").expect("parent from b3");
+    assert_eq!(b3_child.trace_id(), "80f198ee56343ba864fe8b2a57d3eff7");
+}
+
+#[tokio::test]
+async fn denies_are_always_recorded_under_a_one_percent_sampler() {
+    let collector = Collector::start().await;
+    let (_server, mut client, _tasks) = serve(otlp_config(&collector, "traceidratio", Some("0.01"))).await;
+    for i in 0..200 {
+        let id = format!("allow-{i}");
+        check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[("x-request-id", &id)])).await;
+    }
+    for i in 0..20 {
+        let id = format!("deny-{i}");
+        assert_eq!(check(&mut client, http_check(PAY, "GET", "evil.example.org", &[("x-request-id", &id)])).await, 7);
+    }
+    let count =
+        |spans: &[Received], d: &str| spans.iter().filter(|s| s.attr("egress.decision").as_deref() == Some(d)).count();
+    let spans = collector.wait_for(WAIT, |s| count(s, "deny") >= 20).await;
+    assert_eq!(count(&spans, "deny"), 20, "every deny is exported");
+    // 200 allows at 1%: about 2; 20 or more has a probability far below 1e-12.
+    assert!(count(&spans, "allow") < 20, "allows are sampled: {}", count(&spans, "allow"));
+}
+
+#[tokio::test]
+async fn a_network_check_without_context_starts_a_new_trace() {
+    let collector = Collector::start().await;
+    let (_server, mut client, _tasks) = serve(otlp_config(&collector, "parentbased_always_on", None)).await;
+    check(&mut client, network_check(PAY, "api.stripe.com", "127.0.0.1", 443)).await;
+    check(&mut client, network_check(PAY, "api.stripe.com", "127.0.0.1", 443)).await;
+    let spans = collector.wait_for(WAIT, |s| s.len() >= 2).await;
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert!(s.span.parent_span_id.is_empty(), "a root span");
+        assert_eq!(attr(s, "egress.sni"), "api.stripe.com");
+        assert_eq!(attr(s, "egress.check"), "network");
+        assert_eq!(s.trace_id().len(), 32);
+    }
+    assert_ne!(spans[0].trace_id(), spans[1].trace_id(), "each connection its own trace");
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_never_fails_a_check_and_lost_spans_are_counted() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = TelemetryConfig {
+        otlp: Some(OtlpConfig { endpoint: format!("http://{closed}"), service_name: "x".into() }),
+        ..Default::default()
+    };
+    let (server, mut client, _tasks) = serve(config).await;
+    for _ in 0..50 {
+        assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await, 0);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let series = r#"egressd_spans_dropped_total{reason="export-failed"}"#;
+    loop {
+        let (_, text) = http_get(server.admin, "/metrics").await;
+        if text.contains(series) && metric(&text, series) >= 50.0 {
+            assert_eq!(metric(&text, "egressd_spans_exported_total"), 0.0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "spans never counted as dropped:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_by_service_decision_and_mode_and_time_checks() {
+    let (server, mut client, _tasks) = serve(TelemetryConfig::default()).await;
+    for _ in 0..3 {
+        check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await;
+    }
+    check(&mut client, http_check(PAY, "GET", "evil.example.org", &[])).await;
+    check(&mut client, CheckRequest::default()).await;
+    let (status, text) = http_get(server.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    let decisions = |service: &str, decision: &str, mode: &str| {
+        metric(&text, &format!(r#"egressd_decisions_total{{service="{service}",decision="{decision}",mode="{mode}"}}"#))
+    };
+    assert_eq!(decisions("payments", "allow", "enforce"), 3.0);
+    assert_eq!(decisions("payments", "deny", "enforce"), 1.0);
+    assert_eq!(decisions("", "deny", "none"), 1.0, "malformed requests are counted too");
+    assert_eq!(metric(&text, "egressd_check_duration_seconds_count"), 5.0);
+    assert_eq!(metric(&text, "egressd_xds_connected_nodes"), 0.0);
+    assert_eq!(metric(&text, "egressd_policy_reload_failures_total"), 0.0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_answered_before_sigterm_is_in_the_audit_log() {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 125;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let (grpc, admin) = (free_port(), free_port());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(&fixtures)
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--audit-log")
+        .arg(&audit)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .spawn()
+        .expect("egressd binary starts");
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(support::server::try_http_get(admin_addr, "/readyz").await, Ok((200, _))) {
+        assert!(tokio::time::Instant::now() < deadline, "egressd never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            for i in 0..PER_TASK {
+                let id = format!("t{t}-{i}");
+                let host = if i % 5 == 0 { "evil.example.org" } else { "api.stripe.com" };
+                check(&mut client, http_check(PAY, "GET", host, &[("x-request-id", &id)])).await;
+            }
+        });
+    }
+    tasks.join_all().await;
+    // Every check has its answer; now stop the process the way Kubernetes does.
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "egressd exits cleanly on SIGTERM: {status}");
+
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("each line is one JSON object")).collect();
+    assert_eq!(records.len(), TASKS * PER_TASK, "exactly one record per decision");
+    let mut ids: Vec<&str> = records.iter().map(|r| r["egress.request_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), TASKS * PER_TASK, "no record twice");
+    let denies = records.iter().filter(|r| r["egress.decision"] == "deny").count();
+    assert_eq!(denies, TASKS * PER_TASK / 5);
+    let r = &records[0];
+    for key in ["time", "trace_id", "span_id", "sampled", "duration_us", "egress.service", "server.address"] {
+        assert!(r.get(key).is_some(), "record lacks {key}: {r}");
+    }
+    assert_eq!(r["trace_id"].as_str().unwrap().len(), 32);
+}

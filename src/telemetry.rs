@@ -1,0 +1,281 @@
+//! Observability of every decision: metrics, OpenTelemetry spans and the audit log.
+//!
+//! ```text
+//! Check path ──try_send──▶ bounded queue ──▶ telemetry thread ──▶ audit log (JSON lines, fsync policy)
+//!  (counters, histogram:                      (describe, sample,  └─▶ span batches ──▶ export task ──▶ OTLP/gRPC
+//!   atomics only)                              build spans)
+//! ```
+//! The Check path never waits on telemetry: a full queue drops the record and counts it
+//! (`egressd_audit_records_dropped_total`, `egressd_spans_dropped_total`, reason `queue-full`).
+//! On shutdown every record accepted into the queue is written and fsynced, and the last spans
+//! are exported (bounded wait), before `shutdown` returns.
+
+pub mod audit;
+pub mod context;
+pub mod metrics;
+pub mod record;
+pub mod spans;
+
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use opentelemetry_sdk::trace::{Sampler, SpanData, SpanExporter};
+
+use audit::{AuditConfig, AuditError, AuditLog};
+use context::Propagators;
+use metrics::{DROP_QUEUE_FULL, DROP_WRITE_FAILED, Metrics};
+use record::{CheckEvent, DecisionRecord};
+use spans::{DecisionSampler, SpanBatcher};
+
+/// How often buffered audit records and partial span batches are written out.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Spans per OTLP export request.
+const MAX_EXPORT_BATCH: usize = 512;
+/// Batches waiting for the exporter before new ones are dropped.
+const EXPORT_QUEUE_BATCHES: usize = 8;
+
+/// OTLP trace export settings. Endpoint, headers, timeout and TLS also follow the standard
+/// `OTEL_EXPORTER_OTLP_*` variables (read by opentelemetry-otlp).
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// Collector address, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub otlp: Option<OtlpConfig>,
+    pub audit: Option<AuditConfig>,
+    pub sampler: Sampler,
+    /// Apply the sampler to denies and would-denies too (default: they are always recorded).
+    pub sample_denies: bool,
+    /// Decision records the queue holds before the Check path starts dropping (and counting).
+    pub queue_capacity: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp: None,
+            audit: None,
+            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            sample_denies: false,
+            queue_capacity: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("OTLP exporter for {endpoint}: {message}")]
+    Otlp { endpoint: String, message: String },
+    #[error("cannot start the telemetry thread: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Msg {
+    Decision(Box<CheckEvent>),
+    /// Write out everything queued before this message, then stop.
+    Shutdown(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The Check path's handle: metrics, and the queue to the telemetry thread when spans or the
+/// audit log are on. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    queue: Option<SyncSender<Msg>>,
+    spans_on: bool,
+    audit_on: bool,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("spans", &self.spans_on).field("audit", &self.audit_on).finish()
+    }
+}
+
+/// The running telemetry thread and export task; `shutdown` drains them.
+pub struct TelemetryTasks {
+    queue: Option<SyncSender<Msg>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    exporter: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Telemetry {
+    /// Metrics only: no spans, no audit log.
+    pub fn metrics_only() -> Self {
+        Telemetry::default()
+    }
+
+    /// Starts the telemetry thread (and, with OTLP, the export task on the current runtime).
+    pub fn start(config: TelemetryConfig) -> Result<(Telemetry, TelemetryTasks), TelemetryError> {
+        let metrics = Metrics::default();
+        if config.otlp.is_none() && config.audit.is_none() {
+            let tasks = TelemetryTasks { queue: None, worker: None, exporter: None };
+            return Ok((Telemetry { metrics, ..Default::default() }, tasks));
+        }
+        let audit = config.audit.map(AuditLog::open).transpose()?;
+        let (batches, exporter) = match &config.otlp {
+            Some(otlp) => {
+                let exporter = otlp_exporter(otlp)?;
+                let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_BATCHES);
+                let task = tokio::spawn(spans::export_loop(exporter, rx, metrics.clone()));
+                (Some(SpanBatcher::new(tx, MAX_EXPORT_BATCH, metrics.clone())), Some(task))
+            }
+            None => (None, None),
+        };
+        let (spans_on, audit_on) = (batches.is_some(), audit.is_some());
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let worker = Worker {
+            sampler: DecisionSampler::new(config.sampler, config.sample_denies),
+            propagators: Propagators::default(),
+            audit,
+            batches,
+            metrics: metrics.clone(),
+            audit_failures_logged: 0,
+        };
+        let handle = std::thread::Builder::new()
+            .name("egressd-telemetry".into())
+            .spawn(move || worker.run(rx))
+            .map_err(TelemetryError::Thread)?;
+        let telemetry = Telemetry { metrics, queue: Some(tx.clone()), spans_on, audit_on };
+        Ok((telemetry, TelemetryTasks { queue: Some(tx), worker: Some(handle), exporter }))
+    }
+
+    /// Whether decisions go to the telemetry thread (else `submit` need not be called).
+    #[inline]
+    pub fn records_decisions(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Queues one decision without waiting. A full queue drops it, counted.
+    pub fn submit(&self, event: CheckEvent) {
+        let Some(queue) = &self.queue else { return };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            queue.try_send(Msg::Decision(Box::new(event)))
+        {
+            if self.audit_on {
+                self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
+            }
+            if self.spans_on {
+                self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
+            }
+        }
+    }
+}
+
+impl TelemetryTasks {
+    /// Writes out every queued record (audit flushed and fsynced), exports the last spans (waiting
+    /// at most `export_timeout` for the collector), and stops. Call after the gRPC server stopped.
+    pub async fn shutdown(mut self, export_timeout: Duration) {
+        if let Some(queue) = self.queue.take() {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            // `send` waits for room; the thread is draining, so this returns promptly.
+            let sent = tokio::task::spawn_blocking(move || queue.send(Msg::Shutdown(done_tx)).is_ok()).await;
+            if matches!(sent, Ok(true)) {
+                let _ = done_rx.await;
+            }
+        }
+        if let Some(worker) = self.worker.take() {
+            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        }
+        if let Some(exporter) = self.exporter.take()
+            && tokio::time::timeout(export_timeout, exporter).await.is_err()
+        {
+            tracing::warn!("OTLP collector did not take the last spans within {export_timeout:?}; they are dropped");
+        }
+    }
+}
+
+fn otlp_exporter(otlp: &OtlpConfig) -> Result<impl SpanExporter + 'static, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(otlp.endpoint.clone())
+        .build()
+        .map_err(|e| TelemetryError::Otlp { endpoint: otlp.endpoint.clone(), message: e.to_string() })?;
+    // OTEL_RESOURCE_ATTRIBUTES is read by the builder; service.name comes from the flag/variable.
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(otlp.service_name.clone()).build();
+    exporter.set_resource(&resource);
+    Ok(exporter)
+}
+
+struct Worker {
+    sampler: DecisionSampler,
+    propagators: Propagators,
+    audit: Option<AuditLog>,
+    batches: Option<SpanBatcher>,
+    metrics: Metrics,
+    audit_failures_logged: u64,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut last_flush = Instant::now();
+        loop {
+            let wait = FLUSH_INTERVAL.saturating_sub(last_flush.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Decision(event)) => self.record(&event),
+                Ok(Msg::Shutdown(done)) => {
+                    self.flush();
+                    if let Some(b) = self.batches.take() {
+                        b.finish();
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+            if last_flush.elapsed() >= FLUSH_INTERVAL {
+                self.flush();
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    fn record(&mut self, event: &CheckEvent) {
+        let record = DecisionRecord::describe(event);
+        let parent = self.propagators.parent(&event.metadata, &event.request);
+        let ids = self.sampler.sample(parent, event.verdict.outcome);
+        if let Some(audit) = &mut self.audit {
+            match audit.append(&record, &ids) {
+                Ok(()) => {
+                    self.metrics.audit_written.inc();
+                }
+                Err(e) => {
+                    self.metrics.audit_dropped.get_or_create(&DROP_WRITE_FAILED).inc();
+                    // Log the first failures and then every 1000th, not every record of a full disk.
+                    if self.audit_failures_logged % 1000 == 0 {
+                        tracing::error!(error = %e, "audit record could not be written");
+                    }
+                    self.audit_failures_logged += 1;
+                }
+            }
+        }
+        if ids.sampled
+            && let Some(batches) = &mut self.batches
+        {
+            let span: SpanData = spans::span_data(&record, &ids, &batches.scope);
+            batches.push(span);
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(audit) = &mut self.audit
+            && let Err(e) = audit.flush()
+        {
+            tracing::error!(error = %e, "audit log flush failed");
+        }
+        if let Some(b) = &mut self.batches {
+            b.flush();
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The audit log: one JSON object per line per decision, appended by the telemetry thread.
+//!
+//! Keys are the decision span's attribute names plus `time`, `trace_id`, `span_id`,
+//! `parent_span_id`, `sampled` and `duration_us`; the schema is documented in the README and is
+//! what allowlist learning reads. Rotation is by size (`PATH` -> `PATH.1` -> ... `PATH.N`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use serde::ser::{SerializeMap, Serializer};
+
+use super::record::{DecisionRecord, Value};
+use super::spans::SpanIds;
+
+/// When the audit log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncPolicy {
+    /// Leave it to the OS (records are still written out at least every flush interval).
+    Never,
+    /// After each batch: at most one flush interval (200 ms) of records is at risk on power loss.
+    Batch,
+    /// After every record (slowest; the telemetry queue absorbs bursts, drops are counted).
+    Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    /// Rotate once the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`PATH.1` is the newest).
+    pub keep: u32,
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    pub path: String,
+    #[source]
+    pub source: io::Error,
+}
+
+pub struct AuditLog {
+    config: AuditConfig,
+    file: BufWriter<File>,
+    size: u64,
+    line: Vec<u8>,
+}
+
+impl AuditLog {
+    pub fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        let err = |source| AuditError { path: config.path.display().to_string(), source };
+        let file = OpenOptions::new().create(true).append(true).open(&config.path).map_err(err)?;
+        let size = file.metadata().map_err(err)?.len();
+        Ok(AuditLog { config, file: BufWriter::with_capacity(64 * 1024, file), size, line: Vec::with_capacity(1024) })
+    }
+
+    /// Appends one record (buffered; `flush` writes it out).
+    pub fn append(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
+        self.line.clear();
+        encode(&mut self.line, record, ids)?;
+        self.line.push(b'\n');
+        if self.size > 0 && self.size + self.line.len() as u64 > self.config.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&self.line)?;
+        self.size += self.line.len() as u64;
+        if self.config.fsync == FsyncPolicy::Always {
+            self.file.flush()?;
+            self.file.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered records to the file, and fsyncs unless the policy is `never`.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        if self.config.fsync != FsyncPolicy::Never {
+            self.file.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()?;
+        let numbered = |n: u32| {
+            let mut p = self.config.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        if self.config.keep == 0 {
+            std::fs::remove_file(&self.config.path)?;
+        } else {
+            for n in (1..self.config.keep).rev() {
+                match std::fs::rename(numbered(n), numbered(n + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            std::fs::rename(&self.config.path, numbered(1))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&self.config.path)?;
+        self.file = BufWriter::with_capacity(64 * 1024, file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
+    let mut ser = serde_json::Serializer::new(out);
+    let mut map = ser.serialize_map(None)?;
+    let time = jiff::Timestamp::try_from(record.event.start).map(|t| t.to_string()).unwrap_or_default();
+    map.serialize_entry("time", &time)?;
+    map.serialize_entry("trace_id", &ids.trace_id.to_string())?;
+    map.serialize_entry("span_id", &ids.span_id.to_string())?;
+    if let Some(parent) = &ids.parent {
+        map.serialize_entry("parent_span_id", &parent.span_id().to_string())?;
+    }
+    map.serialize_entry("sampled", &ids.sampled)?;
+    map.serialize_entry("duration_us", &(record.event.duration.as_nanos() as f64 / 1e3))?;
+    let mut result = Ok(());
+    record.visit(&mut |key, value| {
+        if result.is_ok() {
+            result = match value {
+                Value::Str(s) => map.serialize_entry(key, s),
+                Value::Int(i) => map.serialize_entry(key, &i),
+                Value::Bool(b) => map.serialize_entry(key, &b),
+            };
+        }
+    });
+    result?;
+    map.end()?;
+    Ok(())
+}
