@@ -6,6 +6,7 @@ mod support {
     pub mod client;
     pub mod dns;
     pub mod envoy;
+    pub mod otlp;
     pub mod pki;
     pub mod server;
     pub mod upstream;
@@ -17,15 +18,17 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use egressd::policy::PolicySource;
+use egressd::policy::{GatewayTracing, PolicySource};
+use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
 use support::client::{
     connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config, tls_config_h2,
 };
 use support::dns::{TestDns, start_dns};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
+use support::otlp::Collector;
 use support::pki::{Ca, Issued};
-use support::server::{TestServer, http_get, start_at, start_full, try_http_get};
+use support::server::{TestServer, http_get, start_full, start_with_telemetry, try_http_get};
 use support::upstream::{start_http, start_tls};
 
 const GATEWAY_NAME: &str = "egress-gateway.corp.example";
@@ -53,6 +56,12 @@ async fn lab() -> Lab {
 /// The lab; with `policy_dir`, egressd runs from (and watches) a copy of mesh-config/ there, whose
 /// Gateway document describes this lab's gateway.
 async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
+    lab_with(policy_dir, None).await
+}
+
+/// As `lab_from`; with `traced`, Envoy traces to that OTLP collector and egressd sends its
+/// decisions to that telemetry.
+async fn lab_with(policy_dir: Option<&std::path::Path>, traced: Option<(SocketAddr, Telemetry)>) -> Lab {
     let dns = start_dns(&["api.partner.test", "admin.partner.test", "unknown.partner.test"]).await;
     let ca = Ca::new("corp.example trust bundle");
     let dir = tempfile::tempdir().unwrap();
@@ -77,8 +86,20 @@ async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
         private_key: path("gw.key"),
         trust_bundle: path("bundle.pem"),
     });
+    let (collector, telemetry) = match traced {
+        Some((collector, telemetry)) => (Some(collector), telemetry),
+        None => (None, Telemetry::metrics_only()),
+    };
+    spec.tracing = collector.map(|collector| GatewayTracing {
+        collector,
+        sampling_percent: 100,
+        service_name: "egress-gateway".into(),
+    });
     let egressd = match policy_dir {
-        None => start_at(support::server::mesh_without_gateway(), Some(spec.clone()), grpc).await,
+        None => {
+            let source = support::server::mesh_without_gateway();
+            start_with_telemetry(source, Some(spec.clone()), grpc, None, telemetry).await
+        }
         Some(dir) => {
             copy_mesh_config(dir);
             std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
@@ -416,4 +437,40 @@ fn test_spec_from(lab: &Lab, dir: &std::path::Path) -> GatewaySpec {
     });
     spec.dns_resolvers = vec![field("resolvers:").trim_matches(|c| c == '[' || c == ']').parse().unwrap()];
     spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_span_and_the_decision_span_share_one_trace_as_parent_and_child() {
+    let collector = Collector::start().await;
+    let config = TelemetryConfig {
+        otlp: Some(OtlpConfig { endpoint: collector.endpoint(), service_name: "egressd".into() }),
+        ..Default::default()
+    };
+    let (telemetry, _tasks) = Telemetry::start(config).unwrap();
+    let lab = lab_with(None, Some((collector.addr, telemetry))).await;
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let url = format!("http://api.partner.test:{}/traced", lab.http_upstream.port());
+    let (status, resp) = proxy_get(&mut conn, &url).await.unwrap();
+    assert_eq!(status, 200, "{resp}");
+
+    // Envoy's tracer flushes on a timer (5 s by default).
+    let linked = |spans: &[support::otlp::Received]| {
+        let decision = spans.iter().find(|s| s.service == "egressd")?;
+        let parent =
+            spans.iter().find(|s| s.service == "egress-gateway" && s.span_id() == decision.parent_span_id())?;
+        Some((decision.clone(), parent.clone()))
+    };
+    let spans = collector.wait_for(Duration::from_secs(20), |s| linked(s).is_some()).await;
+    let Some((decision, parent)) = linked(&spans) else {
+        let summary: Vec<_> = spans
+            .iter()
+            .map(|s| (s.service.clone(), s.span.name.clone(), s.trace_id(), s.span_id(), s.parent_span_id()))
+            .collect();
+        panic!("no decision span whose parent is an Envoy span: {summary:#?}\n{}", lab.envoy.log());
+    };
+    assert_eq!(decision.trace_id(), parent.trace_id(), "one trace");
+    assert_eq!(decision.attr("egress.decision").as_deref(), Some("allow"));
+    assert_eq!(decision.attr("egress.spiffe_id").as_deref(), Some(CHECKOUT));
+    // Envoy's request span is in the same trace too (the parent is its ext_authz call's span).
+    assert!(spans.iter().filter(|s| s.service == "egress-gateway" && s.trace_id() == decision.trace_id()).count() >= 2);
 }

@@ -43,6 +43,7 @@ fn with_inline_route(mut listener: Listener, route: RouteConfiguration, port: u1
 fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
     let mut clusters: Vec<Cluster> =
         vec![decode(&resources::authz_cluster(spec)), decode(&resources::dfp_cluster(spec))];
+    clusters.extend(resources::otel_cluster(spec).map(|c| decode::<Cluster>(&c)));
     // The ADS source the HCM's RDS subscription names.
     let mut xds = clusters[0].clone();
     xds.name = "xds_cluster".into();
@@ -96,6 +97,17 @@ fn plaintext_gateway_validates() {
     let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
     spec.dns_resolvers = vec!["127.0.0.1:5353".parse().unwrap()];
     validate("plaintext", &spec);
+}
+
+#[test]
+fn traced_gateway_validates() {
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    spec.tracing = Some(egressd::policy::GatewayTracing {
+        collector: "127.0.0.1:4317".parse().unwrap(),
+        sampling_percent: 10,
+        service_name: "egress-gateway".into(),
+    });
+    validate("traced", &spec);
 }
 
 #[test]

@@ -24,7 +24,7 @@ pub use compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
 pub use decide::Destination;
 pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
-pub use gateway::{GatewayConfig, MtlsPaths};
+pub use gateway::{GatewayConfig, GatewayTracing, MtlsPaths};
 pub use model::{Mode, Protocol};
 pub use source::{PolicySource, SourceError};
 

@@ -20,6 +20,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::trace::{Sampler, SpanData, SpanExporter};
+use prometheus_client::metrics::counter::Counter;
 
 use audit::{AuditConfig, AuditError, AuditLog};
 use context::Propagators;
@@ -100,6 +101,7 @@ impl std::fmt::Debug for Telemetry {
 
 /// The running telemetry thread and export task; `shutdown` drains them.
 pub struct TelemetryTasks {
+    metrics: Metrics,
     queue: Option<SyncSender<Msg>>,
     worker: Option<std::thread::JoinHandle<()>>,
     exporter: Option<tokio::task::JoinHandle<()>>,
@@ -115,7 +117,7 @@ impl Telemetry {
     pub fn start(config: TelemetryConfig) -> Result<(Telemetry, TelemetryTasks), TelemetryError> {
         let metrics = Metrics::default();
         if config.otlp.is_none() && config.audit.is_none() {
-            let tasks = TelemetryTasks { queue: None, worker: None, exporter: None };
+            let tasks = TelemetryTasks { metrics: metrics.clone(), queue: None, worker: None, exporter: None };
             return Ok((Telemetry { metrics, ..Default::default() }, tasks));
         }
         let audit = config.audit.map(AuditLog::open).transpose()?;
@@ -143,7 +145,9 @@ impl Telemetry {
             .spawn(move || worker.run(rx))
             .map_err(TelemetryError::Thread)?;
         let telemetry = Telemetry { metrics, queue: Some(tx.clone()), spans_on, audit_on };
-        Ok((telemetry, TelemetryTasks { queue: Some(tx), worker: Some(handle), exporter }))
+        let tasks =
+            TelemetryTasks { metrics: telemetry.metrics.clone(), queue: Some(tx), worker: Some(handle), exporter };
+        Ok((telemetry, tasks))
     }
 
     /// Whether decisions go to the telemetry thread (else `submit` need not be called).
@@ -188,6 +192,19 @@ impl TelemetryTasks {
         {
             tracing::warn!("OTLP collector did not take the last spans within {export_timeout:?}; they are dropped");
         }
+        // What was lost is said once more at exit, next to what was kept.
+        let m = &self.metrics;
+        type ByReason = prometheus_client::metrics::family::Family<metrics::ReasonLabel, Counter>;
+        let dropped = |f: &ByReason, r| f.get_or_create(r).get();
+        tracing::info!(
+            audit_written = m.audit_written.get(),
+            audit_dropped_queue_full = dropped(&m.audit_dropped, &DROP_QUEUE_FULL),
+            audit_dropped_write_failed = dropped(&m.audit_dropped, &DROP_WRITE_FAILED),
+            spans_exported = m.spans_exported.get(),
+            spans_dropped_queue_full = dropped(&m.spans_dropped, &DROP_QUEUE_FULL),
+            spans_dropped_export_failed = dropped(&m.spans_dropped, &metrics::DROP_EXPORT_FAILED),
+            "telemetry flushed"
+        );
     }
 }
 

@@ -20,6 +20,17 @@ pub struct MtlsPaths {
     pub trust_bundle: String,
 }
 
+/// The gateway's own tracing: Envoy's OpenTelemetry tracer, exporting to an OTLP/gRPC collector.
+/// Envoy then passes its span to egressd in each Check call, so decision spans join its traces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayTracing {
+    pub collector: SocketAddr,
+    /// Share of requests Envoy starts a trace for (requests that arrive traced keep their decision).
+    pub sampling_percent: u8,
+    pub service_name: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayConfig {
@@ -38,6 +49,7 @@ pub struct GatewayConfig {
     pub dns_max_hosts: u32,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    pub tracing: Option<GatewayTracing>,
     #[serde(skip)]
     pub loc: SourceLoc,
 }
@@ -115,7 +127,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
         let timeouts = d.timeouts.as_ref();
         let Some(http_listen) = http else { continue };
         out.push(GatewayConfig {
-            name,
+            name: name.clone(),
             nodes: d.nodes.iter().map(|n| n.value.clone()).collect(),
             http_listen,
             tls_listen: tls,
@@ -170,6 +182,24 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
                 "timeouts.requestMs",
                 diags,
             ),
+            tracing: d.tracing.as_ref().and_then(|t| {
+                let collector = addr(file, &t.collector, "tracing.collector", diags)?;
+                let sampling_percent = match &t.sampling_percent {
+                    None => 100,
+                    Some(p) if (0..=100).contains(&p.value) => p.value as u8,
+                    Some(p) => {
+                        diags.error(
+                            SourceLoc::of(file, p),
+                            format!("tracing.samplingPercent {} is outside 0..=100", p.value),
+                        );
+                        100
+                    }
+                };
+                let service_name = t.service_name.as_ref().map(|n| n.value.trim().to_string());
+                let service_name =
+                    service_name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("egress-gateway-{name}"));
+                Some(GatewayTracing { collector, sampling_percent, service_name })
+            }),
             loc: g.loc.clone(),
         });
     }

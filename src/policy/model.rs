@@ -172,6 +172,8 @@ pub struct GatewayDoc {
     pub dns: Option<GatewayDnsDoc>,
     #[serde(default)]
     pub timeouts: Option<GatewayTimeoutsDoc>,
+    #[serde(default)]
+    pub tracing: Option<GatewayTracingDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,4 +219,15 @@ pub struct GatewayTimeoutsDoc {
     pub connect_ms: Option<Spanned<i64>>,
     #[serde(default)]
     pub request_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTracingDoc {
+    /// OTLP/gRPC collector, IP:PORT.
+    pub collector: Spanned<String>,
+    #[serde(default)]
+    pub sampling_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub service_name: Option<Spanned<String>>,
 }

@@ -326,6 +326,19 @@ fn gateway_documents_compile_and_validate_with_locations() {
         "v.yaml:7:1:",
         "unknown field `port`",
     );
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners: {http: 127.0.0.1:1}\ntracing: {collector: nowhere}\n",
+        "v.yaml:7:22:",
+        "tracing.collector `nowhere` is not IP:PORT",
+    );
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners: {http: 127.0.0.1:1}\ntracing: {collector: 127.0.0.1:4317, samplingPercent: 101}\n",
+        "v.yaml:7:55:",
+        "samplingPercent 101 is outside 0..=100",
+    );
+    let traced = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: edge\nlisteners: {http: 127.0.0.1:1}\ntracing: {collector: 127.0.0.1:4317}\n";
+    let t = compile(&PolicySource::from_text("g.yaml", traced), NOW).unwrap().gateways[0].tracing.clone().unwrap();
+    assert_eq!((t.sampling_percent, t.service_name.as_str()), (100, "egress-gateway-edge"));
     let two_defaults = "kind: Gateway\nname: a\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nlisteners: {http: 127.0.0.1:2}\n";
     assert!(errors(two_defaults).iter().any(|e| e.contains("second default Gateway")), "{:?}", errors(two_defaults));
     let node_twice = "kind: Gateway\nname: a\nnodes: [n]\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nnodes: [n]\nlisteners: {http: 127.0.0.1:2}\n";

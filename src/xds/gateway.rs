@@ -32,6 +32,8 @@ pub struct GatewaySpec {
     /// client's XFCC on to the check instead of stripping it. egressd removes it from every request
     /// it allows, so it still never leaves the gateway.
     pub trust_forwarded_client_cert: bool,
+    /// Envoy's own tracing (OpenTelemetry tracer to an OTLP collector), if configured.
+    pub tracing: Option<crate::policy::GatewayTracing>,
 }
 
 impl GatewaySpec {
@@ -51,6 +53,7 @@ impl GatewaySpec {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 30_000,
             trust_forwarded_client_cert: false,
+            tracing: None,
         }
     }
 }
@@ -72,6 +75,7 @@ impl GatewaySpec {
             connect_timeout_ms: cfg.connect_timeout_ms,
             request_timeout_ms: cfg.request_timeout_ms,
             trust_forwarded_client_cert: false,
+            tracing: cfg.tracing.clone(),
         }
     }
 }

@@ -7,6 +7,9 @@
 //!   mTLS with a required, verified client certificate when the spec names certificate files.
 //! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel, everything else proxied.
 //! * listener `egress_tls` (optional): TLS by SNI: tls_inspector, network ext_authz, SNI DFP, tcp_proxy.
+//! * cluster `egress_otel_collector` (when the Gateway has `tracing`): the OTLP collector Envoy's
+//!   OpenTelemetry tracer exports to; the HTTP listener traces requests and, through its ext_authz
+//!   gRPC client, hands its span to egressd so decision spans join the request's trace.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -24,6 +27,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
 };
+use envoy_types::pb::envoy::config::trace::v3::{self as tracing_v3, OpenTelemetryConfig};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
 use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{ClusterConfig, cluster_config};
 use envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig;
@@ -48,6 +52,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, common_tls_context,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Name;
@@ -59,6 +64,7 @@ pub const DFP_CLUSTER: &str = "egress_dfp";
 pub const HTTP_LISTENER: &str = "egress_http";
 pub const HTTP_ROUTE: &str = "egress_http";
 pub const TLS_LISTENER: &str = "egress_tls";
+pub const OTEL_CLUSTER: &str = "egress_otel_collector";
 const DNS_CACHE: &str = "egress_dns_cache";
 
 /// One generated resource: its name and the message packed as `Any`.
@@ -132,19 +138,19 @@ fn http2_options() -> (String, Any) {
     (HttpProtocolOptions::full_name(), pack_any(opts))
 }
 
-/// egressd's own gRPC port, over HTTP/2, for ext_authz.
-pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
+/// A cluster of one static HTTP/2 endpoint (a gRPC server).
+fn static_h2_cluster(name: &str, addr: std::net::SocketAddr) -> Resource {
     let c = Cluster {
-        name: AUTHZ_CLUSTER.to_string(),
+        name: name.to_string(),
         connect_timeout: Some(millis(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
         typed_extension_protocol_options: [http2_options()].into_iter().collect(),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: AUTHZ_CLUSTER.to_string(),
+            cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(spec.authz_address)),
+                        address: Some(socket(addr)),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -155,7 +161,44 @@ pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
         }),
         ..Default::default()
     };
-    resource(AUTHZ_CLUSTER, c)
+    resource(name, c)
+}
+
+/// egressd's own gRPC port, over HTTP/2, for ext_authz.
+pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
+    static_h2_cluster(AUTHZ_CLUSTER, spec.authz_address)
+}
+
+/// The OTLP/gRPC collector of the gateway's own spans, when tracing is configured.
+pub fn otel_cluster(spec: &GatewaySpec) -> Option<Resource> {
+    spec.tracing.as_ref().map(|t| static_h2_cluster(OTEL_CLUSTER, t.collector))
+}
+
+/// Envoy's OpenTelemetry tracer for the HTTP listener.
+fn tracing(spec: &GatewaySpec) -> Option<http_connection_manager::Tracing> {
+    let t = spec.tracing.as_ref()?;
+    let otel = OpenTelemetryConfig {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                cluster_name: OTEL_CLUSTER.to_string(),
+                ..Default::default()
+            })),
+            timeout: Some(millis(1000)),
+            ..Default::default()
+        }),
+        service_name: t.service_name.clone(),
+        ..Default::default()
+    };
+    Some(http_connection_manager::Tracing {
+        random_sampling: Some(Percent { value: f64::from(t.sampling_percent) }),
+        provider: Some(tracing_v3::tracing::Http {
+            name: "envoy.tracers.opentelemetry".to_string(),
+            config_type: Some(tracing_v3::tracing::http::ConfigType::TypedConfig(pack_any(otel))),
+        }),
+        // A gateway is its own hop: a span per upstream request as well.
+        spawn_upstream_span: Some(BoolValue { value: true }),
+        ..Default::default()
+    })
 }
 
 /// Dynamic forward proxy: upstream hosts are the authorized destinations, resolved on demand.
@@ -308,6 +351,7 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
             http_connection_manager::ForwardClientCertDetails::Sanitize as i32
         },
         access_log: access_log("envoy.filters.http.ext_authz", false),
+        tracing: tracing(spec),
         ..Default::default()
     };
     let listener = Listener {

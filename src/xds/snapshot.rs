@@ -92,12 +92,15 @@ impl Snapshot {
         let route = RouteConfiguration::type_url();
         let mut list = vec![
             (cluster.clone(), resources::authz_cluster(spec)),
-            (cluster, resources::dfp_cluster(spec)),
+            (cluster.clone(), resources::dfp_cluster(spec)),
             (listener.clone(), resources::http_listener(spec)),
             (route, resources::http_route(spec)),
         ];
         if let Some(tls) = spec.tls_listen {
             list.push((listener, resources::tls_listener(spec, tls)));
+        }
+        if let Some(otel) = resources::otel_cluster(spec) {
+            list.push((cluster, otel));
         }
         Snapshot::from_resources(&spec.name, policy_version, list)
     }
