@@ -4,8 +4,11 @@
 //!
 //! Closed loop (max throughput):   cargo run --release --example check_load -- --target 127.0.0.1:18000 --noop
 //! Open loop (fixed rate, p99):    ... --rate 5000
-//! Rounds alternate egressd / no-op (A B A B ...) and report medians, because this 2-core VM's
+//! Against another running server (e.g. egressd without telemetry): ... --baseline 127.0.0.1:18100
+//! Rounds alternate target / baseline (A B A B ...) and report medians, because this 2-core VM's
 //! absolute numbers drift; only the ratios are meaningful.
+//! `--serve-collector ADDR` hosts a minimal OTLP/gRPC trace collector (decodes and counts spans),
+//! for measuring egressd with span export on (benches/telemetry_load.sh).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +22,8 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorizat
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use hdrhistogram::Histogram;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
@@ -111,6 +116,18 @@ struct Args {
     /// client work to the server. Either way gRPC errors are counted.
     #[arg(long)]
     decode: bool,
+    /// Compare against this already running Check server instead of a no-op child.
+    #[arg(long, conflicts_with = "noop")]
+    baseline: Option<SocketAddr>,
+    /// Label of the target in the output.
+    #[arg(long, default_value = "egressd")]
+    name: String,
+    /// Label of the baseline in the output.
+    #[arg(long, default_value = "no-op")]
+    baseline_name: String,
+    /// Serve a minimal OTLP/gRPC trace collector on this address and never return.
+    #[arg(long)]
+    serve_collector: Option<SocketAddr>,
     /// Internal: serve the no-op Check on this address and never return.
     #[arg(long, hide = true)]
     serve_noop: Option<SocketAddr>,
@@ -274,7 +291,7 @@ fn summarize(rounds: &[RoundResult]) -> Summary {
 
 fn print(name: &str, s: &Summary) {
     println!(
-        "{name:<8} {:>10.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us   p99.9 {:>7.0} us   errors {}",
+        "{name:<12} {:>10.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us   p99.9 {:>7.0} us   errors {}",
         s.rps, s.p50, s.p99, s.p999, s.errors
     );
 }
@@ -290,8 +307,39 @@ fn spawn_noop() -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// The OTLP collector stand-in: decodes every export (as a collector must) and counts the spans.
+#[derive(Default)]
+struct SpanCounter(std::sync::atomic::AtomicU64);
+
+#[tonic::async_trait]
+impl TraceService for SpanCounter {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let total = self.0.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
+        if total / 100_000 != (total - n as u64) / 100_000 {
+            eprintln!("collector: {total} spans received");
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
 fn main() {
     let args = Args::parse();
+    if let Some(addr) = args.serve_collector {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(SpanCounter::default()))
+                .serve(addr)
+                .await
+                .unwrap();
+        });
+        return;
+    }
     if let Some(addr) = args.serve_noop {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let noop = if args.noop_shaped { Noop::shaped() } else { Noop::bare() };
@@ -307,7 +355,8 @@ fn main() {
     }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build().unwrap();
-    let noop = args.noop.then(spawn_noop);
+    let noop = args.noop.then(spawn_noop).map(|(child, addr)| (Some(child), addr));
+    let noop = noop.or(args.baseline.map(|addr| (None, addr)));
     std::thread::sleep(Duration::from_millis(300));
     let mode = match args.rate {
         Some(r) => format!("open loop at {r} req/s"),
@@ -336,17 +385,21 @@ fn main() {
         }
     });
     let a = summarize(&ours);
-    print("egressd", &a);
-    if let Some((mut child, _)) = noop {
+    print(&args.name, &a);
+    if let Some((child, _)) = noop {
         let b = summarize(&theirs);
-        print("no-op", &b);
+        print(&args.baseline_name, &b);
         println!(
-            "ratio egressd/no-op: throughput {:.3}   p50 {:.2}x   p99 {:.2}x   p99.9 {:.2}x",
+            "ratio {}/{}: throughput {:.3}   p50 {:.2}x   p99 {:.2}x   p99.9 {:.2}x",
+            args.name,
+            args.baseline_name,
             a.rps / b.rps,
             a.p50 / b.p50,
             a.p99 / b.p99,
             a.p999 / b.p999
         );
-        let _ = child.kill();
+        if let Some(mut child) = child {
+            let _ = child.kill();
+        }
     }
 }

@@ -442,10 +442,7 @@ fn test_spec_from(lab: &Lab, dir: &std::path::Path) -> GatewaySpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoys_span_and_the_decision_span_share_one_trace_as_parent_and_child() {
     let collector = Collector::start().await;
-    let config = TelemetryConfig {
-        otlp: Some(OtlpConfig { endpoint: collector.endpoint(), service_name: "egressd".into() }),
-        ..Default::default()
-    };
+    let config = TelemetryConfig { otlp: Some(OtlpConfig::new(collector.endpoint(), "egressd")), ..Default::default() };
     let (telemetry, _tasks) = Telemetry::start(config).unwrap();
     let lab = lab_with(None, Some((collector.addr, telemetry))).await;
     let mut conn = lab.as_workload(&lab.checkout).await;

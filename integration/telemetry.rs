@@ -32,7 +32,7 @@ fn fixtures() -> PolicySource {
 
 fn otlp_config(collector: &Collector, sampler: &str, arg: Option<&str>) -> TelemetryConfig {
     TelemetryConfig {
-        otlp: Some(OtlpConfig { endpoint: collector.endpoint(), service_name: "egressd-test".into() }),
+        otlp: Some(OtlpConfig::new(collector.endpoint(), "egressd-test")),
         sampler: parse_sampler(sampler, arg).unwrap(),
         ..Default::default()
     }
@@ -158,10 +158,7 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn a_collector_that_is_down_never_fails_a_check_and_lost_spans_are_counted() {
     // A port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = TelemetryConfig {
-        otlp: Some(OtlpConfig { endpoint: format!("http://{closed}"), service_name: "x".into() }),
-        ..Default::default()
-    };
+    let config = TelemetryConfig { otlp: Some(OtlpConfig::new(format!("http://{closed}"), "x")), ..Default::default() };
     let (server, mut client, _tasks) = serve(config).await;
     for _ in 0..50 {
         assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await, 0);
@@ -244,7 +241,8 @@ async fn every_decision_answered_before_sigterm_is_in_the_audit_log() {
     }
     tasks.join_all().await;
     // Every check has its answer; now stop the process the way Kubernetes does.
-    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    // The shell's builtin kill: /bin/kill (procps) is not on every fresh machine.
+    let killed = std::process::Command::new("sh").arg("-c").arg(format!("kill -TERM {}", child.id())).status().unwrap();
     assert!(killed.success());
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "egressd exits cleanly on SIGTERM: {status}");

@@ -21,7 +21,7 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, Verdict, coarse_unix_now};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::DecisionCounters;
-use crate::telemetry::record::CheckEvent;
+use crate::telemetry::record::{CheckEvent, RequestFacts};
 use cache::ResponseCache;
 use codec::{CheckAnswer, CheckCodec};
 
@@ -119,9 +119,9 @@ impl CheckState {
         self.telemetry.metrics.check_duration.observe(duration);
         if self.telemetry.records_decisions() {
             let start = SystemTime::now() - duration;
-            let metadata = metadata.into_headers();
             let policy = Arc::clone(&version.cache.policy);
-            self.telemetry.submit(CheckEvent { request: req, metadata, verdict, policy, start, duration });
+            let facts = RequestFacts::capture(&req, metadata.as_ref(), &policy);
+            self.telemetry.submit(CheckEvent { facts, verdict, policy, start, duration });
         }
         answer
     }

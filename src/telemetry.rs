@@ -13,13 +13,14 @@
 pub mod audit;
 pub mod context;
 pub mod metrics;
+pub mod otlp;
 pub mod record;
 pub mod spans;
 
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::trace::{Sampler, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::Sampler;
 use prometheus_client::metrics::counter::Counter;
 
 use audit::{AuditConfig, AuditError, AuditLog};
@@ -30,19 +31,16 @@ use spans::{DecisionSampler, SpanBatcher};
 
 /// How often buffered audit records and partial span batches are written out.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long the telemetry thread sleeps when the queue is empty.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Decisions handled between two looks at the flush timer.
+const MAX_DRAIN: usize = 1024;
 /// Spans per OTLP export request.
 const MAX_EXPORT_BATCH: usize = 512;
 /// Batches waiting for the exporter before new ones are dropped.
 const EXPORT_QUEUE_BATCHES: usize = 8;
 
-/// OTLP trace export settings. Endpoint, headers, timeout and TLS also follow the standard
-/// `OTEL_EXPORTER_OTLP_*` variables (read by opentelemetry-otlp).
-#[derive(Debug, Clone)]
-pub struct OtlpConfig {
-    /// Collector address, e.g. `http://127.0.0.1:4317`.
-    pub endpoint: String,
-    pub service_name: String,
-}
+pub use otlp::OtlpConfig;
 
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
@@ -71,8 +69,8 @@ impl Default for TelemetryConfig {
 pub enum TelemetryError {
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error("OTLP exporter for {endpoint}: {message}")]
-    Otlp { endpoint: String, message: String },
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
     #[error("cannot start the telemetry thread: {0}")]
     Thread(std::io::Error),
 }
@@ -123,9 +121,9 @@ impl Telemetry {
         let audit = config.audit.map(AuditLog::open).transpose()?;
         let (batches, exporter) = match &config.otlp {
             Some(otlp) => {
-                let exporter = otlp_exporter(otlp)?;
+                let exporter = otlp::OtlpExporter::new(otlp)?;
                 let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_BATCHES);
-                let task = tokio::spawn(spans::export_loop(exporter, rx, metrics.clone()));
+                let task = tokio::spawn(otlp::export_loop(exporter, rx, metrics.clone()));
                 (Some(SpanBatcher::new(tx, MAX_EXPORT_BATCH, metrics.clone())), Some(task))
             }
             None => (None, None),
@@ -208,19 +206,6 @@ impl TelemetryTasks {
     }
 }
 
-fn otlp_exporter(otlp: &OtlpConfig) -> Result<impl SpanExporter + 'static, TelemetryError> {
-    use opentelemetry_otlp::WithExportConfig;
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(otlp.endpoint.clone())
-        .build()
-        .map_err(|e| TelemetryError::Otlp { endpoint: otlp.endpoint.clone(), message: e.to_string() })?;
-    // OTEL_RESOURCE_ATTRIBUTES is read by the builder; service.name comes from the flag/variable.
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(otlp.service_name.clone()).build();
-    exporter.set_resource(&resource);
-    Ok(exporter)
-}
-
 struct Worker {
     sampler: DecisionSampler,
     propagators: Propagators,
@@ -231,36 +216,49 @@ struct Worker {
 }
 
 impl Worker {
+    /// Drains the queue, then sleeps a poll interval when it was empty. Polling rather than a
+    /// blocking receive is deliberate: a receiver parked in `recv` makes every `try_send` on the
+    /// Check path wake it (a futex call and a context switch per decision); a sleeping poller
+    /// costs senders nothing.
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut last_flush = Instant::now();
         loop {
-            let wait = FLUSH_INTERVAL.saturating_sub(last_flush.elapsed());
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Decision(event)) => self.record(&event),
-                Ok(Msg::Shutdown(done)) => {
-                    self.flush();
-                    if let Some(b) = self.batches.take() {
-                        b.finish();
+            let mut drained = 0;
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Decision(event)) => self.record(&event),
+                    Ok(Msg::Shutdown(done)) => {
+                        self.flush();
+                        if let Some(b) = self.batches.take() {
+                            b.finish();
+                        }
+                        let _ = done.send(());
+                        return;
                     }
-                    let _ = done.send(());
-                    return;
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.flush();
+                        return;
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    return;
+                drained += 1;
+                if drained >= MAX_DRAIN {
+                    break;
                 }
             }
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush();
                 last_flush = Instant::now();
             }
+            if drained == 0 {
+                std::thread::sleep(POLL_INTERVAL);
+            }
         }
     }
 
     fn record(&mut self, event: &CheckEvent) {
         let record = DecisionRecord::describe(event);
-        let parent = self.propagators.parent(&event.metadata, &event.request);
+        let parent = self.propagators.parent(&event.facts);
         let ids = self.sampler.sample(parent, event.verdict.outcome);
         if let Some(audit) = &mut self.audit {
             match audit.append(&record, &ids) {
@@ -280,8 +278,7 @@ impl Worker {
         if ids.sampled
             && let Some(batches) = &mut self.batches
         {
-            let span: SpanData = spans::span_data(&record, &ids, &batches.scope);
-            batches.push(span);
+            batches.push(spans::span(&record, &ids));
         }
     }
 

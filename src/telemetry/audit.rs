@@ -109,7 +109,8 @@ impl AuditLog {
     }
 }
 
-fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
+/// One audit line (without the newline) into `out`.
+pub fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
     let mut ser = serde_json::Serializer::new(out);
     let mut map = ser.serialize_map(None)?;
     let time = jiff::Timestamp::try_from(record.event.start).map(|t| t.to_string()).unwrap_or_default();
@@ -140,7 +141,7 @@ fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::
 mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
-    use crate::telemetry::record::CheckEvent;
+    use crate::telemetry::record::{CheckEvent, RequestFacts};
     use crate::telemetry::spans::{DecisionSampler, parse_sampler};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
@@ -156,14 +157,8 @@ mod tests {
             &[("x-request-id", &id)],
         );
         let verdict = crate::authz::decide_verdict(&policy, &request, 0);
-        CheckEvent {
-            request,
-            metadata: Default::default(),
-            verdict,
-            policy,
-            start: SystemTime::now(),
-            duration: Duration::from_micros(3),
-        }
+        let facts = RequestFacts::capture(&request, &Default::default(), &policy);
+        CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::from_micros(3) }
     }
 
     fn write(log: &mut AuditLog, i: usize) {

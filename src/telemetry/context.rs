@@ -12,14 +12,16 @@
 //! opentelemetry-zipkin, which is deprecated as a whole, and extraction is a few lines of the
 //! openzipkin/b3-propagation spec.
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-use tonic::codegen::http;
+use super::record::RequestFacts;
 
-use crate::authz::request::header;
+/// The headers that can carry trace context. The Check path copies them (from the call's gRPC
+/// metadata if it carries context, else from the request) into `RequestFacts`.
+pub const TRACE_HEADERS: [&str; 7] =
+    ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"];
 
 /// Reusable propagators.
 #[derive(Default)]
@@ -28,20 +30,24 @@ pub struct Propagators {
 }
 
 impl Propagators {
-    /// The remote parent of a Check's decision span, if the call or the request carries one.
-    pub fn parent(&self, metadata: &http::HeaderMap, req: &CheckRequest) -> Option<SpanContext> {
-        self.extract(&MetadataExtractor(metadata)).or_else(|| {
-            let http = req.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
-            self.extract(&RequestHeaders(http))
-        })
+    /// The remote parent of a decision span, if the Check carried one.
+    pub fn parent(&self, facts: &RequestFacts) -> Option<SpanContext> {
+        let carrier = FactsExtractor(facts);
+        let cx = self.w3c.extract(&carrier);
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() { Some(sc) } else { b3(&carrier) }
+    }
+}
+
+struct FactsExtractor<'a>(&'a RequestFacts);
+
+impl Extractor for FactsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.trace_header(key)
     }
 
-    fn extract(&self, carrier: &dyn Extractor) -> Option<SpanContext> {
-        let valid = |cx: opentelemetry::Context| {
-            let sc = cx.span().span_context().clone();
-            sc.is_valid().then_some(sc)
-        };
-        valid(self.w3c.extract(carrier)).or_else(|| b3(carrier))
+    fn keys(&self) -> Vec<&str> {
+        TRACE_HEADERS.iter().copied().filter(|h| self.0.trace_header(h).is_some()).collect()
     }
 }
 
@@ -73,34 +79,17 @@ fn b3(carrier: &dyn Extractor) -> Option<SpanContext> {
     sc.is_valid().then_some(sc)
 }
 
-struct MetadataExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for MetadataExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct RequestHeaders<'a>(&'a envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest);
-
-impl Extractor for RequestHeaders<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        header(self.0, key)
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.headers.keys().map(String::as_str).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::http_check;
+    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+    use tonic::codegen::http;
+
+    fn parent_of(metadata: &http::HeaderMap, req: &CheckRequest) -> Option<SpanContext> {
+        let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
+        Propagators::default().parent(&RequestFacts::capture(req, metadata, &policy))
+    }
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -108,7 +97,7 @@ mod tests {
     fn w3c_from_request_headers() {
         let tp = format!("00-{TRACE}-00f067aa0ba902b7-01");
         let req = http_check("p", "GET", "h", &[("traceparent", &tp)]);
-        let sc = Propagators::default().parent(&http::HeaderMap::new(), &req).expect("parent");
+        let sc = parent_of(&http::HeaderMap::new(), &req).expect("parent");
         assert_eq!(sc.trace_id().to_string(), TRACE);
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_sampled() && sc.is_remote());
@@ -119,7 +108,7 @@ mod tests {
         let req = http_check("p", "GET", "h", &[("traceparent", &format!("00-{TRACE}-00f067aa0ba902b7-01"))]);
         let mut md = http::HeaderMap::new();
         md.insert("traceparent", format!("00-{TRACE}-1111111111111111-00").parse().unwrap());
-        let sc = Propagators::default().parent(&md, &req).expect("parent");
+        let sc = parent_of(&md, &req).expect("parent");
         assert_eq!(sc.span_id().to_string(), "1111111111111111");
         assert!(!sc.is_sampled());
     }
@@ -127,7 +116,7 @@ mod tests {
     #[test]
     fn b3_single_and_multi_header() {
         let single = http_check("p", "GET", "h", &[("b3", &format!("{TRACE}-00f067aa0ba902b7-1"))]);
-        let sc = Propagators::default().parent(&http::HeaderMap::new(), &single).expect("b3");
+        let sc = parent_of(&http::HeaderMap::new(), &single).expect("b3");
         assert_eq!(sc.trace_id().to_string(), TRACE);
         let multi = http_check(
             "p",
@@ -135,14 +124,14 @@ mod tests {
             "h",
             &[("x-b3-traceid", TRACE), ("x-b3-spanid", "00f067aa0ba902b7"), ("x-b3-sampled", "1")],
         );
-        let sc = Propagators::default().parent(&http::HeaderMap::new(), &multi).expect("b3 multi");
+        let sc = parent_of(&http::HeaderMap::new(), &multi).expect("b3 multi");
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
     }
 
     #[test]
     fn b3_64_bit_trace_ids_are_zero_extended_and_unsampled_is_kept() {
         let req = http_check("p", "GET", "h", &[("b3", "a3ce929d0e0e4736-00f067aa0ba902b7-0")]);
-        let sc = Propagators::default().parent(&http::HeaderMap::new(), &req).expect("b3");
+        let sc = parent_of(&http::HeaderMap::new(), &req).expect("b3");
         assert_eq!(sc.trace_id().to_string(), "0000000000000000a3ce929d0e0e4736");
         assert!(!sc.is_sampled());
     }
@@ -161,9 +150,9 @@ mod tests {
             vec![("x-b3-traceid", TRACE)],
         ] {
             let req = http_check("p", "GET", "h", &headers);
-            assert!(Propagators::default().parent(&http::HeaderMap::new(), &req).is_none(), "{headers:?}");
+            assert!(parent_of(&http::HeaderMap::new(), &req).is_none(), "{headers:?}");
         }
         let network = crate::testing::network_check("p", "sni.test", "10.0.0.1", 443);
-        assert!(Propagators::default().parent(&http::HeaderMap::new(), &network).is_none());
+        assert!(parent_of(&http::HeaderMap::new(), &network).is_none());
     }
 }

@@ -1,22 +1,22 @@
-//! Decision spans: sampling, building `SpanData`, and OTLP export off the Check path.
+//! Decision spans: sampling and building OTLP `Span` messages, off the Check path.
 //!
 //! Spans are built by the telemetry thread from finished decisions (start time and duration are
-//! the Check's own), then exported in batches by a task on the runtime through
-//! opentelemetry-otlp's gRPC exporter. The SDK's tracer and batch processor are not used: they
-//! would put span work on the Check path and drop spans without telling us how many; here every
-//! span lost to a full queue or a failed export is counted (`egressd_spans_dropped_total`).
+//! the Check's own) directly as OTLP protobuf messages, batched, and exported by `otlp`. The
+//! SDK's tracer, batch processor and exporter are not used: they would put span work on the Check
+//! path, build every span twice (SDK span data, then its protobuf form; measured: most of the
+//! export cost) and drop spans without telling how many; here every span lost to a full queue or
+//! a failed export is counted (`egressd_spans_dropped_total`). The SDK still provides the
+//! samplers, id generation and W3C parsing.
 
-use std::borrow::Cow;
-use std::time::Duration;
+use std::time::UNIX_EPOCH;
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::{InstrumentationScope, KeyValue, Value as OtelValue};
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanData, SpanExporter,
-};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, span};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample};
 use tokio::sync::mpsc;
 
-use super::metrics::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, Metrics};
+use super::metrics::{DROP_QUEUE_FULL, Metrics};
 use super::record::{DecisionRecord, Value};
 use crate::policy::Outcome;
 
@@ -99,54 +99,62 @@ impl DecisionSampler {
     }
 }
 
+/// An OTLP attribute.
+pub fn attribute(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
 /// Builds the span of one decision.
-pub fn span_data(record: &DecisionRecord<'_>, ids: &SpanIds, scope: &InstrumentationScope) -> SpanData {
-    let mut attributes = Vec::with_capacity(24);
-    attributes.push(KeyValue::new("rpc.system", "grpc"));
-    attributes.push(KeyValue::new("rpc.service", "envoy.service.auth.v3.Authorization"));
-    attributes.push(KeyValue::new("rpc.method", "Check"));
+pub fn span(record: &DecisionRecord<'_>, ids: &SpanIds) -> Span {
+    let mut attributes = Vec::with_capacity(26);
+    attributes.push(attribute("rpc.system", any_value::Value::StringValue("grpc".into())));
+    attributes
+        .push(attribute("rpc.service", any_value::Value::StringValue("envoy.service.auth.v3.Authorization".into())));
+    attributes.push(attribute("rpc.method", any_value::Value::StringValue("Check".into())));
     record.visit(&mut |key, value| {
         let value = match value {
-            Value::Str(s) => OtelValue::String(s.to_string().into()),
-            Value::Int(i) => OtelValue::I64(i),
-            Value::Bool(b) => OtelValue::Bool(b),
+            Value::Str(s) => any_value::Value::StringValue(s.to_string()),
+            Value::Int(i) => any_value::Value::IntValue(i),
+            Value::Bool(b) => any_value::Value::BoolValue(b),
         };
-        attributes.push(KeyValue::new(key, value));
+        attributes.push(attribute(key, value));
     });
     let event = record.event;
-    SpanData {
-        span_context: SpanContext::new(ids.trace_id, ids.span_id, TraceFlags::SAMPLED, false, ids.trace_state.clone()),
-        parent_span_id: ids.parent.as_ref().map(|p| p.span_id()).unwrap_or(SpanId::INVALID),
-        parent_span_is_remote: ids.parent.is_some(),
-        span_kind: SpanKind::Server,
-        name: Cow::Borrowed(SPAN_NAME),
-        start_time: event.start,
-        end_time: event.start + event.duration,
+    let nanos = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    // W3C flags in the low byte; bits 8-9 say whether the parent is known and remote.
+    let mut flags = u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100;
+    if ids.parent.is_some() {
+        flags |= 0x200;
+    }
+    Span {
+        trace_id: ids.trace_id.to_bytes().to_vec(),
+        span_id: ids.span_id.to_bytes().to_vec(),
+        trace_state: ids.trace_state.header(),
+        parent_span_id: ids.parent.as_ref().map(|p| p.span_id().to_bytes().to_vec()).unwrap_or_default(),
+        flags,
+        name: SPAN_NAME.to_string(),
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: nanos(event.start),
+        end_time_unix_nano: nanos(event.start + event.duration),
         attributes,
-        dropped_attributes_count: 0,
-        events: Default::default(),
-        links: Default::default(),
-        status: Status::Unset,
-        instrumentation_scope: scope.clone(),
+        ..Default::default()
     }
 }
 
 /// Collects sampled spans into batches and hands full batches to the export task.
 pub struct SpanBatcher {
-    batch: Vec<SpanData>,
+    batch: Vec<Span>,
     max_batch: usize,
-    tx: mpsc::Sender<Vec<SpanData>>,
+    tx: mpsc::Sender<Vec<Span>>,
     metrics: Metrics,
-    pub scope: InstrumentationScope,
 }
 
 impl SpanBatcher {
-    pub fn new(tx: mpsc::Sender<Vec<SpanData>>, max_batch: usize, metrics: Metrics) -> Self {
-        let scope = InstrumentationScope::builder("egressd").with_version(env!("CARGO_PKG_VERSION")).build();
-        SpanBatcher { batch: Vec::with_capacity(max_batch), max_batch, tx, metrics, scope }
+    pub fn new(tx: mpsc::Sender<Vec<Span>>, max_batch: usize, metrics: Metrics) -> Self {
+        SpanBatcher { batch: Vec::with_capacity(max_batch), max_batch, tx, metrics }
     }
 
-    pub fn push(&mut self, span: SpanData) {
+    pub fn push(&mut self, span: Span) {
         self.batch.push(span);
         if self.batch.len() >= self.max_batch {
             self.flush();
@@ -178,24 +186,6 @@ impl SpanBatcher {
             }
         }
     }
-}
-
-/// Exports batches until the batcher is gone. One export at a time: if the collector is slow,
-/// batches wait in the bounded queue and the batcher drops (and counts) what does not fit.
-pub async fn export_loop<E: SpanExporter>(exporter: E, mut rx: mpsc::Receiver<Vec<SpanData>>, metrics: Metrics) {
-    while let Some(batch) = rx.recv().await {
-        let n = batch.len() as u64;
-        match exporter.export(batch).await {
-            Ok(()) => {
-                metrics.spans_exported.inc_by(n);
-            }
-            Err(e) => {
-                metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc_by(n);
-                tracing::warn!(spans = n, error = %e, "OTLP span export failed; spans dropped");
-            }
-        }
-    }
-    let _ = exporter.shutdown_with_timeout(Duration::from_secs(2));
 }
 
 #[cfg(test)]

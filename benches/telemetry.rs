@@ -1,0 +1,70 @@
+//! Per-decision cost of telemetry: on the Check path, copying the request's facts; on the
+//! telemetry thread, preparing the record, trace context + sampling, the audit JSON line, and the OTLP span
+//! (built, and built + encoded), against the Check itself (`authorize` on the same request).
+//! Run: cargo bench --bench telemetry
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use prost::Message;
+
+use egressd::authz::{authorize, decide_verdict};
+use egressd::policy::{PolicySource, compile};
+use egressd::telemetry::audit;
+use egressd::telemetry::context::Propagators;
+use egressd::telemetry::record::{CheckEvent, DecisionRecord, RequestFacts};
+use egressd::telemetry::spans::{DecisionSampler, parse_sampler, span};
+use egressd::testing::http_check;
+
+fn bench(c: &mut Criterion) {
+    let policy = Arc::new(compile(&PolicySource::embedded(), 0).unwrap());
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let request = http_check(
+        "spiffe://corp.example/ns/payments/sa/api",
+        "CONNECT",
+        "api.stripe.com:443",
+        &[("x-request-id", "4bf92f35-77b3-4da6-a3ce-000000000001"), ("traceparent", tp), ("user-agent", "curl/8.5.0")],
+    );
+    let verdict = decide_verdict(&policy, &request, 0);
+    let metadata = Default::default();
+    let facts = RequestFacts::capture(&request, &metadata, &policy);
+    let event = CheckEvent {
+        facts,
+        verdict,
+        policy: policy.clone(),
+        start: SystemTime::now(),
+        duration: Duration::from_micros(2),
+    };
+    let propagators = Propagators::default();
+    let sampler = DecisionSampler::new(parse_sampler("parentbased_always_on", None).unwrap(), false);
+    let record = DecisionRecord::describe(&event);
+    let ids = sampler.sample(propagators.parent(&event.facts), event.verdict.outcome);
+
+    let mut g = c.benchmark_group("telemetry");
+    g.bench_function("check (authorize, for scale)", |b| b.iter(|| black_box(authorize(&policy, &request, 0))));
+    g.bench_function("capture facts (on the Check path)", |b| {
+        b.iter(|| black_box(RequestFacts::capture(black_box(&request), &metadata, &policy)))
+    });
+    g.bench_function("describe", |b| {
+        b.iter(|| black_box(DecisionRecord::describe(black_box(&event)).reason_message.len()))
+    });
+    g.bench_function("trace-context+sample", |b| {
+        b.iter(|| black_box(sampler.sample(propagators.parent(&event.facts), event.verdict.outcome)))
+    });
+    let mut line = Vec::with_capacity(1024);
+    g.bench_function("audit-json", |b| {
+        b.iter(|| {
+            line.clear();
+            audit::encode(&mut line, &record, &ids).unwrap();
+            black_box(line.len())
+        })
+    });
+    g.bench_function("span-build", |b| b.iter(|| black_box(span(&record, &ids))));
+    g.bench_function("span-build+encode", |b| b.iter(|| black_box(span(&record, &ids).encode_to_vec())));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,208 @@
+//! OTLP/gRPC export of decision spans: one `TraceService/Export` call per batch, one at a time, on
+//! the runtime. Configured like any OpenTelemetry exporter: endpoint (flag or
+//! `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`), headers (`OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`,
+//! `k=v,k2=v2`, values percent-decoded), timeout (`OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, ms), and the
+//! resource from `OTEL_RESOURCE_ATTRIBUTES` plus the service name.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use tokio::sync::mpsc;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::Channel;
+
+use super::metrics::{DROP_EXPORT_FAILED, Metrics};
+use super::spans::attribute;
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// Collector address, e.g. `http://127.0.0.1:4317` (a bare `HOST:PORT` means `http://`).
+    pub endpoint: String,
+    pub service_name: String,
+    /// gRPC metadata sent with every export (e.g. an API key).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl OtlpConfig {
+    pub fn new(endpoint: impl Into<String>, service_name: impl Into<String>) -> Self {
+        OtlpConfig {
+            endpoint: endpoint.into(),
+            service_name: service_name.into(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// `new`, with headers and timeout from the standard variables (traces-specific ones first).
+    pub fn from_env(endpoint: impl Into<String>, service_name: impl Into<String>) -> Result<Self, OtlpError> {
+        let var = |specific: &str, general: &str| std::env::var(specific).or_else(|_| std::env::var(general)).ok();
+        let mut config = OtlpConfig::new(endpoint, service_name);
+        if let Some(h) = var("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS") {
+            config.headers = parse_headers(&h)?;
+        }
+        if let Some(t) = var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT") {
+            let ms = t.trim().parse::<u64>().map_err(|_| OtlpError::Timeout(t.clone()))?;
+            config.timeout = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("OTLP endpoint `{0}`: {1}")]
+    Endpoint(String, String),
+    #[error("OTLP header `{0}` is not `key=value` with a valid gRPC metadata name and value")]
+    Header(String),
+    #[error("OTLP timeout `{0}` is not a number of milliseconds")]
+    Timeout(String),
+}
+
+/// `k1=v1,k2=v2` (W3C baggage style), values percent-decoded.
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, OtlpError> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| OtlpError::Header(pair.to_string()))?;
+            let (k, v) = (k.trim().to_ascii_lowercase(), percent_decode(v.trim()));
+            let valid = k.parse::<AsciiMetadataKey>().is_ok() && v.parse::<AsciiMetadataValue>().is_ok();
+            if valid { Ok((k, v)) } else { Err(OtlpError::Header(pair.to_string())) }
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connected (lazily) OTLP trace exporter.
+pub struct OtlpExporter {
+    client: TraceServiceClient<Channel>,
+    resource: Resource,
+    scope: InstrumentationScope,
+    headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    timeout: Duration,
+}
+
+impl OtlpExporter {
+    /// Must be called inside the Tokio runtime (the channel connects lazily on it).
+    pub fn new(config: &OtlpConfig) -> Result<Self, OtlpError> {
+        let endpoint = if config.endpoint.contains("://") {
+            config.endpoint.clone()
+        } else {
+            format!("http://{}", config.endpoint)
+        };
+        let bad = |why: String| OtlpError::Endpoint(config.endpoint.clone(), why);
+        if endpoint.starts_with("https://") {
+            return Err(
+                bad("TLS to the collector is not built in; use a local collector or agent over http://".into()),
+            );
+        }
+        let channel = Channel::from_shared(endpoint)
+            .map_err(|e| bad(e.to_string()))?
+            .tcp_nodelay(true)
+            .timeout(config.timeout)
+            .connect_lazy();
+        let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+        let resource = Resource {
+            attributes: resource.iter().map(|(k, v)| attribute(k.as_str(), any_value(v))).collect(),
+            ..Default::default()
+        };
+        let scope = InstrumentationScope {
+            name: "egressd".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let headers = config.headers.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?))).collect();
+        Ok(OtlpExporter { client: TraceServiceClient::new(channel), resource, scope, headers, timeout: config.timeout })
+    }
+
+    /// Exports one batch. Ok(n): the collector rejected n spans (partial success).
+    pub async fn export(&mut self, spans: Vec<Span>) -> Result<u64, tonic::Status> {
+        let body = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans { scope: Some(self.scope.clone()), spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(self.timeout);
+        for (k, v) in &self.headers {
+            request.metadata_mut().insert(k.clone(), v.clone());
+        }
+        let response = self.client.export(request).await?.into_inner();
+        Ok(response.partial_success.map(|p| p.rejected_spans.max(0) as u64).unwrap_or(0))
+    }
+}
+
+fn any_value(v: &opentelemetry::Value) -> any_value::Value {
+    match v {
+        opentelemetry::Value::Bool(b) => any_value::Value::BoolValue(*b),
+        opentelemetry::Value::I64(i) => any_value::Value::IntValue(*i),
+        opentelemetry::Value::F64(f) => any_value::Value::DoubleValue(*f),
+        other => any_value::Value::StringValue(other.to_string()),
+    }
+}
+
+/// Exports batches until the batcher is gone. One export at a time: if the collector is slow,
+/// batches wait in the bounded queue and the batcher drops (and counts) what does not fit.
+pub async fn export_loop(mut exporter: OtlpExporter, mut rx: mpsc::Receiver<Vec<Span>>, metrics: Metrics) {
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len() as u64;
+        match exporter.export(batch).await {
+            Ok(rejected) => {
+                metrics.spans_exported.inc_by(n - rejected.min(n));
+                if rejected > 0 {
+                    metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc_by(rejected.min(n));
+                }
+            }
+            Err(status) => {
+                metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc_by(n);
+                tracing::warn!(spans = n, error = %status.message(), code = ?status.code(), "OTLP span export failed; spans dropped");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_and_percent_decode() {
+        let h = parse_headers("api-key=abc%20def, X-Tenant = t1 ,").unwrap();
+        assert_eq!(h, vec![("api-key".into(), "abc def".into()), ("x-tenant".into(), "t1".into())]);
+        assert!(matches!(parse_headers("novalue"), Err(OtlpError::Header(_))));
+        assert!(matches!(parse_headers("bad key=1"), Err(OtlpError::Header(_))));
+    }
+
+    #[tokio::test]
+    async fn endpoints_without_a_scheme_are_http_and_https_is_refused_clearly() {
+        assert!(OtlpExporter::new(&OtlpConfig::new("127.0.0.1:4317", "s")).is_ok());
+        let err = OtlpExporter::new(&OtlpConfig::new("https://collector:4317", "s")).err().unwrap().to_string();
+        assert!(err.contains("TLS to the collector is not built in"), "{err}");
+    }
+}
