@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use prost::Message;
 
 use egressd::authz::{authorize, decide_verdict};
 use egressd::policy::{PolicySource, compile};
 use egressd::telemetry::audit;
 use egressd::telemetry::context::Propagators;
 use egressd::telemetry::record::{CheckEvent, DecisionRecord, RequestFacts};
-use egressd::telemetry::spans::{DecisionSampler, parse_sampler, span};
+use egressd::telemetry::spans::{DecisionSampler, parse_sampler};
+use egressd::telemetry::wire::{EncodedSpans, SpanWriter};
 use egressd::testing::http_check;
 
 fn bench(c: &mut Criterion) {
@@ -61,8 +61,15 @@ fn bench(c: &mut Criterion) {
             black_box(line.len())
         })
     });
-    g.bench_function("span-build", |b| b.iter(|| black_box(span(&record, &ids))));
-    g.bench_function("span-build+encode", |b| b.iter(|| black_box(span(&record, &ids).encode_to_vec())));
+    let mut writer = SpanWriter::default();
+    let mut spans = EncodedSpans::default();
+    g.bench_function("span (OTLP wire format)", |b| {
+        b.iter(|| {
+            spans.bytes.clear();
+            writer.append(&mut spans, &record, &ids);
+            black_box(spans.bytes.len())
+        })
+    });
     g.finish();
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod record;
 pub mod spans;
+pub mod wire;
 
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
@@ -278,7 +279,7 @@ impl Worker {
         if ids.sampled
             && let Some(batches) = &mut self.batches
         {
-            batches.push(spans::span(&record, &ids));
+            batches.push(&record, &ids);
         }
     }
 

@@ -6,17 +6,22 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, any_value};
+use std::sync::Arc;
+
+use bytes::Buf;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
 use tokio::sync::mpsc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
 
 use super::metrics::{DROP_EXPORT_FAILED, Metrics};
-use super::spans::attribute;
+use super::wire::{EncodedSpans, export_request};
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Where and how spans are exported.
 #[derive(Debug, Clone)]
@@ -99,9 +104,8 @@ fn percent_decode(s: &str) -> String {
 
 /// A connected (lazily) OTLP trace exporter.
 pub struct OtlpExporter {
-    client: TraceServiceClient<Channel>,
-    resource: Resource,
-    scope: InstrumentationScope,
+    grpc: tonic::client::Grpc<Channel>,
+    codec: ExportCodec,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     timeout: Duration,
 }
@@ -125,9 +129,18 @@ impl OtlpExporter {
             .tcp_nodelay(true)
             .timeout(config.timeout)
             .connect_lazy();
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+        // Resource (service.name, OTEL_RESOURCE_ATTRIBUTES, SDK attributes) and scope, encoded once.
+        let sdk_resource =
+            opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
         let resource = Resource {
-            attributes: resource.iter().map(|(k, v)| attribute(k.as_str(), any_value(v))).collect(),
+            attributes: sdk_resource
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.to_string(),
+                    value: Some(AnyValue { value: Some(any_value(v)) }),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         let scope = InstrumentationScope {
@@ -135,26 +148,68 @@ impl OtlpExporter {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
+        let codec = ExportCodec { resource: resource.encode_to_vec().into(), scope: scope.encode_to_vec().into() };
         let headers = config.headers.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?))).collect();
-        Ok(OtlpExporter { client: TraceServiceClient::new(channel), resource, scope, headers, timeout: config.timeout })
+        Ok(OtlpExporter { grpc: tonic::client::Grpc::new(channel), codec, headers, timeout: config.timeout })
     }
 
     /// Exports one batch. Ok(n): the collector rejected n spans (partial success).
-    pub async fn export(&mut self, spans: Vec<Span>) -> Result<u64, tonic::Status> {
-        let body = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans { scope: Some(self.scope.clone()), spans, ..Default::default() }],
-                ..Default::default()
-            }],
-        };
-        let mut request = tonic::Request::new(body);
+    pub async fn export(&mut self, spans: EncodedSpans) -> Result<u64, tonic::Status> {
+        let mut request = tonic::Request::new(spans);
         request.set_timeout(self.timeout);
         for (k, v) in &self.headers {
             request.metadata_mut().insert(k.clone(), v.clone());
         }
-        let response = self.client.export(request).await?.into_inner();
+        self.grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+        let response = self.grpc.unary(request, path, self.codec.clone()).await?.into_inner();
         Ok(response.partial_success.map(|p| p.rejected_spans.max(0) as u64).unwrap_or(0))
+    }
+}
+
+/// Writes a batch of encoded spans inside the export request's envelope; reads the response.
+#[derive(Clone)]
+struct ExportCodec {
+    resource: Arc<[u8]>,
+    scope: Arc<[u8]>,
+}
+
+impl Codec for ExportCodec {
+    type Encode = EncodedSpans;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = ExportCodec;
+    type Decoder = ResponseDecoder;
+
+    fn encoder(&mut self) -> ExportCodec {
+        self.clone()
+    }
+
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl Encoder for ExportCodec {
+    type Item = EncodedSpans;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, spans: EncodedSpans, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        export_request(buf, &self.resource, &self.scope, &spans);
+        Ok(())
+    }
+}
+
+struct ResponseDecoder;
+
+impl Decoder for ResponseDecoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        ExportTraceServiceResponse::decode(bytes)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("collector answered with an invalid response: {e}")))
     }
 }
 
@@ -169,9 +224,9 @@ fn any_value(v: &opentelemetry::Value) -> any_value::Value {
 
 /// Exports batches until the batcher is gone. One export at a time: if the collector is slow,
 /// batches wait in the bounded queue and the batcher drops (and counts) what does not fit.
-pub async fn export_loop(mut exporter: OtlpExporter, mut rx: mpsc::Receiver<Vec<Span>>, metrics: Metrics) {
+pub async fn export_loop(mut exporter: OtlpExporter, mut rx: mpsc::Receiver<EncodedSpans>, metrics: Metrics) {
     while let Some(batch) = rx.recv().await {
-        let n = batch.len() as u64;
+        let n = batch.count as u64;
         match exporter.export(batch).await {
             Ok(rejected) => {
                 metrics.spans_exported.inc_by(n - rejected.min(n));

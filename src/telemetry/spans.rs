@@ -1,23 +1,19 @@
-//! Decision spans: sampling and building OTLP `Span` messages, off the Check path.
+//! Decision spans: sampling, and batching spans for export, off the Check path.
 //!
-//! Spans are built by the telemetry thread from finished decisions (start time and duration are
-//! the Check's own) directly as OTLP protobuf messages, batched, and exported by `otlp`. The
+//! Spans are written by the telemetry thread from finished decisions (start time and duration are
+//! the Check's own) straight into OTLP wire format (`wire`), batched, and exported by `otlp`. The
 //! SDK's tracer, batch processor and exporter are not used: they would put span work on the Check
-//! path, build every span twice (SDK span data, then its protobuf form; measured: most of the
-//! export cost) and drop spans without telling how many; here every span lost to a full queue or
-//! a failed export is counted (`egressd_spans_dropped_total`). The SDK still provides the
-//! samplers, id generation and W3C parsing.
+//! path, build every span twice (SDK span data, then its protobuf form) and drop spans without
+//! telling how many; here every span lost to a full queue or a failed export is counted
+//! (`egressd_spans_dropped_total`). The SDK provides the samplers, id generation and W3C parsing.
 
-use std::time::UNIX_EPOCH;
-
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{Span, span};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample};
 use tokio::sync::mpsc;
 
 use super::metrics::{DROP_QUEUE_FULL, Metrics};
-use super::record::{DecisionRecord, Value};
+use super::record::DecisionRecord;
+use super::wire::{EncodedSpans, SpanWriter};
 use crate::policy::Outcome;
 
 /// Name of every decision span (low cardinality: the details are attributes).
@@ -99,64 +95,24 @@ impl DecisionSampler {
     }
 }
 
-/// An OTLP attribute.
-pub fn attribute(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
-}
-
-/// Builds the span of one decision.
-pub fn span(record: &DecisionRecord<'_>, ids: &SpanIds) -> Span {
-    let mut attributes = Vec::with_capacity(26);
-    attributes.push(attribute("rpc.system", any_value::Value::StringValue("grpc".into())));
-    attributes
-        .push(attribute("rpc.service", any_value::Value::StringValue("envoy.service.auth.v3.Authorization".into())));
-    attributes.push(attribute("rpc.method", any_value::Value::StringValue("Check".into())));
-    record.visit(&mut |key, value| {
-        let value = match value {
-            Value::Str(s) => any_value::Value::StringValue(s.to_string()),
-            Value::Int(i) => any_value::Value::IntValue(i),
-            Value::Bool(b) => any_value::Value::BoolValue(b),
-        };
-        attributes.push(attribute(key, value));
-    });
-    let event = record.event;
-    let nanos = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    // W3C flags in the low byte; bits 8-9 say whether the parent is known and remote.
-    let mut flags = u32::from(TraceFlags::SAMPLED.to_u8()) | 0x100;
-    if ids.parent.is_some() {
-        flags |= 0x200;
-    }
-    Span {
-        trace_id: ids.trace_id.to_bytes().to_vec(),
-        span_id: ids.span_id.to_bytes().to_vec(),
-        trace_state: ids.trace_state.header(),
-        parent_span_id: ids.parent.as_ref().map(|p| p.span_id().to_bytes().to_vec()).unwrap_or_default(),
-        flags,
-        name: SPAN_NAME.to_string(),
-        kind: span::SpanKind::Server as i32,
-        start_time_unix_nano: nanos(event.start),
-        end_time_unix_nano: nanos(event.start + event.duration),
-        attributes,
-        ..Default::default()
-    }
-}
-
-/// Collects sampled spans into batches and hands full batches to the export task.
+/// Collects sampled spans (already encoded) into batches and hands full batches to the export task.
 pub struct SpanBatcher {
-    batch: Vec<Span>,
+    batch: EncodedSpans,
+    writer: SpanWriter,
     max_batch: usize,
-    tx: mpsc::Sender<Vec<Span>>,
+    tx: mpsc::Sender<EncodedSpans>,
     metrics: Metrics,
 }
 
 impl SpanBatcher {
-    pub fn new(tx: mpsc::Sender<Vec<Span>>, max_batch: usize, metrics: Metrics) -> Self {
-        SpanBatcher { batch: Vec::with_capacity(max_batch), max_batch, tx, metrics }
+    pub fn new(tx: mpsc::Sender<EncodedSpans>, max_batch: usize, metrics: Metrics) -> Self {
+        SpanBatcher { batch: EncodedSpans::default(), writer: SpanWriter::default(), max_batch, tx, metrics }
     }
 
-    pub fn push(&mut self, span: Span) {
-        self.batch.push(span);
-        if self.batch.len() >= self.max_batch {
+    /// Encodes the span of one decision into the current batch.
+    pub fn push(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) {
+        self.writer.append(&mut self.batch, record, ids);
+        if self.batch.count >= self.max_batch {
             self.flush();
         }
     }
@@ -164,13 +120,13 @@ impl SpanBatcher {
     /// Hands the current batch to the exporter without waiting; a full export queue (collector
     /// slow or down) drops the batch, counted.
     pub fn flush(&mut self) {
-        if self.batch.is_empty() {
+        if self.batch.count == 0 {
             return;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.max_batch));
+        let batch = std::mem::take(&mut self.batch);
         if let Err(e) = self.tx.try_send(batch) {
             let lost = match e {
-                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b.len(),
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b.count,
             };
             self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc_by(lost as u64);
         }
@@ -179,8 +135,8 @@ impl SpanBatcher {
     /// At shutdown: waits for room for the last batch (the exporter is still draining).
     pub fn finish(mut self) {
         let batch = std::mem::take(&mut self.batch);
-        if !batch.is_empty() {
-            let n = batch.len() as u64;
+        if batch.count > 0 {
+            let n = batch.count as u64;
             if self.tx.blocking_send(batch).is_err() {
                 self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc_by(n);
             }
@@ -191,6 +147,7 @@ impl SpanBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::TraceFlags;
 
     fn parent(sampled: bool) -> SpanContext {
         let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
