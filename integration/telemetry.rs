@@ -132,6 +132,20 @@ async fn denies_are_always_recorded_under_a_one_percent_sampler() {
 }
 
 #[tokio::test]
+async fn export_calls_carry_the_configured_headers_and_resource() {
+    let collector = Collector::start().await;
+    let mut otlp = OtlpConfig::new(collector.endpoint(), "egressd-headers");
+    otlp.headers = egressd::telemetry::otlp::parse_headers("x-api-key=s3cr%3Dt,x-tenant=blue").unwrap();
+    let (_server, mut client, _tasks) = serve(TelemetryConfig { otlp: Some(otlp), ..Default::default() }).await;
+    check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await;
+    let spans = collector.wait_for(WAIT, |s| !s.is_empty()).await;
+    assert_eq!(spans[0].service, "egressd-headers");
+    let md = collector.metadata();
+    assert_eq!(md[0].get("x-api-key").unwrap(), "s3cr=t");
+    assert_eq!(md[0].get("x-tenant").unwrap(), "blue");
+}
+
+#[tokio::test]
 async fn a_network_check_without_context_starts_a_new_trace() {
     let collector = Collector::start().await;
     let (_server, mut client, _tasks) = serve(otlp_config(&collector, "parentbased_always_on", None)).await;

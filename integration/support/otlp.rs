@@ -48,7 +48,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<Received>>>);
+struct Sink(Arc<Mutex<Vec<Received>>>, Arc<Mutex<Vec<tonic::metadata::MetadataMap>>>);
 
 #[tonic::async_trait]
 impl TraceService for Sink {
@@ -56,6 +56,7 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.1.lock().unwrap().push(request.metadata().clone());
         let mut spans = self.0.lock().unwrap();
         for rs in request.into_inner().resource_spans {
             let service = rs
@@ -104,6 +105,11 @@ impl Collector {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// gRPC metadata of every export call received.
+    pub fn metadata(&self) -> Vec<tonic::metadata::MetadataMap> {
+        self.sink.1.lock().unwrap().clone()
     }
 
     pub fn spans(&self) -> Vec<Received> {
