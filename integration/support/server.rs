@@ -14,6 +14,8 @@ pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     pub xds: XdsHandle,
+    /// The live policy the server decides with (tests may swap it as a reload would).
+    pub policy: policy::SharedPolicy,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -54,6 +56,7 @@ pub async fn start_with_telemetry(
 ) -> TestServer {
     let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
+    let live = shared.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let admin_listen = "127.0.0.1:0".parse().unwrap();
@@ -69,7 +72,7 @@ pub async fn start_with_telemetry(
         .expect("server runs");
     });
     let bound = bound_rx.await.expect("server bound its ports");
-    TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, _stop: stop_tx }
+    TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, policy: live, _stop: stop_tx }
 }
 
 /// A minimal HTTP/1.1 GET, to keep an HTTP client out of the dependency graph.
