@@ -1,10 +1,25 @@
 //! Embeds every `mesh-config/**/*.yaml` file into the binary, so `egressd serve` runs on the
-//! example policy even where no `mesh-config/` directory exists.
+//! example policy even where no `mesh-config/` directory exists; and generates egressd's own gRPC
+//! API (`proto/egressd/admin/v1/admin.proto`) with tonic-prost-build, using the `protoc` binary
+//! vendored by protoc-bin-vendored, so building needs no system protoc.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
+    embed_policy();
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform");
+    // SAFETY: a build script is single-threaded; prost-build reads PROTOC from the environment.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&["proto/egressd/admin/v1/admin.proto"], &["proto"])
+        .expect("compiling proto/egressd/admin/v1/admin.proto");
+}
+
+fn embed_policy() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("mesh-config");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();

@@ -26,6 +26,7 @@ pub struct AdminState {
     pub snapshot: tokio::sync::watch::Receiver<Arc<SnapshotSet>>,
     pub reload: Arc<ReloadStatus>,
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    pub overrides: crate::authz::Overrides,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -63,6 +64,8 @@ async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "reloads": state.reload.reloads.load(std::sync::atomic::Ordering::Relaxed),
         "reloadFailures": state.reload.failures.load(std::sync::atomic::Ordering::Relaxed),
         "lastReloadError": *state.reload.last_error.lock().expect("status lock"),
+        "rollbackGuardTripped": *state.overrides.guard.tripped(),
+        "breakGlassGrants": state.overrides.grants.list(false, crate::policy::unix_now()),
     }))
 }
 

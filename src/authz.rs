@@ -19,6 +19,8 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
 use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, Verdict, coarse_unix_now};
+use crate::rollout::breakglass::GrantStore;
+use crate::rollout::guard::RolloutTracker;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::DecisionCounters;
 use crate::telemetry::record::{CheckEvent, RequestFacts};
@@ -31,7 +33,7 @@ pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// Decides one CheckRequest against `policy` and builds Envoy's answer as a message. The server
 /// answers through `answer` (same decision, cached encoding); this is the reference form.
 pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
-    match decide_and_build(policy, None, req, now).0 {
+    match decide_and_build(policy, None, None, req, now).0 {
         CheckAnswer::Message(m) => *m,
         encoded => encoded.to_message(),
     }
@@ -39,17 +41,32 @@ pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Check
 
 /// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
 pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
-    decide_and_build(policy, None, req, now).1
+    decide_and_build(policy, None, None, req, now).1
 }
 
-/// Decides and answers, taking an encoded answer from `cache` when the decision has one.
-pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> (CheckAnswer, Verdict) {
-    decide_and_build(&cache.policy, Some(cache), req, now)
+/// Decides and answers, taking an encoded answer from `cache` when the decision has one, and
+/// letting an active break-glass grant in `grants` turn a deny into an allow.
+pub fn answer(
+    cache: &ResponseCache,
+    overrides: Option<&Overrides>,
+    req: &CheckRequest,
+    now: i64,
+) -> (CheckAnswer, Verdict) {
+    decide_and_build(&cache.policy, Some(cache), overrides, req, now)
+}
+
+/// What changes a policy decision at run time: a tripped rollback guard (deny -> would-deny), then
+/// a break-glass grant (deny or would-deny -> allow).
+#[derive(Clone)]
+pub struct Overrides {
+    pub guard: Arc<RolloutTracker>,
+    pub grants: Arc<GrantStore>,
 }
 
 fn decide_and_build(
     policy: &CompiledPolicy,
     cache: Option<&ResponseCache>,
+    overrides: Option<&Overrides>,
     req: &CheckRequest,
     now: i64,
 ) -> (CheckAnswer, Verdict) {
@@ -62,7 +79,11 @@ fn decide_and_build(
         }
     };
     let dest = view.destination.as_ref().map_err(Clone::clone);
-    let decision = policy.decide(view.principal.as_deref(), dest, view.request_id, now);
+    let mut decision = policy.decide(view.principal.as_deref(), dest, view.request_id, now);
+    if let Some(overrides) = overrides {
+        decision = overrides.guard.apply(decision);
+        decision = overrides.grants.apply(decision, view.destination.as_ref().ok(), now);
+    }
     tracing::debug!(
         decision = decision.outcome.as_str(),
         reason = decision.reason.code(),
@@ -99,6 +120,7 @@ struct CheckState {
     policy: SharedPolicy,
     version: ArcSwap<VersionState>,
     telemetry: Telemetry,
+    overrides: Overrides,
 }
 
 impl CheckState {
@@ -113,7 +135,7 @@ impl CheckState {
             self.version.store(version.clone());
         }
         let (metadata, _, req) = request.into_parts();
-        let (answer, verdict) = answer(&version.cache, &req, coarse_unix_now());
+        let (answer, verdict) = answer(&version.cache, Some(&self.overrides), &req, coarse_unix_now());
         version.counters.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
@@ -135,9 +157,9 @@ pub struct CheckServer {
 }
 
 impl CheckServer {
-    pub fn new(policy: SharedPolicy, telemetry: Telemetry) -> Self {
+    pub fn new(policy: SharedPolicy, telemetry: Telemetry, overrides: Overrides) -> Self {
         let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry));
-        CheckServer { state: Arc::new(CheckState { policy, version, telemetry }) }
+        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, overrides }) }
     }
 }
 
@@ -210,7 +232,7 @@ mod tests {
         let mut cached = 0;
         for round in 0..2 {
             for req in &requests {
-                let got = answer(&cache, req, 0).0;
+                let got = answer(&cache, None, req, 0).0;
                 cached += usize::from(round == 1 && matches!(got, CheckAnswer::Encoded(_)));
                 assert_eq!(got.to_message(), authorize(&policy, req, 0), "{req:?}");
             }
@@ -237,7 +259,7 @@ mod tests {
             } else {
                 http_check(&principal, &method, &host, &[("x-forwarded-client-cert", &xfcc)])
             };
-            let resp = answer(&cache, &req, 0).0.to_message();
+            let resp = answer(&cache, None, &req, 0).0.to_message();
             let code = resp.status.as_ref().map(|s| s.code);
             proptest::prop_assert!(code == Some(0) || code == Some(7), "{:?}", code);
             proptest::prop_assert_eq!(resp, authorize(&policy, &req, 0));

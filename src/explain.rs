@@ -51,15 +51,30 @@ fn verdict_label(d: &Decision<'_>) -> &'static str {
     }
 }
 
-fn mode_text(d: &Decision<'_>, request_id: Option<&str>) -> Option<String> {
+fn mode_text(d: &Decision<'_>, from: &str, request_id: Option<&str>) -> Option<String> {
     let svc = d.service?;
     Some(match svc.mode {
         Mode::Canary => {
-            let share = format!("canary: {}% of requests enforced", svc.canary_percent);
-            match request_id {
-                Some(id) => format!("{share}; request id {id:?} is in bucket {} of 0..99", rollout::canary_bucket(id)),
-                None => format!("{share}; no --request-id given, so the enforced outcome is shown"),
+            let c = &svc.canary;
+            let mut parts = Vec::new();
+            if !c.workloads.is_empty() {
+                let listed = if c.workloads.iter().any(|w| w == from) { "listed" } else { "not listed" };
+                parts.push(format!("workloads {:?} enforced (this caller: {listed})", c.workloads));
             }
+            if let Some(p) = c.workload_percent {
+                let bucket = rollout::canary_bucket(from);
+                parts.push(format!("{p}% of workloads enforced (this caller is in bucket {bucket} of 0..99)"));
+            }
+            if let Some(p) = c.request_percent {
+                parts.push(match request_id {
+                    Some(id) => format!(
+                        "{p}% of requests enforced (request id {id:?} is in bucket {} of 0..99)",
+                        rollout::canary_bucket(id)
+                    ),
+                    None => format!("{p}% of requests enforced (no --request-id given: the enforced outcome is shown)"),
+                });
+            }
+            format!("canary: {}", parts.join("; "))
         }
         m => m.to_string(),
     })
@@ -77,7 +92,7 @@ pub fn text(
     if let Some(svc) = d.service {
         line("service:", format!("{} ({})", svc.name, svc.loc.short()));
     }
-    if let Some(mode) = mode_text(d, request_id) {
+    if let Some(mode) = mode_text(d, from, request_id) {
         line("mode:", mode);
     }
     line("reason:", format!("{}: {}", d.reason.code(), d.reason));
@@ -128,7 +143,7 @@ pub fn json(
         "destination": { "host": dest.host.to_string(), "port": dest.port, "protocol": dest.protocol },
         "service": d.service.map(|s| s.name.as_str()),
         "mode": d.mode,
-        "canaryPercent": d.service.filter(|s| s.mode == Mode::Canary).map(|s| s.canary_percent),
+        "canary": d.service.filter(|s| s.mode == Mode::Canary).map(|s| &s.canary),
         "canaryBucket": request_id.filter(|_| d.mode == Some(Mode::Canary)).map(rollout::canary_bucket),
         "enforced": d.enforced,
         "rule": d.rule,

@@ -9,11 +9,16 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 
+use egressd::admin_api::AdminTokens;
 use egressd::policy::{self, CompiledPolicy, PolicySource, Protocol, Severity};
+use egressd::rollout::breakglass::GrantStore;
 use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
 use egressd::telemetry::spans::parse_sampler;
 use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use egressd::{explain, server};
+
+mod remote_cli;
+use remote_cli as remote;
 
 const DEFAULT_POLICY_DIR: &str = "mesh-config";
 
@@ -46,6 +51,8 @@ enum Command {
         admin_listen: SocketAddr,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
     Validate {
@@ -76,7 +83,130 @@ enum Command {
         /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
+        /// Ask a running egressd (its gRPC address) instead: the live policy and break-glass grants.
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        auth: AdminAuth,
     },
+    /// Time-boxed, audited exceptions to a service's policy, through a running egressd.
+    #[command(name = "break-glass", subcommand)]
+    BreakGlass(BreakGlassCommand),
+    /// Rollout progress of every service, through a running egressd.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+/// How CLI commands reach and authenticate to a running egressd's admin API.
+#[derive(clap::Args)]
+struct AdminAuth {
+    /// Bearer token of the admin API (one of `serve --admin-tokens`).
+    #[arg(long, env = "EGRESSD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// egressd's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18000", env = "EGRESSD_SERVER")]
+    server: String,
+    #[command(flatten)]
+    auth: AdminAuth,
+}
+
+#[derive(Subcommand)]
+enum BreakGlassCommand {
+    /// Let SERVICE reach a destination (or anything) for a while, past its own denies and the
+    /// default deny (never past mesh-wide denies).
+    Grant {
+        #[arg(long)]
+        service: String,
+        /// HOST[:PORT]; without a port, any port.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        to: Option<String>,
+        /// Any destination.
+        #[arg(long)]
+        all: bool,
+        /// How long, e.g. 30m, 2h, 1h30m (at most the server's --max-grant-duration).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Why (required; carried by every decision the grant makes).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Active grants (with --all, also expired and revoked ones of the last day).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// End a grant now.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Per service: mode, checks and would-denies over the server's rollout window, and whether it
+    /// is ready for its next step (dry-run -> canary -> enforce).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Re-arm a service whose rollback guard tripped.
+    Reset {
+        service: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// `30m`, `2h`, `1h30m`, `90s` (or ISO 8601 `PT30M`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration =
+        s.trim().parse().map_err(|e| format!("`{s}` is not a duration like 30m or 2h: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("`{s}` is negative"))
+}
+
+/// The admin gRPC API (break-glass, Explain, rollout status) and its state.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Operators' admin API tokens: one `NAME TOKEN` per line (token >= 16 characters). The name is
+    /// recorded as grantor. Without this file the admin API refuses every call.
+    #[arg(long, env = "EGRESSD_ADMIN_TOKENS")]
+    admin_tokens: Option<PathBuf>,
+    /// Where break-glass grants are kept across restarts (written atomically).
+    #[arg(long, default_value = "egressd-break-glass.json", env = "EGRESSD_BREAK_GLASS_STATE")]
+    break_glass_state: PathBuf,
+    /// Longest break-glass grant allowed.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_grant_duration: std::time::Duration,
+    /// How long a service must run without would-denies to be ready for its next rollout step.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    rollout_window: std::time::Duration,
+}
+
+impl AdminArgs {
+    fn config(self) -> anyhow::Result<server::AdminApiConfig> {
+        let tokens = self.admin_tokens.map(|p| AdminTokens::load(&p)).transpose()?.map(Arc::new);
+        let max = self.max_grant_duration.as_secs().max(1);
+        let grants = GrantStore::open(&self.break_glass_state, max, policy::unix_now())?;
+        Ok(server::AdminApiConfig {
+            tokens,
+            grants: Arc::new(grants),
+            rollout_window_seconds: self.rollout_window.as_secs().max(1),
+        })
+    }
 }
 
 /// Decision spans (OTLP) and the audit log. The OTLP flags follow the standard variables.
@@ -156,13 +286,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { policy, grpc_listen, admin_listen, telemetry } => {
-            serve(policy, grpc_listen, admin_listen, telemetry.config()?)
+        Command::Serve { policy, grpc_listen, admin_listen, telemetry, admin } => {
+            serve(policy, grpc_listen, admin_listen, telemetry.config()?, admin.config()?)
         }
         Command::Validate { dir, strict } => validate(&dir.unwrap_or_else(|| DEFAULT_POLICY_DIR.into()), strict),
-        Command::Check { policy, from, to, protocol, request_id, json } => {
+        Command::Check { policy, from, to, protocol, request_id, json, server: None, .. } => {
             check(policy, &from, &to, protocol, request_id.as_deref(), json)
         }
+        Command::Check { from, to, protocol, request_id, json, server: Some(server), auth, .. } => {
+            remote::check(&server, auth.token.as_deref(), &from, &to, protocol, request_id, json)
+        }
+        Command::BreakGlass(cmd) => remote::break_glass(cmd),
+        Command::Rollout(cmd) => remote::rollout(cmd),
     }
 }
 
@@ -185,6 +320,7 @@ fn serve(
     grpc_listen: SocketAddr,
     admin_listen: SocketAddr,
     telemetry: TelemetryConfig,
+    admin_api: server::AdminApiConfig,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -210,7 +346,7 @@ fn serve(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let (telemetry, tasks) = Telemetry::start(telemetry).context("starting telemetry")?;
-        let config = server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir, telemetry };
+        let config = server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir, telemetry, admin_api };
         let served = server::serve(config, shared, |_| {}, shutdown_signal()).await;
         // Every decision answered before the server stopped is in the audit log after this.
         tasks.shutdown(std::time::Duration::from_secs(5)).await;

@@ -20,7 +20,7 @@ mod source;
 mod tests;
 
 pub use compile::compile;
-pub use compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
+pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceInfo};
 pub use decide::Destination;
 pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};

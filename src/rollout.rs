@@ -3,9 +3,12 @@
 //! Only the service's own rules are subject to the mode; mesh-wide denies and identity failures
 //! are always enforced (see `policy::decide`).
 
+pub mod breakglass;
+pub mod guard;
+
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::policy::Mode;
+use crate::policy::{Mode, ServiceInfo};
 
 /// The canary bucket (0..=99) of a request id. xxh3 is a fixed, seedless algorithm, so the same id
 /// lands in the same bucket on every replica, every restart and every version of egressd.
@@ -14,30 +17,52 @@ pub fn canary_bucket(request_id: &str) -> u8 {
     ((u128::from(xxh3_64(request_id.as_bytes())) * 100) >> 64) as u8
 }
 
-/// Whether a deny by the service's own rules is enforced for this request.
+/// Whether a deny by the service's own rules is enforced for this request of `principal`.
 ///
-/// Canary without a request id (a network check, or a client Envoy did not tag) is enforced: when
-/// egressd cannot place a request in the dry-run share, it fails closed.
-pub fn enforces(mode: Mode, canary_percent: u8, request_id: Option<&str>) -> bool {
-    match mode {
+/// A canary enforces when any selector picks the request: the caller is one of its workloads, the
+/// caller's identity falls in its workload share, or the request id falls in its request share. A
+/// per-request canary with no request id (a network check, or a client Envoy did not tag) is
+/// enforced: when egressd cannot place a request in the dry-run share, it fails closed.
+pub fn enforces(svc: &ServiceInfo, principal: &str, request_id: Option<&str>) -> bool {
+    match svc.mode {
         Mode::Enforce => true,
         Mode::DryRun => false,
-        Mode::Canary => match request_id {
-            Some(id) if !id.is_empty() => canary_bucket(id) < canary_percent,
-            _ => true,
-        },
+        Mode::Canary => {
+            let c = &svc.canary;
+            let by_workload = c.workloads.iter().any(|w| w == principal)
+                || c.workload_percent.is_some_and(|p| canary_bucket(principal) < p);
+            let by_request = c.request_percent.is_some_and(|p| match request_id {
+                Some(id) if !id.is_empty() => canary_bucket(id) < p,
+                _ => true,
+            });
+            by_workload || by_request
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{PolicySource, compile};
+
+    /// A service of `mode` with the given canary selectors, compiled from YAML.
+    fn service(extra: &str) -> ServiceInfo {
+        let text = format!(
+            "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: ServicePolicy\nservice: s\nidentities: [spiffe://corp.example/ns/s/sa/a, spiffe://corp.example/ns/s/sa/b]\n{extra}"
+        );
+        compile(&PolicySource::from_text("s.yaml", &text), 0).expect("valid").services[0].clone()
+    }
+
+    fn per_request(percent: u8) -> ServiceInfo {
+        service(&format!("mode: canary\ncanaryPercent: {percent}\n"))
+    }
 
     #[test]
     fn same_id_same_outcome() {
+        let s = per_request(37);
         for id in ["a", "req-1", "5b0f7e0e-2c1a-4c8e-9d1e-3f1b2a7c9d00"] {
             assert_eq!(canary_bucket(id), canary_bucket(id));
-            assert_eq!(enforces(Mode::Canary, 37, Some(id)), enforces(Mode::Canary, 37, Some(id)));
+            assert_eq!(enforces(&s, "p", Some(id)), enforces(&s, "p", Some(id)));
         }
     }
 
@@ -51,16 +76,55 @@ mod tests {
 
     #[test]
     fn share_is_close_to_percent() {
-        let enforced = (0..10_000).filter(|i| enforces(Mode::Canary, 10, Some(&format!("req-{i}")))).count();
+        let s = per_request(10);
+        let enforced = (0..10_000).filter(|i| enforces(&s, "p", Some(&format!("req-{i}")))).count();
         assert!((850..=1150).contains(&enforced), "{enforced} of 10000 enforced at 10%");
-        assert_eq!((0..1000).filter(|i| enforces(Mode::Canary, 0, Some(&i.to_string()))).count(), 0);
-        assert_eq!((0..1000).filter(|i| enforces(Mode::Canary, 100, Some(&i.to_string()))).count(), 1000);
+        let (none, all) = (per_request(0), per_request(100));
+        assert_eq!((0..1000).filter(|i| enforces(&none, "p", Some(&i.to_string()))).count(), 0);
+        assert_eq!((0..1000).filter(|i| enforces(&all, "p", Some(&i.to_string()))).count(), 1000);
     }
 
     #[test]
     fn modes() {
-        assert!(enforces(Mode::Enforce, 0, None));
-        assert!(!enforces(Mode::DryRun, 100, Some("x")));
-        assert!(enforces(Mode::Canary, 0, None), "no request id: fail closed");
+        assert!(enforces(&service("mode: enforce\n"), "p", None));
+        assert!(!enforces(&service("mode: dry-run\n"), "p", Some("x")));
+        assert!(enforces(&per_request(0), "p", None), "no request id: fail closed");
+    }
+
+    #[test]
+    fn canary_by_listed_workloads_enforces_every_request_of_those_and_none_of_others() {
+        let s = service("mode: canary\ncanaryWorkloads: [spiffe://corp.example/ns/s/sa/a]\n");
+        let (a, b) = ("spiffe://corp.example/ns/s/sa/a", "spiffe://corp.example/ns/s/sa/b");
+        for id in [None, Some("r1"), Some("r2")] {
+            assert!(enforces(&s, a, id), "listed workload enforced ({id:?})");
+            assert!(!enforces(&s, b, id), "other workload dry-run, even without a request id ({id:?})");
+        }
+    }
+
+    #[test]
+    fn canary_by_workload_share_is_stable_per_identity() {
+        let s = service("mode: canary\ncanaryWorkloadPercent: 30\n");
+        let ids: Vec<String> = (0..2000).map(|i| format!("spiffe://corp.example/ns/s/sa/replica-{i}")).collect();
+        let enforced = ids.iter().filter(|p| enforces(&s, p, Some("any"))).count();
+        assert!((500..=700).contains(&enforced), "{enforced} of 2000 identities enforced at 30%");
+        for p in ids.iter().take(50) {
+            let first = enforces(&s, p, Some("r1"));
+            assert!((0..20).all(|i| enforces(&s, p, Some(&format!("r{i}"))) == first), "per identity, not per request");
+        }
+    }
+
+    #[test]
+    fn canary_workload_errors_are_located() {
+        let text = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: ServicePolicy\nservice: s\nidentities: [spiffe://corp.example/ns/s/sa/a]\nmode: canary\ncanaryWorkloads: [spiffe://corp.example/ns/other/sa/x]\ncanaryWorkloadPercent: 101\n";
+        let errs: Vec<String> =
+            compile(&PolicySource::from_text("c.yaml", text), 0).unwrap_err().iter().map(|d| d.to_string()).collect();
+        assert!(
+            errs.iter().any(|e| e.starts_with("c.yaml:8:19:") && e.contains("not one of the service's identities")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("c.yaml:9:24:") && e.contains("canaryWorkloadPercent 101")),
+            "{errs:?}"
+        );
     }
 }

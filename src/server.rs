@@ -8,9 +8,13 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{AdminState, router};
+use crate::admin_api::{AdminApi, AdminTokens};
 use crate::authz::CheckServer;
+use crate::authz::Overrides;
 use crate::policy::SharedPolicy;
 use crate::reload::{ReloadStatus, spawn_watcher};
+use crate::rollout::breakglass::GrantStore;
+use crate::rollout::guard::RolloutTracker;
 use crate::telemetry::Telemetry;
 use crate::xds::ads::AdsService;
 use crate::xds::gateway::GatewaySpec;
@@ -31,6 +35,23 @@ pub struct ServeConfig {
     pub watch_dir: Option<std::path::PathBuf>,
     /// Metrics, and where decision spans and audit records go.
     pub telemetry: Telemetry,
+    pub admin_api: AdminApiConfig,
+}
+
+/// The admin gRPC API and the run-time overrides it manages.
+#[derive(Debug, Clone)]
+pub struct AdminApiConfig {
+    /// Operators' tokens; `None` disables the API (every call refused).
+    pub tokens: Option<Arc<AdminTokens>>,
+    pub grants: Arc<GrantStore>,
+    /// How long a service must run without would-denies to be ready for its next rollout step.
+    pub rollout_window_seconds: u64,
+}
+
+impl Default for AdminApiConfig {
+    fn default() -> Self {
+        AdminApiConfig { tokens: None, grants: Arc::new(GrantStore::in_memory(24 * 3600)), rollout_window_seconds: 600 }
+    }
 }
 
 /// Handles to the running server's xDS state, for callers that change snapshots (tests, reload).
@@ -104,6 +125,16 @@ pub async fn serve(
         None => None,
     };
     let bound = Bound { grpc: grpc_addr, admin: admin_addr, xds: xds.clone() };
+    let tracker =
+        Arc::new(RolloutTracker::new(config.telemetry.metrics.clone(), config.admin_api.rollout_window_seconds));
+    let _sampler = AbortOnDrop(tracker.spawn(policy.clone()));
+    let overrides = Overrides { guard: tracker.clone(), grants: config.admin_api.grants.clone() };
+    let admin_api = AdminApi::new(
+        policy.clone(),
+        config.admin_api.grants.clone(),
+        config.admin_api.tokens.clone(),
+        tracker.clone(),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CheckServer>().await;
@@ -117,6 +148,7 @@ pub async fn serve(
         snapshot: snap_rx.clone(),
         reload: reload_status,
         metrics: Arc::new(metrics),
+        overrides: overrides.clone(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -139,8 +171,9 @@ pub async fn serve(
     grpc_ready.store(true, Ordering::Release);
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CheckServer::new(policy, config.telemetry))
+        .add_service(CheckServer::new(policy, config.telemetry, overrides))
         .add_service(ads.into_server())
+        .add_service(admin_api.into_server())
         // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
         // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
         // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.

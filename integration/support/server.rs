@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use egressd::policy::{self, PolicySource};
-use egressd::server::{ServeConfig, XdsHandle, serve};
+use egressd::server::{AdminApiConfig, ServeConfig, XdsHandle, serve};
 use egressd::telemetry::Telemetry;
 use egressd::xds::gateway::GatewaySpec;
 
@@ -54,13 +54,25 @@ pub async fn start_with_telemetry(
     watch_dir: Option<std::path::PathBuf>,
     telemetry: Telemetry,
 ) -> TestServer {
+    start_configured(source, gateway, grpc_listen, watch_dir, telemetry, AdminApiConfig::default()).await
+}
+
+/// As `start_with_telemetry`, with the admin API configured (tokens, grants, rollout window).
+pub async fn start_configured(
+    source: PolicySource,
+    gateway: Option<GatewaySpec>,
+    grpc_listen: SocketAddr,
+    watch_dir: Option<std::path::PathBuf>,
+    telemetry: Telemetry,
+    admin_api: AdminApiConfig,
+) -> TestServer {
     let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let live = shared.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let admin_listen = "127.0.0.1:0".parse().unwrap();
-    let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry };
+    let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry, admin_api };
     tokio::spawn(async move {
         let on_bound = move |b| {
             let _ = bound_tx.send(b);

@@ -86,5 +86,8 @@ fn metadata(decision: &Decision<'_>, version: &str) -> Struct {
     fields.insert("service".to_string(), s(decision.service_name()));
     fields.insert("mode".to_string(), s(decision.mode_str()));
     fields.insert("policy_version".to_string(), s(version));
+    if let crate::policy::Reason::BreakGlass(g) = &decision.reason {
+        fields.insert("break_glass_grant".to_string(), s(&g.id));
+    }
     Struct { fields }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
-use super::compiled::{Action, CompiledPolicy, GroupInfo, RuleInfo, ServiceInfo};
+use super::compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceInfo};
 use super::diagnostic::{Diagnostic, Diagnostics, SourceLoc};
 use super::fqdn::HostPattern;
 use super::load::{Located, ParsedDocs, parse_documents};
 use super::matcher::{Matcher, RuleConstraints, TableId};
-use super::model::{DestinationGroupDoc, Mode, Protocol, RuleDoc, ServicePolicyDoc};
+use super::model::{DestinationGroupDoc, Mode, Protocol, RollbackGuardDoc, RuleDoc, ServicePolicyDoc};
 use super::source::PolicySource;
 use crate::identity::{IdentityIndex, IdentityPattern};
 
@@ -180,14 +180,40 @@ impl<'d> Compiler<'d> {
     }
 
     fn canary_percent(&mut self, file: &Arc<str>, value: Option<&Spanned<i64>>) -> Option<u8> {
-        let v = value?;
+        self.percent(file, value?, "canaryPercent")
+    }
+
+    fn percent(&mut self, file: &Arc<str>, v: &Spanned<i64>, what: &str) -> Option<u8> {
         match u8::try_from(v.value) {
             Ok(p) if p <= 100 => Some(p),
             _ => {
-                self.diags.error(SourceLoc::of(file, v), format!("canaryPercent {} is outside 0..=100", v.value));
+                self.diags.error(SourceLoc::of(file, v), format!("{what} {} is outside 0..=100", v.value));
                 None
             }
         }
+    }
+
+    fn rollback_guard(&mut self, file: &Arc<str>, g: &Spanned<RollbackGuardDoc>, mode: Mode) -> Option<RollbackGuard> {
+        if mode != Mode::Canary {
+            self.diags.warning(SourceLoc::of(file, g), format!("rollbackGuard is ignored: service mode is {mode}"));
+        }
+        let g_doc = &g.value;
+        let rate = &g_doc.max_deny_rate;
+        if !(rate.value > 0.0 && rate.value <= 1.0) {
+            self.diags.error(SourceLoc::of(file, rate), format!("maxDenyRate {} is outside (0, 1]", rate.value));
+            return None;
+        }
+        let mut positive = |v: Option<&Spanned<i64>>, default: u64, what: &str| match v {
+            None => Some(default),
+            Some(s) if s.value > 0 => Some(s.value as u64),
+            Some(s) => {
+                self.diags.error(SourceLoc::of(file, s), format!("{what} {} must be positive", s.value));
+                None
+            }
+        };
+        let window_seconds = positive(g_doc.window_seconds.as_ref(), 300, "windowSeconds")?;
+        let min_checks = positive(g_doc.min_checks.as_ref(), 20, "minChecks")?;
+        Some(RollbackGuard { max_deny_rate: rate.value, window_seconds, min_checks })
     }
 
     fn check_groups(&mut self, docs: Vec<Located<DestinationGroupDoc>>) -> HashMap<String, CheckedGroup> {
@@ -283,10 +309,33 @@ impl<'d> Compiler<'d> {
         {
             self.diags.warning(SourceLoc::of(file, cp), format!("canaryPercent is ignored: service mode is {mode}"));
         }
-        let canary_percent = own_canary.or(default_canary);
-        if mode == Mode::Canary && canary_percent.is_none() && doc.canary_percent.is_none() {
-            self.diags.error(svc.loc.clone(), "mode canary needs canaryPercent (0..=100)");
+        let workload_percent =
+            doc.canary_workload_percent.as_ref().and_then(|v| self.percent(file, v, "canaryWorkloadPercent"));
+        let workloads: Vec<String> = doc.canary_workloads.iter().map(|w| w.value.trim().to_string()).collect();
+        for (w, raw) in workloads.iter().zip(&doc.canary_workloads) {
+            if !doc.identities.iter().any(|i| i.value.trim() == w) {
+                self.diags.error(
+                    SourceLoc::of(file, raw),
+                    format!("canary workload `{w}` is not one of the service's identities"),
+                );
+            }
         }
+        let by_workload = !workloads.is_empty() || workload_percent.is_some();
+        if by_workload && mode != Mode::Canary {
+            self.diags.warning(
+                svc.loc.clone(),
+                format!("canaryWorkloads/canaryWorkloadPercent are ignored: service mode is {mode}"),
+            );
+        }
+        // A service that selects by workload does not inherit the mesh's per-request share.
+        let request_percent = if by_workload { own_canary } else { own_canary.or(default_canary) };
+        if mode == Mode::Canary && request_percent.is_none() && !by_workload && doc.canary_percent.is_none() {
+            self.diags.error(
+                svc.loc.clone(),
+                "mode canary needs canaryPercent (0..=100), canaryWorkloads or canaryWorkloadPercent",
+            );
+        }
+        let rollback_guard = doc.rollback_guard.as_ref().and_then(|g| self.rollback_guard(file, g, mode));
 
         let deny_table = self.matcher.add_table();
         let allow_table = self.matcher.add_table();
@@ -307,7 +356,8 @@ impl<'d> Compiler<'d> {
             owner: doc.owner.clone(),
             description: doc.description.clone(),
             mode,
-            canary_percent: canary_percent.unwrap_or(0),
+            canary: Canary { request_percent, workloads, workload_percent },
+            rollback_guard,
             identities: doc.identities.iter().map(|i| i.value.trim().to_string()).collect(),
             loc: svc.loc.clone(),
             allow_rules,

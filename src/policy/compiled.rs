@@ -61,8 +61,9 @@ pub struct ServiceInfo {
     pub owner: Option<String>,
     pub description: Option<String>,
     pub mode: Mode,
-    /// Share of requests enforced in canary mode (0..=100); meaningless in other modes.
-    pub canary_percent: u8,
+    /// Which requests a canary enforces; meaningless in other modes.
+    pub canary: Canary,
+    pub rollback_guard: Option<RollbackGuard>,
     pub identities: Vec<String>,
     #[serde(serialize_with = "ser_loc")]
     pub loc: SourceLoc,
@@ -72,6 +73,26 @@ pub struct ServiceInfo {
     pub allow_table: TableId,
     #[serde(skip)]
     pub deny_table: TableId,
+}
+
+/// A canary enforces a request when any of its selectors picks it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// Share of requests (by a stable hash of x-request-id).
+    pub request_percent: Option<u8>,
+    /// These workloads (SPIFFE IDs), every request.
+    pub workloads: Vec<String>,
+    /// Share of workloads (by a stable hash of the SPIFFE ID), every request.
+    pub workload_percent: Option<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackGuard {
+    pub max_deny_rate: f64,
+    pub window_seconds: u64,
+    pub min_checks: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -38,9 +38,17 @@ impl CompiledPolicy {
         self.identities.lookup(id.path()).map(|s| s as usize).ok_or(Reason::UnknownService)
     }
 
-    /// Decides a request of service `service` (an index from `identify`). `request_id` places the
-    /// request in or out of a canary's enforced share; `now` is unix seconds (for `expires`).
-    pub fn evaluate(&self, service: usize, dest: &Destination<'_>, request_id: Option<&str>, now: i64) -> Decision<'_> {
+    /// Decides a request of service `service` (an index from `identify`) from `principal`. The
+    /// principal and `request_id` place the request in or out of a canary's enforced share; `now`
+    /// is unix seconds (for `expires`).
+    pub fn evaluate(
+        &self,
+        service: usize,
+        principal: &str,
+        dest: &Destination<'_>,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> Decision<'_> {
         let svc = &self.services[service];
         let target = match &dest.host {
             Host::Name(name) => Target::Name(name),
@@ -57,6 +65,7 @@ impl CompiledPolicy {
             mode: Some(svc.mode),
             enforced,
             near_miss: None,
+            rolled_back: false,
         };
 
         // The floor: mesh-wide denies hold in every mode.
@@ -64,7 +73,7 @@ impl CompiledPolicy {
             return decided(Outcome::Deny, Reason::MeshDeny, Some(rule), true);
         }
         let deny = |reason, rule| {
-            let enforced = rollout::enforces(svc.mode, svc.canary_percent, request_id);
+            let enforced = rollout::enforces(svc, principal, request_id);
             let outcome = if enforced { Outcome::Deny } else { Outcome::WouldDeny };
             decided(outcome, reason, rule, enforced)
         };
@@ -93,7 +102,7 @@ impl CompiledPolicy {
             Err(reason) => return Decision::hard_deny(reason),
         };
         match destination {
-            Ok(dest) => self.evaluate(service, dest, request_id, now),
+            Ok(dest) => self.evaluate(service, principal.unwrap_or(""), dest, request_id, now),
             Err(m) => {
                 let mut d = Decision::hard_deny(Reason::Malformed(m));
                 d.service = Some(&self.services[service]);

@@ -60,6 +60,8 @@ pub enum Reason {
     Unauthenticated(AuthnError),
     UnknownService,
     Malformed(Malformed),
+    /// Allowed by an operator's time-boxed break-glass grant (see `rollout::breakglass`).
+    BreakGlass(std::sync::Arc<crate::rollout::breakglass::Grant>),
 }
 
 impl Reason {
@@ -73,6 +75,7 @@ impl Reason {
             Reason::Unauthenticated(_) => "unauthenticated",
             Reason::UnknownService => "unknown-service",
             Reason::Malformed(_) => "malformed-request",
+            Reason::BreakGlass(_) => "break-glass",
         }
     }
 }
@@ -87,6 +90,15 @@ impl std::fmt::Display for Reason {
             Reason::Unauthenticated(e) => write!(f, "{e}"),
             Reason::UnknownService => f.write_str("caller's SPIFFE ID is not claimed by any service"),
             Reason::Malformed(m) => write!(f, "malformed request: {m}"),
+            Reason::BreakGlass(g) => write!(
+                f,
+                "break-glass grant {} by {} for {}: {} (expires {})",
+                g.id,
+                g.grantor,
+                g.target(),
+                g.reason,
+                jiff::Timestamp::from_second(g.expires_unix).map(|t| t.to_string()).unwrap_or_default()
+            ),
         }
     }
 }
@@ -105,6 +117,8 @@ pub struct Decision<'p> {
     pub enforced: bool,
     /// On a default deny: an allow whose destination matched but whose port, protocol or expiry did not.
     pub near_miss: Option<(&'p RuleInfo, Miss)>,
+    /// The service's rollback guard has tripped: its denies are not enforced.
+    pub rolled_back: bool,
 }
 
 impl<'p> Decision<'p> {
@@ -118,6 +132,7 @@ impl<'p> Decision<'p> {
             mode: None,
             enforced: true,
             near_miss: None,
+            rolled_back: false,
         }
     }
 
@@ -144,6 +159,7 @@ pub struct Verdict {
     pub service: Option<u32>,
     pub mode: Option<Mode>,
     pub enforced: bool,
+    pub rolled_back: bool,
 }
 
 impl Decision<'_> {
@@ -155,6 +171,7 @@ impl Decision<'_> {
             service: self.service.map(|s| s.index as u32),
             mode: self.mode,
             enforced: self.enforced,
+            rolled_back: self.rolled_back,
         }
     }
 }

@@ -124,6 +124,14 @@ pub struct ServicePolicyDoc {
     pub mode: Option<Spanned<Mode>>,
     #[serde(default)]
     pub canary_percent: Option<Spanned<i64>>,
+    /// Canary by workload: these SPIFFE IDs are enforced.
+    #[serde(default)]
+    pub canary_workloads: Vec<Spanned<String>>,
+    /// Canary by workload: this share of identities (stable hash of the SPIFFE ID) is enforced.
+    #[serde(default)]
+    pub canary_workload_percent: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub rollback_guard: Option<Spanned<RollbackGuardDoc>>,
     #[serde(default)]
     pub allow: Vec<Spanned<RuleDoc>>,
     #[serde(default)]
@@ -230,4 +238,15 @@ pub struct GatewayTracingDoc {
     pub sampling_percent: Option<Spanned<i64>>,
     #[serde(default)]
     pub service_name: Option<Spanned<String>>,
+}
+
+/// A canary service falls back to dry-run by itself when its deny rate passes `maxDenyRate`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackGuardDoc {
+    pub max_deny_rate: Spanned<f64>,
+    #[serde(default)]
+    pub window_seconds: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub min_checks: Option<Spanned<i64>>,
 }

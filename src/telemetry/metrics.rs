@@ -25,6 +25,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -38,6 +43,8 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabel, Counter>,
     pub audit_written: Counter,
     pub audit_dropped: Family<ReasonLabel, Counter>,
+    pub rollback_guard_trips: Counter,
+    pub break_glass_decisions: Family<ServiceLabel, Counter>,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -57,15 +64,21 @@ fn outcome_slot(o: Outcome) -> usize {
 
 /// Counter handles for one policy version: per service (by index) and for unidentified callers.
 pub struct DecisionCounters {
-    by_service: Vec<[Counter; 3]>,
+    by_service: Vec<([Counter; 3], Counter)>,
     unidentified: [Counter; 3],
 }
 
 impl DecisionCounters {
-    /// Counts one decision: an array index and one atomic add.
+    /// Counts one decision: an array index and one atomic add (two for a break-glass allow).
     pub fn count(&self, verdict: &Verdict) {
         let row = match verdict.service {
-            Some(i) => &self.by_service[i as usize],
+            Some(i) => {
+                let (outcomes, break_glass) = &self.by_service[i as usize];
+                if matches!(verdict.reason, crate::policy::Reason::BreakGlass(_)) {
+                    break_glass.inc();
+                }
+                outcomes
+            }
             None => &self.unidentified,
         };
         row[outcome_slot(verdict.outcome)].inc();
@@ -82,8 +95,11 @@ impl Metrics {
                 self.decisions.get_or_create(&labels).clone()
             })
         };
+        let break_glass = |service: &str| {
+            self.break_glass_decisions.get_or_create(&ServiceLabel { service: service.to_string() }).clone()
+        };
         DecisionCounters {
-            by_service: policy.services.iter().map(|s| row(&s.name, s.mode.as_str())).collect(),
+            by_service: policy.services.iter().map(|s| (row(&s.name, s.mode.as_str()), break_glass(&s.name))).collect(),
             unidentified: row("", "none"),
         }
     }
@@ -116,6 +132,16 @@ impl Metrics {
             "egressd_audit_records_dropped",
             "Decision records that never reached the audit log: queue-full or write-failed",
             self.audit_dropped.clone(),
+        );
+        r.register(
+            "egressd_break_glass_decisions",
+            "Requests let through by a break-glass grant, by service",
+            self.break_glass_decisions.clone(),
+        );
+        r.register(
+            "egressd_rollback_guard_trips",
+            "Canary services put back in dry-run by their rollback guard",
+            self.rollback_guard_trips.clone(),
         );
         for c in extra {
             r.register_collector(c);

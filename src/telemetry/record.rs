@@ -179,6 +179,11 @@ impl<'a> DecisionRecord<'a> {
         str_field("egress.reason.message", Some(&self.reason_message));
         str_field("egress.policy.version", Some(&policy.version));
         str_field("egress.request_id", facts.get(Fact::RequestId));
+        if let crate::policy::Reason::BreakGlass(g) = &verdict.reason {
+            str_field("egress.break_glass.grant", Some(&g.id));
+            str_field("egress.break_glass.grantor", Some(&g.grantor));
+            str_field("egress.break_glass.reason", Some(&g.reason));
+        }
         if let Some(client) = facts.client {
             f("client.port", Value::Int(i64::from(client.port())));
         }
@@ -186,6 +191,9 @@ impl<'a> DecisionRecord<'a> {
             f("server.port", Value::Int(i64::from(port)));
         }
         f("egress.enforced", Value::Bool(verdict.enforced));
+        if verdict.rolled_back {
+            f("egress.rollback_guard_tripped", Value::Bool(true));
+        }
     }
 }
 

@@ -1,0 +1,285 @@
+//! The admin gRPC API (`egressd.admin.v1.Admin`, proto/egressd/admin/v1/admin.proto): break-glass
+//! grants, Explain against the live policy and grants, rollout status.
+//!
+//! Every call must carry `authorization: Bearer <token>` with a token of the `--admin-tokens`
+//! file; the token's name is the caller, recorded as a grant's grantor or revoker. Without a
+//! tokens file the API refuses every call (fail closed), as it does a missing or unknown token.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::explain;
+use crate::policy::{Protocol, SharedPolicy, unix_now};
+use crate::rollout::breakglass::{Grant, GrantError, GrantRequest, GrantStore};
+use crate::rollout::guard::RolloutTracker;
+
+pub mod pb {
+    tonic::include_proto!("egressd.admin.v1");
+}
+
+use pb::admin_server::{Admin, AdminServer};
+
+/// Operators' bearer tokens: one `NAME TOKEN` per line, `#` comments.
+pub struct AdminTokens {
+    entries: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("AdminTokens").field("names", &names).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Invalid { path: String, line: usize, message: String },
+    #[error("{0}: no tokens")]
+    Empty(String),
+}
+
+/// Tokens shorter than this are refused: they are guessable.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl AdminTokens {
+    pub fn load(path: &Path) -> Result<Self, TokensError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io { path: shown.clone(), source })?;
+        Self::parse(&shown, &text)
+    }
+
+    pub fn parse(path: &str, text: &str) -> Result<Self, TokensError> {
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let invalid =
+                |message: &str| TokensError::Invalid { path: path.to_string(), line: i + 1, message: message.into() };
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(invalid("expected `NAME TOKEN`"));
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(invalid("token shorter than 16 characters"));
+            }
+            if entries.iter().any(|(_, t)| t == token) {
+                return Err(invalid("token used twice"));
+            }
+            entries.push((name.to_string(), token.to_string()));
+        }
+        if entries.is_empty() {
+            return Err(TokensError::Empty(path.to_string()));
+        }
+        Ok(AdminTokens { entries })
+    }
+
+    /// The name of the token's owner. Compares every token in full (no early exit on a prefix).
+    fn caller(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (name, token) in &self.entries {
+            let same = token.len() == presented.len()
+                && token.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            if same {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminApi {
+    policy: SharedPolicy,
+    grants: Arc<GrantStore>,
+    tokens: Option<Arc<AdminTokens>>,
+    rollout: Arc<RolloutTracker>,
+}
+
+impl AdminApi {
+    pub fn new(
+        policy: SharedPolicy,
+        grants: Arc<GrantStore>,
+        tokens: Option<Arc<AdminTokens>>,
+        rollout: Arc<RolloutTracker>,
+    ) -> Self {
+        AdminApi { policy, grants, tokens, rollout }
+    }
+
+    pub fn into_server(self) -> AdminServer<Self> {
+        AdminServer::new(self)
+    }
+
+    /// The authenticated caller, or UNAUTHENTICATED.
+    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Err(Status::unauthenticated("the admin API is disabled: start egressd with --admin-tokens FILE"));
+        };
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        tokens.caller(presented.trim()).map(str::to_string).ok_or_else(|| Status::unauthenticated("unknown token"))
+    }
+}
+
+fn grant_pb(g: &Grant) -> pb::Grant {
+    pb::Grant {
+        id: g.id.clone(),
+        service: g.service.clone(),
+        host: g.host.clone().unwrap_or_default(),
+        port: g.port.map(u32::from).unwrap_or(0),
+        all: g.host.is_none(),
+        created_unix: g.created_unix,
+        expires_unix: g.expires_unix,
+        reason: g.reason.clone(),
+        grantor: g.grantor.clone(),
+        revoked_unix: g.revoked_unix.unwrap_or(0),
+        revoker: g.revoker.clone().unwrap_or_default(),
+    }
+}
+
+fn grant_status(e: GrantError) -> Status {
+    match e {
+        GrantError::UnknownGrant(_) => Status::not_found(e.to_string()),
+        GrantError::Inactive(_) => Status::failed_precondition(e.to_string()),
+        GrantError::State { .. } | GrantError::Corrupt { .. } => Status::internal(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn grant_break_glass(&self, req: Request<pb::GrantBreakGlassRequest>) -> Result<Response<pb::Grant>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        // Exactly one of `to` and `all`.
+        if r.all != r.to.trim().is_empty() {
+            return Err(grant_status(GrantError::Target));
+        }
+        let request = GrantRequest {
+            service: r.service,
+            to: (!r.all).then_some(r.to),
+            duration_seconds: r.duration_seconds,
+            reason: r.reason,
+        };
+        if !self.policy.load().services.iter().any(|s| s.name == request.service) {
+            return Err(grant_status(GrantError::UnknownService(request.service)));
+        }
+        let grants = self.grants.clone();
+        // Persisting fsyncs: blocking work.
+        let grant = tokio::task::spawn_blocking(move || grants.grant(&request, &caller, |_| true, unix_now()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(grant_status)?;
+        Ok(Response::new(grant_pb(&grant)))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.caller(&req)?;
+        let grants = self.grants.list(req.get_ref().include_inactive, unix_now());
+        Ok(Response::new(pb::ListGrantsResponse { grants: grants.iter().map(|g| grant_pb(g)).collect() }))
+    }
+
+    async fn revoke_grant(&self, req: Request<pb::RevokeGrantRequest>) -> Result<Response<pb::Grant>, Status> {
+        let caller = self.caller(&req)?;
+        let id = req.into_inner().id;
+        let grants = self.grants.clone();
+        let grant = tokio::task::spawn_blocking(move || grants.revoke(&id, &caller, unix_now()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(grant_status)?;
+        Ok(Response::new(grant_pb(&grant)))
+    }
+
+    async fn explain(&self, req: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let protocol = match r.protocol.trim() {
+            "" => None,
+            p => Some(<Protocol as clap::ValueEnum>::from_str(p, true).map_err(Status::invalid_argument)?),
+        };
+        let dest = explain::cli_destination(&r.to, protocol).map_err(Status::invalid_argument)?;
+        let policy = self.policy.load();
+        let request_id = Some(r.request_id.as_str()).filter(|id| !id.is_empty());
+        let now = unix_now();
+        let decision = policy.decide(Some(&r.from), Ok(&dest), request_id, now);
+        let decision = self.grants.apply(decision, Some(&dest), now);
+        Ok(Response::new(pb::ExplainResponse {
+            decision: decision.outcome.as_str().to_string(),
+            permits: decision.outcome.permits(),
+            text: explain::text(&policy, &r.from, &dest, &decision, request_id),
+            json: explain::json(&policy, &r.from, &dest, &decision, request_id).to_string(),
+            policy_version: policy.version.clone(),
+        }))
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::RolloutStatusResponse>, Status> {
+        self.caller(&req)?;
+        let policy = self.policy.load();
+        Ok(Response::new(self.rollout.status(&policy, unix_now())))
+    }
+
+    async fn reset_rollback_guard(
+        &self,
+        req: Request<pb::ResetRollbackGuardRequest>,
+    ) -> Result<Response<pb::ResetRollbackGuardResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let service = req.into_inner().service;
+        let was_tripped = self.rollout.reset(&service, &caller);
+        Ok(Response::new(pb::ResetRollbackGuardResponse { was_tripped }))
+    }
+}
+
+/// Client side: adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self, Status> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim()).parse().map_err(|_| Status::invalid_argument("token is not valid ASCII"))
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// An admin API client for `addr` (`HOST:PORT` or a URL).
+pub async fn connect(
+    addr: &str,
+    token: Option<&str>,
+) -> Result<
+    pb::admin_client::AdminClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+    >,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let channel = tonic::transport::Channel::from_shared(url)?.connect().await?;
+    Ok(pb::admin_client::AdminClient::with_interceptor(channel, BearerToken::new(token)?))
+}

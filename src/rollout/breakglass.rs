@@ -1,0 +1,318 @@
+//! Break-glass grants: time-boxed, audited exceptions an operator grants through the admin API.
+//!
+//! A grant lets one service reach one destination (`HOST[:PORT]`) or anything, until it expires or
+//! is revoked. It overrides the service's own denies and the default deny, never a mesh-wide deny
+//! (the floor holds) nor an identity failure. Grants are persisted to a state file (written to a
+//! temporary file, fsynced, renamed over the old one) so they survive a restart; expired and
+//! revoked grants stay listed for a day, then are dropped.
+//!
+//! The Check path reads the active grants through `arc-swap` and only looks when a request would
+//! be denied and some grant is active; admin calls (rare) take a mutex and publish a new set.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::fqdn::{Host, parse_authority};
+use crate::policy::{Decision, Destination, Outcome, Reason};
+
+/// How long an inactive grant stays listed.
+const KEEP_INACTIVE_SECONDS: i64 = 86_400;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    pub id: String,
+    pub service: String,
+    /// Normalized host; `None`: any destination.
+    pub host: Option<String>,
+    /// `None`: any port.
+    pub port: Option<u16>,
+    pub created_unix: i64,
+    pub expires_unix: i64,
+    pub reason: String,
+    pub grantor: String,
+    #[serde(default)]
+    pub revoked_unix: Option<i64>,
+    #[serde(default)]
+    pub revoker: Option<String>,
+}
+
+impl Grant {
+    pub fn is_active(&self, now: i64) -> bool {
+        self.revoked_unix.is_none() && now < self.expires_unix
+    }
+
+    fn covers(&self, dest: &Destination<'_>) -> bool {
+        let host_ok = match (&self.host, &dest.host) {
+            (None, _) => true,
+            (Some(h), Host::Name(n)) => h == n.as_ref(),
+            (Some(h), Host::Ip(ip)) => h.parse::<std::net::IpAddr>().is_ok_and(|g| g == *ip),
+        };
+        host_ok && self.port.is_none_or(|p| p == dest.port)
+    }
+
+    /// `api.partner.test:443`, `api.partner.test (any port)` or `any destination`.
+    pub fn target(&self) -> String {
+        match (&self.host, self.port) {
+            (None, _) => "any destination".to_string(),
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => format!("{h} (any port)"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("a grant needs a reason")]
+    NoReason,
+    #[error("a grant needs a destination (--to HOST[:PORT]) or --all, not both")]
+    Target,
+    #[error("destination `{0}`: {1}")]
+    BadDestination(String, String),
+    #[error("duration must be between 1 second and {max} seconds (got {got})")]
+    Duration { got: u64, max: u64 },
+    #[error("no service `{0}` in the live policy")]
+    UnknownService(String),
+    #[error("no grant `{0}`")]
+    UnknownGrant(String),
+    #[error("grant `{0}` is already inactive")]
+    Inactive(String),
+    #[error("break-glass state file {path}: {source}")]
+    State { path: String, source: std::io::Error },
+    #[error("break-glass state file {path} is not valid: {message}")]
+    Corrupt { path: String, message: String },
+}
+
+/// What an operator asks for.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub service: String,
+    pub to: Option<String>,
+    pub duration_seconds: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    grants: Vec<Grant>,
+}
+
+/// Grants by service name, for the Check path.
+#[derive(Debug, Default)]
+pub struct ActiveGrants {
+    by_service: HashMap<String, Vec<Arc<Grant>>>,
+}
+
+pub struct GrantStore {
+    path: Option<PathBuf>,
+    max_seconds: u64,
+    all: Mutex<Vec<Arc<Grant>>>,
+    active: ArcSwap<ActiveGrants>,
+}
+
+impl std::fmt::Debug for GrantStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantStore").field("path", &self.path).field("max_seconds", &self.max_seconds).finish()
+    }
+}
+
+impl GrantStore {
+    /// A store kept only in memory (tests, tools).
+    pub fn in_memory(max_seconds: u64) -> Self {
+        GrantStore {
+            path: None,
+            max_seconds,
+            all: Mutex::new(Vec::new()),
+            active: ArcSwap::from_pointee(ActiveGrants::default()),
+        }
+    }
+
+    /// Loads (or starts) the state file at `path`.
+    pub fn open(path: &Path, max_seconds: u64, now: i64) -> Result<Self, GrantError> {
+        let shown = path.display().to_string();
+        let grants = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let state: StateFile = serde_json::from_str(&text)
+                    .map_err(|e| GrantError::Corrupt { path: shown.clone(), message: e.to_string() })?;
+                state.grants
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(GrantError::State { path: shown, source }),
+        };
+        let store = GrantStore { path: Some(path.to_path_buf()), ..GrantStore::in_memory(max_seconds) };
+        *store.all.lock().expect("grants lock") = grants.into_iter().map(Arc::new).collect();
+        store.publish(now);
+        let active = store.list(false, now).len();
+        if active > 0 {
+            tracing::warn!(active, path = %shown, "break-glass grants restored from the state file");
+        }
+        Ok(store)
+    }
+
+    /// Grants `req` on behalf of `grantor`. `known_service` says whether the live policy has it.
+    pub fn grant(
+        &self,
+        req: &GrantRequest,
+        grantor: &str,
+        known_service: impl Fn(&str) -> bool,
+        now: i64,
+    ) -> Result<Arc<Grant>, GrantError> {
+        let reason = req.reason.trim();
+        if reason.is_empty() {
+            return Err(GrantError::NoReason);
+        }
+        if !known_service(&req.service) {
+            return Err(GrantError::UnknownService(req.service.clone()));
+        }
+        if req.duration_seconds == 0 || req.duration_seconds > self.max_seconds {
+            return Err(GrantError::Duration { got: req.duration_seconds, max: self.max_seconds });
+        }
+        let (host, port) = match req.to.as_deref().map(str::trim) {
+            None => (None, None),
+            Some("") => return Err(GrantError::Target),
+            Some(to) => {
+                let (host, port) =
+                    parse_authority(to).map_err(|e| GrantError::BadDestination(to.to_string(), e.to_string()))?;
+                let host = match host {
+                    Host::Name(n) => n.into_owned(),
+                    Host::Ip(ip) => ip.to_string(),
+                };
+                (Some(host), port)
+            }
+        };
+        let grant = Arc::new(Grant {
+            id: new_id(now),
+            service: req.service.clone(),
+            host,
+            port,
+            created_unix: now,
+            expires_unix: now + req.duration_seconds as i64,
+            reason: reason.to_string(),
+            grantor: grantor.to_string(),
+            revoked_unix: None,
+            revoker: None,
+        });
+        self.update(now, |all| all.push(grant.clone()))?;
+        tracing::warn!(
+            id = %grant.id, service = %grant.service, target = %grant.target(), grantor = %grant.grantor,
+            expires_unix = grant.expires_unix, reason = %grant.reason, "BREAK-GLASS grant issued"
+        );
+        Ok(grant)
+    }
+
+    pub fn revoke(&self, id: &str, revoker: &str, now: i64) -> Result<Arc<Grant>, GrantError> {
+        let mut revoked = None;
+        let mut failure = None;
+        self.update(now, |all| match all.iter_mut().find(|g| g.id == id) {
+            None => failure = Some(GrantError::UnknownGrant(id.to_string())),
+            Some(g) if !g.is_active(now) => failure = Some(GrantError::Inactive(id.to_string())),
+            Some(g) => {
+                let mut updated = (**g).clone();
+                updated.revoked_unix = Some(now);
+                updated.revoker = Some(revoker.to_string());
+                *g = Arc::new(updated);
+                revoked = Some(g.clone());
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let g = revoked.expect("set when no failure");
+        tracing::warn!(id = %g.id, service = %g.service, revoker, "BREAK-GLASS grant revoked");
+        Ok(g)
+    }
+
+    /// Grants, newest first; inactive ones only with `include_inactive`.
+    pub fn list(&self, include_inactive: bool, now: i64) -> Vec<Arc<Grant>> {
+        let all = self.all.lock().expect("grants lock");
+        let mut out: Vec<_> = all.iter().filter(|g| include_inactive || g.is_active(now)).cloned().collect();
+        out.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then_with(|| b.id.cmp(&a.id)));
+        out
+    }
+
+    /// Applies an active grant to a decision that would not let the request through as allowed:
+    /// a deny or would-deny by the service's own rules or the default deny becomes an allow that
+    /// says which grant made it.
+    pub fn apply<'p>(&self, decision: Decision<'p>, dest: Option<&Destination<'_>>, now: i64) -> Decision<'p> {
+        if decision.outcome == Outcome::Allow
+            || !matches!(decision.reason, Reason::ServiceDeny | Reason::NoMatchingAllow)
+        {
+            return decision;
+        }
+        let (Some(service), Some(dest)) = (decision.service, dest) else { return decision };
+        let active = self.active.load();
+        if active.by_service.is_empty() {
+            return decision;
+        }
+        let Some(grants) = active.by_service.get(&service.name) else { return decision };
+        match grants.iter().find(|g| g.is_active(now) && g.covers(dest)) {
+            Some(g) => Decision {
+                outcome: Outcome::Allow,
+                reason: Reason::BreakGlass(g.clone()),
+                rule: None,
+                near_miss: None,
+                ..decision
+            },
+            None => decision,
+        }
+    }
+
+    /// Changes the grant list, drops long-inactive grants, persists, and publishes the active set.
+    fn update(&self, now: i64, change: impl FnOnce(&mut Vec<Arc<Grant>>)) -> Result<(), GrantError> {
+        let mut all = self.all.lock().expect("grants lock");
+        let mut next = all.clone();
+        change(&mut next);
+        next.retain(|g| g.is_active(now) || now - g.revoked_unix.unwrap_or(g.expires_unix) < KEEP_INACTIVE_SECONDS);
+        if let Some(path) = &self.path {
+            persist(path, &next)?;
+        }
+        *all = next;
+        drop(all);
+        self.publish(now);
+        Ok(())
+    }
+
+    fn publish(&self, now: i64) {
+        let mut by_service: HashMap<String, Vec<Arc<Grant>>> = HashMap::new();
+        for g in self.all.lock().expect("grants lock").iter().filter(|g| g.is_active(now)) {
+            by_service.entry(g.service.clone()).or_default().push(g.clone());
+        }
+        self.active.store(Arc::new(ActiveGrants { by_service }));
+    }
+}
+
+/// `bg-` + time + a random part: unique enough for a human to name on the command line.
+fn new_id(now: i64) -> String {
+    let random = xxhash_rust::xxh3::xxh3_64(
+        &std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            .to_le_bytes(),
+    );
+    format!("bg-{now:x}-{:06x}", random & 0xff_ffff)
+}
+
+/// Writes the state atomically: a temporary file in the same directory, fsynced, renamed over
+/// the old one, then the directory fsynced, so a crash leaves the old or the new file, whole.
+fn persist(path: &Path, grants: &[Arc<Grant>]) -> Result<(), GrantError> {
+    use std::io::Write;
+    let err = |source| GrantError::State { path: path.display().to_string(), source };
+    let state = StateFile { grants: grants.iter().map(|g| (**g).clone()).collect() };
+    let text = serde_json::to_vec_pretty(&state).expect("grants serialize");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(&text).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
