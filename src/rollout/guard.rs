@@ -112,8 +112,16 @@ impl RolloutTracker {
             if self.tripped.load().contains_key(&svc.name) {
                 continue;
             }
-            let since = (now - guard.window_seconds as i64).max(resets.get(&svc.name).copied().unwrap_or(i64::MIN));
-            let Some((delta, _)) = delta(&history, &svc.name, since) else { continue };
+            let window_start = now - guard.window_seconds as i64;
+            let counted = match resets.get(&svc.name) {
+                // Reset within the window: count only what happened after it (not the would-denies
+                // of the time it was tripped).
+                Some(&reset) if reset > window_start => {
+                    history.iter().find(|s| s.at >= reset).and_then(|base| delta_from(base, history.back()?, &svc.name))
+                }
+                _ => delta(&history, &svc.name, window_start),
+            };
+            let Some((delta, _)) = counted else { continue };
             let [checks, denies, would] = delta;
             if checks < guard.min_checks {
                 continue;
@@ -180,6 +188,8 @@ impl RolloutTracker {
 
     /// Per service: mode, counts over the readiness window, and whether it can take the next step.
     pub fn status(&self, policy: &CompiledPolicy, now: i64) -> pb::RolloutStatusResponse {
+        // A fresh sample, so the counts run up to now.
+        self.sample(policy, now);
         let history = self.history.lock().expect("history lock");
         let tripped = self.tripped.load();
         let since = now - self.window_seconds as i64;
@@ -237,6 +247,10 @@ impl RolloutTracker {
 fn delta(history: &VecDeque<Sample>, service: &str, since: i64) -> Option<(Counts, u64)> {
     let newest = history.back()?;
     let oldest = history.iter().rev().find(|s| s.at <= since).or(history.front())?;
+    delta_from(oldest, newest, service)
+}
+
+fn delta_from(oldest: &Sample, newest: &Sample, service: &str) -> Option<(Counts, u64)> {
     let (a, b) = (oldest.by_service.get(service).copied().unwrap_or([0; 3]), newest.by_service.get(service)?);
     Some((
         [b[0].saturating_sub(a[0]), b[1].saturating_sub(a[1]), b[2].saturating_sub(a[2])],
