@@ -56,7 +56,7 @@ pub fn check(
         println!("{v:#}");
     } else {
         print!("{}", answer.text);
-        println!("  policy:   {} (live, on {server})", answer.policy_version);
+        println!("  (decided by the live policy and break-glass grants of {server})");
     }
     Ok(if answer.permits { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
