@@ -249,3 +249,48 @@ mod tests {
         assert_eq!(get(&f, "server.address"), None);
     }
 }
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+    use crate::policy::{Outcome, PolicySource, Reason, compile};
+    use crate::rollout::breakglass::Grant;
+
+    #[test]
+    fn break_glass_and_rollback_guard_decisions_say_so() {
+        let text = include_str!("../../integration/fixtures/semantics.yaml");
+        let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
+        let req =
+            crate::testing::http_check("spiffe://corp.example/ns/payments/sa/api", "GET", "evil.example.org", &[]);
+        let mut verdict = crate::authz::decide_verdict(&policy, &req, 0);
+        assert_eq!(verdict.outcome, Outcome::Deny);
+        let grant = Grant {
+            id: "bg-1".into(),
+            service: "payments".into(),
+            host: Some("evil.example.org".into()),
+            port: None,
+            created_unix: 0,
+            expires_unix: 60,
+            reason: "INC-1".into(),
+            grantor: "alice".into(),
+            revoked_unix: None,
+            revoker: None,
+        };
+        verdict.outcome = Outcome::Allow;
+        verdict.reason = Reason::BreakGlass(Arc::new(grant));
+        verdict.rolled_back = true;
+        let facts = RequestFacts::capture(&req, &http::HeaderMap::new(), &policy);
+        let event = CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::ZERO };
+        let record = DecisionRecord::describe(&event);
+        let mut got = std::collections::HashMap::new();
+        record.visit(&mut |k, v| {
+            got.insert(k, format!("{v:?}"));
+        });
+        assert_eq!(got["egress.reason"], r#"Str("break-glass")"#);
+        assert_eq!(got["egress.break_glass.grant"], r#"Str("bg-1")"#);
+        assert_eq!(got["egress.break_glass.grantor"], r#"Str("alice")"#);
+        assert_eq!(got["egress.break_glass.reason"], r#"Str("INC-1")"#);
+        assert_eq!(got["egress.rollback_guard_tripped"], "Bool(true)");
+        assert!(got["egress.reason.message"].contains("by alice"));
+    }
+}
