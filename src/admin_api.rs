@@ -215,7 +215,8 @@ impl Admin for AdminApi {
         let request_id = Some(r.request_id.as_str()).filter(|id| !id.is_empty());
         let now = unix_now();
         let decision = policy.decide(Some(&r.from), Ok(&dest), request_id, now);
-        let decision = self.grants.apply(decision, Some(&dest), now);
+        // The same run-time overrides a Check gets: a tripped guard, then a grant.
+        let decision = self.grants.apply(self.rollout.apply(decision), Some(&dest), now);
         Ok(Response::new(pb::ExplainResponse {
             decision: decision.outcome.as_str().to_string(),
             permits: decision.outcome.permits(),

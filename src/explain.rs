@@ -95,6 +95,9 @@ pub fn text(
     if let Some(mode) = mode_text(d, from, request_id) {
         line("mode:", mode);
     }
+    if d.rolled_back {
+        line("guard:", "rollback guard tripped: this service runs as dry-run until reset".to_string());
+    }
     line("reason:", format!("{}: {}", d.reason.code(), d.reason));
     if let Some(rule) = d.rule {
         line("rule:", format!("{} at {}", rule.id, rule.loc));
@@ -146,6 +149,7 @@ pub fn json(
         "canary": d.service.filter(|s| s.mode == Mode::Canary).map(|s| &s.canary),
         "canaryBucket": request_id.filter(|_| d.mode == Some(Mode::Canary)).map(rollout::canary_bucket),
         "enforced": d.enforced,
+        "rollbackGuardTripped": d.rolled_back,
         "rule": d.rule,
         "hint": d.near_miss.map(|(r, m)| miss_text(r, m, dest)),
         "policyVersion": policy.version,
