@@ -8,6 +8,7 @@ pub mod cache;
 pub mod codec;
 pub mod request;
 pub mod response;
+pub mod tunnel;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub fn answer(
 pub struct Overrides {
     pub guard: Arc<RolloutTracker>,
     pub grants: Arc<GrantStore>,
+    /// CONNECT decisions waiting for their tunnel's check.
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 fn decide_and_build(
@@ -121,6 +124,7 @@ struct CheckState {
     version: ArcSwap<VersionState>,
     telemetry: Telemetry,
     overrides: Overrides,
+    propagators: crate::telemetry::context::Propagators,
 }
 
 impl CheckState {
@@ -135,18 +139,108 @@ impl CheckState {
             self.version.store(version.clone());
         }
         let (metadata, _, req) = request.into_parts();
-        let (answer, verdict) = answer(&version.cache, Some(&self.overrides), &req, coarse_unix_now());
+        let metadata = metadata.into_headers();
+        let now = coarse_unix_now();
+        let kind = metadata.get(tunnel::CHECK_KIND_METADATA).and_then(|v| v.to_str().ok());
+        if let Some(start) = tunnel::TunnelStart::from_metadata(kind) {
+            return self.tunnel_check(&version, &req, start, now, started);
+        }
+        let (mut answer, verdict) = answer(&version.cache, Some(&self.overrides), &req, now);
+        // A CONNECT whose tunnel is verified: its answer carries the correlation for the tunnel check.
+        let mut facts = None;
+        if let Some(svc) = verdict.service.map(|i| &version.cache.policy.services[i as usize])
+            && verdict.outcome.permits()
+            && svc.tunnel_tls != crate::policy::TunnelTls::Off
+            && is_connect(&req)
+        {
+            let (pending, with_ids) = self.register_tunnel(&version.cache.policy, svc, &req, &metadata, now);
+            answer =
+                CheckAnswer::Message(Box::new(response::with_correlation(answer.to_message(), &pending.correlation)));
+            facts = Some(with_ids);
+        }
+        self.finish(&version, verdict, started, || {
+            facts.unwrap_or_else(|| RequestFacts::capture(&req, &metadata, &version.cache.policy))
+        });
+        answer
+    }
+
+    /// Registers a CONNECT for its tunnel check; returns it and the CONNECT's facts with the ids
+    /// its decision span will have (the tunnel decision becomes that span's child).
+    fn register_tunnel(
+        &self,
+        policy: &CompiledPolicy,
+        svc: &crate::policy::ServiceInfo,
+        req: &CheckRequest,
+        metadata: &http::HeaderMap,
+        now: i64,
+    ) -> (Arc<tunnel::PendingTunnel>, RequestFacts) {
+        use crate::telemetry::record::Fact;
+        use opentelemetry_sdk::trace::IdGenerator;
+        let facts = RequestFacts::capture(req, metadata, policy);
+        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
+        let trace_id = self.propagators.parent(&facts).map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
+        let span_id = ids.new_span_id();
+        let principal = facts.get(Fact::Principal).unwrap_or_default().to_string();
+        let enforced = crate::rollout::enforces(svc, &principal, facts.get(Fact::RequestId))
+            && !self.overrides.guard.tripped().contains_key(&svc.name);
+        let pending = self.overrides.tunnels.register(
+            tunnel::NewTunnel {
+                host: facts.get(Fact::Host).unwrap_or_default().to_string(),
+                port: facts.port.unwrap_or(0),
+                service: svc.name.clone(),
+                principal,
+                tunnel_tls: svc.tunnel_tls,
+                mode: svc.mode,
+                enforced,
+                trace_id,
+                connect_span: span_id,
+            },
+            now,
+        );
+        let facts = facts.with_correlation(&pending.correlation, (trace_id, span_id));
+        (pending, facts)
+    }
+
+    /// The gateway's check of a CONNECT tunnel's first bytes (see `tunnel`).
+    fn tunnel_check(
+        &self,
+        version: &VersionState,
+        req: &CheckRequest,
+        start: tunnel::TunnelStart,
+        now: i64,
+        started: Instant,
+    ) -> CheckAnswer {
+        let attrs = req.attributes.as_ref();
+        let sni = attrs.and_then(request::tls_sni);
+        let correlation = attrs
+            .and_then(|a| a.destination.as_ref())
+            .and_then(|d| request::socket_address(d.address.as_ref()))
+            .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
+        let pending = correlation.and_then(|c| self.overrides.tunnels.take(c, now));
+        let policy = &version.cache.policy;
+        let decision = tunnel::decide(policy, pending.as_deref(), start, sni);
+        let resp = response::build(&decision, Err(&crate::policy::Malformed::NoDestination), &policy.version, false);
+        let verdict = decision.verdict();
+        self.finish(version, verdict, started, || RequestFacts::tunnel(pending.as_deref(), sni, start));
+        CheckAnswer::Message(Box::new(resp))
+    }
+
+    /// Counts, times and (when telemetry records decisions) queues one decision.
+    fn finish(&self, version: &VersionState, verdict: Verdict, started: Instant, facts: impl FnOnce() -> RequestFacts) {
         version.counters.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
         if self.telemetry.records_decisions() {
             let start = SystemTime::now() - duration;
             let policy = Arc::clone(&version.cache.policy);
-            let facts = RequestFacts::capture(&req, metadata.as_ref(), &policy);
-            self.telemetry.submit(CheckEvent { facts, verdict, policy, start, duration });
+            self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });
         }
-        answer
     }
+}
+
+fn is_connect(req: &CheckRequest) -> bool {
+    let method = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+    method.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"))
 }
 
 /// `envoy.service.auth.v3.Authorization` as a tower service, like tonic's generated server but with
@@ -159,7 +253,8 @@ pub struct CheckServer {
 impl CheckServer {
     pub fn new(policy: SharedPolicy, telemetry: Telemetry, overrides: Overrides) -> Self {
         let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry));
-        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, overrides }) }
+        let propagators = Default::default();
+        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, overrides, propagators }) }
     }
 }
 

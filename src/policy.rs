@@ -25,7 +25,7 @@ pub use decide::Destination;
 pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{GatewayConfig, GatewayTracing, MtlsPaths};
-pub use model::{Mode, Protocol};
+pub use model::{Mode, Protocol, TunnelTls};
 pub use source::{PolicySource, SourceError};
 
 /// The live policy: swapped whole on reload, read on the hot path without a lock.

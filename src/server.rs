@@ -128,7 +128,8 @@ pub async fn serve(
     let tracker =
         Arc::new(RolloutTracker::new(config.telemetry.metrics.clone(), config.admin_api.rollout_window_seconds));
     let _sampler = AbortOnDrop(tracker.spawn(policy.clone()));
-    let overrides = Overrides { guard: tracker.clone(), grants: config.admin_api.grants.clone() };
+    let overrides =
+        Overrides { guard: tracker.clone(), grants: config.admin_api.grants.clone(), tunnels: Default::default() };
     let admin_api = AdminApi::new(
         policy.clone(),
         config.admin_api.grants.clone(),

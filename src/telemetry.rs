@@ -260,7 +260,7 @@ impl Worker {
     fn record(&mut self, event: &CheckEvent) {
         let record = DecisionRecord::describe(event);
         let parent = self.propagators.parent(&event.facts);
-        let ids = self.sampler.sample(parent, event.verdict.outcome);
+        let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);
         if let Some(audit) = &mut self.audit {
             match audit.append(&record, &ids) {
                 Ok(()) => {

@@ -33,7 +33,8 @@ pub fn build(
             dynamic_metadata: Some(metadata),
             http_response: is_http.then(|| {
                 check_response::HttpResponse::OkResponse(OkHttpResponse {
-                    headers_to_remove: vec![XFCC_HEADER.to_string()],
+                    // A client's own x-egress-corr must never reach the tunnel check.
+                    headers_to_remove: vec![XFCC_HEADER.to_string(), super::tunnel::CORRELATION_HEADER.to_string()],
                     ..Default::default()
                 })
             }),
@@ -68,6 +69,19 @@ fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>
         body.push_str(&format!("rule: {} ({})\n", rule.id, rule.loc.short()));
     }
     body
+}
+
+/// Adds the tunnel correlation to an OK answer (overwriting whatever the client sent).
+pub fn with_correlation(mut resp: CheckResponse, correlation: &str) -> CheckResponse {
+    if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.http_response.as_mut() {
+        ok.headers_to_remove.retain(|h| h != super::tunnel::CORRELATION_HEADER);
+        let mut h = header(super::tunnel::CORRELATION_HEADER, correlation);
+        h.append_action =
+            envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                as i32;
+        ok.headers.push(h);
+    }
+    resp
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {

@@ -101,6 +101,7 @@ impl<'d> Compiler<'d> {
             }
         };
         let default_mode = mesh.doc.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Enforce);
+        let default_tunnel_tls = mesh.doc.tunnel_tls.unwrap_or_default();
         let default_canary = self.canary_percent(&mesh.file, mesh.doc.canary_percent.as_ref());
         if default_mode == Mode::Canary && default_canary.is_none() {
             self.diags.error(mesh.loc.clone(), "mode canary needs canaryPercent (0..=100)");
@@ -130,6 +131,7 @@ impl<'d> Compiler<'d> {
                 self.check_service(&svc, &trust_domain, default_mode, default_canary, &groups, &mut by_name)
             {
                 info.index = index;
+                info.tunnel_tls = svc.doc.tunnel_tls.unwrap_or(default_tunnel_tls);
                 for id in &svc.doc.identities {
                     let loc = SourceLoc::of(&svc.file, id);
                     let Ok(pattern) = IdentityPattern::parse(id.value.trim()) else { continue };
@@ -358,6 +360,7 @@ impl<'d> Compiler<'d> {
             mode,
             canary: Canary { request_percent, workloads, workload_percent },
             rollback_guard,
+            tunnel_tls: doc.tunnel_tls.unwrap_or_default(),
             identities: doc.identities.iter().map(|i| i.value.trim().to_string()).collect(),
             loc: svc.loc.clone(),
             allow_rules,

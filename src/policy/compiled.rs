@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::diagnostic::{Diagnostic, SourceLoc};
 use super::matcher::{Matcher, TableId};
-use super::model::{Mode, Protocol};
+use super::model::{Mode, Protocol, TunnelTls};
 use crate::identity::IdentityIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +64,8 @@ pub struct ServiceInfo {
     /// Which requests a canary enforces; meaningless in other modes.
     pub canary: Canary,
     pub rollback_guard: Option<RollbackGuard>,
+    /// What this service's CONNECT tunnels must carry.
+    pub tunnel_tls: TunnelTls,
     pub identities: Vec<String>,
     #[serde(serialize_with = "ser_loc")]
     pub loc: SourceLoc,

@@ -62,6 +62,19 @@ pub enum Reason {
     Malformed(Malformed),
     /// Allowed by an operator's time-boxed break-glass grant (see `rollout::breakglass`).
     BreakGlass(std::sync::Arc<crate::rollout::breakglass::Grant>),
+    /// A CONNECT tunnel's TLS ClientHello named another host than the CONNECT authority.
+    SniMismatch {
+        connect: String,
+        sni: String,
+    },
+    /// A CONNECT tunnel's TLS ClientHello had no SNI.
+    SniMissing,
+    /// A CONNECT tunnel did not start with TLS.
+    NotTls,
+    /// A tunnel check that pairs with no CONNECT decision (unknown, expired or replayed).
+    UnknownTunnel,
+    /// The tunnel carries what its service's `tunnelTls` requires.
+    TunnelVerified,
 }
 
 impl Reason {
@@ -76,6 +89,11 @@ impl Reason {
             Reason::UnknownService => "unknown-service",
             Reason::Malformed(_) => "malformed-request",
             Reason::BreakGlass(_) => "break-glass",
+            Reason::SniMismatch { .. } => "sni-mismatch",
+            Reason::SniMissing => "sni-missing",
+            Reason::NotTls => "not-tls",
+            Reason::UnknownTunnel => "unknown-correlation",
+            Reason::TunnelVerified => "tunnel-verified",
         }
     }
 }
@@ -90,6 +108,15 @@ impl std::fmt::Display for Reason {
             Reason::Unauthenticated(e) => write!(f, "{e}"),
             Reason::UnknownService => f.write_str("caller's SPIFFE ID is not claimed by any service"),
             Reason::Malformed(m) => write!(f, "malformed request: {m}"),
+            Reason::SniMismatch { connect, sni } => {
+                write!(f, "the tunnel to {connect} sent TLS for `{sni}` (domain fronting?)")
+            }
+            Reason::SniMissing => f.write_str("the tunnel's TLS ClientHello names no server (no SNI)"),
+            Reason::NotTls => f.write_str("the tunnel did not start with TLS"),
+            Reason::TunnelVerified => f.write_str("the tunnel carries what tunnelTls requires"),
+            Reason::UnknownTunnel => {
+                f.write_str("tunnel check without a matching CONNECT decision (unknown, expired or replayed)")
+            }
             Reason::BreakGlass(g) => write!(
                 f,
                 "break-glass grant {} by {} for {}: {} (expires {})",

@@ -91,7 +91,32 @@ pub struct MeshDefaultsDoc {
     #[serde(default)]
     pub trust_forwarded_client_cert: bool,
     #[serde(default)]
+    pub tunnel_tls: Option<TunnelTls>,
+    #[serde(default)]
     pub deny: Vec<Spanned<RuleDoc>>,
+}
+
+/// What a CONNECT tunnel must carry (checked on the tunnel's first bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TunnelTls {
+    /// A TLS ClientHello whose SNI is the CONNECT host (case-insensitive, normalized).
+    #[default]
+    RequireMatchingSni,
+    /// TLS, any SNI.
+    AllowAnyTls,
+    /// Opaque tunnels (SSH, database protocols): nothing checked.
+    Off,
+}
+
+impl TunnelTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelTls::RequireMatchingSni => "require-matching-sni",
+            TunnelTls::AllowAnyTls => "allow-any-tls",
+            TunnelTls::Off => "off",
+        }
+    }
 }
 
 /// `kind: DestinationGroup`: a named, justified set of destinations services can allow by name.
@@ -132,6 +157,8 @@ pub struct ServicePolicyDoc {
     pub canary_workload_percent: Option<Spanned<i64>>,
     #[serde(default)]
     pub rollback_guard: Option<Spanned<RollbackGuardDoc>>,
+    #[serde(default)]
+    pub tunnel_tls: Option<TunnelTls>,
     #[serde(default)]
     pub allow: Vec<Spanned<RuleDoc>>,
     #[serde(default)]

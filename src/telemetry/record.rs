@@ -27,9 +27,11 @@ pub enum Fact {
     Sni,
     Method,
     RequestId,
+    /// The correlation pairing a CONNECT decision with its tunnel's check.
+    Correlation,
 }
 
-const FACTS: usize = 5;
+const FACTS: usize = 6;
 /// Trace headers follow the facts, in `TRACE_HEADERS` order.
 const SLOTS: usize = FACTS + TRACE_HEADERS.len();
 
@@ -42,6 +44,10 @@ pub struct RequestFacts {
     pub protocol: Option<Protocol>,
     pub client: Option<SocketAddr>,
     pub is_http: bool,
+    /// Ids fixed on the Check path (a CONNECT whose tunnel check must join its trace).
+    pub preset_ids: Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>,
+    /// For a tunnel check: what the tunnel started with (`tls` / `not-tls`).
+    pub tunnel_start: Option<&'static str>,
 }
 
 impl RequestFacts {
@@ -90,15 +96,67 @@ impl RequestFacts {
                 values[FACTS + i] = header(http, name);
             }
         }
-        facts.buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
-        for (slot, value) in facts.slots.iter_mut().zip(values) {
+        facts.pack(values);
+        facts
+    }
+
+    /// Facts of a tunnel check: the CONNECT's caller and host, the SNI seen, the correlation, and a
+    /// `traceparent` naming the CONNECT decision's span, so the two decisions share one trace.
+    pub fn tunnel(
+        pending: Option<&crate::authz::tunnel::PendingTunnel>,
+        sni: Option<&str>,
+        start: crate::authz::tunnel::TunnelStart,
+    ) -> Self {
+        let mut values: [Option<&str>; SLOTS] = Default::default();
+        let traceparent = pending.map(|p| format!("00-{}-{}-01", p.trace_id, p.connect_span));
+        values[Fact::Sni as usize] = sni;
+        if let Some(p) = pending {
+            values[Fact::Principal as usize] = Some(&p.principal);
+            values[Fact::Host as usize] = Some(&p.host);
+            values[Fact::Correlation as usize] = Some(&p.correlation);
+            values[FACTS] = traceparent.as_deref();
+        }
+        let mut facts = RequestFacts {
+            port: pending.map(|p| p.port),
+            protocol: Some(Protocol::Tls),
+            tunnel_start: Some(match start {
+                crate::authz::tunnel::TunnelStart::Tls => "tls",
+                crate::authz::tunnel::TunnelStart::NotTls => "not-tls",
+            }),
+            ..Default::default()
+        };
+        facts.pack(values);
+        facts
+    }
+
+    /// Marks these facts as a CONNECT paired with a tunnel check.
+    pub fn with_correlation(
+        mut self,
+        correlation: &str,
+        ids: (opentelemetry::trace::TraceId, opentelemetry::trace::SpanId),
+    ) -> Self {
+        let mut values: [Option<String>; SLOTS] = Default::default();
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = self.slot(i).map(str::to_string);
+        }
+        values[Fact::Correlation as usize] = Some(correlation.to_string());
+        self.pack(values.each_ref().map(|v| v.as_deref()));
+        self.preset_ids = Some(ids);
+        self
+    }
+
+    fn pack(&mut self, values: [Option<&str>; SLOTS]) {
+        let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+        let mut slots: [Range<u32>; SLOTS] = Default::default();
+        for (slot, value) in slots.iter_mut().zip(values) {
             if let Some(v) = value {
-                let start = facts.buf.len() as u32;
-                facts.buf.push_str(v);
-                *slot = start..facts.buf.len() as u32;
+                let start = buf.len() as u32;
+                buf.push_str(v);
+                *slot = start..buf.len() as u32;
             }
         }
-        facts
+        self.buf = buf;
+        self.slots = slots;
     }
 
     fn slot(&self, i: usize) -> Option<&str> {
@@ -179,6 +237,8 @@ impl<'a> DecisionRecord<'a> {
         str_field("egress.reason.message", Some(&self.reason_message));
         str_field("egress.policy.version", Some(&policy.version));
         str_field("egress.request_id", facts.get(Fact::RequestId));
+        str_field("egress.tunnel.correlation", facts.get(Fact::Correlation));
+        str_field("egress.tunnel.start", facts.tunnel_start);
         if let crate::policy::Reason::BreakGlass(g) = &verdict.reason {
             str_field("egress.break_glass.grant", Some(&g.id));
             str_field("egress.break_glass.grantor", Some(&g.grantor));
