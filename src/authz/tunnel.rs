@@ -31,11 +31,9 @@ pub const CHECK_KIND_METADATA: &str = "x-egressd-check";
 const SLOTS: u64 = 65_535;
 const TTL_SECONDS: i64 = 60;
 
-/// What the CONNECT decision left for its tunnel's check.
+/// What the CONNECT decision leaves for its tunnel's check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingTunnel {
-    generation: u32,
-    pub correlation: String,
+pub struct NewTunnel {
     /// The CONNECT host, normalized, and port.
     pub host: String,
     pub port: u16,
@@ -48,20 +46,22 @@ pub struct PendingTunnel {
     /// The CONNECT decision's trace and span, so the tunnel decision joins the same trace.
     pub trace_id: TraceId,
     pub connect_span: SpanId,
-    pub created_unix: i64,
 }
 
-/// The fields of a pending tunnel a caller provides.
-pub struct NewTunnel {
-    pub host: String,
-    pub port: u16,
-    pub service: String,
-    pub principal: String,
-    pub tunnel_tls: TunnelTls,
-    pub mode: Mode,
-    pub enforced: bool,
-    pub trace_id: TraceId,
-    pub connect_span: SpanId,
+/// A registered CONNECT decision (its fields through `Deref`) and its correlation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTunnel {
+    generation: u32,
+    pub correlation: String,
+    pub created_unix: i64,
+    connect: NewTunnel,
+}
+
+impl std::ops::Deref for PendingTunnel {
+    type Target = NewTunnel;
+    fn deref(&self) -> &NewTunnel {
+        &self.connect
+    }
 }
 
 pub struct Tunnels {
@@ -88,20 +88,7 @@ impl Tunnels {
         let generation = (xxhash_rust::xxh3::xxh3_64(&(seq ^ self.salt).to_le_bytes()) & 0xff_ffff) as u32;
         let [_, a, b, c] = generation.to_be_bytes();
         let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16).to_string();
-        let pending = Arc::new(PendingTunnel {
-            generation,
-            correlation,
-            host: t.host,
-            port: t.port,
-            service: t.service,
-            principal: t.principal,
-            tunnel_tls: t.tunnel_tls,
-            mode: t.mode,
-            enforced: t.enforced,
-            trace_id: t.trace_id,
-            connect_span: t.connect_span,
-            created_unix: now,
-        });
+        let pending = Arc::new(PendingTunnel { generation, correlation, created_unix: now, connect: t });
         self.slots[slot as usize].store(Some(pending.clone()));
         pending
     }
