@@ -287,7 +287,7 @@ async fn http2_connect_tunnels_are_checked_too() {
     let (client, h2conn) = h2::client::handshake(conn).await.unwrap();
     tokio::spawn(h2conn);
     let mut client = client.ready().await.unwrap();
-    // Allowed: the tunnel carries an HTTP/1.1 request to the plain upstream.
+    // Allowed: 200. The tunnel then carries plaintext, which the tunnel check refuses (not TLS).
     let authority = format!("api.partner.test:{}", lab.http_upstream.port());
     let req = http::Request::builder().method("CONNECT").uri(authority.as_str()).body(()).unwrap();
     let (resp, mut send) = client.send_request(req, false).unwrap();
@@ -296,16 +296,12 @@ async fn http2_connect_tunnels_are_checked_too() {
     send.send_data(format!("GET / HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").into(), false).unwrap();
     let mut body = resp.into_body();
     let mut got = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
+    while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
         got.extend_from_slice(&chunk);
-        if got.windows(8).any(|w| w == b"upstream") {
-            break;
-        }
     }
-    let got = String::from_utf8_lossy(&got);
-    assert!(got.starts_with("HTTP/1.1 200") && got.contains("upstream http host api.partner.test"), "{got}");
+    assert!(!String::from_utf8_lossy(&got).contains("upstream"), "plaintext never reached the upstream");
+    wait_for_log(&lab, "reason=not-tls").await;
     // Denied: the CONNECT stream is answered 403 with the reason.
     let mut client = client.ready().await.unwrap();
     let req = http::Request::builder()
@@ -470,4 +466,72 @@ async fn envoys_span_and_the_decision_span_share_one_trace_as_parent_and_child()
     assert_eq!(decision.attr("egress.spiffe_id").as_deref(), Some(CHECKOUT));
     // Envoy's request span is in the same trace too (the parent is its ext_authz call's span).
     assert!(spans.iter().filter(|s| s.service == "egress-gateway" && s.trace_id() == decision.trace_id()).count() >= 2);
+}
+
+async fn wait_for_log(lab: &Lab, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = lab.envoy.log();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no `{needle}` in the access log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Domain fronting: CONNECT to an allowed name, then TLS for another name the upstream also serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
+    let lab = lab().await;
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let (status, head) =
+        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let fronted = tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await;
+    assert!(fronted.is_err(), "the TLS handshake for the fronted name must not complete");
+    let line = wait_for_log(&lab, "reason=sni-mismatch").await;
+    assert!(line.contains("decision=deny") && line.contains("service=checkout"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_service_tunnel_with_a_mismatching_sni_flows_and_is_recorded() {
+    let lab = lab().await;
+    let mut conn = lab.as_workload(&lab.search).await;
+    let (status, head) =
+        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let mut inner =
+        tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await.expect("dry-run: flows");
+    let (status, resp) =
+        exchange(&mut inner, "GET / HTTP/1.1\r\nhost: admin.partner.test\r\nconnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(status, 200, "{resp}");
+    drop(inner); // the tunnel's access log line is written when it closes
+    let line = wait_for_log(&lab, "reason=sni-mismatch").await;
+    assert!(line.contains("decision=would-deny") && line.contains("service=search"), "{line}");
+}
+
+/// `tunnelTls: off`: an opaque TCP tunnel (here plaintext HTTP) to a CIDR-allowed destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_tls_off_lets_an_opaque_tunnel_through_to_a_cidr_allow() {
+    const MIGRATOR: &str = "spiffe://corp.example/ns/db/sa/migrator";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("services")).unwrap();
+    std::fs::write(
+        dir.path().join("services/migrations.yaml"),
+        format!(
+            "kind: ServicePolicy\nservice: migrations\nidentities: [{MIGRATOR}]\ntunnelTls: off\nallow:\n  - cidr: 127.0.0.1/32\n    justification: database on the test host\n"
+        ),
+    )
+    .unwrap();
+    let lab = lab_from(Some(dir.path())).await;
+    let svid = lab.ca.issue(&[], &[MIGRATOR]);
+    let mut conn = lab.as_workload(&svid).await;
+    let (status, head) = connect_tunnel(&mut conn, &format!("127.0.0.1:{}", lab.http_upstream.port())).await.unwrap();
+    assert_eq!(status, 200, "{head}\n{}", lab.envoy.log());
+    let (status, resp) = exchange(&mut conn, "GET / HTTP/1.1\r\nhost: db\r\nconnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("upstream http"), "{resp}");
 }

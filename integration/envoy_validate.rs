@@ -44,6 +44,7 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
     let mut clusters: Vec<Cluster> =
         vec![decode(&resources::authz_cluster(spec)), decode(&resources::dfp_cluster(spec))];
     clusters.extend(resources::otel_cluster(spec).map(|c| decode::<Cluster>(&c)));
+    clusters.push(decode(&egressd::xds::tunnel::tunnel_cluster()));
     // The ADS source the HCM's RDS subscription names.
     let mut xds = clusters[0].clone();
     xds.name = "xds_cluster".into();
@@ -57,7 +58,14 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
     if let Some(tls) = spec.tls_listen {
         listeners.push(decode(&resources::tls_listener(spec, tls)));
     }
+    listeners.push(decode(&egressd::xds::tunnel::tunnel_listener(spec)));
+    let internal_listener =
+        envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::default();
     Bootstrap {
+        bootstrap_extensions: vec![envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+            name: "envoy.bootstrap.internal_listener".into(),
+            typed_config: Some(pack_any(internal_listener)),
+        }],
         node: Some(envoy_types::pb::envoy::config::core::v3::Node {
             id: "validate".into(),
             cluster: "egress-gateway".into(),

@@ -123,6 +123,12 @@ async fn the_tunnel_must_start_with_tls_naming_the_connect_host() {
 #[tokio::test]
 async fn a_dry_run_service_lets_the_mismatch_through_and_records_it() {
     let (_server, mut client) = serve(Telemetry::metrics_only()).await;
+    // A would-deny CONNECT goes through, so its tunnel is checked too.
+    let would = connect(&mut client, CI, "evil.example.org:443", &[]).await;
+    assert_eq!(meta(&would, "decision"), "would-deny");
+    let c = correlation(&would).expect("a would-deny CONNECT carries a correlation");
+    let r = tunnel(&mut client, &c, "other.example.org", "tunnel-tls").await;
+    assert_eq!((code(&r), meta(&r, "decision"), meta(&r, "reason")), (0, "would-deny".into(), "sni-mismatch".into()));
     let c = correlation(&connect(&mut client, CI, "github.com:443", &[]).await).unwrap();
     let r = tunnel(&mut client, &c, "evil.example.org", "tunnel-tls").await;
     assert_eq!((code(&r), meta(&r, "decision"), meta(&r, "reason")), (0, "would-deny".into(), "sni-mismatch".into()));

@@ -154,8 +154,9 @@ impl CheckState {
             && is_connect(&req)
         {
             let (pending, with_ids) = self.register_tunnel(&version.cache.policy, svc, &req, &metadata, now);
-            answer =
-                CheckAnswer::Message(Box::new(response::with_correlation(answer.to_message(), &pending.correlation)));
+            let resp =
+                response::with_correlation(answer.to_message(), &pending.correlation, &pending.host, pending.port);
+            answer = CheckAnswer::Message(Box::new(resp));
             facts = Some(with_ids);
         }
         self.finish(&version, verdict, started, || {

@@ -7,3 +7,4 @@ pub mod gateway;
 pub mod registry;
 pub mod resources;
 pub mod snapshot;
+pub mod tunnel;

@@ -33,8 +33,11 @@ pub fn build(
             dynamic_metadata: Some(metadata),
             http_response: is_http.then(|| {
                 check_response::HttpResponse::OkResponse(OkHttpResponse {
-                    // A client's own x-egress-corr must never reach the tunnel check.
-                    headers_to_remove: vec![XFCC_HEADER.to_string(), super::tunnel::CORRELATION_HEADER.to_string()],
+                    // A client's own x-egress-corr/-host/-port must never reach the tunnel's filter state.
+                    headers_to_remove: std::iter::once(XFCC_HEADER)
+                        .chain(super::tunnel::INTERNAL_HEADERS)
+                        .map(str::to_string)
+                        .collect(),
                     ..Default::default()
                 })
             }),
@@ -71,15 +74,19 @@ fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>
     body
 }
 
-/// Adds the tunnel correlation to an OK answer (overwriting whatever the client sent).
-pub fn with_correlation(mut resp: CheckResponse, correlation: &str) -> CheckResponse {
+/// Adds the tunnel correlation and the authorized host and port to an OK answer (overwriting
+/// whatever the client sent).
+pub fn with_correlation(mut resp: CheckResponse, correlation: &str, host: &str, port: u16) -> CheckResponse {
+    use super::tunnel::{CORRELATION_HEADER, HOST_HEADER, PORT_HEADER};
     if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.http_response.as_mut() {
-        ok.headers_to_remove.retain(|h| h != super::tunnel::CORRELATION_HEADER);
-        let mut h = header(super::tunnel::CORRELATION_HEADER, correlation);
-        h.append_action =
-            envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                as i32;
-        ok.headers.push(h);
+        ok.headers_to_remove.retain(|h| !super::tunnel::INTERNAL_HEADERS.contains(&h.as_str()));
+        for (k, v) in [(CORRELATION_HEADER, correlation), (HOST_HEADER, host), (PORT_HEADER, &port.to_string())] {
+            let mut h = header(k, v);
+            h.append_action =
+                envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                    as i32;
+            ok.headers.push(h);
+        }
     }
     resp
 }

@@ -24,6 +24,12 @@ use crate::policy::{CompiledPolicy, Decision, Mode, Outcome, Reason, TunnelTls};
 
 /// Response header carrying the correlation from the CONNECT check into the tunnel check.
 pub const CORRELATION_HEADER: &str = "x-egress-corr";
+/// Response headers carrying the authorized (normalized) CONNECT host and port: the tunnel is
+/// dialed there, never to what the client's SNI names.
+pub const HOST_HEADER: &str = "x-egress-host";
+pub const PORT_HEADER: &str = "x-egress-port";
+/// Headers only egressd may set: removed from every OK answer that does not set them.
+pub const INTERNAL_HEADERS: [&str; 3] = [CORRELATION_HEADER, HOST_HEADER, PORT_HEADER];
 /// gRPC metadata the gateway's tunnel checks carry: `tunnel-tls` (the tunnel starts with TLS) or
 /// `tunnel-raw` (it does not).
 pub const CHECK_KIND_METADATA: &str = "x-egressd-check";

@@ -25,7 +25,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, header_matcher, route,
+    route_action, route_match,
 };
 use envoy_types::pb::envoy::config::trace::v3::{self as tracing_v3, OpenTelemetryConfig};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
@@ -74,19 +75,19 @@ pub struct Resource {
     pub any: Any,
 }
 
-fn resource<M: Name + prost::Message>(name: &str, msg: M) -> Resource {
+pub(super) fn resource<M: Name + prost::Message>(name: &str, msg: M) -> Resource {
     Resource { name: name.to_string(), any: pack_any(msg) }
 }
 
-fn typed<M: Name + prost::Message>(name: &str, msg: M) -> TypedExtensionConfig {
+pub(super) fn typed<M: Name + prost::Message>(name: &str, msg: M) -> TypedExtensionConfig {
     TypedExtensionConfig { name: name.to_string(), typed_config: Some(pack_any(msg)) }
 }
 
-fn millis(ms: u64) -> Duration {
+pub(super) fn millis(ms: u64) -> Duration {
     Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
-fn socket(addr: std::net::SocketAddr) -> Address {
+pub(super) fn socket(addr: std::net::SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
@@ -101,7 +102,7 @@ fn file(path: &str) -> Option<DataSource> {
 }
 
 /// The DNS cache shared by the DFP filters and the DFP cluster (Envoy requires them identical).
-fn dns_cache(spec: &GatewaySpec) -> DnsCacheConfig {
+pub(super) fn dns_cache(spec: &GatewaySpec) -> DnsCacheConfig {
     let resolver = CaresDnsResolverConfig {
         resolvers: spec.dns_resolvers.iter().copied().map(socket).collect(),
         use_resolvers_as_fallback: false,
@@ -222,7 +223,7 @@ pub fn dfp_cluster(spec: &GatewaySpec) -> Resource {
     resource(DFP_CLUSTER, c)
 }
 
-fn grpc_authz_service(spec: &GatewaySpec) -> GrpcService {
+pub(super) fn grpc_authz_service(spec: &GatewaySpec) -> GrpcService {
     GrpcService {
         target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
             cluster_name: AUTHZ_CLUSTER.to_string(),
@@ -234,7 +235,7 @@ fn grpc_authz_service(spec: &GatewaySpec) -> GrpcService {
 }
 
 /// The access log line: the request, then egressd's decision from ext_authz dynamic metadata.
-fn access_log(namespace: &str, tcp: bool) -> Vec<AccessLog> {
+pub(super) fn access_log(namespace: &str, tcp: bool) -> Vec<AccessLog> {
     let m = |key: &str| format!("%DYNAMIC_METADATA({namespace}:{key})%");
     let what = if tcp {
         "%DOWNSTREAM_REMOTE_ADDRESS% -> %REQUESTED_SERVER_NAME% %UPSTREAM_HOST% %RESPONSE_FLAGS%".to_string()
@@ -268,7 +269,7 @@ fn access_log(namespace: &str, tcp: bool) -> Vec<AccessLog> {
     }]
 }
 
-fn http_filter<M: Name + prost::Message>(name: &str, msg: M) -> HttpFilter {
+pub(super) fn http_filter<M: Name + prost::Message>(name: &str, msg: M) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(msg))),
@@ -276,7 +277,7 @@ fn http_filter<M: Name + prost::Message>(name: &str, msg: M) -> HttpFilter {
     }
 }
 
-fn network_filter<M: Name + prost::Message>(name: &str, msg: M) -> Filter {
+pub(super) fn network_filter<M: Name + prost::Message>(name: &str, msg: M) -> Filter {
     Filter { name: name.to_string(), config_type: Some(filter::ConfigType::TypedConfig(pack_any(msg))) }
 }
 
@@ -313,6 +314,8 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         // Fail closed: egressd down means no egress.
         failure_mode_allow: false,
         include_peer_certificate: false,
+        // egressd's answer decides the route (a verified tunnel goes to the tunnel listener).
+        clear_route_cache: true,
         ..Default::default()
     };
     let dfp = HttpDfpConfig {
@@ -328,6 +331,7 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         })),
         http_filters: vec![
             http_filter("envoy.filters.http.ext_authz", ext_authz),
+            super::tunnel::set_filter_state_filter(),
             http_filter("envoy.filters.http.dynamic_forward_proxy", dfp),
             http_filter("envoy.filters.http.router", Router::default()),
         ],
@@ -379,9 +383,9 @@ fn ads_source() -> ConfigSource {
 /// Routes of the HTTP listener: CONNECT becomes a tunnel to the authorized authority; other
 /// requests are proxied to the host they name.
 pub fn http_route(spec: &GatewaySpec) -> Resource {
-    let to_dfp = |upgrade: bool| {
+    let to = |cluster: &str, upgrade: bool| {
         route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(DFP_CLUSTER.to_string())),
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_string())),
             timeout: (!upgrade).then(|| millis(spec.request_timeout_ms)),
             upgrade_configs: if upgrade {
                 vec![route_action::UpgradeConfig {
@@ -401,6 +405,23 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
             name: "any".to_string(),
             domains: vec!["*".to_string()],
             routes: vec![
+                // egressd answered with a correlation: the tunnel's first bytes get checked.
+                Route {
+                    name: "connect-verified".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+                            route_match::ConnectMatcher::default(),
+                        )),
+                        headers: vec![HeaderMatcher {
+                            name: crate::authz::tunnel::CORRELATION_HEADER.to_string(),
+                            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    action: Some(to(super::tunnel::TUNNEL_CLUSTER, true)),
+                    ..Default::default()
+                },
                 Route {
                     name: "connect".to_string(),
                     r#match: Some(RouteMatch {
@@ -409,7 +430,7 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                         )),
                         ..Default::default()
                     }),
-                    action: Some(to_dfp(true)),
+                    action: Some(to(DFP_CLUSTER, true)),
                     ..Default::default()
                 },
                 Route {
@@ -418,7 +439,7 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                         path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
                         ..Default::default()
                     }),
-                    action: Some(to_dfp(false)),
+                    action: Some(to(DFP_CLUSTER, false)),
                     ..Default::default()
                 },
             ],
