@@ -9,6 +9,11 @@
 //!
 //! Identity: wrk cannot present a client certificate, so the bench policy trusts
 //! x-forwarded-client-cert (the sidecar deployment shape) and the load carries one.
+//!
+//! Then, through (d), CONNECT tunnels carrying TLS to an nginx TLS upstream: plain (the caller's
+//! service has `tunnelTls: off`: the tunnel goes straight to the destination) versus verified (the
+//! tunnel's ClientHello is checked in the internal tunnel listener), keep-alive tunnels (one tunnel,
+//! many requests) and a new tunnel per request, rounds interleaved.
 
 #[path = "../integration/support/dns.rs"]
 mod dns;
@@ -35,12 +40,14 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::util::pack_any;
 use hdrhistogram::Histogram;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use egressd::xds::gateway::GatewaySpec;
 use egressd::xds::resources;
 
 const IDENTITY: &str = "spiffe://corp.example/ns/bench/sa/load";
+/// A service whose tunnels are verified (the default `tunnelTls`).
+const IDENTITY_VERIFIED: &str = "spiffe://corp.example/ns/bench-verified/sa/load";
 const FQDN: &str = "bench.test";
 
 #[derive(Parser)]
@@ -103,7 +110,12 @@ impl Variant {
 /// egressd's generated gateway as a static bootstrap, with the authorization filter varied.
 fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authority: &str) -> Bootstrap {
     let decode_cluster = |r: resources::Resource| Cluster::decode(r.any.value.as_slice()).unwrap();
-    let clusters = vec![decode_cluster(resources::authz_cluster(spec)), decode_cluster(resources::dfp_cluster(spec))];
+    let clusters = vec![
+        decode_cluster(resources::authz_cluster(spec)),
+        decode_cluster(resources::dfp_cluster(spec)),
+        decode_cluster(egressd::xds::tunnel::tunnel_cluster()),
+    ];
+    let tunnel_listener = Listener::decode(egressd::xds::tunnel::tunnel_listener(spec).any.value.as_slice()).unwrap();
     let mut listener = Listener::decode(resources::http_listener(spec).any.value.as_slice()).unwrap();
     let route = RouteConfiguration::decode(resources::http_route(spec).any.value.as_slice()).unwrap();
     let f = &mut listener.filter_chains[0].filters[0];
@@ -156,10 +168,16 @@ fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authorit
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources {
-            listeners: vec![listener],
+            listeners: vec![listener, tunnel_listener],
             clusters,
             ..Default::default()
         }),
+        bootstrap_extensions: vec![envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
+            name: "envoy.bootstrap.internal_listener".into(),
+            typed_config: Some(pack_any(
+                envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::default(),
+            )),
+        }],
         ..Default::default()
     }
 }
@@ -175,9 +193,10 @@ fn resources_socket(a: SocketAddr) -> envoy_types::pb::envoy::config::core::v3::
     }
 }
 
-fn start_nginx(dir: &Path, port: u16) -> Proc {
+/// nginx answering `ok` on `port` (plain) and `tls_port` (TLS with `cert`/`key` files).
+fn start_nginx(dir: &Path, port: u16, tls_port: u16) -> Proc {
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  keepalive_requests 1000000;\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n  server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/upstream.pem; ssl_certificate_key {d}/upstream.key; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
         d = dir.display()
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
@@ -304,8 +323,82 @@ async fn connect_load(proxy: SocketAddr, authority: String, args: &Args) -> Samp
     }
 }
 
+/// CONNECT as `identity`, then TLS to the upstream inside the tunnel. `None` if any step fails.
+async fn tls_tunnel(
+    proxy: SocketAddr,
+    authority: &str,
+    identity: &str,
+    tls: &tokio_rustls::TlsConnector,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.ok()?;
+    let _ = s.set_nodelay(true);
+    let connect =
+        format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\nx-forwarded-client-cert: URI={identity}\r\n\r\n");
+    s.write_all(connect.as_bytes()).await.ok()?;
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return None;
+    }
+    let name = rustls::pki_types::ServerName::try_from(FQDN).unwrap();
+    tls.connect(name, s).await.ok()
+}
+
+/// TLS inside CONNECT tunnels as `identity`: with `keepalive`, one tunnel per connection carrying
+/// request after request; else a new tunnel (CONNECT, TLS handshake, one request) per request.
+async fn tls_tunnel_load(
+    proxy: SocketAddr,
+    authority: String,
+    identity: &'static str,
+    keepalive: bool,
+    tls: tokio_rustls::TlsConnector,
+    args: &Args,
+) -> Sample {
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let (authority, tls) = (authority.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut tunnel = None;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                if tunnel.is_none() {
+                    tunnel = tls_tunnel(proxy, &authority, identity, &tls).await;
+                }
+                let Some(s) = tunnel.as_mut() else { continue };
+                let close = if keepalive { "" } else { "connection: close\r\n" };
+                let get = format!("GET / HTTP/1.1\r\nhost: {authority}\r\n{close}\r\n");
+                let ok = s.write_all(get.as_bytes()).await.is_ok() && read_response(s).await == Some(200);
+                if ok {
+                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                }
+                if !ok || !keepalive {
+                    tunnel = None;
+                }
+            }
+            h
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        all.add(t.await.unwrap()).unwrap();
+    }
+    Sample {
+        rps: all.len() as f64 / args.duration as f64,
+        p50_us: all.value_at_quantile(0.5) as f64,
+        p99_us: all.value_at_quantile(0.99) as f64,
+    }
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body; returns its status.
-async fn read_response(s: &mut tokio::net::TcpStream) -> Option<u16> {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
     let mut raw = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
     loop {
@@ -340,8 +433,11 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut free = ports(32);
     let mut port = move || free.next().expect("enough ports");
-    let upstream_port = port();
-    let _nginx = start_nginx(dir.path(), upstream_port);
+    let (upstream_port, tls_port) = (port(), port());
+    let upstream_cert = rcgen::generate_simple_self_signed(vec![FQDN.to_string()]).unwrap();
+    std::fs::write(dir.path().join("upstream.pem"), upstream_cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("upstream.key"), upstream_cert.signing_key.serialize_pem()).unwrap();
+    let _nginx = start_nginx(dir.path(), upstream_port, tls_port);
     let dns = dns::start_dns(&[FQDN]).await;
     let authority = format!("{FQDN}:{upstream_port}");
 
@@ -349,7 +445,7 @@ async fn main() {
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(
         policy.join("bench.yaml"),
-        format!("kind: MeshDefaults\ntrustDomain: corp.example\ntrustForwardedClientCert: true\n---\nkind: ServicePolicy\nservice: bench\nidentities: [{IDENTITY}]\nallow:\n  - host: {FQDN}\n    ports: [{upstream_port}]\n    justification: benchmark upstream\n"),
+        format!("kind: MeshDefaults\ntrustDomain: corp.example\ntrustForwardedClientCert: true\n---\nkind: ServicePolicy\nservice: bench\nidentities: [{IDENTITY}]\ntunnelTls: off\nallow:\n  - host: {FQDN}\n    ports: [{upstream_port}, {tls_port}]\n    justification: benchmark upstream\n---\nkind: ServicePolicy\nservice: bench-verified\nidentities: [{IDENTITY_VERIFIED}]\nallow:\n  - host: {FQDN}\n    ports: [{tls_port}]\n    justification: benchmark upstream\n"),
     )
     .unwrap();
     let (egressd_port, noop_port, shaped_port) = (port(), port(), port());
@@ -432,6 +528,27 @@ async fn main() {
             tunnels[i].push(connect_load(*p, authority.clone(), &args).await);
         }
     }
+    // Tunnels carrying TLS, through (d): plain (tunnelTls off) versus verified.
+    let d = proxies[4];
+    wait_port(addr(tls_port)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(upstream_cert.cert.der().clone()).unwrap();
+    let client =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tls_authority = format!("{FQDN}:{tls_port}");
+    let kinds = [(IDENTITY, true), (IDENTITY_VERIFIED, true), (IDENTITY, false), (IDENTITY_VERIFIED, false)];
+    let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.rounds {
+        for (i, (identity, keepalive)) in kinds.iter().enumerate() {
+            tls_tables[i]
+                .push(tls_tunnel_load(d, tls_authority.clone(), identity, *keepalive, tls.clone(), &args).await);
+        }
+    }
     for (name, table) in [("plain HTTP (wrk, keep-alive)", &http), ("CONNECT (new tunnel per request)", &tunnels)] {
         println!("\n{name}");
         let summary: Vec<(f64, f64, f64)> = table
@@ -453,5 +570,20 @@ async fn main() {
             let o = summary[idx];
             println!("  {other}: throughput {:.3}   p99 {:+.0} us ({:.2}x)", d.0 / o.0, d.2 - o.2, d.2 / o.2);
         }
+    }
+    println!("\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI");
+    let med = |v: &Vec<Sample>| {
+        (
+            median(v.iter().map(|x| x.rps).collect()),
+            median(v.iter().map(|x| x.p50_us).collect()),
+            median(v.iter().map(|x| x.p99_us).collect()),
+        )
+    };
+    for (label, plain, verified) in [("keep-alive tunnels", 0, 1), ("new tunnel per request", 2, 3)] {
+        let (p, v) = (med(&tls_tables[plain]), med(&tls_tables[verified]));
+        println!("  {label}");
+        println!("    plain     {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", p.0, p.1, p.2);
+        println!("    verified  {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", v.0, v.1, v.2);
+        println!("    verified/plain: throughput {:.3}   p99 {:.2}x", v.0 / p.0, v.2 / p.2);
     }
 }
