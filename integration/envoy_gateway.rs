@@ -495,6 +495,21 @@ async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
     assert!(line.contains("decision=deny") && line.contains("service=checkout"), "{line}");
 }
 
+/// A ClientHello without SNI (TLS to an IP address name) in a tunnel to an allowed name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_tls_names_no_server_is_cut_as_sni_missing() {
+    let lab = lab().await;
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let (status, head) =
+        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()); // rustls sends no SNI for an IP
+    assert!(tls.connect(ip, conn).await.is_err(), "the tunnel is cut before any TLS completes");
+    let line = wait_for_log(&lab, "reason=sni-missing").await;
+    assert!(line.contains("decision=deny"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_service_tunnel_with_a_mismatching_sni_flows_and_is_recorded() {
     let lab = lab().await;
