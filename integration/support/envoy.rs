@@ -78,8 +78,21 @@ impl Drop for RunningEnvoy {
 }
 
 /// A free loopback port (bound and released; fine for tests on one machine).
+/// A port for a listener that starts later (Envoy's, egressd's). Not from the OS's ephemeral range:
+/// between our probe and the real bind, any outbound connection (Envoy's own, a test client's)
+/// could be handed an ephemeral port and take it. Ports come from 20000..32000 (below Linux's
+/// default 32768..60999), in an order per process, so parallel tests never pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts Envoy with `examples/envoy-bootstrap.yaml`, its xDS cluster and admin port rewritten for
