@@ -138,6 +138,20 @@ async fn lab_with(policy_dir: Option<&std::path::Path>, traced: Option<(SocketAd
 }
 
 impl Lab {
+    /// As `svid`: mTLS to the gateway, then `CONNECT api.partner.test:<tls upstream>`, answered 200.
+    async fn tunnel_to_tls_upstream(&self, svid: &Issued) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut conn = self.as_workload(svid).await;
+        let authority = format!("api.partner.test:{}", self.tls_upstream.port());
+        let (status, head) = connect_tunnel(&mut conn, &authority).await.unwrap();
+        assert_eq!(status, 200, "{head}\n{}", self.envoy.log());
+        conn
+    }
+
+    /// A TLS client trusting the lab's CA (for TLS inside a tunnel).
+    fn upstream_tls(&self) -> TlsConnector {
+        TlsConnector::from(tls_config(&self.ca.der, None))
+    }
+
     async fn as_workload(&self, svid: &Issued) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         connect_gateway(self.gateway, GATEWAY_NAME, tls_config(&self.ca.der, Some(svid)))
             .await
@@ -170,12 +184,8 @@ async fn denied_request_gets_403_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_an_allowed_host_completes_tls_with_the_upstream() {
     let lab = lab().await;
-    let mut conn = lab.as_workload(&lab.checkout).await;
-    let (status, head) =
-        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
-    assert_eq!(status, 200, "{head}\n{}", lab.envoy.log());
-    // TLS end to end with the upstream, inside the tunnel.
-    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let conn = lab.tunnel_to_tls_upstream(&lab.checkout).await;
+    let tls = lab.upstream_tls();
     let mut inner =
         tls.connect(ServerName::try_from("api.partner.test").unwrap(), conn).await.expect("TLS through the tunnel");
     let (status, resp) =
@@ -484,11 +494,8 @@ async fn wait_for_log(lab: &Lab, needle: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
     let lab = lab().await;
-    let mut conn = lab.as_workload(&lab.checkout).await;
-    let (status, head) =
-        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
-    assert_eq!(status, 200, "{head}");
-    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let conn = lab.tunnel_to_tls_upstream(&lab.checkout).await;
+    let tls = lab.upstream_tls();
     let fronted = tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await;
     assert!(fronted.is_err(), "the TLS handshake for the fronted name must not complete");
     let line = wait_for_log(&lab, "reason=sni-mismatch").await;
@@ -499,11 +506,8 @@ async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_whose_tls_names_no_server_is_cut_as_sni_missing() {
     let lab = lab().await;
-    let mut conn = lab.as_workload(&lab.checkout).await;
-    let (status, head) =
-        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
-    assert_eq!(status, 200, "{head}");
-    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let conn = lab.tunnel_to_tls_upstream(&lab.checkout).await;
+    let tls = lab.upstream_tls();
     let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()); // rustls sends no SNI for an IP
     assert!(tls.connect(ip, conn).await.is_err(), "the tunnel is cut before any TLS completes");
     let line = wait_for_log(&lab, "reason=sni-missing").await;
@@ -513,11 +517,8 @@ async fn a_tunnel_whose_tls_names_no_server_is_cut_as_sni_missing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_service_tunnel_with_a_mismatching_sni_flows_and_is_recorded() {
     let lab = lab().await;
-    let mut conn = lab.as_workload(&lab.search).await;
-    let (status, head) =
-        connect_tunnel(&mut conn, &format!("api.partner.test:{}", lab.tls_upstream.port())).await.unwrap();
-    assert_eq!(status, 200, "{head}");
-    let tls = TlsConnector::from(tls_config(&lab.ca.der, None));
+    let conn = lab.tunnel_to_tls_upstream(&lab.search).await;
+    let tls = lab.upstream_tls();
     let mut inner =
         tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await.expect("dry-run: flows");
     let (status, resp) =
