@@ -171,6 +171,11 @@ pub async fn serve(
     on_bound(bound);
     grpc_ready.store(true, Ordering::Release);
     let grpc_server = tonic::transport::Server::builder()
+        // When many gateway clients disconnect at once, Envoy cancels their in-flight Checks
+        // (RST_STREAM) before egressd has picked them up; h2's default of 20 such resets per
+        // connection then GOAWAYs the gateway's whole connection (seen under benches/gateway_bench.sh),
+        // failing every other Check on it closed. The limit stays finite against rapid-reset floods.
+        .http2_max_pending_accept_reset_streams(Some(256))
         .add_service(health_service)
         .add_service(CheckServer::new(policy, config.telemetry, overrides))
         .add_service(ads.into_server())
