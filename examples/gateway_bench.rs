@@ -312,15 +312,7 @@ async fn connect_load(proxy: SocketAddr, authority: String, args: &Args) -> Samp
             h
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for t in tasks {
-        all.add(t.await.unwrap()).unwrap();
-    }
-    Sample {
-        rps: all.len() as f64 / args.duration as f64,
-        p50_us: all.value_at_quantile(0.5) as f64,
-        p99_us: all.value_at_quantile(0.99) as f64,
-    }
+    merged(tasks, args.duration).await
 }
 
 /// CONNECT as `identity`, then TLS to the upstream inside the tunnel. `None` if any step fails.
@@ -386,12 +378,17 @@ async fn tls_tunnel_load(
             h
         }));
     }
+    merged(tasks, args.duration).await
+}
+
+/// Merges the latency histograms of load tasks into one sample over `seconds`.
+async fn merged(tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>, seconds: u64) -> Sample {
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     for t in tasks {
         all.add(t.await.unwrap()).unwrap();
     }
     Sample {
-        rps: all.len() as f64 / args.duration as f64,
+        rps: all.len() as f64 / seconds as f64,
         p50_us: all.value_at_quantile(0.5) as f64,
         p99_us: all.value_at_quantile(0.99) as f64,
     }
