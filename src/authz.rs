@@ -34,7 +34,7 @@ pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// Decides one CheckRequest against `policy` and builds Envoy's answer as a message. The server
 /// answers through `answer` (same decision, cached encoding); this is the reference form.
 pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
-    match decide_and_build(policy, None, None, req, now).0 {
+    match decide_and_build(policy, None, None, req, None, now).0 {
         CheckAnswer::Message(m) => *m,
         encoded => encoded.to_message(),
     }
@@ -42,7 +42,7 @@ pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Check
 
 /// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
 pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
-    decide_and_build(policy, None, None, req, now).1
+    decide_and_build(policy, None, None, req, None, now).1
 }
 
 /// Decides and answers, taking an encoded answer from `cache` when the decision has one, and
@@ -53,7 +53,8 @@ pub fn answer(
     req: &CheckRequest,
     now: i64,
 ) -> (CheckAnswer, Verdict) {
-    decide_and_build(&cache.policy, Some(cache), overrides, req, now)
+    let (answer, verdict, _) = decide_and_build(&cache.policy, Some(cache), overrides, req, None, now);
+    (answer, verdict)
 }
 
 /// What changes a policy decision at run time: a tripped rollback guard (deny -> would-deny), then
@@ -66,21 +67,26 @@ pub struct Overrides {
     pub tunnels: Arc<tunnel::Tunnels>,
 }
 
+/// Decides and answers; with `capture` (the call's metadata), also copies the request's facts for
+/// telemetry and tunnel pairing from the same view (so the request is read once).
 fn decide_and_build(
     policy: &CompiledPolicy,
     cache: Option<&ResponseCache>,
     overrides: Option<&Overrides>,
     req: &CheckRequest,
+    capture: Option<&http::HeaderMap>,
     now: i64,
-) -> (CheckAnswer, Verdict) {
+) -> (CheckAnswer, Verdict, Option<RequestFacts>) {
     let view = match request::view(req, policy) {
         Ok(v) => v,
         Err(m) => {
             let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
             let resp = response::build(&decision, Err(&m), &policy.version, true);
-            return (CheckAnswer::Message(Box::new(resp)), decision.verdict());
+            let facts = capture.map(|md| RequestFacts::from_view(None, req, md));
+            return (CheckAnswer::Message(Box::new(resp)), decision.verdict(), facts);
         }
     };
+    let facts = capture.map(|md| RequestFacts::from_view(Some(&view), req, md));
     let dest = view.destination.as_ref().map_err(Clone::clone);
     let mut decision = policy.decide(view.principal.as_deref(), dest, view.request_id, now);
     if let Some(overrides) = overrides {
@@ -100,10 +106,10 @@ fn decide_and_build(
     if view.is_http
         && let Some(bytes) = cache.and_then(|c| c.http_answer(&decision))
     {
-        return (CheckAnswer::Encoded(bytes), verdict);
+        return (CheckAnswer::Encoded(bytes), verdict, facts);
     }
     let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http);
-    (CheckAnswer::Message(Box::new(resp)), verdict)
+    (CheckAnswer::Message(Box::new(resp)), verdict, facts)
 }
 
 /// Per policy version: its answer cache and its decision counters.
@@ -145,23 +151,26 @@ impl CheckState {
         if let Some(start) = tunnel::TunnelStart::from_metadata(kind) {
             return self.tunnel_check(&version, &req, start, now, started);
         }
-        let (mut answer, verdict) = answer(&version.cache, Some(&self.overrides), &req, now);
+        // Facts are needed for telemetry, and for pairing a CONNECT with its tunnel's check.
+        let connect = is_connect(&req);
+        let capture = (self.telemetry.records_decisions() || connect).then_some(&metadata);
+        let policy = &version.cache.policy;
+        let (mut answer, verdict, mut facts) =
+            decide_and_build(policy, Some(&version.cache), Some(&self.overrides), &req, capture, now);
         // A CONNECT whose tunnel is verified: its answer carries the correlation for the tunnel check.
-        let mut facts = None;
-        if let Some(svc) = verdict.service.map(|i| &version.cache.policy.services[i as usize])
+        if let Some(svc) = verdict.service.map(|i| &policy.services[i as usize])
             && verdict.outcome.permits()
             && svc.tunnel_tls != crate::policy::TunnelTls::Off
-            && is_connect(&req)
+            && connect
+            && let Some(captured) = facts.take()
         {
-            let (pending, with_ids) = self.register_tunnel(&version.cache.policy, svc, &req, &metadata, now);
+            let (pending, with_ids) = self.register_tunnel(svc, captured, now);
             let resp =
                 response::with_correlation(answer.to_message(), &pending.correlation, &pending.host, pending.port);
             answer = CheckAnswer::Message(Box::new(resp));
             facts = Some(with_ids);
         }
-        self.finish(&version, verdict, started, || {
-            facts.unwrap_or_else(|| RequestFacts::capture(&req, &metadata, &version.cache.policy))
-        });
+        self.finish(&version, verdict, started, || facts.unwrap_or_default());
         answer
     }
 
@@ -169,15 +178,12 @@ impl CheckState {
     /// its decision span will have (the tunnel decision becomes that span's child).
     fn register_tunnel(
         &self,
-        policy: &CompiledPolicy,
         svc: &crate::policy::ServiceInfo,
-        req: &CheckRequest,
-        metadata: &http::HeaderMap,
+        facts: RequestFacts,
         now: i64,
     ) -> (Arc<tunnel::PendingTunnel>, RequestFacts) {
         use crate::telemetry::record::Fact;
         use opentelemetry_sdk::trace::IdGenerator;
-        let facts = RequestFacts::capture(req, metadata, policy);
         let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
         let trace_id = self.propagators.parent(&facts).map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
         let span_id = ids.new_span_id();

@@ -187,10 +187,6 @@ impl LatencyHistogram {
         self.0.buckets[slot].fetch_add(1, Relaxed);
         self.0.sum_ns.fetch_add(ns, Relaxed);
     }
-
-    pub fn count(&self) -> u64 {
-        self.0.buckets.iter().map(|b| b.load(Relaxed)).sum()
-    }
 }
 
 impl TypedMetric for LatencyHistogram {

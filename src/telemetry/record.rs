@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tonic::codegen::http;
 
 use super::context::TRACE_HEADERS;
-use crate::authz::request::{header, socket_address, tls_sni, view};
+use crate::authz::request::{CheckView, header, socket_address, tls_sni, view};
 use crate::policy::fqdn::Host;
 use crate::policy::{CompiledPolicy, Protocol, Verdict};
 
@@ -53,6 +53,11 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// Reads `req` (and the Check call's `metadata`, for trace context) as `policy` would.
     pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> Self {
+        Self::from_view(view(req, policy).ok().as_ref(), req, metadata)
+    }
+
+    /// As `capture`, from the view the Check already made of `req` (`None`: it was malformed).
+    pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &http::HeaderMap) -> Self {
         let attrs = req.attributes.as_ref();
         let mut values: [Option<&str>; SLOTS] = Default::default();
         let mut facts = RequestFacts {
@@ -64,8 +69,7 @@ impl RequestFacts {
         };
         values[Fact::Sni as usize] = attrs.and_then(tls_sni);
         let ip_text;
-        let view = view(req, policy).ok();
-        if let Some(v) = &view {
+        if let Some(v) = view {
             facts.is_http = v.is_http;
             values[Fact::Principal as usize] = v.principal.as_deref();
             values[Fact::Method as usize] = Some(v.method);
