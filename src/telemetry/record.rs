@@ -139,28 +139,15 @@ impl RequestFacts {
         correlation: &str,
         ids: (opentelemetry::trace::TraceId, opentelemetry::trace::SpanId),
     ) -> Self {
-        let mut values: [Option<String>; SLOTS] = Default::default();
-        for (i, v) in values.iter_mut().enumerate() {
-            *v = self.slot(i).map(str::to_string);
-        }
-        values[Fact::Correlation as usize] = Some(correlation.to_string());
-        self.pack(values.each_ref().map(|v| v.as_deref()));
+        let mut values: [Option<&str>; SLOTS] = std::array::from_fn(|i| self.slot(i));
+        values[Fact::Correlation as usize] = Some(correlation);
+        (self.buf, self.slots) = packed(values);
         self.preset_ids = Some(ids);
         self
     }
 
     fn pack(&mut self, values: [Option<&str>; SLOTS]) {
-        let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
-        let mut slots: [Range<u32>; SLOTS] = Default::default();
-        for (slot, value) in slots.iter_mut().zip(values) {
-            if let Some(v) = value {
-                let start = buf.len() as u32;
-                buf.push_str(v);
-                *slot = start..buf.len() as u32;
-            }
-        }
-        self.buf = buf;
-        self.slots = slots;
+        (self.buf, self.slots) = packed(values);
     }
 
     fn slot(&self, i: usize) -> Option<&str> {
@@ -176,6 +163,20 @@ impl RequestFacts {
     pub fn trace_header(&self, name: &str) -> Option<&str> {
         TRACE_HEADERS.iter().position(|h| *h == name).and_then(|i| self.slot(FACTS + i))
     }
+}
+
+/// The present values in one buffer, and where each is.
+fn packed(values: [Option<&str>; SLOTS]) -> (String, [Range<u32>; SLOTS]) {
+    let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
+    let mut slots: [Range<u32>; SLOTS] = Default::default();
+    for (slot, value) in slots.iter_mut().zip(values) {
+        if let Some(v) = value {
+            let start = buf.len() as u32;
+            buf.push_str(v);
+            *slot = start..buf.len() as u32;
+        }
+    }
+    (buf, slots)
 }
 
 /// What the Check path hands over, per decision.
