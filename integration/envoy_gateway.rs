@@ -6,157 +6,29 @@ mod support {
     pub mod client;
     pub mod dns;
     pub mod envoy;
+    pub mod lab;
     pub mod otlp;
     pub mod pki;
     pub mod server;
     pub mod upstream;
 }
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use egressd::policy::{GatewayTracing, PolicySource};
 use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
 use support::client::{
     connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config, tls_config_h2,
 };
-use support::dns::{TestDns, start_dns};
-use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
+use support::lab::{CHECKOUT, GATEWAY_NAME, Lab, SEARCH, atomic_write, gateway_yaml};
 use support::otlp::Collector;
-use support::pki::{Ca, Issued};
-use support::server::{TestServer, http_get, start_full, start_with_telemetry, try_http_get};
-use support::upstream::{start_http, start_tls};
-
-const GATEWAY_NAME: &str = "egress-gateway.corp.example";
-const CHECKOUT: &str = "spiffe://corp.example/ns/checkout/sa/web";
-const SEARCH: &str = "spiffe://corp.example/ns/search/sa/indexer";
-
-struct Lab {
-    ca: Ca,
-    gateway: SocketAddr,
-    tls_gateway: SocketAddr,
-    http_upstream: SocketAddr,
-    tls_upstream: SocketAddr,
-    checkout: Issued,
-    search: Issued,
-    envoy: RunningEnvoy,
-    _egressd: TestServer,
-    _dns: TestDns,
-    _dir: tempfile::TempDir,
-}
+use support::pki::Ca;
 
 async fn lab() -> Lab {
-    lab_from(None).await
-}
-
-/// The lab; with `policy_dir`, egressd runs from (and watches) a copy of mesh-config/ there, whose
-/// Gateway document describes this lab's gateway.
-async fn lab_from(policy_dir: Option<&std::path::Path>) -> Lab {
-    lab_with(policy_dir, None).await
-}
-
-/// As `lab_from`; with `traced`, Envoy traces to that OTLP collector and egressd sends its
-/// decisions to that telemetry.
-async fn lab_with(policy_dir: Option<&std::path::Path>, traced: Option<(SocketAddr, Telemetry)>) -> Lab {
-    let dns = start_dns(&["api.partner.test", "admin.partner.test", "unknown.partner.test"]).await;
-    let ca = Ca::new("corp.example trust bundle");
-    let dir = tempfile::tempdir().unwrap();
-    let gw = ca.issue(&[GATEWAY_NAME], &[]);
-    let path = |n: &str| dir.path().join(n).display().to_string();
-    std::fs::write(path("gw.pem"), &gw.cert_pem).unwrap();
-    std::fs::write(path("gw.key"), &gw.key_pem).unwrap();
-    std::fs::write(path("bundle.pem"), &ca.pem).unwrap();
-    let upstream_cert = ca.issue(&["api.partner.test", "admin.partner.test"], &[]);
-    let http_upstream = start_http("http").await;
-    let tls_upstream = start_tls("tls", &upstream_cert).await;
-
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut spec = GatewaySpec::local(grpc);
-    spec.http_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
-    // The SNI forward proxy dials the TLS upstream's port.
-    spec.tls_upstream_port = tls_upstream.port();
-    spec.dns_resolvers = vec![dns.addr];
-    spec.mtls = Some(MtlsFiles {
-        certificate_chain: path("gw.pem"),
-        private_key: path("gw.key"),
-        trust_bundle: path("bundle.pem"),
-    });
-    let (collector, telemetry) = match traced {
-        Some((collector, telemetry)) => (Some(collector), telemetry),
-        None => (None, Telemetry::metrics_only()),
-    };
-    spec.tracing = collector.map(|collector| GatewayTracing {
-        collector,
-        sampling_percent: 100,
-        service_name: "egress-gateway".into(),
-    });
-    let egressd = match policy_dir {
-        None => {
-            let source = support::server::mesh_without_gateway();
-            start_with_telemetry(source, Some(spec.clone()), grpc, None, telemetry).await
-        }
-        Some(dir) => {
-            copy_mesh_config(dir);
-            std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
-            let source = PolicySource::from_dir(dir).unwrap();
-            start_full(source, None, grpc, Some(dir.to_path_buf())).await
-        }
-    };
-    let envoy = start_ads_envoy(egressd.grpc);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = matches!(try_http_get(envoy.admin, "/ready").await, Ok((200, _)));
-        if ready
-            && tokio::net::TcpStream::connect(spec.http_listen).await.is_ok()
-            && tokio::net::TcpStream::connect(spec.tls_listen.unwrap()).await.is_ok()
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gateway never became ready\n{}", envoy.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let checkout = ca.issue(&[], &[CHECKOUT]);
-    let search = ca.issue(&[], &[SEARCH]);
-    Lab {
-        ca,
-        gateway: spec.http_listen,
-        tls_gateway: spec.tls_listen.unwrap(),
-        http_upstream,
-        tls_upstream,
-        checkout,
-        search,
-        envoy,
-        _egressd: egressd,
-        _dns: dns,
-        _dir: dir,
-    }
-}
-
-impl Lab {
-    /// As `svid`: mTLS to the gateway, then `CONNECT api.partner.test:<tls upstream>`, answered 200.
-    async fn tunnel_to_tls_upstream(&self, svid: &Issued) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let mut conn = self.as_workload(svid).await;
-        let authority = format!("api.partner.test:{}", self.tls_upstream.port());
-        let (status, head) = connect_tunnel(&mut conn, &authority).await.unwrap();
-        assert_eq!(status, 200, "{head}\n{}", self.envoy.log());
-        conn
-    }
-
-    /// A TLS client trusting the lab's CA (for TLS inside a tunnel).
-    fn upstream_tls(&self) -> TlsConnector {
-        TlsConnector::from(tls_config(&self.ca.der, None))
-    }
-
-    async fn as_workload(&self, svid: &Issued) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        connect_gateway(self.gateway, GATEWAY_NAME, tls_config(&self.ca.der, Some(svid)))
-            .await
-            .expect("mTLS to the gateway")
-    }
+    Lab::start().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +183,7 @@ async fn http2_connect_tunnels_are_checked_too() {
         got.extend_from_slice(&chunk);
     }
     assert!(!String::from_utf8_lossy(&got).contains("upstream"), "plaintext never reached the upstream");
-    wait_for_log(&lab, "reason=not-tls").await;
+    lab.wait_for_log("reason=not-tls").await;
     // Denied: the CONNECT stream is answered 403 with the reason.
     let mut client = client.ready().await.unwrap();
     let req = http::Request::builder()
@@ -325,51 +197,14 @@ async fn http2_connect_tunnels_are_checked_too() {
     assert_eq!(resp.headers()["x-egressd-reason"], "service-deny");
 }
 
-fn copy_mesh_config(dir: &std::path::Path) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh-config");
-    for sub in ["", "services"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        for e in std::fs::read_dir(root.join(sub)).unwrap().flatten() {
-            if e.path().is_file() {
-                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
-            }
-        }
-    }
-}
-
-fn gateway_yaml(spec: &GatewaySpec, request_ms: u64) -> String {
-    let m = spec.mtls.as_ref().unwrap();
-    format!(
-        "kind: Gateway\nname: lab\nlisteners:\n  http: {}\n  tls: {}\ntlsUpstreamPort: {}\nmtls:\n  certificateChain: {}\n  privateKey: {}\n  trustBundle: {}\ndns:\n  resolvers: [{}]\ntimeouts:\n  requestMs: {request_ms}\n",
-        spec.http_listen,
-        spec.tls_listen.unwrap(),
-        spec.tls_upstream_port,
-        m.certificate_chain,
-        m.private_key,
-        m.trust_bundle,
-        spec.dns_resolvers[0]
-    )
-}
-
-/// Replaces a file the way editors do: write a sibling, then rename over it.
-fn atomic_write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-async fn admin_json(lab: &Lab, path: &str) -> serde_json::Value {
-    serde_json::from_str(&http_get(lab._egressd.admin, path).await.1).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_the_policy_changes_decisions_and_envoy_config_without_dropping_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = lab_from(Some(dir.path())).await;
+    let lab = Lab::builder().policy_dir(dir.path()).start().await;
     let admin_url = format!("http://admin.partner.test:{}/", lab.http_upstream.port());
     let mut conn = lab.as_workload(&lab.checkout).await;
     assert_eq!(proxy_get(&mut conn, &admin_url).await.unwrap().0, 403, "denied before the edit");
-    let before = admin_json(&lab, "/xds").await;
+    let before = lab.admin_json("/xds").await;
     let route_before = before["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"].as_str().unwrap().to_string();
     assert!(!route_before.is_empty(), "{before:#}");
     // An established tunnel, opened before the change.
@@ -387,7 +222,7 @@ async fn editing_the_policy_changes_decisions_and_envoy_config_without_dropping_
     atomic_write(&dir.path().join("gateway.yaml"), &gateway_yaml(&test_spec_from(&lab, dir.path()), 20_000));
     let t0 = tokio::time::Instant::now();
     let route_after = loop {
-        let v = admin_json(&lab, "/xds").await;
+        let v = lab.admin_json("/xds").await;
         let acked = v["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"].as_str().unwrap_or("").to_string();
         if acked != route_before && !acked.is_empty() {
             break acked;
@@ -408,11 +243,11 @@ async fn editing_the_policy_changes_decisions_and_envoy_config_without_dropping_
     assert_eq!(status, 200);
 
     // An invalid policy is rejected with FILE:LINE:COL and the previous one keeps serving.
-    let version = admin_json(&lab, "/policy").await["version"].clone();
+    let version = lab.admin_json("/policy").await["version"].clone();
     atomic_write(&checkout, &edited.replace("    justification: partner admin API, now in scope (CHK-77)\n", ""));
     let t1 = tokio::time::Instant::now();
     let err = loop {
-        let p = admin_json(&lab, "/policy").await;
+        let p = lab.admin_json("/policy").await;
         if p["lastReloadError"].is_object() {
             break p;
         }
@@ -424,7 +259,7 @@ async fn editing_the_policy_changes_decisions_and_envoy_config_without_dropping_
     assert!(message.contains("services/checkout.yaml:") && message.contains("no justification"), "{message}");
     let mut conn = lab.as_workload(&lab.checkout).await;
     assert_eq!(proxy_get(&mut conn, &admin_url).await.unwrap().0, 200, "still the last good policy");
-    let v = admin_json(&lab, "/xds").await;
+    let v = lab.admin_json("/xds").await;
     assert_eq!(v["nodes"][0]["types"]["RouteConfiguration"]["ackedVersion"], route_after.as_str());
 }
 
@@ -450,7 +285,7 @@ async fn envoys_span_and_the_decision_span_share_one_trace_as_parent_and_child()
     let collector = Collector::start().await;
     let config = TelemetryConfig { otlp: Some(OtlpConfig::new(collector.endpoint(), "egressd")), ..Default::default() };
     let (telemetry, _tasks) = Telemetry::start(config).unwrap();
-    let lab = lab_with(None, Some((collector.addr, telemetry))).await;
+    let lab = Lab::builder().traced(collector.addr, telemetry).start().await;
     let mut conn = lab.as_workload(&lab.checkout).await;
     let url = format!("http://api.partner.test:{}/traced", lab.http_upstream.port());
     let (status, resp) = proxy_get(&mut conn, &url).await.unwrap();
@@ -478,18 +313,6 @@ async fn envoys_span_and_the_decision_span_share_one_trace_as_parent_and_child()
     assert!(spans.iter().filter(|s| s.service == "egress-gateway" && s.trace_id() == decision.trace_id()).count() >= 2);
 }
 
-async fn wait_for_log(lab: &Lab, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let log = lab.envoy.log();
-        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-            return line.to_string();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no `{needle}` in the access log:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Domain fronting: CONNECT to an allowed name, then TLS for another name the upstream also serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
@@ -498,7 +321,7 @@ async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
     let tls = lab.upstream_tls();
     let fronted = tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await;
     assert!(fronted.is_err(), "the TLS handshake for the fronted name must not complete");
-    let line = wait_for_log(&lab, "reason=sni-mismatch").await;
+    let line = lab.wait_for_log("reason=sni-mismatch").await;
     assert!(line.contains("decision=deny") && line.contains("service=checkout"), "{line}");
 }
 
@@ -510,7 +333,7 @@ async fn a_tunnel_whose_tls_names_no_server_is_cut_as_sni_missing() {
     let tls = lab.upstream_tls();
     let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()); // rustls sends no SNI for an IP
     assert!(tls.connect(ip, conn).await.is_err(), "the tunnel is cut before any TLS completes");
-    let line = wait_for_log(&lab, "reason=sni-missing").await;
+    let line = lab.wait_for_log("reason=sni-missing").await;
     assert!(line.contains("decision=deny"), "{line}");
 }
 
@@ -525,7 +348,7 @@ async fn a_dry_run_service_tunnel_with_a_mismatching_sni_flows_and_is_recorded()
         exchange(&mut inner, "GET / HTTP/1.1\r\nhost: admin.partner.test\r\nconnection: close\r\n\r\n").await.unwrap();
     assert_eq!(status, 200, "{resp}");
     drop(inner); // the tunnel's access log line is written when it closes
-    let line = wait_for_log(&lab, "reason=sni-mismatch").await;
+    let line = lab.wait_for_log("reason=sni-mismatch").await;
     assert!(line.contains("decision=would-deny") && line.contains("service=search"), "{line}");
 }
 
@@ -542,7 +365,7 @@ async fn tunnel_tls_off_lets_an_opaque_tunnel_through_to_a_cidr_allow() {
         ),
     )
     .unwrap();
-    let lab = lab_from(Some(dir.path())).await;
+    let lab = Lab::builder().policy_dir(dir.path()).start().await;
     let svid = lab.ca.issue(&[], &[MIGRATOR]);
     let mut conn = lab.as_workload(&svid).await;
     let (status, head) = connect_tunnel(&mut conn, &format!("127.0.0.1:{}", lab.http_upstream.port())).await.unwrap();

@@ -12,14 +12,20 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
-use prost::Message;
+use prost::{Message, Name};
 
 use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
 use egressd::xds::resources;
+use egressd::xds::snapshot::Snapshot;
 
 fn decode<M: Message + Default>(r: &resources::Resource) -> M {
-    M::decode(r.any.value.as_slice()).unwrap()
+    decode_any(&r.any)
+}
+
+fn decode_any<M: Message + Default>(any: &Any) -> M {
+    M::decode(any.value.as_slice()).unwrap()
 }
 
 /// A copy of the HTTP listener whose HCM carries `route` inline, so the route is validated too.
@@ -40,25 +46,25 @@ fn with_inline_route(mut listener: Listener, route: RouteConfiguration, port: u1
     listener
 }
 
+/// Every resource of the gateway's snapshot (what ADS would serve) as static resources.
 fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
-    let mut clusters: Vec<Cluster> =
-        vec![decode(&resources::authz_cluster(spec)), decode(&resources::dfp_cluster(spec))];
-    clusters.extend(resources::otel_cluster(spec).map(|c| decode::<Cluster>(&c)));
-    clusters.push(decode(&egressd::xds::tunnel::tunnel_cluster()));
+    let snapshot = Snapshot::for_gateway(spec, "validate");
+    let all = |type_url: String| -> Vec<Any> {
+        snapshot.get(&type_url).map(|t| t.resources.values().map(|r| r.any.clone()).collect()).unwrap_or_default()
+    };
+    let mut clusters: Vec<Cluster> = all(Cluster::type_url()).iter().map(decode_any).collect();
     // The ADS source the HCM's RDS subscription names.
-    let mut xds = clusters[0].clone();
+    let mut xds: Cluster = decode(&resources::authz_cluster(spec));
     xds.name = "xds_cluster".into();
     if let Some(la) = xds.load_assignment.as_mut() {
         la.cluster_name = "xds_cluster".into();
     }
     clusters.push(xds);
-    let http: Listener = decode(&resources::http_listener(spec));
-    let route: RouteConfiguration = decode(&resources::http_route(spec));
-    let mut listeners = vec![with_inline_route(http.clone(), route, 19080), http];
-    if let Some(tls) = spec.tls_listen {
-        listeners.push(decode(&resources::tls_listener(spec, tls)));
-    }
-    listeners.push(decode(&egressd::xds::tunnel::tunnel_listener(spec)));
+    let mut listeners: Vec<Listener> = all(Listener::type_url()).iter().map(decode_any).collect();
+    let routes: Vec<RouteConfiguration> = all(RouteConfiguration::type_url()).iter().map(decode_any).collect();
+    assert_eq!(routes.len(), 1, "one route configuration");
+    let http = listeners.iter().find(|l| l.name == resources::HTTP_LISTENER).expect("the HTTP listener").clone();
+    listeners.push(with_inline_route(http, routes[0].clone(), 19080));
     let internal_listener =
         envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::default();
     Bootstrap {
@@ -146,10 +152,24 @@ fn a_broken_resource_is_rejected() {
     let mut bootstrap = bootstrap_for(&spec);
     let mut other = spec.clone();
     other.dns_max_hosts = 7;
-    bootstrap.static_resources.as_mut().unwrap().clusters[1] = decode(&resources::dfp_cluster(&other));
+    let clusters = &mut bootstrap.static_resources.as_mut().unwrap().clusters;
+    let dfp = clusters.iter_mut().find(|c| c.name == resources::DFP_CLUSTER).unwrap();
+    *dfp = decode(&resources::dfp_cluster(&other));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.pb");
     std::fs::write(&path, bootstrap.encode_to_vec()).unwrap();
     let err = support::envoy::validate(&path).expect_err("Envoy accepted mismatched DNS caches");
     assert!(err.contains("egress_dns_cache"), "rejected for another reason:\n{err}");
+}
+
+#[test]
+fn tls_originating_gateway_validates() {
+    // Envoy reads the trust bundle at validation: write a real one.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.corp.example".into()]).unwrap();
+    let bundle = dir.path().join("cas.pem");
+    std::fs::write(&bundle, ca.cert.pem()).unwrap();
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    spec.upstream_tls = Some(egressd::policy::UpstreamTls { trust_bundle: bundle.display().to_string() });
+    validate("upstream-tls", &spec);
 }

@@ -70,7 +70,14 @@ async fn allow_answers_ok_strips_xfcc_and_carries_metadata() {
     assert_eq!((meta(&resp, "service"), meta(&resp, "mode")), ("payments", "enforce"));
     assert!(meta(&resp, "policy_version").starts_with("sha256:"));
     let Some(check_response::HttpResponse::OkResponse(ok)) = &resp.http_response else { panic!("{resp:?}") };
-    assert_eq!(ok.headers_to_remove, ["x-forwarded-client-cert"]);
+    // The caller's identity and every internal header the answer does not set are removed.
+    assert_eq!(ok.headers_to_remove, ["x-forwarded-client-cert", "x-egress-tls-name"]);
+    // The gateway is told where the request goes: the authorized host and port (and, for this
+    // verified CONNECT, the tunnel's correlation).
+    let set: std::collections::HashMap<_, _> =
+        ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.as_str(), h.value.as_str())).collect();
+    assert_eq!((set.get("x-egress-host"), set.get("x-egress-port")), (Some(&"api.stripe.com"), Some(&"443")));
+    assert!(set.contains_key("x-egress-corr"), "{set:?}");
 }
 
 #[tokio::test]

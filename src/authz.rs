@@ -1,11 +1,15 @@
 //! The ext_authz gRPC service (`envoy.service.auth.v3.Authorization/Check`).
 //!
-//! Per request: read the policy through arc-swap (no lock), view the request, decide, answer. A
-//! request that cannot be understood is denied with a reason; this path never returns an RPC error.
-//! Allow answers come pre-encoded from a per-policy-version cache (see `cache`, `codec`).
+//! Per request: read the policy through arc-swap (no lock), then `checker::Checker` views the
+//! request, decides and answers. A CheckRequest that decodes but cannot be understood is denied
+//! with a reason; only bytes that are not a CheckRequest get an RPC error (INVALID_ARGUMENT).
+//! Permitted answers are written from a per-policy-version cache plus this request's forwarding
+//! headers (see `cache`, `forward`, `codec`).
 
 pub mod cache;
+pub mod checker;
 pub mod codec;
+pub mod forward;
 pub mod request;
 pub mod response;
 pub mod tunnel;
@@ -19,42 +23,40 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
-use crate::policy::{CompiledPolicy, Decision, Reason, SharedPolicy, Verdict, coarse_unix_now};
+use crate::contract::CHECK_KIND_METADATA;
+use crate::policy::{CompiledPolicy, Decision, Destination, SharedPolicy, Verdict, coarse_unix_now};
 use crate::rollout::breakglass::GrantStore;
 use crate::rollout::guard::RolloutTracker;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::DecisionCounters;
 use crate::telemetry::record::{CheckEvent, RequestFacts};
 use cache::ResponseCache;
+use checker::{Call, Checker, GatewayCaps};
 use codec::{CheckAnswer, CheckCodec};
 
 /// gRPC path of the one method this service serves.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-/// Decides one CheckRequest against `policy` and builds Envoy's answer as a message. The server
-/// answers through `answer` (same decision, cached encoding); this is the reference form.
+/// Decides one CheckRequest against `policy` alone and builds Envoy's answer as a message, as
+/// the generated gateway (which originates TLS) would be answered: the reference form.
 pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
-    match decide_and_build(policy, None, None, req, None, now).0 {
-        CheckAnswer::Message(m) => *m,
-        encoded => encoded.to_message(),
-    }
+    Checker::offline(policy).authorize(req, generated_gateway_call(), now)
 }
 
 /// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
 pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
-    decide_and_build(policy, None, None, req, None, now).1
+    Checker::offline(policy).check(req, generated_gateway_call(), now).verdict
 }
 
-/// Decides and answers, taking an encoded answer from `cache` when the decision has one, and
-/// letting an active break-glass grant in `grants` turn a deny into an allow.
-pub fn answer(
-    cache: &ResponseCache,
-    overrides: Option<&Overrides>,
-    req: &CheckRequest,
-    now: i64,
-) -> (CheckAnswer, Verdict) {
-    let (answer, verdict, _) = decide_and_build(&cache.policy, Some(cache), overrides, req, None, now);
-    (answer, verdict)
+/// Decides and answers with the answer cache (the server's path without its overrides).
+pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> (CheckAnswer, Verdict) {
+    let checked = Checker::cached(cache).check(req, generated_gateway_call(), now);
+    (checked.answer, checked.verdict)
+}
+
+/// A check from egressd's own generated gateway with upstream TLS configured.
+fn generated_gateway_call() -> Call<'static> {
+    Call { gateway: GatewayCaps { originates_tls: true }, ..Default::default() }
 }
 
 /// What changes a policy decision at run time: a tripped rollback guard (deny -> would-deny), then
@@ -67,49 +69,11 @@ pub struct Overrides {
     pub tunnels: Arc<tunnel::Tunnels>,
 }
 
-/// Decides and answers; with `capture` (the call's metadata), also copies the request's facts for
-/// telemetry and tunnel pairing from the same view (so the request is read once).
-fn decide_and_build(
-    policy: &CompiledPolicy,
-    cache: Option<&ResponseCache>,
-    overrides: Option<&Overrides>,
-    req: &CheckRequest,
-    capture: Option<&http::HeaderMap>,
-    now: i64,
-) -> (CheckAnswer, Verdict, Option<RequestFacts>) {
-    let view = match request::view(req, policy) {
-        Ok(v) => v,
-        Err(m) => {
-            let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
-            let resp = response::build(&decision, Err(&m), &policy.version, true);
-            let facts = capture.map(|md| RequestFacts::from_view(None, req, md));
-            return (CheckAnswer::Message(Box::new(resp)), decision.verdict(), facts);
-        }
-    };
-    let facts = capture.map(|md| RequestFacts::from_view(Some(&view), req, md));
-    let dest = view.destination.as_ref().map_err(Clone::clone);
-    let mut decision = policy.decide(view.principal.as_deref(), dest, view.request_id, now);
-    if let Some(overrides) = overrides {
-        decision = overrides.guard.apply(decision);
-        decision = overrides.grants.apply(decision, view.destination.as_ref().ok(), now);
+impl Overrides {
+    /// The one order of the overrides: the guard, then a grant.
+    pub fn apply<'p>(&self, decision: Decision<'p>, dest: Option<&Destination<'_>>, now: i64) -> Decision<'p> {
+        self.grants.apply(self.guard.apply(decision), dest, now)
     }
-    tracing::debug!(
-        decision = decision.outcome.as_str(),
-        reason = decision.reason.code(),
-        service = decision.service_name(),
-        rule = decision.rule_id(),
-        method = view.method,
-        path = view.path,
-        "check"
-    );
-    let verdict = decision.verdict();
-    if view.is_http
-        && let Some(bytes) = cache.and_then(|c| c.http_answer(&decision))
-    {
-        return (CheckAnswer::Encoded(bytes), verdict, facts);
-    }
-    let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http);
-    (CheckAnswer::Message(Box::new(resp)), verdict, facts)
 }
 
 /// Per policy version: its answer cache and its decision counters.
@@ -147,65 +111,19 @@ impl CheckState {
         let (metadata, _, req) = request.into_parts();
         let metadata = metadata.into_headers();
         let now = coarse_unix_now();
-        let kind = metadata.get(tunnel::CHECK_KIND_METADATA).and_then(|v| v.to_str().ok());
+        let kind = metadata.get(CHECK_KIND_METADATA).and_then(|v| v.to_str().ok());
         if let Some(start) = tunnel::TunnelStart::from_metadata(kind) {
             return self.tunnel_check(&version, &req, start, now, started);
         }
-        // Facts are needed for telemetry, and for pairing a CONNECT with its tunnel's check.
-        let connect = is_connect(&req);
-        let capture = (self.telemetry.records_decisions() || connect).then_some(&metadata);
-        let policy = &version.cache.policy;
-        let (mut answer, verdict, mut facts) =
-            decide_and_build(policy, Some(&version.cache), Some(&self.overrides), &req, capture, now);
-        // A CONNECT whose tunnel is verified: its answer carries the correlation for the tunnel check.
-        if let Some(svc) = verdict.service.map(|i| &policy.services[i as usize])
-            && verdict.outcome.permits()
-            && svc.tunnel_tls != crate::policy::TunnelTls::Off
-            && connect
-            && let Some(captured) = facts.take()
-        {
-            let (pending, with_ids) = self.register_tunnel(svc, captured, now);
-            let resp =
-                response::with_correlation(answer.to_message(), &pending.correlation, &pending.host, pending.port);
-            answer = CheckAnswer::Message(Box::new(resp));
-            facts = Some(with_ids);
-        }
-        self.finish(&version, verdict, started, || facts.unwrap_or_default());
-        answer
-    }
-
-    /// Registers a CONNECT for its tunnel check; returns it and the CONNECT's facts with the ids
-    /// its decision span will have (the tunnel decision becomes that span's child).
-    fn register_tunnel(
-        &self,
-        svc: &crate::policy::ServiceInfo,
-        facts: RequestFacts,
-        now: i64,
-    ) -> (Arc<tunnel::PendingTunnel>, RequestFacts) {
-        use crate::telemetry::record::Fact;
-        use opentelemetry_sdk::trace::IdGenerator;
-        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
-        let trace_id = self.propagators.parent(&facts).map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
-        let span_id = ids.new_span_id();
-        let principal = facts.get(Fact::Principal).unwrap_or_default().to_string();
-        let enforced = crate::rollout::enforces(svc, &principal, facts.get(Fact::RequestId))
-            && !self.overrides.guard.tripped().contains_key(&svc.name);
-        let pending = self.overrides.tunnels.register(
-            tunnel::NewTunnel {
-                host: facts.get(Fact::Host).unwrap_or_default().to_string(),
-                port: facts.port.unwrap_or(0),
-                service: svc.name.clone(),
-                principal,
-                tunnel_tls: svc.tunnel_tls,
-                mode: svc.mode,
-                enforced,
-                trace_id,
-                connect_span: span_id,
-            },
-            now,
-        );
-        let facts = facts.with_correlation(&pending.correlation, (trace_id, span_id));
-        (pending, facts)
+        let call = Call {
+            metadata: Some(&metadata),
+            gateway: GatewayCaps::from_metadata(&metadata),
+            capture: self.telemetry.records_decisions(),
+        };
+        let checked = Checker::serving(&version.cache, &self.overrides, &self.propagators).check(&req, call, now);
+        let facts = checked.facts;
+        self.finish(&version, checked.verdict, started, || facts.unwrap_or_default());
+        checked.answer
     }
 
     /// The gateway's check of a CONNECT tunnel's first bytes (see `tunnel`).
@@ -226,7 +144,8 @@ impl CheckState {
         let pending = correlation.and_then(|c| self.overrides.tunnels.take(c, now));
         let policy = &version.cache.policy;
         let decision = tunnel::decide(policy, pending.as_deref(), start, sni);
-        let resp = response::build(&decision, Err(&crate::policy::Malformed::NoDestination), &policy.version, false);
+        let resp =
+            response::build(&decision, Err(&crate::policy::Malformed::NoDestination), &policy.version, false, None);
         let verdict = decision.verdict();
         self.finish(version, verdict, started, || RequestFacts::tunnel(pending.as_deref(), sni, start));
         CheckAnswer::Message(Box::new(resp))
@@ -243,11 +162,6 @@ impl CheckState {
             self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });
         }
     }
-}
-
-fn is_connect(req: &CheckRequest) -> bool {
-    let method = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-    method.is_some_and(|h| h.method.eq_ignore_ascii_case("CONNECT"))
 }
 
 /// `envoy.service.auth.v3.Authorization` as a tower service, like tonic's generated server but with
@@ -334,8 +248,8 @@ mod tests {
         let mut cached = 0;
         for round in 0..2 {
             for req in &requests {
-                let got = answer(&cache, None, req, 0).0;
-                cached += usize::from(round == 1 && matches!(got, CheckAnswer::Encoded(_)));
+                let got = answer(&cache, req, 0).0;
+                cached += usize::from(round == 1 && matches!(got, CheckAnswer::Forwarded { .. }));
                 assert_eq!(got.to_message(), authorize(&policy, req, 0), "{req:?}");
             }
         }
@@ -361,7 +275,7 @@ mod tests {
             } else {
                 http_check(&principal, &method, &host, &[("x-forwarded-client-cert", &xfcc)])
             };
-            let resp = answer(&cache, None, &req, 0).0.to_message();
+            let resp = answer(&cache, &req, 0).0.to_message();
             let code = resp.status.as_ref().map(|s| s.code);
             proptest::prop_assert!(code == Some(0) || code == Some(7), "{:?}", code);
             proptest::prop_assert_eq!(resp, authorize(&policy, &req, 0));

@@ -15,6 +15,9 @@ pub enum AuthnError {
     NotSpiffe(String),
     #[error("caller identity belongs to another trust domain")]
     ForeignTrustDomain,
+    /// The identity would come from XFCC, and XFCC does not say it unambiguously.
+    #[error("{0}")]
+    Xfcc(#[from] xfcc::XfccError),
 }
 
 /// The subject of an `identities:` entry: one workload, or every workload under a path.

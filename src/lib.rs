@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod authz;
+pub mod contract;
 pub mod explain;
 pub mod identity;
 pub mod policy;

@@ -3,6 +3,7 @@
 //! Two phases, as in agentgateway and ztunnel: `load` + `model` describe what was written (serde,
 //! with source locations), `compile` checks meaning and builds the structures `decide` reads.
 
+pub mod addr;
 mod compile;
 mod compiled;
 mod decide;
@@ -24,7 +25,7 @@ pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, Rul
 pub use decide::Destination;
 pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
-pub use gateway::{GatewayConfig, GatewayTracing, MtlsPaths};
+pub use gateway::{GatewayConfig, GatewayTracing, MtlsPaths, UpstreamTls};
 pub use model::{Mode, Protocol, TunnelTls};
 pub use source::{PolicySource, SourceError};
 

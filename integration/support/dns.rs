@@ -1,6 +1,6 @@
 #![allow(dead_code)] // each test binary uses a subset of these helpers
 //! A real DNS server (hickory-server, in-process, UDP on loopback) answering the test FQDNs with
-//! 127.0.0.1, so Envoy's c-ares resolver looks them up the way it would in production.
+//! loopback addresses, so Envoy's c-ares resolver looks them up the way it would in production.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +19,12 @@ pub struct TestDns {
 
 /// Serves zone `test.` with an A record 127.0.0.1 for each of `names`.
 pub async fn start_dns(names: &[&str]) -> TestDns {
+    let names: Vec<(String, Ipv4Addr)> = names.iter().map(|n| (n.to_string(), Ipv4Addr::LOCALHOST)).collect();
+    start_dns_at(&names).await
+}
+
+/// Serves zone `test.` with an A record for each (name, address).
+pub async fn start_dns_at(names: &[(String, Ipv4Addr)]) -> TestDns {
     let origin = Name::from_ascii("test.").unwrap();
     let mut zone =
         InMemoryZoneHandler::<TokioRuntimeProvider>::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
@@ -32,9 +38,9 @@ pub async fn start_dns(names: &[&str]) -> TestDns {
         5,
     );
     zone.upsert_mut(Record::from_rdata(origin.clone(), 5, RData::SOA(soa)), 1);
-    for name in names {
+    for (name, ip) in names {
         let fqdn = Name::from_ascii(format!("{name}.")).unwrap();
-        zone.upsert_mut(Record::from_rdata(fqdn, 5, RData::A(A(Ipv4Addr::LOCALHOST))), 1);
+        zone.upsert_mut(Record::from_rdata(fqdn, 5, RData::A(A(*ip))), 1);
     }
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);

@@ -106,6 +106,11 @@ pub fn start_ads_envoy(xds: std::net::SocketAddr) -> RunningEnvoy {
         .replace("port_value: 9901", &format!("port_value: {}", admin.port()))
         .replace("port_value: 18000", &format!("port_value: {}", xds.port()));
     assert_ne!(config, template, "the bootstrap template's ports were rewritten");
+    spawn(dir, admin, &config)
+}
+
+/// Writes `config` into `dir` and starts Envoy on it, logging to `dir/log`.
+fn spawn(dir: tempfile::TempDir, admin: std::net::SocketAddr, config: &str) -> RunningEnvoy {
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
@@ -123,4 +128,12 @@ impl RunningEnvoy {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
     }
+}
+
+/// Starts Envoy with a static `config` (YAML); `ADMIN_PORT` in it is replaced by a free port.
+pub fn start_static_envoy(config: &str) -> RunningEnvoy {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    assert!(config.contains("ADMIN_PORT"), "the config names its admin port as ADMIN_PORT");
+    spawn(dir, admin, &config.replace("ADMIN_PORT", &admin.port().to_string()))
 }

@@ -1,8 +1,9 @@
 //! A gRPC codec for Check whose responses may be bytes encoded ahead of time.
 //!
 //! Most answers are allows, and an allow's CheckResponse depends only on the rule, its service and
-//! the policy version, so it is encoded once (see `cache`) and written as-is. tonic's stock codec
-//! would rebuild and re-encode the message (a metadata Struct of six strings) on every request.
+//! the policy version, but for where the request goes, so its core is encoded once (see `cache`)
+//! and written as-is, followed by the forwarding headers in wire format (`forward`). tonic's stock
+//! codec would rebuild and re-encode the message (a metadata Struct of six strings) every time.
 
 use bytes::{BufMut, Bytes};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -10,21 +11,36 @@ use prost::Message;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-/// An answer to Check: already-encoded bytes of a CheckResponse, or a message to encode now.
+use super::forward::Forward;
+
+/// An answer to Check: a cached, encoded core plus where the request goes (permitted HTTP
+/// checks, see `forward`), or a message to encode now.
 #[derive(Debug, Clone)]
 pub enum CheckAnswer {
-    Encoded(Bytes),
+    Forwarded { core: Bytes, forward: Forward },
     Message(Box<CheckResponse>),
 }
 
 impl CheckAnswer {
-    /// The answer as a message (tests, tools); decodes cached bytes.
+    /// The answer as a message (tests, tools); decodes the encoded pieces.
     pub fn to_message(&self) -> CheckResponse {
         match self {
-            CheckAnswer::Encoded(b) => {
-                CheckResponse::decode(b.as_ref()).expect("cached answers are valid CheckResponses")
-            }
+            CheckAnswer::Forwarded { .. } => CheckResponse::decode(self.encode_to_vec().as_slice())
+                .expect("encoded answers are valid CheckResponses"),
             CheckAnswer::Message(m) => (**m).clone(),
+        }
+    }
+
+    /// The answer's wire form.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            CheckAnswer::Forwarded { core, forward } => {
+                let mut out = Vec::with_capacity(core.len() + forward.encoded_len());
+                out.extend_from_slice(core);
+                forward.encode_after_core(&mut out);
+                out
+            }
+            CheckAnswer::Message(m) => m.encode_to_vec(),
         }
     }
 }
@@ -59,8 +75,9 @@ impl Encoder for AnswerEncoder {
 
     fn encode(&mut self, item: CheckAnswer, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            CheckAnswer::Encoded(bytes) => {
-                buf.put_slice(&bytes);
+            CheckAnswer::Forwarded { core, forward } => {
+                buf.put_slice(&core);
+                forward.encode_after_core(buf);
                 Ok(())
             }
             CheckAnswer::Message(msg) => {

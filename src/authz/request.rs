@@ -9,14 +9,17 @@ use std::borrow::Cow;
 use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context::HttpRequest};
 
-use crate::identity::xfcc;
-use crate::policy::fqdn::{Host, normalize_host, parse_authority};
+use super::checker::GatewayCaps;
+use crate::identity::xfcc::{self, XfccError};
+use crate::policy::fqdn::{Host, normalize_sni, parse_authority};
 use crate::policy::{CompiledPolicy, Destination, Malformed, Protocol};
 
 /// Everything the decision needs from a CheckRequest, borrowed where possible.
 #[derive(Debug)]
 pub struct CheckView<'a> {
-    pub principal: Option<Cow<'a, str>>,
+    /// The peer principal, or (when the policy trusts it) the nearest XFCC hop's URI; `Err` when
+    /// XFCC is trusted, present and does not name the nearest hop unambiguously.
+    pub principal: Result<Option<Cow<'a, str>>, XfccError>,
     pub destination: Result<Destination<'a>, Malformed>,
     pub request_id: Option<&'a str>,
     /// HTTP method (empty for network checks); recorded, not decided on.
@@ -28,20 +31,24 @@ pub struct CheckView<'a> {
 
 /// Reads a CheckRequest against the policy: XFCC is used when the peer principal is empty and the
 /// policy trusts it; TLS checks on the policy's gateway listeners get the upstream port.
-pub fn view<'a>(req: &'a CheckRequest, policy: &CompiledPolicy) -> Result<CheckView<'a>, Malformed> {
+pub fn view<'a>(
+    req: &'a CheckRequest,
+    policy: &CompiledPolicy,
+    gateway: GatewayCaps,
+) -> Result<CheckView<'a>, Malformed> {
     let trust_xfcc = policy.trust_forwarded_client_cert;
     let attrs = req.attributes.as_ref().ok_or(Malformed::NoAttributes)?;
     let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
     let source_principal = attrs.source.as_ref().map(|s| s.principal.as_str()).filter(|p| !p.is_empty());
     let principal = match (source_principal, http) {
-        (Some(p), _) => Some(Cow::Borrowed(p)),
-        (None, Some(http)) if trust_xfcc => header(http, "x-forwarded-client-cert").and_then(xfcc::last_uri),
-        _ => None,
+        (Some(p), _) => Ok(Some(Cow::Borrowed(p))),
+        (None, Some(http)) if trust_xfcc => header(http, "x-forwarded-client-cert").map(xfcc::last_uri).transpose(),
+        _ => Ok(None),
     };
     Ok(match http {
         Some(http) => CheckView {
             principal,
-            destination: http_destination(http),
+            destination: http_destination(http, gateway),
             request_id: header(http, "x-request-id").or(Some(http.id.as_str()).filter(|id| !id.is_empty())),
             method: &http.method,
             path: &http.path,
@@ -70,7 +77,7 @@ pub fn header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
         .and_then(|h| if h.value.is_empty() { std::str::from_utf8(&h.raw_value).ok() } else { Some(h.value.as_str()) })
 }
 
-fn http_destination(http: &HttpRequest) -> Result<Destination<'_>, Malformed> {
+fn http_destination(http: &HttpRequest, gateway: GatewayCaps) -> Result<Destination<'_>, Malformed> {
     let authority = Some(http.host.as_str())
         .filter(|h| !h.is_empty())
         .or_else(|| header(http, ":authority"))
@@ -84,6 +91,13 @@ fn http_destination(http: &HttpRequest) -> Result<Destination<'_>, Malformed> {
         return Ok(Destination { host, port, protocol });
     }
     let https = http.scheme.eq_ignore_ascii_case("https");
+    if !https && !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
+        return Err(Malformed::UnknownScheme(http.scheme.chars().take(16).collect()));
+    }
+    // Decided as https (port 443) only where the gateway will speak TLS to the destination.
+    if https && !gateway.originates_tls {
+        return Err(Malformed::HttpsNotOriginated);
+    }
     let protocol = if https { Protocol::Https } else { Protocol::Http };
     let port = port.unwrap_or(if https { 443 } else { 80 });
     Ok(Destination { host, port, protocol })
@@ -94,7 +108,7 @@ fn network_destination<'a>(attrs: &'a AttributeContext, policy: &CompiledPolicy)
     let socket = attrs.destination.as_ref().and_then(|d| socket_address(d.address.as_ref()));
     match (sni, socket) {
         (Some(sni), socket) => {
-            let host = normalize_host(sni)?;
+            let host = normalize_sni(sni)?;
             let (ip, port) = socket.ok_or(Malformed::NoPort)?;
             let port = policy.tls_upstream_port(std::net::SocketAddr::new(ip, port)).unwrap_or(port);
             Ok(Destination { host, port, protocol: Protocol::Tls })
@@ -116,7 +130,8 @@ pub fn tls_sni(attrs: &AttributeContext) -> Option<&str> {
 
 pub fn socket_address(addr: Option<&Address>) -> Option<(std::net::IpAddr, u16)> {
     let Some(address::Address::SocketAddress(sa)) = addr?.address.as_ref() else { return None };
-    let ip = sa.address.parse().ok()?;
+    // Embedded IPv4 (`::ffff:a.b.c.d`) is matched, and listeners compared, as IPv4.
+    let ip = crate::policy::addr::canonical(sa.address.parse().ok()?);
     let port = match sa.port_specifier {
         Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok().filter(|p| *p != 0)?,
         _ => return None,

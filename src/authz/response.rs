@@ -10,43 +10,44 @@ use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use envoy_types::pb::google::rpc::Status;
 
+use super::forward::Forward;
+use crate::contract::{INTERNAL_HEADERS, REASON_HEADER, XFCC_HEADER};
 use crate::policy::{Decision, Destination, Malformed};
 
 /// gRPC status codes (google.rpc.Code) Envoy reads from a CheckResponse.
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
 
-pub const REASON_HEADER: &str = "x-egressd-reason";
-pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
-
-/// Builds the answer to Envoy. `dest` is `Err` when the destination could not be parsed.
+/// Builds the answer to Envoy. `dest` is `Err` when the destination could not be parsed;
+/// `forward` is where a permitted HTTP request goes (required for those answers to route).
 pub fn build(
     decision: &Decision<'_>,
     dest: Result<&Destination<'_>, &Malformed>,
     version: &str,
     is_http: bool,
+    forward: Option<&Forward>,
 ) -> CheckResponse {
-    let metadata = metadata(decision, version);
     if decision.outcome.permits() {
-        return CheckResponse {
-            status: Some(Status { code: OK, ..Default::default() }),
-            dynamic_metadata: Some(metadata),
-            http_response: is_http.then(|| {
-                check_response::HttpResponse::OkResponse(OkHttpResponse {
-                    // A client's own x-egress-corr/-host/-port must never reach the tunnel's filter state.
-                    headers_to_remove: std::iter::once(XFCC_HEADER)
-                        .chain(super::tunnel::INTERNAL_HEADERS)
-                        .map(str::to_string)
-                        .collect(),
-                    ..Default::default()
-                })
-            }),
-        };
+        let mut resp = ok_core(decision, version);
+        if is_http {
+            resp.http_response = Some(check_response::HttpResponse::OkResponse(OkHttpResponse::default()));
+            match forward {
+                Some(f) => f.apply(&mut resp),
+                // Nowhere to send it: remove the internal headers, so none of a client's survive.
+                None => {
+                    if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.http_response.as_mut() {
+                        ok.headers_to_remove =
+                            std::iter::once(XFCC_HEADER).chain(INTERNAL_HEADERS).map(str::to_string).collect();
+                    }
+                }
+            }
+        }
+        return resp;
     }
     let code = decision.reason.code();
     CheckResponse {
         status: Some(Status { code: PERMISSION_DENIED, message: code.to_string(), ..Default::default() }),
-        dynamic_metadata: Some(metadata),
+        dynamic_metadata: Some(metadata(decision, version)),
         http_response: is_http.then(|| {
             check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
                 status: Some(HttpStatus { code: StatusCode::Forbidden as i32 }),
@@ -54,6 +55,16 @@ pub fn build(
                 body: deny_body(decision, dest),
             })
         }),
+    }
+}
+
+/// A permitted answer without its HTTP part: status and metadata. Depends only on the decision's
+/// rule, service and mode, so `cache` encodes it once per policy version.
+pub fn ok_core(decision: &Decision<'_>, version: &str) -> CheckResponse {
+    CheckResponse {
+        status: Some(Status { code: OK, ..Default::default() }),
+        dynamic_metadata: Some(metadata(decision, version)),
+        http_response: None,
     }
 }
 
@@ -72,23 +83,6 @@ fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>
         body.push_str(&format!("rule: {} ({})\n", rule.id, rule.loc.short()));
     }
     body
-}
-
-/// Adds the tunnel correlation and the authorized host and port to an OK answer (overwriting
-/// whatever the client sent).
-pub fn with_correlation(mut resp: CheckResponse, correlation: &str, host: &str, port: u16) -> CheckResponse {
-    use super::tunnel::{CORRELATION_HEADER, HOST_HEADER, PORT_HEADER};
-    if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.http_response.as_mut() {
-        ok.headers_to_remove.retain(|h| !super::tunnel::INTERNAL_HEADERS.contains(&h.as_str()));
-        for (k, v) in [(CORRELATION_HEADER, correlation), (HOST_HEADER, host), (PORT_HEADER, &port.to_string())] {
-            let mut h = header(k, v);
-            h.append_action =
-                envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
-                    as i32;
-            ok.headers.push(h);
-        }
-    }
-    resp
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {

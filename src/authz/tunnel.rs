@@ -19,20 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwapOption;
 use opentelemetry::trace::{SpanId, TraceId};
 
-use crate::policy::fqdn::{Host, normalize_host};
+use crate::contract::{CHECK_KIND_TUNNEL_RAW, CHECK_KIND_TUNNEL_TLS};
+use crate::policy::fqdn::{Host, normalize_sni};
 use crate::policy::{CompiledPolicy, Decision, Mode, Outcome, Reason, TunnelTls};
-
-/// Response header carrying the correlation from the CONNECT check into the tunnel check.
-pub const CORRELATION_HEADER: &str = "x-egress-corr";
-/// Response headers carrying the authorized (normalized) CONNECT host and port: the tunnel is
-/// dialed there, never to what the client's SNI names.
-pub const HOST_HEADER: &str = "x-egress-host";
-pub const PORT_HEADER: &str = "x-egress-port";
-/// Headers only egressd may set: removed from every OK answer that does not set them.
-pub const INTERNAL_HEADERS: [&str; 3] = [CORRELATION_HEADER, HOST_HEADER, PORT_HEADER];
-/// gRPC metadata the gateway's tunnel checks carry: `tunnel-tls` (the tunnel starts with TLS) or
-/// `tunnel-raw` (it does not).
-pub const CHECK_KIND_METADATA: &str = "x-egressd-check";
 
 const SLOTS: u64 = 65_535;
 const TTL_SECONDS: i64 = 60;
@@ -58,7 +47,8 @@ pub struct NewTunnel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTunnel {
     generation: u32,
-    pub correlation: String,
+    /// The correlation the tunnel check presents as its destination address (`127.G.G.G:P`).
+    pub correlation: SocketAddr,
     pub created_unix: i64,
     connect: NewTunnel,
 }
@@ -93,7 +83,7 @@ impl Tunnels {
         let slot = seq % SLOTS;
         let generation = (xxhash_rust::xxh3::xxh3_64(&(seq ^ self.salt).to_le_bytes()) & 0xff_ffff) as u32;
         let [_, a, b, c] = generation.to_be_bytes();
-        let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16).to_string();
+        let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16);
         let pending = Arc::new(PendingTunnel { generation, correlation, created_unix: now, connect: t });
         self.slots[slot as usize].store(Some(pending.clone()));
         pending
@@ -131,8 +121,8 @@ impl TunnelStart {
     /// From the Check call's `x-egressd-check` metadata; `None` for every other check.
     pub fn from_metadata(value: Option<&str>) -> Option<Self> {
         match value? {
-            "tunnel-tls" => Some(TunnelStart::Tls),
-            "tunnel-raw" => Some(TunnelStart::NotTls),
+            CHECK_KIND_TUNNEL_TLS => Some(TunnelStart::Tls),
+            CHECK_KIND_TUNNEL_RAW => Some(TunnelStart::NotTls),
             _ => None,
         }
     }
@@ -152,7 +142,7 @@ pub fn decide<'p>(
         (_, TunnelStart::NotTls, _) => Some(Reason::NotTls),
         (TunnelTls::AllowAnyTls, TunnelStart::Tls, _) => None,
         (TunnelTls::RequireMatchingSni, TunnelStart::Tls, None) => Some(Reason::SniMissing),
-        (TunnelTls::RequireMatchingSni, TunnelStart::Tls, Some(sni)) => match normalize_host(sni) {
+        (TunnelTls::RequireMatchingSni, TunnelStart::Tls, Some(sni)) => match normalize_sni(sni) {
             Ok(Host::Name(n)) if n == p.host => None,
             Ok(other) => Some(Reason::SniMismatch { connect: p.host.clone(), sni: other.to_string() }),
             Err(_) => Some(Reason::SniMismatch { connect: p.host.clone(), sni: sni.to_string() }),
@@ -199,11 +189,11 @@ mod tests {
         let a = t.register(new("a.test"), 100);
         let b = t.register(new("b.test"), 100);
         assert_ne!(a.correlation, b.correlation);
-        let addr: SocketAddr = a.correlation.parse().unwrap();
+        let addr = a.correlation;
         assert!(addr.ip().is_loopback());
         assert_eq!(t.take(addr, 101).unwrap().host, "a.test");
         assert!(t.take(addr, 101).is_none(), "replay fails");
-        let b_addr: SocketAddr = b.correlation.parse().unwrap();
+        let b_addr = b.correlation;
         // Same slot, another generation: a guess or a stale value.
         let IpAddr::V4(b_ip) = b_addr.ip() else { panic!("v4") };
         let forged = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from(b_ip) ^ 1)), b_addr.port());

@@ -389,7 +389,12 @@ impl<'d> Compiler<'d> {
             }
         } else if let Some(c) = &r.cidr {
             match parse_cidr(c.value.trim()) {
-                Ok(net) => Dest::Cidr(net),
+                Ok(net) => {
+                    if ctx != RuleContext::Deny {
+                        self.warn_ipv4_images(SourceLoc::of(file, c), net);
+                    }
+                    Dest::Cidr(net)
+                }
                 Err(e) => {
                     self.diags.error(SourceLoc::of(file, c), e);
                     Dest::Any
@@ -559,6 +564,19 @@ impl<'d> Compiler<'d> {
         debug_assert_eq!(idx as usize, self.rules.len());
         info.index = self.rules.len();
         self.rules.push(info);
+    }
+
+    /// An IPv6 allow that holds embedded IPv4 addresses (`::/0`, `::ffff:0:0/96`) also allows
+    /// those IPv4 addresses: requests are matched in canonical form (`addr`). Say so.
+    fn warn_ipv4_images(&mut self, loc: SourceLoc, net: IpNet) {
+        let images = super::addr::ipv4_images(net);
+        if !images.is_empty() {
+            let list = images.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+            self.diags.warning(
+                loc,
+                format!("`{net}` holds IPv4-mapped/NAT64/compatible addresses, so it also allows IPv4 {list}"),
+            );
+        }
     }
 
     /// Nested claims (`/ns/ci/*` and `/ns/ci/sa/deployer` in different services) are legal: the

@@ -42,6 +42,14 @@ pub enum Malformed {
     ConnectWithoutPort,
     #[error("destination has no port")]
     NoPort,
+    /// An `https://` proxy request (not a CONNECT) through a gateway that does not originate TLS:
+    /// it would leave in plaintext, so it is not what its scheme asks for.
+    #[error(
+        "an https:// proxy request needs the gateway to originate TLS, and this gateway does not (Gateway upstreamTls): send a CONNECT instead (curl -x does)"
+    )]
+    HttpsNotOriginated,
+    #[error("scheme `{0}` is not http or https")]
+    UnknownScheme(String),
     #[error("{0}")]
     Host(#[from] HostError),
 }
@@ -87,6 +95,7 @@ impl Reason {
             Reason::NoMatchingAllow => "no-matching-allow",
             Reason::Unauthenticated(_) => "unauthenticated",
             Reason::UnknownService => "unknown-service",
+            Reason::Malformed(Malformed::HttpsNotOriginated | Malformed::UnknownScheme(_)) => "unsupported-scheme",
             Reason::Malformed(_) => "malformed-request",
             Reason::BreakGlass(_) => "break-glass",
             Reason::SniMismatch { .. } => "sni-mismatch",

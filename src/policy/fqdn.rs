@@ -39,6 +39,8 @@ pub enum HostError {
     BadPort,
     #[error("malformed IPv6 literal")]
     BadIpv6,
+    #[error("a TLS server name must be ASCII (internationalized names travel as xn-- A-labels)")]
+    NonAsciiServerName,
 }
 
 /// A destination as named by a request: a DNS name in canonical form, or an IP address.
@@ -88,16 +90,22 @@ pub fn parse_authority(authority: &str) -> Result<(Host<'_>, Option<u16>), HostE
             "" => None,
             _ => Some(parse_port(after.strip_prefix(':').ok_or(HostError::BadIpv6)?)?),
         };
-        return Ok((Host::Ip(IpAddr::V6(ip)), port));
+        return Ok((ipv6_host(ip), port));
     }
     match authority.rfind(':') {
         // More than one colon and no brackets: only a bare IPv6 address is acceptable.
         Some(i) if authority[..i].contains(':') => {
-            authority.parse::<Ipv6Addr>().map(|ip| (Host::Ip(IpAddr::V6(ip)), None)).map_err(|_| HostError::BadIpv6)
+            authority.parse::<Ipv6Addr>().map(|ip| (ipv6_host(ip), None)).map_err(|_| HostError::BadIpv6)
         }
         Some(i) => Ok((normalize_host(&authority[..i])?, Some(parse_port(&authority[i + 1..])?))),
         None => Ok((normalize_host(authority)?, None)),
     }
+}
+
+/// An IPv6 literal as a destination: an embedded IPv4 address (`::ffff:a.b.c.d`) is that IPv4
+/// address (see `addr`).
+fn ipv6_host(ip: Ipv6Addr) -> Host<'static> {
+    Host::Ip(super::addr::canonical(IpAddr::V6(ip)))
 }
 
 /// A port in 1..=65535, digits only (no sign, no spaces).
@@ -169,6 +177,16 @@ fn check_dns_shape(name: &str) -> Result<(), HostError> {
         return Err(HostError::NumericTld);
     }
     Ok(())
+}
+
+/// A TLS server name (SNI) as a destination. RFC 6066 carries it as ASCII A-labels; a client
+/// that sends Unicode bytes there is not speaking TLS as any server would read it, so it is
+/// malformed rather than mapped (a name the check would map is not the name the server sees).
+pub fn normalize_sni(sni: &str) -> Result<Host<'_>, HostError> {
+    if !sni.is_ascii() {
+        return Err(HostError::NonAsciiServerName);
+    }
+    normalize_host(sni)
 }
 
 /// A host pattern from policy: an exact name, or `*.suffix` (one or more labels before `suffix`).
@@ -292,6 +310,14 @@ mod tests {
         assert_eq!(parse_authority("[::1]:443").unwrap(), (Host::Ip("::1".parse().unwrap()), Some(443)));
         assert_eq!(parse_authority("fd00::1").unwrap(), (Host::Ip("fd00::1".parse().unwrap()), None));
         assert_eq!(parse_authority("[fd00::1]x"), Err(HostError::BadIpv6));
+        // IPv4 inside IPv6 is IPv4: the same deny applies to both spellings.
+        assert_eq!(
+            parse_authority("[::ffff:169.254.169.254]:443").unwrap().0,
+            Host::Ip("169.254.169.254".parse().unwrap())
+        );
+        assert_eq!(parse_authority("::ffff:a9fe:a9fe").unwrap().0, Host::Ip("169.254.169.254".parse().unwrap()));
+        assert_eq!(parse_authority("[64:ff9b::10.30.0.5]").unwrap().0, Host::Ip("10.30.0.5".parse().unwrap()));
+        assert_eq!(parse_authority("[::1]:443").unwrap().0, Host::Ip("::1".parse().unwrap()));
     }
 
     #[test]

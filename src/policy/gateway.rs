@@ -50,8 +50,18 @@ pub struct GatewayConfig {
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub tracing: Option<GatewayTracing>,
+    /// Originate TLS for `https://` proxy requests (verifying destinations against this bundle).
+    pub upstream_tls: Option<UpstreamTls>,
     #[serde(skip)]
     pub loc: SourceLoc,
+}
+
+/// TLS the gateway originates for `https://` proxy requests: SNI and certificate name are the
+/// host egressd authorized; the chain must verify against `trust_bundle` (a PEM file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    pub trust_bundle: String,
 }
 
 fn addr(file: &Arc<str>, v: &Spanned<String>, what: &str, diags: &mut Diagnostics) -> Option<SocketAddr> {
@@ -199,6 +209,14 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
                 let service_name =
                     service_name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("egress-gateway-{name}"));
                 Some(GatewayTracing { collector, sampling_percent, service_name })
+            }),
+            upstream_tls: d.upstream_tls.as_ref().and_then(|u| {
+                let path = u.trust_bundle.value.trim();
+                if path.is_empty() {
+                    diags.error(SourceLoc::of(file, &u.trust_bundle), "upstreamTls.trustBundle names no file");
+                    return None;
+                }
+                Some(UpstreamTls { trust_bundle: path.to_string() })
             }),
             loc: g.loc.clone(),
         });

@@ -147,16 +147,28 @@ impl Matcher {
         rule
     }
 
+    /// Adds a CIDR rule. It is keyed under the CIDR and under the IPv4 networks whose embedded
+    /// IPv6 forms it holds (`addr::ipv4_images`), because requests are matched in canonical form.
     pub fn add_cidr(&mut self, table: TableId, net: IpNet, c: RuleConstraints) -> RuleIdx {
         let rule = self.add_rule(c);
+        let images = super::addr::ipv4_images(net).into_iter().map(IpNet::V4);
+        for net in std::iter::once(net).chain(images) {
+            self.key_cidr(table, net, rule);
+        }
+        rule
+    }
+
+    fn key_cidr(&mut self, table: TableId, net: IpNet, rule: RuleIdx) {
         let (v6, len, addr) = cidr_parts(net);
         let lens = if v6 { &mut self.tables[table as usize].v6_lens } else { &mut self.tables[table as usize].v4_lens };
         if !lens.contains(&len) {
             lens.push(len);
             lens.sort_unstable_by(|a, b| b.cmp(a));
         }
-        self.cidrs.entry(CidrKey { table, v6, len, addr }).or_default().push(rule);
-        rule
+        let rules = self.cidrs.entry(CidrKey { table, v6, len, addr }).or_default();
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
     }
 
     pub fn add_any(&mut self, table: TableId, c: RuleConstraints) -> RuleIdx {

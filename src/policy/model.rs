@@ -209,6 +209,16 @@ pub struct GatewayDoc {
     pub timeouts: Option<GatewayTimeoutsDoc>,
     #[serde(default)]
     pub tracing: Option<GatewayTracingDoc>,
+    #[serde(default)]
+    pub upstream_tls: Option<GatewayUpstreamTlsDoc>,
+}
+
+/// TLS the gateway originates for `https://` proxy requests.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayUpstreamTlsDoc {
+    /// CA bundle (PEM) that verifies destinations' certificates.
+    pub trust_bundle: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

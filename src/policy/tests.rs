@@ -344,3 +344,17 @@ fn gateway_documents_compile_and_validate_with_locations() {
     let node_twice = "kind: Gateway\nname: a\nnodes: [n]\nlisteners: {http: 127.0.0.1:1}\n---\nkind: Gateway\nname: b\nnodes: [n]\nlisteners: {http: 127.0.0.1:2}\n";
     assert!(errors(node_twice).iter().any(|e| e.contains("node `n` is already served by Gateway `a`")));
 }
+
+/// IPv6 policy CIDRs match the canonical (IPv4) form of the IPv4 addresses they hold.
+#[test]
+fn ipv6_cidrs_holding_ipv4_addresses_match_them_as_ipv4() {
+    let text = "kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - cidr: ::ffff:10.30.0.0/120\n    justification: x\n---\nkind: ServicePolicy\nservice: s\nidentities: [spiffe://corp.example/ns/s/sa/a]\nallow:\n  - cidr: ::/0\n    justification: everything\n";
+    let p = compile(&PolicySource::from_text("v6.yaml", text), NOW).unwrap();
+    let s = "spiffe://corp.example/ns/s/sa/a";
+    assert_eq!(outcome(&p, s, "10.30.0.7", 443, Tcp).1, "mesh-deny", "::ffff:10.30.0.0/120 is 10.30.0.0/24");
+    assert_eq!(outcome(&p, s, "[::ffff:10.30.0.7]", 443, Tcp).1, "mesh-deny");
+    assert_eq!(outcome(&p, s, "10.31.0.7", 443, Tcp).1, "allowed", "::/0 holds all mapped addresses");
+    assert_eq!(outcome(&p, s, "[2001:db8::1]", 443, Tcp).1, "allowed");
+    let warning = p.warnings.iter().map(|w| w.to_string()).find(|w| w.contains("::/0")).expect("a warning for ::/0");
+    assert!(warning.contains("v6.yaml:11:11") && warning.contains("0.0.0.0/0"), "{warning}");
+}

@@ -53,7 +53,7 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// Reads `req` (and the Check call's `metadata`, for trace context) as `policy` would.
     pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> Self {
-        Self::from_view(view(req, policy).ok().as_ref(), req, metadata)
+        Self::from_view(view(req, policy, Default::default()).ok().as_ref(), req, metadata)
     }
 
     /// As `capture`, from the view the Check already made of `req` (`None`: it was malformed).
@@ -71,7 +71,7 @@ impl RequestFacts {
         let ip_text;
         if let Some(v) = view {
             facts.is_http = v.is_http;
-            values[Fact::Principal as usize] = v.principal.as_deref();
+            values[Fact::Principal as usize] = v.principal.as_ref().ok().and_then(|p| p.as_deref());
             values[Fact::Method as usize] = Some(v.method);
             values[Fact::RequestId as usize] = v.request_id;
             if let Ok(d) = &v.destination {
@@ -113,11 +113,12 @@ impl RequestFacts {
     ) -> Self {
         let mut values: [Option<&str>; SLOTS] = Default::default();
         let traceparent = pending.map(|p| format!("00-{}-{}-01", p.trace_id, p.connect_span));
+        let correlation = pending.map(|p| p.correlation.to_string()).unwrap_or_default();
         values[Fact::Sni as usize] = sni;
         if let Some(p) = pending {
             values[Fact::Principal as usize] = Some(&p.principal);
             values[Fact::Host as usize] = Some(&p.host);
-            values[Fact::Correlation as usize] = Some(&p.correlation);
+            values[Fact::Correlation as usize] = Some(correlation.as_str());
             values[FACTS] = traceparent.as_deref();
         }
         let mut facts = RequestFacts {

@@ -34,6 +34,8 @@ pub struct GatewaySpec {
     pub trust_forwarded_client_cert: bool,
     /// Envoy's own tracing (OpenTelemetry tracer to an OTLP collector), if configured.
     pub tracing: Option<crate::policy::GatewayTracing>,
+    /// TLS origination for `https://` proxy requests; without it they are denied.
+    pub upstream_tls: Option<crate::policy::UpstreamTls>,
 }
 
 impl GatewaySpec {
@@ -54,6 +56,7 @@ impl GatewaySpec {
             request_timeout_ms: 30_000,
             trust_forwarded_client_cert: false,
             tracing: None,
+            upstream_tls: None,
         }
     }
 }
@@ -76,6 +79,7 @@ impl GatewaySpec {
             request_timeout_ms: cfg.request_timeout_ms,
             trust_forwarded_client_cert: false,
             tracing: cfg.tracing.clone(),
+            upstream_tls: cfg.upstream_tls.clone(),
         }
     }
 }

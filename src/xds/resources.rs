@@ -5,7 +5,11 @@
 //! * cluster `egress_dfp`: dynamic forward proxy, DNS through c-ares at the configured resolvers.
 //! * listener `egress_http`: HTTP proxy + CONNECT (HTTP/1.1 and HTTP/2), ext_authz, DFP, router;
 //!   mTLS with a required, verified client certificate when the spec names certificate files.
-//! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel, everything else proxied.
+//! * cluster `egress_dfp_tls` (when the Gateway has `upstreamTls`): the same, with TLS originated
+//!   to the destination for `https://` proxy requests.
+//! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel (or, verified, through the
+//!   tunnel listener), `https://` proxy requests to the TLS DFP cluster, everything else proxied;
+//!   always to the host and port egressd authorized (see `contract`).
 //! * listener `egress_tls` (optional): TLS by SNI: tls_inspector, network ext_authz, SNI DFP, tcp_proxy.
 //! * cluster `egress_otel_collector` (when the Gateway has `tracing`): the OTLP collector Envoy's
 //!   OpenTelemetry tracer exports to; the HTTP listener traces requests and, through its ext_authz
@@ -14,9 +18,10 @@
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, Http1ProtocolOptions,
-    Http2ProtocolOptions, SocketAddress, SubstitutionFormatString, TransportSocket, TypedExtensionConfig, address,
-    config_source, data_source, grpc_service, socket_address, substitution_format_string, transport_socket,
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, GrpcService, HeaderValue,
+    Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, SubstitutionFormatString, TransportSocket,
+    TypedExtensionConfig, UpstreamHttpProtocolOptions, address, config_source, data_source, grpc_service,
+    socket_address, substitution_format_string, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -25,8 +30,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, header_matcher, route,
-    route_action, route_match,
+    DirectResponseAction, HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::config::trace::v3::{self as tracing_v3, OpenTelemetryConfig};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
@@ -50,7 +55,8 @@ use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_pr
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, common_tls_context,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, UpstreamTlsContext,
+    common_tls_context,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::v3::Percent;
@@ -59,9 +65,13 @@ use envoy_types::util::pack_any;
 use prost::Name;
 
 use super::gateway::GatewaySpec;
+use crate::contract::{
+    CORRELATION_HEADER, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE,
+};
 
 pub const AUTHZ_CLUSTER: &str = "egressd_authz";
 pub const DFP_CLUSTER: &str = "egress_dfp";
+pub const DFP_TLS_CLUSTER: &str = "egress_dfp_tls";
 pub const HTTP_LISTENER: &str = "egress_http";
 pub const HTTP_ROUTE: &str = "egress_http";
 pub const TLS_LISTENER: &str = "egress_tls";
@@ -204,14 +214,19 @@ fn tracing(spec: &GatewaySpec) -> Option<http_connection_manager::Tracing> {
 
 /// Dynamic forward proxy: upstream hosts are the authorized destinations, resolved on demand.
 pub fn dfp_cluster(spec: &GatewaySpec) -> Resource {
+    resource(DFP_CLUSTER, dfp_cluster_named(DFP_CLUSTER, spec))
+}
+
+/// A dynamic forward proxy cluster on the gateway's one DNS cache.
+fn dfp_cluster_named(name: &str, spec: &GatewaySpec) -> Cluster {
     let config = ClusterConfig {
         cluster_implementation_specifier: Some(cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(
             dns_cache(spec),
         )),
         ..Default::default()
     };
-    let c = Cluster {
-        name: DFP_CLUSTER.to_string(),
+    Cluster {
+        name: name.to_string(),
         connect_timeout: Some(millis(spec.connect_timeout_ms)),
         lb_policy: cluster::LbPolicy::ClusterProvided as i32,
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(cluster::CustomClusterType {
@@ -219,8 +234,50 @@ pub fn dfp_cluster(spec: &GatewaySpec) -> Resource {
             typed_config: Some(pack_any(config)),
         })),
         ..Default::default()
+    }
+}
+
+/// The dynamic forward proxy for `https://` proxy requests: TLS to the destination, its
+/// certificate verified against the Gateway's `upstreamTls.trustBundle`. SNI and the name checked
+/// in the certificate come from egressd's answer (`x-egress-tls-name`, through set_filter_state),
+/// which overrides the cluster's auto SNI and SAN validation from the Host header.
+pub fn dfp_tls_cluster(spec: &GatewaySpec) -> Option<Resource> {
+    let tls = spec.upstream_tls.as_ref()?;
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext { trusted_ca: file(&tls.trust_bundle), ..Default::default() },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
-    resource(DFP_CLUSTER, c)
+    let options = HttpProtocolOptions {
+        upstream_http_protocol_options: Some(UpstreamHttpProtocolOptions {
+            auto_sni: true,
+            auto_san_validation: true,
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                        Http1ProtocolOptions::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    let c = Cluster {
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".to_string(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+        }),
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), pack_any(options))].into_iter().collect(),
+        ..dfp_cluster_named(DFP_TLS_CLUSTER, spec)
+    };
+    Some(resource(DFP_TLS_CLUSTER, c))
 }
 
 pub(super) fn grpc_authz_service(spec: &GatewaySpec) -> GrpcService {
@@ -308,8 +365,17 @@ fn downstream_mtls(spec: &GatewaySpec, alpn: &[&str]) -> Option<TransportSocket>
 
 /// The HTTP egress listener: plain proxy requests and CONNECT tunnels, each checked by egressd.
 pub fn http_listener(spec: &GatewaySpec) -> Resource {
+    let mut authz_service = grpc_authz_service(spec);
+    if spec.upstream_tls.is_some() {
+        // Tells egressd that `https://` proxy requests leave with TLS (else it denies them).
+        authz_service.initial_metadata = vec![HeaderValue {
+            key: UPSTREAM_TLS_METADATA.to_string(),
+            value: UPSTREAM_TLS_ORIGINATE.to_string(),
+            ..Default::default()
+        }];
+    }
     let ext_authz = HttpExtAuthz {
-        services: Some(http_ext_authz::Services::GrpcService(grpc_authz_service(spec))),
+        services: Some(http_ext_authz::Services::GrpcService(authz_service)),
         transport_api_version: ApiVersion::V3 as i32,
         // Fail closed: egressd down means no egress.
         failure_mode_allow: false,
@@ -320,6 +386,10 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
     };
     let dfp = HttpDfpConfig {
         implementation_specifier: Some(http_dfp_config::ImplementationSpecifier::DnsCacheConfig(dns_cache(spec))),
+        // Resolve and dial the host:port egressd authorized (x-egress-host/-port, through
+        // set_filter_state), not the request's own authority: no parsing differential between
+        // what was decided and where the request goes, and no default port of Envoy's choosing.
+        allow_dynamic_host_from_filter_state: true,
         ..Default::default()
     };
     let hcm = HttpConnectionManager {
@@ -356,6 +426,12 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         },
         access_log: access_log("envoy.filters.http.ext_authz", false),
         tracing: tracing(spec),
+        // Every workload is an external client: the gateway generates each request's
+        // x-request-id (canary shares hash it), so a client cannot choose its bucket. Envoy 1.33+
+        // treats no address as internal; XFF is not appended (workload addresses stay inside).
+        use_remote_address: Some(BoolValue { value: true }),
+        skip_xff_append: true,
+        preserve_external_request_id: false,
         ..Default::default()
     };
     let listener = Listener {
@@ -413,7 +489,7 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                             route_match::ConnectMatcher::default(),
                         )),
                         headers: vec![HeaderMatcher {
-                            name: crate::authz::tunnel::CORRELATION_HEADER.to_string(),
+                            name: CORRELATION_HEADER.to_string(),
                             header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
                             ..Default::default()
                         }],
@@ -433,6 +509,26 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                     action: Some(to(DFP_CLUSTER, true)),
                     ..Default::default()
                 },
+                // An https:// proxy request egressd permitted: TLS to the authorized host.
+                Route {
+                    name: "proxy-tls".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                        headers: vec![HeaderMatcher {
+                            name: TLS_NAME_HEADER.to_string(),
+                            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    action: Some(if spec.upstream_tls.is_some() {
+                        to(DFP_TLS_CLUSTER, false)
+                    } else {
+                        // egressd never permits one without upstream TLS; should it, fail closed.
+                        route::Action::DirectResponse(DirectResponseAction { status: 403, ..Default::default() })
+                    }),
+                    ..Default::default()
+                },
                 Route {
                     name: "proxy".to_string(),
                     r#match: Some(RouteMatch {
@@ -443,6 +539,8 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                     ..Default::default()
                 },
             ],
+            // egressd's headers are for the gateway's filters, never for the destination.
+            request_headers_to_remove: INTERNAL_HEADERS.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         }],
         ..Default::default()

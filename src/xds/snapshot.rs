@@ -102,6 +102,9 @@ impl Snapshot {
         // CONNECT tunnels whose service verifies them are checked in the internal tunnel listener.
         list.push((cluster.clone(), super::tunnel::tunnel_cluster()));
         list.push((Listener::type_url(), super::tunnel::tunnel_listener(spec)));
+        if let Some(tls) = resources::dfp_tls_cluster(spec) {
+            list.push((cluster.clone(), tls));
+        }
         if let Some(otel) = resources::otel_cluster(spec) {
             list.push((cluster, otel));
         }

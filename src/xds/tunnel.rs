@@ -45,7 +45,10 @@ use super::gateway::GatewaySpec;
 use super::resources::{
     DFP_CLUSTER, Resource, access_log, dns_cache, grpc_authz_service, http_filter, network_filter, resource,
 };
-use crate::authz::tunnel::{CHECK_KIND_METADATA, CORRELATION_HEADER, HOST_HEADER, PORT_HEADER};
+use crate::contract::{
+    CHECK_KIND_METADATA, CHECK_KIND_TUNNEL_RAW, CHECK_KIND_TUNNEL_TLS, CORRELATION_HEADER, HOST_HEADER, PORT_HEADER,
+    TLS_NAME_HEADER,
+};
 
 pub const TUNNEL_LISTENER: &str = "egress_tunnel";
 pub const TUNNEL_CLUSTER: &str = "egress_tunnel";
@@ -63,8 +66,9 @@ fn format(text: &str) -> SubstitutionFormatString {
     }
 }
 
-/// After ext_authz in the HTTP listener: hands the authorized destination and the correlation to
-/// the internal connection into the tunnel listener (ONCE: that connection only).
+/// After ext_authz in the HTTP listener: hands the authorized destination to the forward proxy
+/// (every permitted request), the correlation to the internal connection into the tunnel listener,
+/// and the TLS name to an originated upstream TLS connection (ONCE: that connection only).
 pub fn set_filter_state_filter() -> HttpFilter {
     let value = |key: &str, text: &str, skip_if_empty: bool| FilterStateValue {
         key: Some(filter_state_value::Key::ObjectKey(key.to_string())),
@@ -79,6 +83,9 @@ pub fn set_filter_state_filter() -> HttpFilter {
             value("envoy.upstream.dynamic_port", &format!("%REQ({PORT_HEADER})%"), true),
             value("envoy.filters.listener.original_dst.local_ip", &format!("%REQ({CORRELATION_HEADER})%"), true),
             value("envoy.filters.listener.original_dst.remote_ip", "%DOWNSTREAM_REMOTE_ADDRESS%", false),
+            // TLS origination (`https://` proxy requests): SNI and the certificate name to verify.
+            value("envoy.network.upstream_server_name", &format!("%REQ({TLS_NAME_HEADER})%"), true),
+            value("envoy.network.upstream_subject_alt_names", &format!("%REQ({TLS_NAME_HEADER})%"), true),
         ],
         ..Default::default()
     };
@@ -176,10 +183,10 @@ pub fn tunnel_listener(spec: &GatewaySpec) -> Resource {
             listener_filter("envoy.filters.listener.original_dst", pack_any(OriginalDst::default())),
         ],
         filter_chains: vec![chain(
-            "tunnel-tls",
+            CHECK_KIND_TUNNEL_TLS,
             Some(FilterChainMatch { transport_protocol: "tls".to_string(), ..Default::default() }),
         )],
-        default_filter_chain: Some(chain("tunnel-raw", None)),
+        default_filter_chain: Some(chain(CHECK_KIND_TUNNEL_RAW, None)),
         ..Default::default()
     };
     resource(TUNNEL_LISTENER, l)

@@ -1,0 +1,269 @@
+#![allow(dead_code)] // each test binary uses a subset of these helpers
+//! The gateway lab: egressd, and Envoy 1.40 configured only by egressd's ADS; workloads with
+//! SPIFFE SVIDs over mTLS; test FQDNs resolved by a real DNS server; real HTTP and TLS upstreams
+//! on loopback. `Lab::builder()` picks the policy and the gateway's options.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_rustls::TlsConnector;
+
+use egressd::policy::{GatewayTracing, PolicySource, UpstreamTls};
+use egressd::telemetry::Telemetry;
+use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
+
+use super::client::{connect_gateway, connect_tunnel, tls_config};
+use super::dns::{TestDns, start_dns_at};
+use super::envoy::{RunningEnvoy, free_port, start_ads_envoy};
+use super::pki::{Ca, Issued};
+use super::server::{TestServer, http_get, start_full, start_with_telemetry, try_http_get};
+use super::upstream::{start_http, start_tls};
+
+pub const GATEWAY_NAME: &str = "egress-gateway.corp.example";
+pub const CHECKOUT: &str = "spiffe://corp.example/ns/checkout/sa/web";
+pub const SEARCH: &str = "spiffe://corp.example/ns/search/sa/indexer";
+
+/// Names the lab's DNS answers with 127.0.0.1.
+const LOOPBACK_NAMES: [&str; 4] =
+    ["api.partner.test", "admin.partner.test", "unknown.partner.test", "billing-api.partner.test"];
+
+pub struct Lab {
+    pub ca: Ca,
+    pub gateway: SocketAddr,
+    pub tls_gateway: SocketAddr,
+    pub http_upstream: SocketAddr,
+    pub tls_upstream: SocketAddr,
+    pub checkout: Issued,
+    pub search: Issued,
+    pub envoy: RunningEnvoy,
+    pub egressd: TestServer,
+    /// Whether workloads reach the gateway over mTLS (else plaintext, no identity of their own).
+    pub mtls: bool,
+    pub dir: tempfile::TempDir,
+    _dns: TestDns,
+}
+
+/// How to build a lab.
+#[derive(Default)]
+pub struct LabBuilder {
+    policy_dir: Option<PathBuf>,
+    own_policy: bool,
+    plaintext: bool,
+    upstream_tls: bool,
+    traced: Option<(SocketAddr, Telemetry)>,
+    names: Vec<(String, Ipv4Addr)>,
+}
+
+impl LabBuilder {
+    /// egressd runs from (and watches) `dir`: a copy of mesh-config/ plus whatever `dir` already
+    /// holds, and a Gateway document describing this lab's gateway.
+    pub fn policy_dir(mut self, dir: &Path) -> Self {
+        self.policy_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// With `policy_dir`: `dir` holds the whole policy (no copy of mesh-config/).
+    pub fn own_policy(mut self) -> Self {
+        self.own_policy = true;
+        self
+    }
+
+    /// The HTTP listener without mTLS: identity can only come from a forwarded XFCC.
+    pub fn plaintext(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
+    /// The gateway originates TLS for `https://` proxy requests (trusting the lab's CA).
+    pub fn upstream_tls(mut self) -> Self {
+        self.upstream_tls = true;
+        self
+    }
+
+    /// Envoy traces to `collector`; egressd sends its decisions to `telemetry`.
+    pub fn traced(mut self, collector: SocketAddr, telemetry: Telemetry) -> Self {
+        self.traced = Some((collector, telemetry));
+        self
+    }
+
+    /// The DNS also answers `name` with `ip` (a loopback address of the test's own).
+    pub fn name(mut self, name: &str, ip: Ipv4Addr) -> Self {
+        self.names.push((name.to_string(), ip));
+        self
+    }
+
+    pub async fn start(self) -> Lab {
+        let mut names: Vec<(String, Ipv4Addr)> =
+            LOOPBACK_NAMES.iter().map(|n| (n.to_string(), Ipv4Addr::LOCALHOST)).collect();
+        names.extend(self.names.iter().cloned());
+        let dns = start_dns_at(&names).await;
+        let ca = Ca::new("corp.example trust bundle");
+        let dir = tempfile::tempdir().unwrap();
+        let gw = ca.issue(&[GATEWAY_NAME], &[]);
+        let path = |n: &str| dir.path().join(n).display().to_string();
+        std::fs::write(path("gw.pem"), &gw.cert_pem).unwrap();
+        std::fs::write(path("gw.key"), &gw.key_pem).unwrap();
+        std::fs::write(path("bundle.pem"), &ca.pem).unwrap();
+        let upstream_cert = ca.issue(&["api.partner.test", "admin.partner.test"], &[]);
+        let http_upstream = start_http("http").await;
+        let tls_upstream = start_tls("tls", &upstream_cert).await;
+
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut spec = GatewaySpec::local(grpc);
+        spec.http_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        // The SNI forward proxy dials the TLS upstream's port.
+        spec.tls_upstream_port = tls_upstream.port();
+        spec.dns_resolvers = vec![dns.addr];
+        spec.mtls = (!self.plaintext).then(|| MtlsFiles {
+            certificate_chain: path("gw.pem"),
+            private_key: path("gw.key"),
+            trust_bundle: path("bundle.pem"),
+        });
+        spec.upstream_tls = self.upstream_tls.then(|| UpstreamTls { trust_bundle: path("bundle.pem") });
+        let (collector, telemetry) = match self.traced {
+            Some((collector, telemetry)) => (Some(collector), telemetry),
+            None => (None, Telemetry::metrics_only()),
+        };
+        spec.tracing = collector.map(|collector| GatewayTracing {
+            collector,
+            sampling_percent: 100,
+            service_name: "egress-gateway".into(),
+        });
+        let egressd = match &self.policy_dir {
+            None => {
+                let source = super::server::mesh_without_gateway();
+                start_with_telemetry(source, Some(spec.clone()), grpc, None, telemetry).await
+            }
+            Some(dir) => {
+                if !self.own_policy {
+                    copy_mesh_config(dir);
+                }
+                std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
+                let source = PolicySource::from_dir(dir).unwrap();
+                start_full(source, None, grpc, Some(dir.to_path_buf())).await
+            }
+        };
+        let envoy = start_ads_envoy(egressd.grpc);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = matches!(try_http_get(envoy.admin, "/ready").await, Ok((200, _)));
+            if ready
+                && tokio::net::TcpStream::connect(spec.http_listen).await.is_ok()
+                && tokio::net::TcpStream::connect(spec.tls_listen.unwrap()).await.is_ok()
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready\n{}", envoy.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let checkout = ca.issue(&[], &[CHECKOUT]);
+        let search = ca.issue(&[], &[SEARCH]);
+        Lab {
+            ca,
+            gateway: spec.http_listen,
+            tls_gateway: spec.tls_listen.unwrap(),
+            http_upstream,
+            tls_upstream,
+            checkout,
+            search,
+            envoy,
+            egressd,
+            mtls: !self.plaintext,
+            dir,
+            _dns: dns,
+        }
+    }
+}
+
+impl Lab {
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// The example policy and an mTLS gateway.
+    pub async fn start() -> Lab {
+        Lab::builder().start().await
+    }
+
+    /// As `svid`: mTLS to the gateway, then `CONNECT api.partner.test:<tls upstream>`, answered 200.
+    pub async fn tunnel_to_tls_upstream(
+        &self,
+        svid: &Issued,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut conn = self.as_workload(svid).await;
+        let authority = format!("api.partner.test:{}", self.tls_upstream.port());
+        let (status, head) = connect_tunnel(&mut conn, &authority).await.unwrap();
+        assert_eq!(status, 200, "{head}\n{}", self.envoy.log());
+        conn
+    }
+
+    /// A TLS client trusting the lab's CA (for TLS inside a tunnel).
+    pub fn upstream_tls(&self) -> TlsConnector {
+        TlsConnector::from(tls_config(&self.ca.der, None))
+    }
+
+    pub async fn as_workload(&self, svid: &Issued) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        connect_gateway(self.gateway, GATEWAY_NAME, tls_config(&self.ca.der, Some(svid)))
+            .await
+            .expect("mTLS to the gateway")
+    }
+
+    /// The first access log line containing `needle` (waits up to 15 s: tunnels log at close).
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let log = self.envoy.log();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no `{needle}` in the access log:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&http_get(self.egressd.admin, path).await.1).unwrap()
+    }
+}
+
+pub fn copy_mesh_config(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh-config");
+    for sub in ["", "services"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        for e in std::fs::read_dir(root.join(sub)).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), dir.join(sub).join(e.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+/// The Gateway document of `spec` (the lab's gateway), with its request timeout.
+pub fn gateway_yaml(spec: &GatewaySpec, request_ms: u64) -> String {
+    let mut doc = format!(
+        "kind: Gateway\nname: lab\nlisteners:\n  http: {}\n  tls: {}\ntlsUpstreamPort: {}\ndns:\n  resolvers: [{}]\ntimeouts:\n  requestMs: {request_ms}\n",
+        spec.http_listen,
+        spec.tls_listen.unwrap(),
+        spec.tls_upstream_port,
+        spec.dns_resolvers[0]
+    );
+    if let Some(m) = &spec.mtls {
+        doc += &format!(
+            "mtls:\n  certificateChain: {}\n  privateKey: {}\n  trustBundle: {}\n",
+            m.certificate_chain, m.private_key, m.trust_bundle
+        );
+    }
+    if let Some(t) = &spec.upstream_tls {
+        doc += &format!("upstreamTls:\n  trustBundle: {}\n", t.trust_bundle);
+    }
+    doc
+}
+
+/// Replaces a file the way editors do: write a sibling, then rename over it.
+pub fn atomic_write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

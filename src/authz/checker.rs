@@ -1,0 +1,207 @@
+//! One check, start to finish: view the request once, decide, apply the run-time overrides, pair a
+//! verified CONNECT with its coming tunnel check, and produce Envoy's answer, the verdict and the
+//! request's facts for telemetry. The server, the reference form used by tests and benchmarks,
+//! and the offline tools all go through `Checker::check`, so they cannot disagree.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tonic::codegen::http;
+
+use super::cache::ResponseCache;
+use super::codec::CheckAnswer;
+use super::forward::Forward;
+use super::request::{self, CheckView};
+use super::{Overrides, response, tunnel};
+use crate::contract::{UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
+use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
+use crate::telemetry::context::Propagators;
+use crate::telemetry::record::{Fact, RequestFacts};
+
+/// What the gateway that sent a check can do with a permitted request, from the Check call's
+/// gRPC metadata (the generated gateway declares it; another gateway declares nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayCaps {
+    /// It originates TLS for `https://` proxy requests (Gateway `upstreamTls`).
+    pub originates_tls: bool,
+}
+
+impl GatewayCaps {
+    pub fn from_metadata(metadata: &http::HeaderMap) -> Self {
+        let originate =
+            metadata.get(UPSTREAM_TLS_METADATA).is_some_and(|v| v.as_bytes() == UPSTREAM_TLS_ORIGINATE.as_bytes());
+        GatewayCaps { originates_tls: originate }
+    }
+}
+
+/// The call around a CheckRequest: its metadata (trace context) and the gateway's capabilities.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Call<'m> {
+    pub metadata: Option<&'m http::HeaderMap>,
+    pub gateway: GatewayCaps,
+    /// Copy the request's facts for telemetry.
+    pub capture: bool,
+}
+
+/// The outcome of one check.
+pub struct Checked {
+    pub answer: CheckAnswer,
+    pub verdict: Verdict,
+    /// The request's facts, when the call asked for them (or a tunnel was registered).
+    pub facts: Option<RequestFacts>,
+}
+
+/// Checks requests against one policy version.
+pub struct Checker<'a> {
+    policy: &'a CompiledPolicy,
+    /// Encoded cores of permitted answers (None: every answer is built as a message).
+    cache: Option<&'a ResponseCache>,
+    overrides: Option<&'a Overrides>,
+    propagators: Option<&'a Propagators>,
+}
+
+impl<'a> Checker<'a> {
+    /// The policy alone: no cache, no run-time overrides, no tunnel pairing (tests, tools).
+    pub fn offline(policy: &'a CompiledPolicy) -> Self {
+        Checker { policy, cache: None, overrides: None, propagators: None }
+    }
+
+    /// What the server runs: cached answers, the overrides and tunnel pairing.
+    pub fn serving(cache: &'a ResponseCache, overrides: &'a Overrides, propagators: &'a Propagators) -> Self {
+        Checker {
+            policy: &cache.policy,
+            cache: Some(cache),
+            overrides: Some(overrides),
+            propagators: Some(propagators),
+        }
+    }
+
+    /// As `offline`, with the answer cache (tests of the cached path).
+    pub fn cached(cache: &'a ResponseCache) -> Self {
+        Checker { policy: &cache.policy, cache: Some(cache), overrides: None, propagators: None }
+    }
+
+    pub fn check(&self, req: &CheckRequest, call: Call<'_>, now: i64) -> Checked {
+        let empty = http::HeaderMap::new();
+        let metadata = call.metadata.unwrap_or(&empty);
+        let policy = self.policy;
+        let view = match request::view(req, policy, call.gateway) {
+            Ok(v) => v,
+            Err(m) => {
+                let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
+                let resp = response::build(&decision, Err(&m), &policy.version, true, None);
+                let facts = call.capture.then(|| RequestFacts::from_view(None, req, metadata));
+                return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
+            }
+        };
+        let decision = self.decide(&view, now);
+        tracing::debug!(
+            decision = decision.outcome.as_str(),
+            reason = decision.reason.code(),
+            service = decision.service_name(),
+            rule = decision.rule_id(),
+            method = view.method,
+            path = view.path,
+            "check"
+        );
+        let verdict = decision.verdict();
+        let connect = view.method.eq_ignore_ascii_case("CONNECT");
+        let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
+        let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
+        let mut facts = (call.capture || registers_tunnel).then(|| RequestFacts::from_view(Some(&view), req, metadata));
+        let Ok(dest) = &view.destination else {
+            // A permitted decision always has a destination; a deny names it as unparseable.
+            let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
+            return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict, facts };
+        };
+        let correlation = match (registers_tunnel, tunnel_service, self.overrides, facts.take()) {
+            (true, Some(svc), Some(overrides), Some(captured)) => {
+                let (correlation, with_ids) = self.register_tunnel(overrides, svc, captured, now);
+                facts = Some(with_ids);
+                Some(correlation)
+            }
+            (_, _, _, taken) => {
+                facts = taken;
+                None
+            }
+        };
+        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation);
+        Checked { answer, verdict, facts: facts.filter(|_| call.capture) }
+    }
+
+    /// The reference answer as a message (tests and benchmarks compare the server's with it).
+    pub fn authorize(&self, req: &CheckRequest, call: Call<'_>, now: i64) -> CheckResponse {
+        self.check(req, call, now).answer.to_message()
+    }
+
+    /// The policy's decision, then the run-time overrides (see `Overrides::apply`).
+    fn decide(&self, view: &CheckView<'_>, now: i64) -> Decision<'a> {
+        let dest = view.destination.as_ref().map_err(Clone::clone);
+        let decision = match &view.principal {
+            Ok(principal) => self.policy.decide(principal.as_deref(), dest, view.request_id, now),
+            Err(xfcc) => Decision::hard_deny(Reason::Unauthenticated((*xfcc).into())),
+        };
+        match self.overrides {
+            Some(overrides) => overrides.apply(decision, view.destination.as_ref().ok(), now),
+            None => decision,
+        }
+    }
+
+    /// Envoy's answer. Permitted HTTP answers say where the request goes (`forward`), on top of
+    /// the cached core when the decision has one.
+    fn answer(
+        &self,
+        decision: &Decision<'_>,
+        dest: &Destination<'_>,
+        is_http: bool,
+        proxied: bool,
+        correlation: Option<SocketAddr>,
+    ) -> CheckAnswer {
+        let version = &self.policy.version;
+        if !(is_http && decision.outcome.permits()) {
+            return CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, is_http, None)));
+        }
+        // An `https://` proxy request (not a CONNECT) is sent on with TLS the gateway originates.
+        let originate_tls = proxied && dest.protocol == Protocol::Https;
+        let forward = Forward::new(dest, correlation, originate_tls);
+        match self.cache.and_then(|c| c.ok_core(decision)) {
+            Some(core) => CheckAnswer::Forwarded { core, forward },
+            None => CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, true, Some(&forward)))),
+        }
+    }
+
+    /// Registers a CONNECT for its tunnel check; returns its correlation and the CONNECT's facts
+    /// with the ids its decision span will have (the tunnel decision becomes that span's child).
+    fn register_tunnel(
+        &self,
+        overrides: &Overrides,
+        svc: &ServiceInfo,
+        facts: RequestFacts,
+        now: i64,
+    ) -> (SocketAddr, RequestFacts) {
+        use opentelemetry_sdk::trace::IdGenerator;
+        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
+        let parent = self.propagators.and_then(|p| p.parent(&facts));
+        let trace_id = parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
+        let span_id = ids.new_span_id();
+        let principal = facts.get(Fact::Principal).unwrap_or_default().to_string();
+        let enforced = crate::rollout::enforces(svc, &principal, facts.get(Fact::RequestId))
+            && !overrides.guard.tripped().contains_key(&svc.name);
+        let pending = overrides.tunnels.register(
+            tunnel::NewTunnel {
+                host: facts.get(Fact::Host).unwrap_or_default().to_string(),
+                port: facts.port.unwrap_or(0),
+                service: svc.name.clone(),
+                principal,
+                tunnel_tls: svc.tunnel_tls,
+                mode: svc.mode,
+                enforced,
+                trace_id,
+                connect_span: span_id,
+            },
+            now,
+        );
+        let facts = facts.with_correlation(&pending.correlation.to_string(), (trace_id, span_id));
+        (pending.correlation, facts)
+    }
+}

@@ -1,0 +1,308 @@
+//! What a permitted HTTP answer tells the gateway: where the request goes.
+//!
+//! Every permitted HTTP check's answer sets `x-egress-host` / `x-egress-port` to the destination
+//! egressd authorized (normalized), plus `x-egress-corr` on a CONNECT whose tunnel is checked and
+//! `x-egress-tls-name` on an `https://` proxy request, and removes the internal headers it does
+//! not set (see `contract`). The gateway dials exactly that host and port.
+//!
+//! The headers depend on the request, while the rest of an allow's answer depends only on the
+//! rule (`cache`), so the answer is written in three pieces of protobuf wire format: the cached
+//! core (status, metadata), the `ok_response` that removes headers (one of four constants), and an
+//! `ok_response` with this request's headers. A protobuf parser merges repeated occurrences of a
+//! message field, so Envoy reads one `ok_response` with both lists; `tests` check that decoding
+//! the pieces gives the same message `response::build` makes.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
+
+use bytes::BufMut;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, OkHttpResponse, check_response};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use smallvec::SmallVec;
+
+use crate::contract::{CORRELATION_HEADER, HOST_HEADER, INTERNAL_HEADERS, PORT_HEADER, TLS_NAME_HEADER, XFCC_HEADER};
+use crate::policy::Destination;
+use crate::policy::fqdn::Host;
+
+/// Field numbers of the messages written here (envoy/service/auth/v3/external_auth.proto,
+/// envoy/config/core/v3/base.proto).
+const CHECK_RESPONSE_OK_RESPONSE: u32 = 3;
+const OK_HTTP_RESPONSE_HEADERS: u32 = 2;
+const HEADER_VALUE_OPTION_HEADER: u32 = 1;
+const HEADER_VALUE_OPTION_APPEND_ACTION: u32 = 3;
+const HEADER_VALUE_KEY: u32 = 1;
+const HEADER_VALUE_VALUE: u32 = 2;
+/// Overwrite whatever the client sent.
+const OVERWRITE: HeaderAppendAction = HeaderAppendAction::OverwriteIfExistsOrAdd;
+
+/// Where a permitted HTTP request goes. Owned and inline (no allocation for names up to 64
+/// bytes), because it travels with the answer to the encoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The normalized host as the gateway's forward proxy takes it: IPv6 in brackets.
+    host: SmallVec<[u8; 64]>,
+    port: u16,
+    /// A CONNECT whose tunnel is checked: the correlation its check will present.
+    correlation: Option<SocketAddr>,
+    /// An `https://` proxy request: the gateway originates TLS for this name.
+    originate_tls: bool,
+}
+
+/// Which internal headers an answer sets: picks the removal list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Plain = 0,
+    Tunnel = 1,
+    Tls = 2,
+    TunnelTls = 3,
+}
+
+impl Forward {
+    pub fn new(destination: &Destination<'_>, correlation: Option<SocketAddr>, originate_tls: bool) -> Self {
+        let mut host = SmallVec::new();
+        match &destination.host {
+            Host::Name(n) => host.extend_from_slice(n.as_bytes()),
+            Host::Ip(ip) => {
+                let mut text = InlineText(&mut host);
+                let _ = match ip {
+                    IpAddr::V6(v6) => write!(text, "[{v6}]"),
+                    IpAddr::V4(v4) => write!(text, "{v4}"),
+                };
+            }
+        }
+        Forward { host, port: destination.port, correlation, originate_tls }
+    }
+
+    /// The authorized host, as sent in `x-egress-host`.
+    pub fn host(&self) -> &str {
+        std::str::from_utf8(&self.host).expect("built from a str")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The name TLS origination presents and verifies: the host without IPv6 brackets.
+    fn tls_name(&self) -> &str {
+        self.host().trim_start_matches('[').trim_end_matches(']')
+    }
+
+    fn shape(&self) -> Shape {
+        match (self.correlation.is_some(), self.originate_tls) {
+            (false, false) => Shape::Plain,
+            (true, false) => Shape::Tunnel,
+            (false, true) => Shape::Tls,
+            (true, true) => Shape::TunnelTls,
+        }
+    }
+
+    /// The headers this answer sets, in order, as (name, value) pairs; `f` sees each once.
+    fn each_header(&self, mut f: impl FnMut(&str, &str)) {
+        let mut port = itoa_buf();
+        f(HOST_HEADER, self.host());
+        f(PORT_HEADER, itoa(self.port, &mut port));
+        if let Some(c) = self.correlation {
+            let mut text = SmallVec::<[u8; 48]>::new();
+            let _ = write!(InlineText(&mut text), "{c}");
+            f(CORRELATION_HEADER, std::str::from_utf8(&text).expect("ascii"));
+        }
+        if self.originate_tls {
+            f(TLS_NAME_HEADER, self.tls_name());
+        }
+    }
+
+    /// The removal list: the caller's XFCC, and every internal header this answer does not set.
+    pub fn headers_to_remove(&self) -> Vec<String> {
+        removal_list(self.shape())
+    }
+
+    /// The headers this answer sets, as messages (the reference form of the answer).
+    pub fn headers(&self) -> Vec<HeaderValueOption> {
+        let mut out = Vec::with_capacity(4);
+        self.each_header(|k, v| out.push(header_option(k, v)));
+        out
+    }
+
+    /// Adds the forwarding to an OK answer's message form.
+    pub fn apply(&self, resp: &mut CheckResponse) {
+        if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.http_response.as_mut() {
+            ok.headers_to_remove = self.headers_to_remove();
+            ok.headers.extend(self.headers());
+        }
+    }
+
+    /// Writes the removal and header pieces after an answer's cached core (see the module doc).
+    pub fn encode_after_core(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&REMOVALS[self.shape() as usize]);
+        let mut headers_len = 0;
+        self.each_header(|k, v| {
+            let len = header_option_len(k, v);
+            headers_len += key_len(OK_HTTP_RESPONSE_HEADERS) + encoded_len_varint(len as u64) + len;
+        });
+        encode_key(CHECK_RESPONSE_OK_RESPONSE, WireType::LengthDelimited, buf);
+        encode_varint(headers_len as u64, buf);
+        self.each_header(|k, v| {
+            encode_key(OK_HTTP_RESPONSE_HEADERS, WireType::LengthDelimited, buf);
+            encode_varint(header_option_len(k, v) as u64, buf);
+            let value_len = header_value_len(k, v);
+            encode_key(HEADER_VALUE_OPTION_HEADER, WireType::LengthDelimited, buf);
+            encode_varint(value_len as u64, buf);
+            put_string(HEADER_VALUE_KEY, k, buf);
+            put_string(HEADER_VALUE_VALUE, v, buf);
+            encode_key(HEADER_VALUE_OPTION_APPEND_ACTION, WireType::Varint, buf);
+            encode_varint(OVERWRITE as u64, buf);
+        });
+    }
+
+    /// Bytes `encode_after_core` writes (for sizing the output).
+    pub fn encoded_len(&self) -> usize {
+        let mut headers_len = 0;
+        self.each_header(|k, v| {
+            let len = header_option_len(k, v);
+            headers_len += key_len(OK_HTTP_RESPONSE_HEADERS) + encoded_len_varint(len as u64) + len;
+        });
+        REMOVALS[self.shape() as usize].len()
+            + key_len(CHECK_RESPONSE_OK_RESPONSE)
+            + encoded_len_varint(headers_len as u64)
+            + headers_len
+    }
+}
+
+/// `ok_response { headers_to_remove: [...] }` for each shape, encoded once.
+static REMOVALS: LazyLock<[Vec<u8>; 4]> = LazyLock::new(|| {
+    [Shape::Plain, Shape::Tunnel, Shape::Tls, Shape::TunnelTls].map(|shape| {
+        let ok = OkHttpResponse { headers_to_remove: removal_list(shape), ..Default::default() };
+        CheckResponse { http_response: Some(check_response::HttpResponse::OkResponse(ok)), ..Default::default() }
+            .encode_to_vec()
+    })
+});
+
+fn removal_list(shape: Shape) -> Vec<String> {
+    let sets = |h: &str| match h {
+        HOST_HEADER | PORT_HEADER => true,
+        CORRELATION_HEADER => matches!(shape, Shape::Tunnel | Shape::TunnelTls),
+        TLS_NAME_HEADER => matches!(shape, Shape::Tls | Shape::TunnelTls),
+        _ => false,
+    };
+    std::iter::once(XFCC_HEADER).chain(INTERNAL_HEADERS.into_iter().filter(|h| !sets(h))).map(str::to_string).collect()
+}
+
+pub(super) fn header_option(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
+        append_action: OVERWRITE as i32,
+        ..Default::default()
+    }
+}
+
+fn key_len(tag: u32) -> usize {
+    prost::encoding::key_len(tag)
+}
+
+fn string_len(tag: u32, s: &str) -> usize {
+    key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+}
+
+fn header_value_len(k: &str, v: &str) -> usize {
+    string_len(HEADER_VALUE_KEY, k) + string_len(HEADER_VALUE_VALUE, v)
+}
+
+fn header_option_len(k: &str, v: &str) -> usize {
+    let value = header_value_len(k, v);
+    key_len(HEADER_VALUE_OPTION_HEADER)
+        + encoded_len_varint(value as u64)
+        + value
+        + key_len(HEADER_VALUE_OPTION_APPEND_ACTION)
+        + encoded_len_varint(OVERWRITE as u64)
+}
+
+fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(s.len() as u64, buf);
+    buf.put_slice(s.as_bytes());
+}
+
+fn itoa_buf() -> [u8; 5] {
+    [0; 5]
+}
+
+fn itoa(mut n: u16, buf: &mut [u8; 5]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("digits")
+}
+
+/// `fmt::Write` into a SmallVec, so addresses are formatted without a heap allocation.
+struct InlineText<'a, const N: usize>(&'a mut SmallVec<[u8; N]>);
+
+impl<const N: usize> std::fmt::Write for InlineText<'_, N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Protocol;
+    use std::borrow::Cow;
+
+    fn dest(host: Host<'static>, port: u16) -> Destination<'static> {
+        Destination { host, port, protocol: Protocol::Https }
+    }
+
+    fn ok_message(f: &Forward) -> CheckResponse {
+        let mut resp = CheckResponse {
+            http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse::default())),
+            ..Default::default()
+        };
+        f.apply(&mut resp);
+        resp
+    }
+
+    #[test]
+    fn the_wire_pieces_decode_to_the_message_form() {
+        let name = dest(Host::Name(Cow::Borrowed("api.partner.test")), 443);
+        let v6 = dest(Host::Ip("fd00::1".parse().unwrap()), 8443);
+        let v4 = dest(Host::Ip("10.20.1.5".parse().unwrap()), 5432);
+        let corr: SocketAddr = "127.1.2.3:4567".parse().unwrap();
+        for f in [
+            Forward::new(&name, None, false),
+            Forward::new(&name, Some(corr), false),
+            Forward::new(&name, None, true),
+            Forward::new(&name, Some(corr), true),
+            Forward::new(&v6, None, true),
+            Forward::new(&v4, Some(corr), false),
+            Forward::new(&dest(Host::Name(Cow::Owned(format!("{}.test", "a".repeat(200)))), 1), None, false),
+        ] {
+            let mut wire = Vec::new();
+            f.encode_after_core(&mut wire);
+            assert_eq!(wire.len(), f.encoded_len());
+            assert_eq!(CheckResponse::decode(wire.as_slice()).unwrap(), ok_message(&f), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn headers_name_the_authorized_destination_and_remove_the_rest() {
+        let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true);
+        let set: Vec<(String, String)> =
+            v6.headers().into_iter().map(|h| h.header.map(|h| (h.key, h.value)).unwrap()).collect();
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(set, pairs(&[(HOST_HEADER, "[fd00::1]"), (PORT_HEADER, "8443"), (TLS_NAME_HEADER, "fd00::1")]));
+        assert_eq!(v6.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER]);
+        let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false);
+        assert_eq!(plain.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER, TLS_NAME_HEADER]);
+    }
+}

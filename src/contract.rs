@@ -1,0 +1,38 @@
+//! The wire contract between egressd and the gateway it configures: the headers egressd's answers
+//! set for the gateway's filters, and the gRPC metadata the gateway's checks carry. `authz` writes
+//! and reads them; `xds` builds the Envoy filters and routes that consume them. One definition,
+//! so the two sides cannot drift apart.
+//!
+//! Every permitted HTTP answer says where the request may go: `x-egress-host` and `x-egress-port`
+//! are the normalized destination egressd authorized, and the gateway dials exactly that (its
+//! dynamic forward proxy reads them through filter state), never what the request's own
+//! authority would resolve to by Envoy's rules. Every answer removes those headers it does not
+//! set, so a client can never supply them; the route removes them all before a request leaves.
+
+/// The correlation pairing a CONNECT decision with its tunnel's check (a `127.G.G.G:P` address).
+pub const CORRELATION_HEADER: &str = "x-egress-corr";
+/// The authorized destination host (normalized; IPv6 in brackets) and port.
+pub const HOST_HEADER: &str = "x-egress-host";
+pub const PORT_HEADER: &str = "x-egress-port";
+/// On a permitted `https://` proxy request: the name the gateway's TLS origination must present
+/// as SNI and verify in the upstream certificate. Its presence routes to the TLS cluster.
+pub const TLS_NAME_HEADER: &str = "x-egress-tls-name";
+/// Headers only egressd may set.
+pub const INTERNAL_HEADERS: [&str; 4] = [CORRELATION_HEADER, HOST_HEADER, PORT_HEADER, TLS_NAME_HEADER];
+
+/// On a deny: the reason code.
+pub const REASON_HEADER: &str = "x-egressd-reason";
+/// The caller's identity as a sidecar forwarded it: removed from every permitted request.
+pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+
+/// gRPC metadata of the gateway's tunnel checks: `tunnel-tls` (the tunnel starts with TLS) or
+/// `tunnel-raw` (it does not).
+pub const CHECK_KIND_METADATA: &str = "x-egressd-check";
+pub const CHECK_KIND_TUNNEL_TLS: &str = "tunnel-tls";
+pub const CHECK_KIND_TUNNEL_RAW: &str = "tunnel-raw";
+
+/// gRPC metadata of a gateway's HTTP checks when it originates TLS for `https://` proxy requests
+/// (value `originate`). Without it an `https://` proxy request is denied: the gateway would
+/// send it in plaintext.
+pub const UPSTREAM_TLS_METADATA: &str = "x-egressd-upstream-tls";
+pub const UPSTREAM_TLS_ORIGINATE: &str = "originate";
