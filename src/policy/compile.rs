@@ -169,7 +169,7 @@ impl<'d> Compiler<'d> {
             default_mode,
             trust_forwarded_client_cert: mesh.doc.trust_forwarded_client_cert,
             services,
-            groups: groups.into_values().map(|g| g.info).collect(),
+            groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
             rules: self.rules,
             mesh_deny_table,
             mesh_deny_rules,
@@ -505,7 +505,8 @@ impl<'d> Compiler<'d> {
         match rule.dest {
             Dest::Group(name, name_loc) => {
                 let Some(group) = groups.get(&name) else {
-                    let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+                    let mut known: Vec<&str> = groups.keys().map(String::as_str).collect();
+                    known.sort_unstable();
                     self.diags
                         .error(name_loc, format!("unknown group `{name}` (defined groups: {})", known.join(", ")));
                     return 0;
@@ -604,6 +605,12 @@ impl<'d> Compiler<'d> {
             }
         }
     }
+}
+
+/// Groups in a stable order (a hash map's is not): by name.
+fn sorted_by_name(mut groups: Vec<GroupInfo>) -> Vec<GroupInfo> {
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
+    groups
 }
 
 fn describe(dest: &Dest) -> String {

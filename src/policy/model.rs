@@ -77,6 +77,18 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    /// `http`, `https`, `tls` or `tcp`, in any case.
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Protocol::Http, Protocol::Https, Protocol::Tls, Protocol::Tcp]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown protocol `{s}`: expected http, https, tls or tcp"))
+    }
+}
+
 /// `kind: MeshDefaults`: one per policy set.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -111,6 +111,11 @@ impl Snapshot {
         Snapshot::from_resources(&spec.name, policy_version, list)
     }
 
+    /// Every type's resources, by type URL.
+    pub fn types(&self) -> impl Iterator<Item = (&String, &TypeSnapshot)> {
+        self.types.iter()
+    }
+
     pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
         self.types.get(type_url)
     }
