@@ -34,8 +34,10 @@ fn egressd(args: &[&str]) -> (String, i32) {
     (String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap(), out.status.code().unwrap_or(-1))
 }
 
-/// (name, from, to, protocol, request id) of every explained case.
-const CASES: &[(&str, &str, &str, Option<&str>, Option<&str>)] = &[
+/// (name, from, to, protocol, request id) of an explained case.
+type Case = (&'static str, &'static str, &'static str, Option<&'static str>, Option<&'static str>);
+
+const CASES: &[Case] = &[
     ("canary-near-miss", "spiffe://corp.example/ns/payments/sa/api", "api.stripe.com:80", None, Some("abc")),
     ("canary-no-request-id", "spiffe://corp.example/ns/payments/sa/worker", "evil.example.org:443", None, None),
     ("group-allow", "spiffe://corp.example/ns/ci/sa/builder", "files.pythonhosted.org", None, None),
