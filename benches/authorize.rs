@@ -9,9 +9,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::sync::Arc;
 
 use egressd::authz::cache::ResponseCache;
-use egressd::authz::{answer, authorize};
 use egressd::policy::{PolicySource, compile};
 use egressd::testing::http_check;
+use egressd::testing::{answer, authorize};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;

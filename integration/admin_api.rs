@@ -11,9 +11,10 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use egressd::admin_api::{AdminTokens, connect, pb};
+use egressd::admin::grpc::{connect, pb};
+use egressd::admin::tokens::AdminTokens;
 use egressd::policy::PolicySource;
-use egressd::rollout::breakglass::GrantStore;
+use egressd::runtime::breakglass::GrantStore;
 use egressd::server::AdminApiConfig;
 use egressd::telemetry::Telemetry;
 use egressd::testing::http_check;
@@ -62,7 +63,7 @@ const ALICE: &str = "alice-0123456789abcdef";
 const TOKENS: &str = "# operators\nalice alice-0123456789abcdef\nbob   bob-0123456789abcdef0\n";
 
 type Admin = pb::admin_client::AdminClient<
-    tonic::service::interceptor::InterceptedService<Channel, egressd::admin_api::BearerToken>,
+    tonic::service::interceptor::InterceptedService<Channel, egressd::admin::tokens::BearerToken>,
 >;
 
 async fn serve(grants: GrantStore, window_seconds: u64, tokens: bool) -> TestServer {
@@ -195,7 +196,7 @@ async fn grants_expire_by_themselves() {
 async fn grants_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("break-glass.json");
-    let now = egressd::policy::unix_now();
+    let now = egressd::clock::unix_now();
     let id = {
         let server = serve(GrantStore::open(&state, 3600, now).unwrap(), 600, true).await;
         let g =

@@ -283,7 +283,7 @@ async fn a_client_cannot_choose_its_canary_bucket() {
     let svid = lab.ca.issue(&[], &[CANARY]);
     // Ids egressd would place in the dry-run half (bucket >= 50).
     let chosen: Vec<String> =
-        (0..).map(|i| format!("pick-{i}")).filter(|id| egressd::rollout::canary_bucket(id) >= 50).take(24).collect();
+        (0..).map(|i| format!("pick-{i}")).filter(|id| egressd::policy::canary_bucket(id) >= 50).take(24).collect();
     let url = format!("http://unknown.partner.test:{}/", lab.http_upstream.port());
     let mut statuses = Vec::new();
     for id in &chosen {

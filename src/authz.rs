@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod checker;
 pub mod codec;
+pub mod facts;
 pub mod forward;
 pub mod request;
 pub mod response;
@@ -20,13 +21,14 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
+use crate::clock::coarse_unix_now;
 use crate::contract::CHECK_KIND_METADATA;
-use crate::policy::{CompiledPolicy, Decision, Destination, SharedPolicy, Verdict, coarse_unix_now};
-use crate::rollout::breakglass::GrantStore;
-use crate::rollout::guard::RolloutTracker;
+use crate::policy::{CompiledPolicy, SharedPolicy, Verdict};
+use crate::runtime::RuntimeOverrides;
+use crate::runtime::tally::VersionTally;
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::DecisionCounters;
 use crate::telemetry::record::{CheckEvent, RequestFacts};
@@ -37,63 +39,32 @@ use codec::{CheckAnswer, CheckCodec};
 /// gRPC path of the one method this service serves.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-/// Decides one CheckRequest against `policy` alone and builds Envoy's answer as a message, as
-/// the generated gateway (which originates TLS) would be answered: the reference form.
-pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
-    Checker::offline(policy).authorize(req, generated_gateway_call(), now)
-}
-
-/// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
-pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
-    Checker::offline(policy).check(req, generated_gateway_call(), now).verdict
-}
-
-/// Decides and answers with the answer cache (the server's path without its overrides).
-pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> (CheckAnswer, Verdict) {
-    let checked = Checker::cached(cache).check(req, generated_gateway_call(), now);
-    (checked.answer, checked.verdict)
-}
-
-/// A check from egressd's own generated gateway with upstream TLS configured.
-fn generated_gateway_call() -> Call<'static> {
-    Call { gateway: GatewayCaps { originates_tls: true }, ..Default::default() }
-}
-
-/// What changes a policy decision at run time: a tripped rollback guard (deny -> would-deny), then
-/// a break-glass grant (deny or would-deny -> allow).
-#[derive(Clone)]
-pub struct Overrides {
-    pub guard: Arc<RolloutTracker>,
-    pub grants: Arc<GrantStore>,
-    /// CONNECT decisions waiting for their tunnel's check.
-    pub tunnels: Arc<tunnel::Tunnels>,
-}
-
-impl Overrides {
-    /// The one order of the overrides: the guard, then a grant.
-    pub fn apply<'p>(&self, decision: Decision<'p>, dest: Option<&Destination<'_>>, now: i64) -> Decision<'p> {
-        self.grants.apply(self.guard.apply(decision), dest, now)
-    }
-}
-
-/// Per policy version: its answer cache and its decision counters.
+/// Per policy version: its answer cache and its decision counters (telemetry's and the runtime
+/// layer's).
 struct VersionState {
     cache: ResponseCache,
     counters: DecisionCounters,
+    tally: VersionTally,
 }
 
 impl VersionState {
-    fn new(policy: Arc<CompiledPolicy>, telemetry: &Telemetry) -> Self {
-        VersionState { counters: telemetry.metrics.decision_counters(&policy), cache: ResponseCache::new(policy) }
+    fn new(policy: Arc<CompiledPolicy>, telemetry: &Telemetry, runtime: &RuntimeOverrides) -> Self {
+        VersionState {
+            counters: telemetry.metrics.decision_counters(&policy),
+            tally: runtime.version_tally(&policy),
+            cache: ResponseCache::new(policy),
+        }
     }
 }
 
-/// The Check handler's state: the live policy, the state of its current version, and telemetry.
+/// The Check handler's state: the live policy, the state of its current version, the run-time
+/// overrides, the CONNECTs waiting for their tunnel checks, and telemetry.
 struct CheckState {
     policy: SharedPolicy,
     version: ArcSwap<VersionState>,
     telemetry: Telemetry,
-    overrides: Overrides,
+    runtime: Arc<RuntimeOverrides>,
+    tunnels: tunnel::Tunnels,
     propagators: crate::telemetry::context::Propagators,
 }
 
@@ -105,7 +76,7 @@ impl CheckState {
         let mut version = self.version.load_full();
         if !Arc::ptr_eq(&version.cache.policy, &policy) {
             // First check after a reload: start the state of the new version.
-            version = Arc::new(VersionState::new(Arc::clone(&policy), &self.telemetry));
+            version = Arc::new(VersionState::new(Arc::clone(&policy), &self.telemetry, &self.runtime));
             self.version.store(version.clone());
         }
         let (metadata, _, req) = request.into_parts();
@@ -120,7 +91,8 @@ impl CheckState {
             gateway: GatewayCaps::from_metadata(&metadata),
             capture: self.telemetry.records_decisions(),
         };
-        let checked = Checker::serving(&version.cache, &self.overrides, &self.propagators).check(&req, call, now);
+        let checker = Checker::serving(&version.cache, &self.runtime, &self.tunnels, &self.propagators);
+        let checked = checker.check(&req, call, now);
         let facts = checked.facts;
         self.finish(&version, checked.verdict, started, || facts.unwrap_or_default());
         checked.answer
@@ -141,19 +113,20 @@ impl CheckState {
             .and_then(|a| a.destination.as_ref())
             .and_then(|d| request::socket_address(d.address.as_ref()))
             .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
-        let pending = correlation.and_then(|c| self.overrides.tunnels.take(c, now));
+        let pending = correlation.and_then(|c| self.tunnels.take(c, now));
         let policy = &version.cache.policy;
         let decision = tunnel::decide(policy, pending.as_deref(), start, sni);
         let resp =
             response::build(&decision, Err(&crate::policy::Malformed::NoDestination), &policy.version, false, None);
         let verdict = decision.verdict();
-        self.finish(version, verdict, started, || RequestFacts::tunnel(pending.as_deref(), sni, start));
+        self.finish(version, verdict, started, || facts::of_tunnel(pending.as_deref(), sni, start));
         CheckAnswer::Message(Box::new(resp))
     }
 
     /// Counts, times and (when telemetry records decisions) queues one decision.
     fn finish(&self, version: &VersionState, verdict: Verdict, started: Instant, facts: impl FnOnce() -> RequestFacts) {
         version.counters.count(&verdict);
+        version.tally.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
         if self.telemetry.records_decisions() {
@@ -172,10 +145,10 @@ pub struct CheckServer {
 }
 
 impl CheckServer {
-    pub fn new(policy: SharedPolicy, telemetry: Telemetry, overrides: Overrides) -> Self {
-        let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry));
-        let propagators = Default::default();
-        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, overrides, propagators }) }
+    pub fn new(policy: SharedPolicy, telemetry: Telemetry, runtime: Arc<RuntimeOverrides>) -> Self {
+        let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry, &runtime));
+        let (tunnels, propagators) = Default::default();
+        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, runtime, tunnels, propagators }) }
     }
 }
 
@@ -222,7 +195,7 @@ where
 mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
-    use crate::testing::http_check;
+    use crate::testing::{answer, authorize, http_check};
 
     fn http(principal: &str, method: &str, host: &str) -> CheckRequest {
         http_check(principal, method, host, &[("x-request-id", "fixed")])

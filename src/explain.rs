@@ -5,7 +5,6 @@ use serde_json::json;
 use crate::policy::fqdn::{Host, parse_authority};
 use crate::policy::matcher::Miss;
 use crate::policy::{CompiledPolicy, Decision, Destination, Mode, Outcome, Protocol, RuleInfo};
-use crate::rollout;
 
 /// Builds the destination `egressd check --to HOST[:PORT] [--protocol P]` describes, with the same
 /// defaults the gateway applies: the port from the protocol (http 80, https/tls 443), the protocol
@@ -62,14 +61,14 @@ fn mode_text(d: &Decision<'_>, from: &str, request_id: Option<&str>) -> Option<S
                 parts.push(format!("workloads {:?} enforced (this caller: {listed})", c.workloads));
             }
             if let Some(p) = c.workload_percent {
-                let bucket = rollout::canary_bucket(from);
+                let bucket = crate::policy::canary_bucket(from);
                 parts.push(format!("{p}% of workloads enforced (this caller is in bucket {bucket} of 0..99)"));
             }
             if let Some(p) = c.request_percent {
                 parts.push(match request_id {
                     Some(id) => format!(
                         "{p}% of requests enforced (request id {id:?} is in bucket {} of 0..99)",
-                        rollout::canary_bucket(id)
+                        crate::policy::canary_bucket(id)
                     ),
                     None => format!("{p}% of requests enforced (no --request-id given: the enforced outcome is shown)"),
                 });
@@ -147,7 +146,7 @@ pub fn json(
         "service": d.service.map(|s| s.name.as_str()),
         "mode": d.mode,
         "canary": d.service.filter(|s| s.mode == Mode::Canary).map(|s| &s.canary),
-        "canaryBucket": request_id.filter(|_| d.mode == Some(Mode::Canary)).map(rollout::canary_bucket),
+        "canaryBucket": request_id.filter(|_| d.mode == Some(Mode::Canary)).map(crate::policy::canary_bucket),
         "enforced": d.enforced,
         "rollbackGuardTripped": d.rolled_back,
         "rule": d.rule,

@@ -6,15 +6,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_api;
 pub mod authz;
+pub mod clock;
 pub mod contract;
 pub mod explain;
 pub mod identity;
 pub mod policy;
 pub mod reload;
-pub mod rollout;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod xds;

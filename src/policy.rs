@@ -4,6 +4,7 @@
 //! with source locations), `compile` checks meaning and builds the structures `decide` reads.
 
 pub mod addr;
+pub mod canary;
 mod compile;
 mod compiled;
 mod decide;
@@ -17,17 +18,19 @@ mod model;
 #[cfg(test)]
 mod proptests;
 mod source;
+mod terms;
 #[cfg(test)]
 mod tests;
 
+pub use canary::canary_bucket;
 pub use compile::compile;
-pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceInfo};
+pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceIdx, ServiceInfo};
 pub use decide::Destination;
-pub use decision::{Decision, Malformed, Outcome, Reason, Verdict};
+pub use decision::{Decision, GrantRef, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{GatewayConfig, GatewayTracing, MtlsPaths, UpstreamTls};
-pub use model::{Mode, Protocol, TunnelTls};
 pub use source::{PolicySource, SourceError};
+pub use terms::{Mode, Protocol, TunnelTls};
 
 /// The live policy: swapped whole on reload, read on the hot path without a lock.
 pub type SharedPolicy = std::sync::Arc<arc_swap::ArcSwap<CompiledPolicy>>;
@@ -48,32 +51,5 @@ pub fn format_diagnostics(diags: &[Diagnostic]) -> String {
 /// Reads and compiles a directory.
 pub fn load_dir(dir: &std::path::Path) -> Result<CompiledPolicy, LoadError> {
     let source = PolicySource::from_dir(dir)?;
-    compile(&source, unix_now()).map_err(LoadError::Invalid)
-}
-
-/// Current time in unix seconds (the clock `expires` is compared against).
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-/// Unix seconds, at most ~250 ms old, read from an atomic a background thread refreshes. `expires`
-/// has day granularity, so the Check hot path need not ask the kernel for the time on every request.
-pub fn coarse_unix_now() -> i64 {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static NOW: AtomicI64 = AtomicI64::new(0);
-    static TICKER: OnceLock<()> = OnceLock::new();
-    TICKER.get_or_init(|| {
-        NOW.store(unix_now(), Ordering::Relaxed);
-        std::thread::Builder::new()
-            .name("egressd-clock".into())
-            .spawn(|| {
-                loop {
-                    std::thread::sleep(std::time::Duration::from_millis(250));
-                    NOW.store(unix_now(), Ordering::Relaxed);
-                }
-            })
-            .expect("spawn clock thread");
-    });
-    NOW.load(Ordering::Relaxed)
+    compile(&source, crate::clock::unix_now()).map_err(LoadError::Invalid)
 }

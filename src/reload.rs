@@ -48,7 +48,8 @@ pub fn reload_once(
             tracing::error!("policy reload rejected: {e}");
         }
         status.failures.fetch_add(1, Ordering::Relaxed);
-        *status.last_error.lock().expect("status lock") = Some(ReloadError { at_unix: policy::unix_now(), errors });
+        *status.last_error.lock().expect("status lock") =
+            Some(ReloadError { at_unix: crate::clock::unix_now(), errors });
         Outcome::Rejected
     };
     let source = match PolicySource::from_dir(dir) {
@@ -64,7 +65,7 @@ pub fn reload_once(
     if source.version() == current.version {
         return Outcome::Unchanged;
     }
-    match policy::compile(&source, policy::unix_now()) {
+    match policy::compile(&source, crate::clock::unix_now()) {
         Err(diags) => {
             reject(diags.iter().filter(|d| d.severity == policy::Severity::Error).map(|d| d.to_string()).collect())
         }

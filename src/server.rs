@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::{AdminState, router};
-use crate::admin_api::{AdminApi, AdminTokens};
+use crate::admin::grpc::AdminApi;
+use crate::admin::http::{AdminState, router};
+use crate::admin::tokens::AdminTokens;
 use crate::authz::CheckServer;
-use crate::authz::Overrides;
 use crate::policy::SharedPolicy;
 use crate::reload::{ReloadStatus, spawn_watcher};
-use crate::rollout::breakglass::GrantStore;
-use crate::rollout::guard::RolloutTracker;
+use crate::runtime::RuntimeOverrides;
+use crate::runtime::breakglass::GrantStore;
 use crate::telemetry::Telemetry;
 use crate::xds::ads::AdsService;
 use crate::xds::gateway::GatewaySpec;
@@ -125,23 +125,20 @@ pub async fn serve(
         None => None,
     };
     let bound = Bound { grpc: grpc_addr, admin: admin_addr, xds: xds.clone() };
-    let tracker =
-        Arc::new(RolloutTracker::new(config.telemetry.metrics.clone(), config.admin_api.rollout_window_seconds));
-    let _sampler = AbortOnDrop(tracker.spawn(policy.clone()));
-    let overrides =
-        Overrides { guard: tracker.clone(), grants: config.admin_api.grants.clone(), tunnels: Default::default() };
-    let admin_api = AdminApi::new(
-        policy.clone(),
+    let runtime = Arc::new(RuntimeOverrides::new(
         config.admin_api.grants.clone(),
-        config.admin_api.tokens.clone(),
-        tracker.clone(),
-    );
+        config.admin_api.rollout_window_seconds,
+        config.telemetry.metrics.rollback_guard_trips.clone(),
+    ));
+    let _sampler = AbortOnDrop(runtime.spawn_sampler(policy.clone()));
+    let admin_api = AdminApi::new(policy.clone(), runtime.clone(), config.admin_api.tokens.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
-    let metrics = crate::admin::metrics_registry(&config.telemetry.metrics, registry.clone(), reload_status.clone());
+    let metrics =
+        crate::admin::http::metrics_registry(&config.telemetry.metrics, registry.clone(), reload_status.clone());
     let admin_state = AdminState {
         policy: policy.clone(),
         grpc_ready: grpc_ready.clone(),
@@ -149,7 +146,7 @@ pub async fn serve(
         snapshot: snap_rx.clone(),
         reload: reload_status,
         metrics: Arc::new(metrics),
-        overrides: overrides.clone(),
+        runtime: runtime.clone(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -177,7 +174,7 @@ pub async fn serve(
         // failing every other Check on it closed. The limit stays finite against rapid-reset floods.
         .http2_max_pending_accept_reset_streams(Some(256))
         .add_service(health_service)
-        .add_service(CheckServer::new(policy, config.telemetry, overrides))
+        .add_service(CheckServer::new(policy, config.telemetry, runtime))
         .add_service(ads.into_server())
         .add_service(admin_api.into_server())
         // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because

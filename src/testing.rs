@@ -1,7 +1,19 @@
-//! CheckRequests shaped like the ones Envoy 1.40 sends (see the envoy-lab notes), for tests,
-//! benchmarks and the load tool. Public so integration tests and examples share one definition.
+//! Test support, compiled for unit tests and with the `testing` feature (integration tests,
+//! benchmarks and examples turn it on): CheckRequests shaped like the ones Envoy 1.40 sends (see
+//! the envoy-lab notes), and the Check path without a server, in the reference form tests compare
+//! the server's answers with.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use tonic::codegen::http;
+
+use crate::authz::cache::ResponseCache;
+use crate::authz::checker::{Call, Checker, GatewayCaps};
+use crate::authz::codec::CheckAnswer;
+use crate::policy::{CompiledPolicy, Verdict};
+use crate::telemetry::record::RequestFacts;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
@@ -65,4 +77,37 @@ pub fn network_check(principal: &str, sni: &str, dest_ip: &str, port: u32) -> Ch
             ..Default::default()
         }),
     }
+}
+
+/// Decides one CheckRequest against `policy` alone and builds Envoy's answer as a message, as
+/// the generated gateway (which originates TLS) would be answered: the reference form.
+pub fn authorize(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> CheckResponse {
+    Checker::offline(policy).authorize(req, generated_gateway_call(), now)
+}
+
+/// The verdict `authorize` reaches, detached from the policy (for tests of what telemetry sees).
+pub fn decide_verdict(policy: &CompiledPolicy, req: &CheckRequest, now: i64) -> Verdict {
+    Checker::offline(policy).check(req, generated_gateway_call(), now).verdict
+}
+
+/// Decides and answers with the answer cache (the server's path without its overrides).
+pub fn answer(cache: &ResponseCache, req: &CheckRequest, now: i64) -> (CheckAnswer, Verdict) {
+    let checked = Checker::cached(cache).check(req, generated_gateway_call(), now);
+    (checked.answer, checked.verdict)
+}
+
+/// What telemetry receives for `req`: its verdict and facts, as the Check path makes them.
+pub fn checked(
+    policy: &Arc<CompiledPolicy>,
+    req: &CheckRequest,
+    metadata: &http::HeaderMap,
+) -> (Verdict, RequestFacts) {
+    let call = Call { metadata: Some(metadata), capture: true, ..generated_gateway_call() };
+    let checked = Checker::offline(policy).check(req, call, 0);
+    (checked.verdict, checked.facts.expect("captured"))
+}
+
+/// A check from egressd's own generated gateway with upstream TLS configured.
+fn generated_gateway_call() -> Call<'static> {
+    Call { gateway: GatewayCaps { originates_tls: true }, ..Default::default() }
 }

@@ -66,7 +66,7 @@ pub async fn start_configured(
     telemetry: Telemetry,
     admin_api: AdminApiConfig,
 ) -> TestServer {
-    let compiled = policy::compile(&source, policy::unix_now()).expect("test policy is valid");
+    let compiled = policy::compile(&source, egressd::clock::unix_now()).expect("test policy is valid");
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
     let live = shared.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -33,7 +33,7 @@ impl ResponseCache {
         let slot = match (decision.outcome, &decision.reason, decision.rule) {
             (Outcome::Allow, Reason::Allowed, Some(rule)) if rule.action == Action::Allow => &self.by_rule[rule.index],
             (Outcome::WouldDeny, Reason::ServiceDeny, Some(rule)) => &self.by_rule[rule.index],
-            (Outcome::WouldDeny, Reason::NoMatchingAllow, None) => &self.by_service[decision.service?.index],
+            (Outcome::WouldDeny, Reason::NoMatchingAllow, None) => &self.by_service[decision.service?.index.get()],
             _ => return None,
         };
         let bytes = slot.get_or_init(|| Bytes::from(response::ok_core(decision, &self.policy.version).encode_to_vec()));

@@ -12,9 +12,10 @@ use super::cache::ResponseCache;
 use super::codec::CheckAnswer;
 use super::forward::Forward;
 use super::request::{self, CheckView};
-use super::{Overrides, response, tunnel};
+use super::{response, tunnel};
 use crate::contract::{UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
+use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
 use crate::telemetry::record::{Fact, RequestFacts};
 
@@ -56,29 +57,37 @@ pub struct Checker<'a> {
     policy: &'a CompiledPolicy,
     /// Encoded cores of permitted answers (None: every answer is built as a message).
     cache: Option<&'a ResponseCache>,
-    overrides: Option<&'a Overrides>,
+    overrides: Option<&'a RuntimeOverrides>,
+    /// Where a permitted CONNECT whose tunnel is checked is registered (None: no pairing).
+    tunnels: Option<&'a tunnel::Tunnels>,
     propagators: Option<&'a Propagators>,
 }
 
 impl<'a> Checker<'a> {
     /// The policy alone: no cache, no run-time overrides, no tunnel pairing (tests, tools).
     pub fn offline(policy: &'a CompiledPolicy) -> Self {
-        Checker { policy, cache: None, overrides: None, propagators: None }
+        Checker { policy, cache: None, overrides: None, tunnels: None, propagators: None }
     }
 
     /// What the server runs: cached answers, the overrides and tunnel pairing.
-    pub fn serving(cache: &'a ResponseCache, overrides: &'a Overrides, propagators: &'a Propagators) -> Self {
+    pub fn serving(
+        cache: &'a ResponseCache,
+        overrides: &'a RuntimeOverrides,
+        tunnels: &'a tunnel::Tunnels,
+        propagators: &'a Propagators,
+    ) -> Self {
         Checker {
             policy: &cache.policy,
             cache: Some(cache),
             overrides: Some(overrides),
+            tunnels: Some(tunnels),
             propagators: Some(propagators),
         }
     }
 
     /// As `offline`, with the answer cache (tests of the cached path).
     pub fn cached(cache: &'a ResponseCache) -> Self {
-        Checker { policy: &cache.policy, cache: Some(cache), overrides: None, propagators: None }
+        Checker { policy: &cache.policy, cache: Some(cache), overrides: None, tunnels: None, propagators: None }
     }
 
     pub fn check(&self, req: &CheckRequest, call: Call<'_>, now: i64) -> Checked {
@@ -90,7 +99,7 @@ impl<'a> Checker<'a> {
             Err(m) => {
                 let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
                 let resp = response::build(&decision, Err(&m), &policy.version, true, None);
-                let facts = call.capture.then(|| RequestFacts::from_view(None, req, metadata));
+                let facts = call.capture.then(|| super::facts::from_view(None, req, metadata));
                 return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
             }
         };
@@ -108,15 +117,15 @@ impl<'a> Checker<'a> {
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
         let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
-        let mut facts = (call.capture || registers_tunnel).then(|| RequestFacts::from_view(Some(&view), req, metadata));
+        let mut facts = (call.capture || registers_tunnel).then(|| super::facts::from_view(Some(&view), req, metadata));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
             let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
             return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict, facts };
         };
-        let correlation = match (registers_tunnel, tunnel_service, self.overrides, facts.take()) {
-            (true, Some(svc), Some(overrides), Some(captured)) => {
-                let (correlation, with_ids) = self.register_tunnel(overrides, svc, captured, now);
+        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, facts.take()) {
+            (true, Some(svc), Some(tunnels), Some(captured)) => {
+                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, captured, now);
                 facts = Some(with_ids);
                 Some(correlation)
             }
@@ -134,7 +143,7 @@ impl<'a> Checker<'a> {
         self.check(req, call, now).answer.to_message()
     }
 
-    /// The policy's decision, then the run-time overrides (see `Overrides::apply`).
+    /// The policy's decision, then the run-time overrides (see `RuntimeOverrides::apply`).
     fn decide(&self, view: &CheckView<'_>, now: i64) -> Decision<'a> {
         let dest = view.destination.as_ref().map_err(Clone::clone);
         let decision = match &view.principal {
@@ -174,7 +183,7 @@ impl<'a> Checker<'a> {
     /// with the ids its decision span will have (the tunnel decision becomes that span's child).
     fn register_tunnel(
         &self,
-        overrides: &Overrides,
+        tunnels: &tunnel::Tunnels,
         svc: &ServiceInfo,
         facts: RequestFacts,
         now: i64,
@@ -185,9 +194,9 @@ impl<'a> Checker<'a> {
         let trace_id = parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
         let span_id = ids.new_span_id();
         let principal = facts.get(Fact::Principal).unwrap_or_default().to_string();
-        let enforced = crate::rollout::enforces(svc, &principal, facts.get(Fact::RequestId))
-            && !overrides.guard.tripped().contains_key(&svc.name);
-        let pending = overrides.tunnels.register(
+        let enforced = crate::policy::canary::enforces(svc, &principal, facts.get(Fact::RequestId))
+            && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
+        let pending = tunnels.register(
             tunnel::NewTunnel {
                 host: facts.get(Fact::Host).unwrap_or_default().to_string(),
                 port: facts.port.unwrap_or(0),

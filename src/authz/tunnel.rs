@@ -43,7 +43,7 @@ pub struct NewTunnel {
     pub connect_span: SpanId,
 }
 
-/// A registered CONNECT decision (its fields through `Deref`) and its correlation.
+/// A registered CONNECT decision and its correlation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTunnel {
     generation: u32,
@@ -53,9 +53,9 @@ pub struct PendingTunnel {
     connect: NewTunnel,
 }
 
-impl std::ops::Deref for PendingTunnel {
-    type Target = NewTunnel;
-    fn deref(&self) -> &NewTunnel {
+impl PendingTunnel {
+    /// What the CONNECT decision left.
+    pub fn connect(&self) -> &NewTunnel {
         &self.connect
     }
 }
@@ -136,7 +136,7 @@ pub fn decide<'p>(
     start: TunnelStart,
     sni: Option<&str>,
 ) -> Decision<'p> {
-    let Some(p) = pending else { return Decision::hard_deny(Reason::UnknownTunnel) };
+    let Some(p) = pending.map(PendingTunnel::connect) else { return Decision::hard_deny(Reason::UnknownTunnel) };
     let violation = match (p.tunnel_tls, start, sni.filter(|s| !s.is_empty())) {
         (TunnelTls::Off, _, _) => None,
         (_, TunnelStart::NotTls, _) => Some(Reason::NotTls),
@@ -191,7 +191,7 @@ mod tests {
         assert_ne!(a.correlation, b.correlation);
         let addr = a.correlation;
         assert!(addr.ip().is_loopback());
-        assert_eq!(t.take(addr, 101).unwrap().host, "a.test");
+        assert_eq!(t.take(addr, 101).unwrap().connect().host, "a.test");
         assert!(t.take(addr, 101).is_none(), "replay fails");
         let b_addr = b.correlation;
         // Same slot, another generation: a guess or a stale value.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde_saphyr::Spanned;
 
-use super::compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceInfo};
+use super::compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceIdx, ServiceInfo};
 use super::diagnostic::{Diagnostic, Diagnostics, SourceLoc};
 use super::fqdn::HostPattern;
 use super::load::{Located, ParsedDocs, parse_documents};
 use super::matcher::{Matcher, RuleConstraints, TableId};
-use super::model::{DestinationGroupDoc, Mode, Protocol, RollbackGuardDoc, RuleDoc, ServicePolicyDoc};
+use super::model::{DestinationGroupDoc, RollbackGuardDoc, RuleDoc, ServicePolicyDoc};
 use super::source::PolicySource;
+use super::terms::{Mode, Protocol, TunnelTls};
 use crate::identity::{IdentityIndex, IdentityPattern};
 
 /// Compiles a policy set. `now` (unix seconds) only decides which `expires` dates earn a warning;
@@ -26,7 +27,6 @@ pub fn compile(source: &PolicySource, now: i64) -> Result<CompiledPolicy, Vec<Di
         return Err(diags.into_sorted());
     }
     let mut policy = policy.expect("a compiler that reported no error produced a policy");
-    policy.version = source.version();
     policy.warnings = diags.into_sorted();
     Ok(policy)
 }
@@ -62,7 +62,16 @@ struct CheckedGroup {
     destinations: Vec<CheckedRule>,
 }
 
+/// What a service inherits from MeshDefaults when it does not say.
+struct ServiceDefaults {
+    mode: Mode,
+    canary: Option<u8>,
+    tunnel_tls: TunnelTls,
+}
+
 struct Compiler<'d> {
+    /// The policy version (a content hash of the source).
+    version: String,
     origin: Arc<str>,
     now: i64,
     diags: &'d mut Diagnostics,
@@ -73,7 +82,7 @@ struct Compiler<'d> {
 impl<'d> Compiler<'d> {
     fn new(source: &PolicySource, now: i64, diags: &'d mut Diagnostics) -> Self {
         let origin: Arc<str> = source.origin.as_str().into();
-        Compiler { origin, now, diags, matcher: Matcher::new(), rules: Vec::new() }
+        Compiler { version: source.version(), origin, now, diags, matcher: Matcher::new(), rules: Vec::new() }
     }
 
     fn run(mut self, docs: ParsedDocs) -> Option<CompiledPolicy> {
@@ -100,10 +109,12 @@ impl<'d> Compiler<'d> {
                 String::new()
             }
         };
-        let default_mode = mesh.doc.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Enforce);
-        let default_tunnel_tls = mesh.doc.tunnel_tls.unwrap_or_default();
-        let default_canary = self.canary_percent(&mesh.file, mesh.doc.canary_percent.as_ref());
-        if default_mode == Mode::Canary && default_canary.is_none() {
+        let defaults = ServiceDefaults {
+            mode: mesh.doc.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Enforce),
+            canary: self.canary_percent(&mesh.file, mesh.doc.canary_percent.as_ref()),
+            tunnel_tls: mesh.doc.tunnel_tls.unwrap_or_default(),
+        };
+        if defaults.mode == Mode::Canary && defaults.canary.is_none() {
             self.diags.error(mesh.loc.clone(), "mode canary needs canaryPercent (0..=100)");
         }
 
@@ -127,11 +138,8 @@ impl<'d> Compiler<'d> {
         let mut by_name: HashMap<String, SourceLoc> = HashMap::new();
         for svc in docs.services {
             let index = services.len();
-            if let Some(mut info) =
-                self.check_service(&svc, &trust_domain, default_mode, default_canary, &groups, &mut by_name)
-            {
-                info.index = index;
-                info.tunnel_tls = svc.doc.tunnel_tls.unwrap_or(default_tunnel_tls);
+            let idx = ServiceIdx::new(index);
+            if let Some(info) = self.check_service(&svc, idx, &trust_domain, &defaults, &groups, &mut by_name) {
                 for id in &svc.doc.identities {
                     let loc = SourceLoc::of(&svc.file, id);
                     let Ok(pattern) = IdentityPattern::parse(id.value.trim()) else { continue };
@@ -161,12 +169,13 @@ impl<'d> Compiler<'d> {
             }
         }
         self.warn_overlapping_claims(&claims, &services);
+        let service_by_name = services.iter().map(|s| (s.name.clone(), s.index)).collect();
 
         Some(CompiledPolicy {
-            version: String::new(),
+            version: self.version,
             origin: self.origin.to_string(),
             trust_domain,
-            default_mode,
+            default_mode: defaults.mode,
             trust_forwarded_client_cert: mesh.doc.trust_forwarded_client_cert,
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
@@ -177,6 +186,7 @@ impl<'d> Compiler<'d> {
             warnings: Vec::new(),
             identities,
             exact_principals,
+            service_by_name,
             matcher: self.matcher,
         })
     }
@@ -266,9 +276,9 @@ impl<'d> Compiler<'d> {
     fn check_service(
         &mut self,
         svc: &Located<ServicePolicyDoc>,
+        index: ServiceIdx,
         trust_domain: &str,
-        default_mode: Mode,
-        default_canary: Option<u8>,
+        defaults: &ServiceDefaults,
         groups: &HashMap<String, CheckedGroup>,
         by_name: &mut HashMap<String, SourceLoc>,
     ) -> Option<ServiceInfo> {
@@ -304,7 +314,7 @@ impl<'d> Compiler<'d> {
             }
         }
 
-        let mode = doc.mode.as_ref().map(|m| m.value).unwrap_or(default_mode);
+        let mode = doc.mode.as_ref().map(|m| m.value).unwrap_or(defaults.mode);
         let own_canary = self.canary_percent(file, doc.canary_percent.as_ref());
         if let Some(cp) = &doc.canary_percent
             && mode != Mode::Canary
@@ -330,7 +340,7 @@ impl<'d> Compiler<'d> {
             );
         }
         // A service that selects by workload does not inherit the mesh's per-request share.
-        let request_percent = if by_workload { own_canary } else { own_canary.or(default_canary) };
+        let request_percent = if by_workload { own_canary } else { own_canary.or(defaults.canary) };
         if mode == Mode::Canary && request_percent.is_none() && !by_workload && doc.canary_percent.is_none() {
             self.diags.error(
                 svc.loc.clone(),
@@ -353,14 +363,14 @@ impl<'d> Compiler<'d> {
             }
         }
         Some(ServiceInfo {
-            index: 0, // set by run()
+            index,
             name,
             owner: doc.owner.clone(),
             description: doc.description.clone(),
             mode,
             canary: Canary { request_percent, workloads, workload_percent },
             rollback_guard,
-            tunnel_tls: doc.tunnel_tls.unwrap_or_default(),
+            tunnel_tls: doc.tunnel_tls.unwrap_or(defaults.tunnel_tls),
             identities: doc.identities.iter().map(|i| i.value.trim().to_string()).collect(),
             loc: svc.loc.clone(),
             allow_rules,
@@ -518,8 +528,8 @@ impl<'d> Compiler<'d> {
                         .clone()
                         .or_else(|| d.justification.clone())
                         .or_else(|| Some(group.info.justification.clone()));
-                    let info = RuleInfo {
-                        index: 0, // set by add()
+                    let info = |index| RuleInfo {
+                        index,
                         id: format!("{id}/{name}/{j}"),
                         action,
                         loc: d.loc.clone(),
@@ -537,8 +547,8 @@ impl<'d> Compiler<'d> {
                 group.destinations.len()
             }
             ref dest => {
-                let info = RuleInfo {
-                    index: 0, // set by add()
+                let info = |index| RuleInfo {
+                    index,
                     id: id.to_string(),
                     action,
                     loc: rule.loc.clone(),
@@ -555,7 +565,8 @@ impl<'d> Compiler<'d> {
         }
     }
 
-    fn add(&mut self, table: TableId, dest: &Dest, constraints: RuleConstraints, mut info: RuleInfo) {
+    /// Adds a rule to the matcher and its description to `rules`, at the same index.
+    fn add(&mut self, table: TableId, dest: &Dest, constraints: RuleConstraints, info: impl FnOnce(usize) -> RuleInfo) {
         let idx = match dest {
             Dest::Host(p) => self.matcher.add_host(table, p, constraints),
             Dest::Cidr(net) => self.matcher.add_cidr(table, *net, constraints),
@@ -563,8 +574,7 @@ impl<'d> Compiler<'d> {
             Dest::Group(..) => unreachable!("groups are expanded by place()"),
         };
         debug_assert_eq!(idx as usize, self.rules.len());
-        info.index = self.rules.len();
-        self.rules.push(info);
+        self.rules.push(info(idx as usize));
     }
 
     /// An IPv6 allow that holds embedded IPv4 addresses (`::/0`, `::ffff:0:0/96`) also allows

@@ -1,11 +1,12 @@
 //! The compiled policy: what the Check hot path reads (through `arc-swap`) and what explanations
-//! and the admin API describe. Nothing in here is a serde/YAML type.
+//! and the admin API describe. Nothing in here is a YAML document type (`model`); the policy's
+//! vocabulary (`terms`) is shared by both.
 
 use serde::Serialize;
 
 use super::diagnostic::{Diagnostic, SourceLoc};
 use super::matcher::{Matcher, TableId};
-use super::model::{Mode, Protocol, TunnelTls};
+use super::terms::{Mode, Protocol, TunnelTls};
 use crate::identity::IdentityIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,12 +52,27 @@ fn ser_loc<S: serde::Serializer>(loc: &SourceLoc, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&loc.to_string())
 }
 
+/// A service's position in one compiled policy's `services`. Meaningless in another version:
+/// what lasts across reloads (grants, guards, counts) is keyed by the service's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceIdx(u32);
+
+impl ServiceIdx {
+    pub(crate) fn new(index: usize) -> Self {
+        ServiceIdx(u32::try_from(index).expect("fewer than 2^32 services"))
+    }
+
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceInfo {
     /// Position in `CompiledPolicy::services`.
     #[serde(skip)]
-    pub index: usize,
+    pub index: ServiceIdx,
     pub name: String,
     pub owner: Option<String>,
     pub description: Option<String>,
@@ -132,6 +148,7 @@ pub struct CompiledPolicy {
     /// Canonical exact identities (`spiffe://td/path`) -> service: a principal equal to one of these
     /// strings is already known valid, so the hot path skips parsing it.
     pub(crate) exact_principals: rustc_hash::FxHashMap<Box<str>, u32>,
+    pub(crate) service_by_name: rustc_hash::FxHashMap<String, ServiceIdx>,
     pub(crate) matcher: Matcher,
 }
 
@@ -146,8 +163,9 @@ impl CompiledPolicy {
         })
     }
 
+    /// The service called `name` (hashed: the tunnel check looks it up on the Check path).
     pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
-        self.services.iter().find(|s| s.name == name)
+        self.service_by_name.get(name).map(|&i| &self.services[i.get()])
     }
 
     pub fn rule_count(&self) -> usize {

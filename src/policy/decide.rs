@@ -1,13 +1,12 @@
 //! The decision itself: identity -> service, then mesh denies > service denies > service allows >
 //! default deny, then the service's mode. Lock-free and allocation-free for the common cases.
 
-use super::compiled::CompiledPolicy;
+use super::compiled::{CompiledPolicy, ServiceIdx};
 use super::decision::{Decision, Malformed, Outcome, Reason};
 use super::fqdn::Host;
 use super::matcher::Target;
-use super::model::Protocol;
+use super::terms::Protocol;
 use crate::identity::{AuthnError, authenticate};
-use crate::rollout;
 
 /// Where a request is going, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +18,7 @@ pub struct Destination<'a> {
 
 impl CompiledPolicy {
     /// Maps a caller's principal to the index of the service that claims it.
-    pub fn identify(&self, principal: Option<&str>) -> Result<usize, Reason> {
+    pub fn identify(&self, principal: Option<&str>) -> Result<ServiceIdx, Reason> {
         let principal = match principal {
             Some(p) if !p.is_empty() => p,
             _ => {
@@ -32,10 +31,10 @@ impl CompiledPolicy {
             }
         };
         if let Some(&service) = self.exact_principals.get(principal) {
-            return Ok(service as usize);
+            return Ok(ServiceIdx::new(service as usize));
         }
         let id = authenticate(principal, &self.trust_domain).map_err(Reason::Unauthenticated)?;
-        self.identities.lookup(id.path()).map(|s| s as usize).ok_or(Reason::UnknownService)
+        self.identities.lookup(id.path()).map(|s| ServiceIdx::new(s as usize)).ok_or(Reason::UnknownService)
     }
 
     /// Decides a request of service `service` (an index from `identify`) from `principal`. The
@@ -43,13 +42,13 @@ impl CompiledPolicy {
     /// is unix seconds (for `expires`).
     pub fn evaluate(
         &self,
-        service: usize,
+        service: ServiceIdx,
         principal: &str,
         dest: &Destination<'_>,
         request_id: Option<&str>,
         now: i64,
     ) -> Decision<'_> {
-        let svc = &self.services[service];
+        let svc = &self.services[service.get()];
         let target = match &dest.host {
             Host::Name(name) => Target::Name(name),
             Host::Ip(ip) => Target::Ip(*ip),
@@ -73,7 +72,7 @@ impl CompiledPolicy {
             return decided(Outcome::Deny, Reason::MeshDeny, Some(rule), true);
         }
         let deny = |reason, rule| {
-            let enforced = rollout::enforces(svc, principal, request_id);
+            let enforced = super::canary::enforces(svc, principal, request_id);
             let outcome = if enforced { Outcome::Deny } else { Outcome::WouldDeny };
             decided(outcome, reason, rule, enforced)
         };
@@ -105,8 +104,8 @@ impl CompiledPolicy {
             Ok(dest) => self.evaluate(service, principal.unwrap_or(""), dest, request_id, now),
             Err(m) => {
                 let mut d = Decision::hard_deny(Reason::Malformed(m));
-                d.service = Some(&self.services[service]);
-                d.mode = Some(self.services[service].mode);
+                d.service = Some(&self.services[service.get()]);
+                d.mode = Some(self.services[service.get()].mode);
                 d
             }
         }

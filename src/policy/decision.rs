@@ -1,9 +1,9 @@
 //! What a check concluded, and why, in terms an operator (and Envoy's access log) can use.
 
-use super::compiled::{RuleInfo, ServiceInfo};
+use super::compiled::{RuleInfo, ServiceIdx, ServiceInfo};
 use super::fqdn::HostError;
 use super::matcher::Miss;
-use super::model::Mode;
+use super::terms::Mode;
 use crate::identity::AuthnError;
 
 /// What happens to the request.
@@ -54,6 +54,18 @@ pub enum Malformed {
     Host(#[from] HostError),
 }
 
+/// The break-glass grant a decision was made by: what the decision, its spans and records say
+/// about it (the grant's store, its file format and lifecycle live in `runtime::breakglass`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRef {
+    pub id: String,
+    pub grantor: String,
+    pub reason: String,
+    /// `api.partner.test:443`, `api.partner.test (any port)` or `any destination`.
+    pub target: String,
+    pub expires_unix: i64,
+}
+
 /// Why the policy concluded what it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -68,8 +80,8 @@ pub enum Reason {
     Unauthenticated(AuthnError),
     UnknownService,
     Malformed(Malformed),
-    /// Allowed by an operator's time-boxed break-glass grant (see `rollout::breakglass`).
-    BreakGlass(std::sync::Arc<crate::rollout::breakglass::Grant>),
+    /// Allowed by an operator's time-boxed break-glass grant.
+    BreakGlass(std::sync::Arc<GrantRef>),
     /// A CONNECT tunnel's TLS ClientHello named another host than the CONNECT authority.
     SniMismatch {
         connect: String,
@@ -131,7 +143,7 @@ impl std::fmt::Display for Reason {
                 "break-glass grant {} by {} for {}: {} (expires {})",
                 g.id,
                 g.grantor,
-                g.target(),
+                g.target,
                 g.reason,
                 jiff::Timestamp::from_second(g.expires_unix).map(|t| t.to_string()).unwrap_or_default()
             ),
@@ -192,7 +204,7 @@ pub struct Verdict {
     pub outcome: Outcome,
     pub reason: Reason,
     pub rule: Option<u32>,
-    pub service: Option<u32>,
+    pub service: Option<ServiceIdx>,
     pub mode: Option<Mode>,
     pub enforced: bool,
     pub rolled_back: bool,
@@ -204,7 +216,7 @@ impl Decision<'_> {
             outcome: self.outcome,
             reason: self.reason.clone(),
             rule: self.rule.map(|r| r.index as u32),
-            service: self.service.map(|s| s.index as u32),
+            service: self.service.map(|s| s.index),
             mode: self.mode,
             enforced: self.enforced,
             rolled_back: self.rolled_back,

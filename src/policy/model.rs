@@ -7,86 +7,12 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::terms::{Mode, Protocol, TunnelTls};
+
 /// Just enough of a document to dispatch on its `kind`.
 #[derive(Debug, Deserialize)]
 pub struct KindProbe {
     pub kind: Option<Spanned<String>>,
-}
-
-/// How a service's own rules are applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Denies are enforced.
-    Enforce,
-    /// Everything is allowed; a deny is recorded as `would-deny`.
-    DryRun,
-    /// `canaryPercent`% of requests (by a stable hash of the request id) are enforced, the rest dry-run.
-    Canary,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::DryRun => "dry-run",
-            Mode::Canary => "canary",
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What kind of traffic a rule may restrict itself to (see the README for how each is recognized).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// A plaintext HTTP request proxied by the gateway.
-    Http,
-    /// HTTPS: a CONNECT tunnel to port 443, or a request with the `https` scheme.
-    Https,
-    /// TLS passed through by SNI.
-    Tls,
-    /// An opaque TCP stream: a CONNECT tunnel to another port, or a network check with no SNI.
-    Tcp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Https => "https",
-            Protocol::Tls => "tls",
-            Protocol::Tcp => "tcp",
-        }
-    }
-
-    /// Bit for a compact protocol set.
-    pub fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-
-    /// `http`, `https`, `tls` or `tcp`, in any case.
-    fn from_str(s: &str) -> Result<Self, String> {
-        [Protocol::Http, Protocol::Https, Protocol::Tls, Protocol::Tcp]
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown protocol `{s}`: expected http, https, tls or tcp"))
-    }
 }
 
 /// `kind: MeshDefaults`: one per policy set.
@@ -106,29 +32,6 @@ pub struct MeshDefaultsDoc {
     pub tunnel_tls: Option<TunnelTls>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleDoc>>,
-}
-
-/// What a CONNECT tunnel must carry (checked on the tunnel's first bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TunnelTls {
-    /// A TLS ClientHello whose SNI is the CONNECT host (case-insensitive, normalized).
-    #[default]
-    RequireMatchingSni,
-    /// TLS, any SNI.
-    AllowAnyTls,
-    /// Opaque tunnels (SSH, database protocols): nothing checked.
-    Off,
-}
-
-impl TunnelTls {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TunnelTls::RequireMatchingSni => "require-matching-sni",
-            TunnelTls::AllowAnyTls => "allow-any-tls",
-            TunnelTls::Off => "off",
-        }
-    }
 }
 
 /// `kind: DestinationGroup`: a named, justified set of destinations services can allow by name.

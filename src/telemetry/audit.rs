@@ -14,7 +14,7 @@ use super::record::{DecisionRecord, Value};
 use super::spans::SpanIds;
 
 /// When the audit log is fsynced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// Leave it to the OS (records are still written out at least every flush interval).
     Never,
@@ -22,6 +22,18 @@ pub enum FsyncPolicy {
     Batch,
     /// After every record (slowest; the telemetry queue absorbs bursts, drops are counted).
     Always,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" => Ok(FsyncPolicy::Never),
+            "batch" => Ok(FsyncPolicy::Batch),
+            "always" => Ok(FsyncPolicy::Always),
+            _ => Err(format!("unknown fsync policy `{s}`: expected never, batch or always")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +153,7 @@ pub fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> 
 mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
-    use crate::telemetry::record::{CheckEvent, RequestFacts};
+    use crate::telemetry::record::CheckEvent;
     use crate::telemetry::spans::{DecisionSampler, parse_sampler};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
@@ -156,8 +168,7 @@ mod tests {
             "api.stripe.com",
             &[("x-request-id", &id)],
         );
-        let verdict = crate::authz::decide_verdict(&policy, &request, 0);
-        let facts = RequestFacts::capture(&request, &Default::default(), &policy);
+        let (verdict, facts) = crate::testing::checked(&policy, &request, &Default::default());
         CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::from_micros(3) }
     }
 

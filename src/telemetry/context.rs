@@ -87,8 +87,8 @@ mod tests {
     use tonic::codegen::http;
 
     fn parent_of(metadata: &http::HeaderMap, req: &CheckRequest) -> Option<SpanContext> {
-        let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
-        Propagators::default().parent(&RequestFacts::capture(req, metadata, &policy))
+        let policy = std::sync::Arc::new(crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap());
+        Propagators::default().parent(&crate::testing::checked(&policy, req, metadata).1)
     }
 
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

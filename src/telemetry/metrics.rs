@@ -73,7 +73,7 @@ impl DecisionCounters {
     pub fn count(&self, verdict: &Verdict) {
         let row = match verdict.service {
             Some(i) => {
-                let (outcomes, break_glass) = &self.by_service[i as usize];
+                let (outcomes, break_glass) = &self.by_service[i.get()];
                 if matches!(verdict.reason, crate::policy::Reason::BreakGlass(_)) {
                     break_glass.inc();
                 }

@@ -1,7 +1,7 @@
 //! One decision as telemetry sees it, and the one list of fields that spans and audit records share.
 //!
-//! The Check path copies the few strings telemetry needs out of the request into one buffer
-//! (`RequestFacts`: one allocation) and frees the request itself where it was decoded. Handing the
+//! The Check path (`authz::facts`) copies the few strings telemetry needs out of the request into
+//! one buffer (`RequestFacts`: one allocation) and frees the request itself where it was decoded. Handing the
 //! whole decoded request to the telemetry thread instead cost 5-10% of Check throughput by itself
 //! (its ~20 allocations freed on another thread, the Check path's memory never reused warm;
 //! measured with benches/telemetry_load.sh). Formatting happens on the telemetry thread.
@@ -11,12 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use tonic::codegen::http;
-
 use super::context::TRACE_HEADERS;
-use crate::authz::request::{CheckView, header, socket_address, tls_sni, view};
-use crate::policy::fqdn::Host;
 use crate::policy::{CompiledPolicy, Protocol, Verdict};
 
 /// The strings of a request telemetry keeps, by position in `RequestFacts`.
@@ -50,87 +45,31 @@ pub struct RequestFacts {
     pub tunnel_start: Option<&'static str>,
 }
 
+/// The strings of one request, by `Fact` and then the trace headers, while facts are built.
+pub struct FactValues<'a>([Option<&'a str>; SLOTS]);
+
+impl<'a> Default for FactValues<'a> {
+    fn default() -> Self {
+        FactValues([None; SLOTS])
+    }
+}
+
+impl<'a> FactValues<'a> {
+    pub fn set(&mut self, fact: Fact, value: Option<&'a str>) {
+        self.0[fact as usize] = value;
+    }
+
+    /// The `i`th of `TRACE_HEADERS`.
+    pub fn set_trace_header(&mut self, i: usize, value: Option<&'a str>) {
+        self.0[FACTS + i] = value;
+    }
+}
+
 impl RequestFacts {
-    /// Reads `req` (and the Check call's `metadata`, for trace context) as `policy` would.
-    pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> Self {
-        Self::from_view(view(req, policy, Default::default()).ok().as_ref(), req, metadata)
-    }
-
-    /// As `capture`, from the view the Check already made of `req` (`None`: it was malformed).
-    pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &http::HeaderMap) -> Self {
-        let attrs = req.attributes.as_ref();
-        let mut values: [Option<&str>; SLOTS] = Default::default();
-        let mut facts = RequestFacts {
-            client: attrs
-                .and_then(|a| a.source.as_ref())
-                .and_then(|s| socket_address(s.address.as_ref()))
-                .map(|(ip, port)| SocketAddr::new(ip, port)),
-            ..Default::default()
-        };
-        values[Fact::Sni as usize] = attrs.and_then(tls_sni);
-        let ip_text;
-        if let Some(v) = view {
-            facts.is_http = v.is_http;
-            values[Fact::Principal as usize] = v.principal.as_ref().ok().and_then(|p| p.as_deref());
-            values[Fact::Method as usize] = Some(v.method);
-            values[Fact::RequestId as usize] = v.request_id;
-            if let Ok(d) = &v.destination {
-                facts.port = Some(d.port);
-                facts.protocol = Some(d.protocol);
-                values[Fact::Host as usize] = Some(match &d.host {
-                    Host::Name(n) => n.as_ref(),
-                    Host::Ip(ip) => {
-                        ip_text = ip.to_string();
-                        ip_text.as_str()
-                    }
-                });
-            }
-        }
-        // Trace context: the Check call's own (Envoy's ext_authz span) wins over the request's.
-        let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-        let carriers = ["traceparent", "b3", "x-b3-traceid"];
-        if carriers.iter().any(|h| metadata.contains_key(*h)) {
-            for (i, name) in TRACE_HEADERS.iter().enumerate() {
-                values[FACTS + i] = metadata.get(*name).and_then(|v| v.to_str().ok());
-            }
-        } else if let Some(http) = http
-            && carriers.iter().any(|h| header(http, h).is_some())
-        {
-            for (i, name) in TRACE_HEADERS.iter().enumerate() {
-                values[FACTS + i] = header(http, name);
-            }
-        }
-        facts.pack(values);
-        facts
-    }
-
-    /// Facts of a tunnel check: the CONNECT's caller and host, the SNI seen, the correlation, and a
-    /// `traceparent` naming the CONNECT decision's span, so the two decisions share one trace.
-    pub fn tunnel(
-        pending: Option<&crate::authz::tunnel::PendingTunnel>,
-        sni: Option<&str>,
-        start: crate::authz::tunnel::TunnelStart,
-    ) -> Self {
-        let mut values: [Option<&str>; SLOTS] = Default::default();
-        let traceparent = pending.map(|p| format!("00-{}-{}-01", p.trace_id, p.connect_span));
-        let correlation = pending.map(|p| p.correlation.to_string()).unwrap_or_default();
-        values[Fact::Sni as usize] = sni;
-        if let Some(p) = pending {
-            values[Fact::Principal as usize] = Some(&p.principal);
-            values[Fact::Host as usize] = Some(&p.host);
-            values[Fact::Correlation as usize] = Some(correlation.as_str());
-            values[FACTS] = traceparent.as_deref();
-        }
-        let mut facts = RequestFacts {
-            port: pending.map(|p| p.port),
-            protocol: Some(Protocol::Tls),
-            tunnel_start: Some(match start {
-                crate::authz::tunnel::TunnelStart::Tls => "tls",
-                crate::authz::tunnel::TunnelStart::NotTls => "not-tls",
-            }),
-            ..Default::default()
-        };
-        facts.pack(values);
+    /// Packs `values` into one buffer; the other fields are set by the caller.
+    pub fn pack_from(values: FactValues<'_>) -> Self {
+        let mut facts = RequestFacts::default();
+        facts.pack(values.0);
         facts
     }
 
@@ -229,7 +168,7 @@ impl<'a> DecisionRecord<'a> {
         };
         str_field("egress.check", Some(if facts.is_http { "http" } else { "network" }));
         str_field("egress.spiffe_id", facts.get(Fact::Principal));
-        str_field("egress.service", verdict.service.map(|s| policy.services[s as usize].name.as_str()));
+        str_field("egress.service", verdict.service.map(|s| policy.services[s.get()].name.as_str()));
         str_field("client.address", self.client_address.as_deref());
         str_field("server.address", facts.get(Fact::Host));
         str_field("egress.protocol", facts.protocol.map(Protocol::as_str));
@@ -268,12 +207,12 @@ mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
     use crate::testing::{http_check, network_check};
+    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
     fn fields(req: CheckRequest) -> Vec<(String, String)> {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
-        let verdict = crate::authz::decide_verdict(&policy, &req, 0);
-        let facts = RequestFacts::capture(&req, &http::HeaderMap::new(), &policy);
+        let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
         let event = CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::ZERO };
         let record = DecisionRecord::describe(&event);
         let mut out = vec![];
@@ -319,8 +258,7 @@ mod tests {
 #[cfg(test)]
 mod override_tests {
     use super::*;
-    use crate::policy::{Outcome, PolicySource, Reason, compile};
-    use crate::rollout::breakglass::Grant;
+    use crate::policy::{GrantRef, Outcome, PolicySource, Reason, compile};
 
     #[test]
     fn break_glass_and_rollback_guard_decisions_say_so() {
@@ -328,24 +266,18 @@ mod override_tests {
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
         let req =
             crate::testing::http_check("spiffe://corp.example/ns/payments/sa/api", "GET", "evil.example.org", &[]);
-        let mut verdict = crate::authz::decide_verdict(&policy, &req, 0);
+        let (mut verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
         assert_eq!(verdict.outcome, Outcome::Deny);
-        let grant = Grant {
+        let grant = GrantRef {
             id: "bg-1".into(),
-            service: "payments".into(),
-            host: Some("evil.example.org".into()),
-            port: None,
-            created_unix: 0,
-            expires_unix: 60,
-            reason: "INC-1".into(),
             grantor: "alice".into(),
-            revoked_unix: None,
-            revoker: None,
+            reason: "INC-1".into(),
+            target: "evil.example.org (any port)".into(),
+            expires_unix: 60,
         };
         verdict.outcome = Outcome::Allow;
         verdict.reason = Reason::BreakGlass(Arc::new(grant));
         verdict.rolled_back = true;
-        let facts = RequestFacts::capture(&req, &http::HeaderMap::new(), &policy);
         let event = CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::ZERO };
         let record = DecisionRecord::describe(&event);
         let mut got = std::collections::HashMap::new();

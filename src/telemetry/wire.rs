@@ -129,7 +129,7 @@ pub fn export_request(buf: &mut impl BufMut, resource: &[u8], scope: &[u8], span
 mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
-    use crate::telemetry::record::{CheckEvent, RequestFacts};
+    use crate::telemetry::record::CheckEvent;
     use crate::telemetry::spans::{DecisionSampler, parse_sampler};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -177,8 +177,7 @@ mod tests {
     fn event(req: envoy_types::pb::envoy::service::auth::v3::CheckRequest) -> CheckEvent {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
-        let verdict = crate::authz::decide_verdict(&policy, &req, 0);
-        let facts = RequestFacts::capture(&req, &Default::default(), &policy);
+        let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
         CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::from_nanos(1234) }
     }
 

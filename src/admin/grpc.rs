@@ -5,15 +5,17 @@
 //! file; the token's name is the caller, recorded as a grant's grantor or revoker. Without a
 //! tokens file the API refuses every call (fail closed), as it does a missing or unknown token.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::tokens::{AdminTokens, BearerToken};
+use crate::clock::unix_now;
 use crate::explain;
-use crate::policy::{Protocol, SharedPolicy, unix_now};
-use crate::rollout::breakglass::{Grant, GrantError, GrantRequest, GrantStore};
-use crate::rollout::guard::RolloutTracker;
+use crate::policy::{Protocol, SharedPolicy};
+use crate::runtime::RuntimeOverrides;
+use crate::runtime::breakglass::{Grant, GrantError, GrantRequest};
+use crate::runtime::status::{RolloutStatus, ServiceRollout};
 
 pub mod pb {
     tonic::include_proto!("egressd.admin.v1");
@@ -21,95 +23,16 @@ pub mod pb {
 
 use pb::admin_server::{Admin, AdminServer};
 
-/// Operators' bearer tokens: one `NAME TOKEN` per line, `#` comments.
-pub struct AdminTokens {
-    entries: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for AdminTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("AdminTokens").field("names", &names).finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokensError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path}:{line}: {message}")]
-    Invalid { path: String, line: usize, message: String },
-    #[error("{0}: no tokens")]
-    Empty(String),
-}
-
-/// Tokens shorter than this are refused: they are guessable.
-const MIN_TOKEN_LEN: usize = 16;
-
-impl AdminTokens {
-    pub fn load(path: &Path) -> Result<Self, TokensError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Io { path: shown.clone(), source })?;
-        Self::parse(&shown, &text)
-    }
-
-    pub fn parse(path: &str, text: &str) -> Result<Self, TokensError> {
-        let mut entries = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let invalid =
-                |message: &str| TokensError::Invalid { path: path.to_string(), line: i + 1, message: message.into() };
-            let mut parts = line.split_whitespace();
-            let (Some(name), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(invalid("expected `NAME TOKEN`"));
-            };
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(invalid("token shorter than 16 characters"));
-            }
-            if entries.iter().any(|(_, t)| t == token) {
-                return Err(invalid("token used twice"));
-            }
-            entries.push((name.to_string(), token.to_string()));
-        }
-        if entries.is_empty() {
-            return Err(TokensError::Empty(path.to_string()));
-        }
-        Ok(AdminTokens { entries })
-    }
-
-    /// The name of the token's owner. Compares every token in full (no early exit on a prefix).
-    fn caller(&self, presented: &str) -> Option<&str> {
-        let mut found = None;
-        for (name, token) in &self.entries {
-            let same = token.len() == presented.len()
-                && token.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-            if same {
-                found = Some(name.as_str());
-            }
-        }
-        found
-    }
-}
-
 #[derive(Clone)]
 pub struct AdminApi {
     policy: SharedPolicy,
-    grants: Arc<GrantStore>,
+    runtime: Arc<RuntimeOverrides>,
     tokens: Option<Arc<AdminTokens>>,
-    rollout: Arc<RolloutTracker>,
 }
 
 impl AdminApi {
-    pub fn new(
-        policy: SharedPolicy,
-        grants: Arc<GrantStore>,
-        tokens: Option<Arc<AdminTokens>>,
-        rollout: Arc<RolloutTracker>,
-    ) -> Self {
-        AdminApi { policy, grants, tokens, rollout }
+    pub fn new(policy: SharedPolicy, runtime: Arc<RuntimeOverrides>, tokens: Option<Arc<AdminTokens>>) -> Self {
+        AdminApi { policy, runtime, tokens }
     }
 
     pub fn into_server(self) -> AdminServer<Self> {
@@ -147,6 +70,26 @@ fn grant_pb(g: &Grant) -> pb::Grant {
     }
 }
 
+fn rollout_pb(status: RolloutStatus) -> pb::RolloutStatusResponse {
+    let service = |s: ServiceRollout| pb::ServiceRollout {
+        service: s.service,
+        mode: s.mode.as_str().to_string(),
+        effective_mode: s.effective_mode.as_str().to_string(),
+        checks: s.checks,
+        denies: s.denies,
+        would_denies: s.would_denies,
+        window_seconds: s.window_seconds,
+        next_step: s.next_step.map(|m| m.as_str().to_string()).unwrap_or_default(),
+        ready: s.ready,
+        detail: s.detail,
+        guard_tripped: s.guard_tripped,
+    };
+    pb::RolloutStatusResponse {
+        services: status.services.into_iter().map(service).collect(),
+        policy_version: status.policy_version,
+    }
+}
+
 fn grant_status(e: GrantError) -> Status {
     match e {
         GrantError::UnknownGrant(_) => Status::not_found(e.to_string()),
@@ -174,7 +117,7 @@ impl Admin for AdminApi {
         if !self.policy.load().services.iter().any(|s| s.name == request.service) {
             return Err(grant_status(GrantError::UnknownService(request.service)));
         }
-        let grants = self.grants.clone();
+        let grants = self.runtime.grants.clone();
         // Persisting fsyncs: blocking work.
         let grant = tokio::task::spawn_blocking(move || grants.grant(&request, &caller, |_| true, unix_now()))
             .await
@@ -188,14 +131,14 @@ impl Admin for AdminApi {
         req: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         self.caller(&req)?;
-        let grants = self.grants.list(req.get_ref().include_inactive, unix_now());
+        let grants = self.runtime.grants.list(req.get_ref().include_inactive, unix_now());
         Ok(Response::new(pb::ListGrantsResponse { grants: grants.iter().map(|g| grant_pb(g)).collect() }))
     }
 
     async fn revoke_grant(&self, req: Request<pb::RevokeGrantRequest>) -> Result<Response<pb::Grant>, Status> {
         let caller = self.caller(&req)?;
         let id = req.into_inner().id;
-        let grants = self.grants.clone();
+        let grants = self.runtime.grants.clone();
         let grant = tokio::task::spawn_blocking(move || grants.revoke(&id, &caller, unix_now()))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -208,15 +151,15 @@ impl Admin for AdminApi {
         let r = req.into_inner();
         let protocol = match r.protocol.trim() {
             "" => None,
-            p => Some(<Protocol as clap::ValueEnum>::from_str(p, true).map_err(Status::invalid_argument)?),
+            p => Some(p.parse::<Protocol>().map_err(Status::invalid_argument)?),
         };
         let dest = explain::cli_destination(&r.to, protocol).map_err(Status::invalid_argument)?;
         let policy = self.policy.load();
         let request_id = Some(r.request_id.as_str()).filter(|id| !id.is_empty());
         let now = unix_now();
         let decision = policy.decide(Some(&r.from), Ok(&dest), request_id, now);
-        // The same run-time overrides a Check gets: a tripped guard, then a grant.
-        let decision = self.grants.apply(self.rollout.apply(decision), Some(&dest), now);
+        // The same run-time overrides a Check gets.
+        let decision = self.runtime.apply(decision, Some(&dest), now);
         Ok(Response::new(pb::ExplainResponse {
             decision: decision.outcome.as_str().to_string(),
             permits: decision.outcome.permits(),
@@ -232,7 +175,7 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::RolloutStatusResponse>, Status> {
         self.caller(&req)?;
         let policy = self.policy.load();
-        Ok(Response::new(self.rollout.status(&policy, unix_now())))
+        Ok(Response::new(rollout_pb(self.runtime.status(&policy, unix_now()))))
     }
 
     async fn reset_rollback_guard(
@@ -241,32 +184,8 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::ResetRollbackGuardResponse>, Status> {
         let caller = self.caller(&req)?;
         let service = req.into_inner().service;
-        let was_tripped = self.rollout.reset(&service, &caller);
+        let was_tripped = self.runtime.reset_guard(&service, &caller, unix_now());
         Ok(Response::new(pb::ResetRollbackGuardResponse { was_tripped }))
-    }
-}
-
-/// Client side: adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl BearerToken {
-    pub fn new(token: Option<&str>) -> Result<Self, Status> {
-        token
-            .map(|t| {
-                format!("Bearer {}", t.trim()).parse().map_err(|_| Status::invalid_argument("token is not valid ASCII"))
-            })
-            .transpose()
-            .map(BearerToken)
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
     }
 }
 

@@ -1,13 +1,14 @@
-//! The CLI commands that talk to a running egressd's admin API (`check --server`, `break-glass`,
-//! `rollout`). Part of the binary (declared in main.rs), not of the library.
+//! The commands that talk to a running egressd's admin API: `check --server`, `break-glass`,
+//! `rollout`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use egressd::admin_api::{connect, pb};
+use egressd::admin::grpc::{connect, pb};
+use egressd::admin::tokens::BearerToken;
 use egressd::policy::Protocol;
 
-use crate::{BreakGlassCommand, RemoteArgs, RolloutCommand};
+use super::{BreakGlassCommand, RemoteArgs, RolloutCommand};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
@@ -18,7 +19,7 @@ async fn client(
     token: Option<&str>,
 ) -> anyhow::Result<
     pb::admin_client::AdminClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, egressd::admin_api::BearerToken>,
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
     >,
 > {
     connect(server, token).await.map_err(|e| anyhow::anyhow!("cannot reach egressd at {server}: {e}"))
@@ -53,20 +54,20 @@ pub fn check(
     })?;
     if json {
         let v: serde_json::Value = serde_json::from_str(&answer.json).context("server sent invalid JSON")?;
-        println!("{v:#}");
+        outln!("{v:#}");
     } else {
-        print!("{}", answer.text);
-        println!("  (decided by the live policy and break-glass grants of {server})");
+        out!("{}", answer.text);
+        outln!("  (decided by the live policy and break-glass grants of {server})");
     }
     Ok(if answer.permits { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn print_grants(grants: &[pb::Grant]) {
     if grants.is_empty() {
-        println!("no grants");
+        outln!("no grants");
         return;
     }
-    println!("{:<24} {:<14} {:<32} {:<21} {:<12} REASON", "ID", "SERVICE", "TO", "EXPIRES", "BY");
+    outln!("{:<24} {:<14} {:<32} {:<21} {:<12} REASON", "ID", "SERVICE", "TO", "EXPIRES", "BY");
     for g in grants {
         let to = match (g.all, g.port) {
             (true, _) => "any destination".to_string(),
@@ -74,7 +75,7 @@ fn print_grants(grants: &[pb::Grant]) {
             (false, p) => format!("{}:{p}", g.host),
         };
         let state = if g.revoked_unix != 0 { format!(" [revoked by {}]", g.revoker) } else { String::new() };
-        println!(
+        outln!(
             "{:<24} {:<14} {:<32} {:<21} {:<12} {}{state}",
             g.id,
             g.service,
@@ -112,7 +113,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
                 };
                 c.grant_break_glass(req).await.map(|r| r.into_inner()).map_err(status_error(&server))
             })?;
-            println!("granted {} until {} (by {})", g.id, when(g.expires_unix), g.grantor);
+            outln!("granted {} until {} (by {})", g.id, when(g.expires_unix), g.grantor);
         }
         BreakGlassCommand::List { all, json, remote } => {
             let RemoteArgs { server, auth } = remote;
@@ -122,7 +123,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
                 c.list_grants(req).await.map(|r| r.into_inner().grants).map_err(status_error(&server))
             })?;
             if json {
-                println!("{:#}", serde_json::Value::Array(grants.iter().map(grant_json).collect()));
+                outln!("{:#}", serde_json::Value::Array(grants.iter().map(grant_json).collect()));
             } else {
                 print_grants(&grants);
             }
@@ -136,7 +137,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
                     .map(|r| r.into_inner())
                     .map_err(status_error(&server))
             })?;
-            println!("revoked {} (service {}, by {})", g.id, g.service, g.revoker);
+            outln!("revoked {} (service {}, by {})", g.id, g.service, g.revoker);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -167,11 +168,18 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                         })
                     })
                     .collect();
-                println!("{:#}", serde_json::json!({ "policyVersion": status.policy_version, "services": services }));
+                outln!("{:#}", serde_json::json!({ "policyVersion": status.policy_version, "services": services }));
             } else {
-                println!(
+                outln!(
                     "{:<14} {:<9} {:<9} {:>9} {:>7} {:>11} {:>8}  {:<8} DETAIL",
-                    "SERVICE", "MODE", "EFFECTIVE", "CHECKS", "DENIES", "WOULD-DENY", "WINDOW", "NEXT"
+                    "SERVICE",
+                    "MODE",
+                    "EFFECTIVE",
+                    "CHECKS",
+                    "DENIES",
+                    "WOULD-DENY",
+                    "WINDOW",
+                    "NEXT"
                 );
                 for s in &status.services {
                     let next = match (s.next_step.as_str(), s.ready) {
@@ -179,7 +187,7 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                         (n, true) => format!("{n} ✓"),
                         (n, false) => format!("{n} ✗"),
                     };
-                    println!(
+                    outln!(
                         "{:<14} {:<9} {:<9} {:>9} {:>7} {:>11} {:>7}s  {:<8} {}",
                         s.service,
                         s.mode,
@@ -192,7 +200,7 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                         s.detail
                     );
                 }
-                println!("policy {}", status.policy_version);
+                outln!("policy {}", status.policy_version);
             }
         }
         RolloutCommand::Reset { service, remote } => {
@@ -203,9 +211,9 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                 c.reset_rollback_guard(req).await.map(|r| r.into_inner()).map_err(status_error(&server))
             })?;
             if r.was_tripped {
-                println!("{service}: rollback guard reset; back to its configured mode");
+                outln!("{service}: rollback guard reset; back to its configured mode");
             } else {
-                println!("{service}: rollback guard had not tripped (its window restarts now)");
+                outln!("{service}: rollback guard had not tripped (its window restarts now)");
             }
         }
     }

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::fqdn::{Host, parse_authority};
-use crate::policy::{Decision, Destination, Outcome, Reason};
+use crate::policy::{Decision, Destination, GrantRef, Outcome, Reason};
 
 /// How long an inactive grant stays listed.
 const KEEP_INACTIVE_SECONDS: i64 = 86_400;
@@ -53,6 +53,17 @@ impl Grant {
             (Some(h), Host::Ip(ip)) => h.parse::<std::net::IpAddr>().is_ok_and(|g| g == *ip),
         };
         host_ok && self.port.is_none_or(|p| p == dest.port)
+    }
+
+    /// What a decision this grant makes says about it.
+    pub fn as_ref_for_decisions(&self) -> GrantRef {
+        GrantRef {
+            id: self.id.clone(),
+            grantor: self.grantor.clone(),
+            reason: self.reason.clone(),
+            target: self.target(),
+            expires_unix: self.expires_unix,
+        }
     }
 
     /// `api.partner.test:443`, `api.partner.test (any port)` or `any destination`.
@@ -101,15 +112,21 @@ struct StateFile {
     grants: Vec<Grant>,
 }
 
-/// Grants by service name, for the Check path.
+/// Active grants by service name, for the Check path, each with the reference its decisions
+/// carry (made once, so a decision a grant makes clones an `Arc`, no strings).
 #[derive(Debug, Default)]
 pub struct ActiveGrants {
-    by_service: HashMap<String, Vec<Arc<Grant>>>,
+    by_service: HashMap<String, Vec<ActiveGrant>>,
 }
+
+/// A grant and the reference its decisions carry.
+type ActiveGrant = (Arc<Grant>, Arc<GrantRef>);
 
 pub struct GrantStore {
     path: Option<PathBuf>,
     max_seconds: u64,
+    salt: u64,
+    seq: std::sync::atomic::AtomicU64,
     all: Mutex<Vec<Arc<Grant>>>,
     active: ArcSwap<ActiveGrants>,
 }
@@ -126,6 +143,8 @@ impl GrantStore {
         GrantStore {
             path: None,
             max_seconds,
+            salt: random_salt(),
+            seq: Default::default(),
             all: Mutex::new(Vec::new()),
             active: ArcSwap::from_pointee(ActiveGrants::default()),
         }
@@ -185,7 +204,7 @@ impl GrantStore {
             }
         };
         let grant = Arc::new(Grant {
-            id: new_id(now),
+            id: new_id(now, self.salt, self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             service: req.service.clone(),
             host,
             port,
@@ -249,10 +268,10 @@ impl GrantStore {
             return decision;
         }
         let Some(grants) = active.by_service.get(&service.name) else { return decision };
-        match grants.iter().find(|g| g.is_active(now) && g.covers(dest)) {
-            Some(g) => Decision {
+        match grants.iter().find(|(g, _)| g.is_active(now) && g.covers(dest)) {
+            Some((_, grant_ref)) => Decision {
                 outcome: Outcome::Allow,
-                reason: Reason::BreakGlass(g.clone()),
+                reason: Reason::BreakGlass(grant_ref.clone()),
                 rule: None,
                 near_miss: None,
                 ..decision
@@ -277,24 +296,25 @@ impl GrantStore {
     }
 
     fn publish(&self, now: i64) {
-        let mut by_service: HashMap<String, Vec<Arc<Grant>>> = HashMap::new();
+        let mut by_service: HashMap<String, Vec<ActiveGrant>> = HashMap::new();
         for g in self.all.lock().expect("grants lock").iter().filter(|g| g.is_active(now)) {
-            by_service.entry(g.service.clone()).or_default().push(g.clone());
+            by_service.entry(g.service.clone()).or_default().push((g.clone(), Arc::new(g.as_ref_for_decisions())));
         }
         self.active.store(Arc::new(ActiveGrants { by_service }));
     }
 }
 
-/// `bg-` + time + a random part: unique enough for a human to name on the command line.
-fn new_id(now: i64) -> String {
-    let random = xxhash_rust::xxh3::xxh3_64(
-        &std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            .to_le_bytes(),
-    );
+/// `bg-` + the grant time + a part from this store's random salt and a sequence number: unique
+/// within a store, unpredictable across them, short enough to type.
+fn new_id(now: i64, salt: u64, seq: u64) -> String {
+    let random = xxhash_rust::xxh3::xxh3_64_with_seed(&seq.to_le_bytes(), salt);
     format!("bg-{now:x}-{:06x}", random & 0xff_ffff)
+}
+
+/// A random salt from the standard library's per-process hash keys (no clock involved).
+fn random_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 /// Writes the state atomically: a temporary file in the same directory, fsynced, renamed over

@@ -1,0 +1,135 @@
+//! Admin HTTP: `GET /healthz` (process is up), `/readyz` (a policy is loaded and the gRPC port is
+//! serving), `/policy` (version, origin, services, groups, warnings of the live policy), `/xds`
+//! (connected nodes, per type the version sent and ACKed, the last NACK), `/metrics`
+//! (OpenMetrics text: decisions, Check latency, reloads, xDS, dropped spans and audit records).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::policy::SharedPolicy;
+use crate::reload::ReloadStatus;
+use crate::xds::registry::Registry;
+use crate::xds::snapshot::SnapshotSet;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub policy: SharedPolicy,
+    /// Set once the gRPC listener is bound.
+    pub grpc_ready: Arc<AtomicBool>,
+    pub registry: Arc<Registry>,
+    pub snapshot: tokio::sync::watch::Receiver<Arc<SnapshotSet>>,
+    pub reload: Arc<ReloadStatus>,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+    pub runtime: Arc<crate::runtime::RuntimeOverrides>,
+}
+
+pub fn router(state: AdminState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/policy", get(policy))
+        .route("/xds", get(xds))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.grpc_ready.load(Ordering::Acquire) {
+        (StatusCode::OK, format!("ready: policy {}\n", state.policy.load().version))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: gRPC listener not bound yet\n".to_string())
+    }
+}
+
+async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let p = state.policy.load();
+    Json(json!({
+        "version": p.version,
+        "origin": p.origin,
+        "trustDomain": p.trust_domain,
+        "defaultMode": p.default_mode,
+        "trustForwardedClientCert": p.trust_forwarded_client_cert,
+        "meshDenyRules": p.mesh_deny_rules,
+        "rules": p.rule_count(),
+        "services": p.services,
+        "groups": p.groups,
+        "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+        "gateways": p.gateways,
+        "reloads": state.reload.reloads.load(std::sync::atomic::Ordering::Relaxed),
+        "reloadFailures": state.reload.failures.load(std::sync::atomic::Ordering::Relaxed),
+        "lastReloadError": *state.reload.last_error.lock().expect("status lock"),
+        "rollbackGuardTripped": *state.runtime.tripped(),
+        "breakGlassGrants": state.runtime.grants.list(false, crate::clock::unix_now()),
+    }))
+}
+
+async fn xds(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let set = state.snapshot.borrow().clone();
+    let describe = |s: &crate::xds::snapshot::Snapshot| json!({ "version": s.version, "policyVersion": s.policy_version, "profile": s.profile });
+    Json(json!({
+        "snapshot": describe(&set.default),
+        "profiles": set.by_node.iter().map(|(node, s)| (node.clone(), describe(s))).collect::<serde_json::Map<_, _>>(),
+        "pushes": state.registry.pushes.load(Relaxed),
+        "nacks": state.registry.nacks.load(Relaxed),
+        "nodes": state.registry.snapshot(),
+    }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], crate::telemetry::metrics::render(&state.metrics))
+}
+
+/// The scrape registry: telemetry's own metrics plus what the reload watcher and the xDS registry
+/// already count, read at scrape time.
+pub fn metrics_registry(
+    metrics: &crate::telemetry::metrics::Metrics,
+    xds: Arc<Registry>,
+    reload: Arc<ReloadStatus>,
+) -> prometheus_client::registry::Registry {
+    metrics.registry(vec![Box::new(StateCollector { xds, reload })])
+}
+
+#[derive(Debug)]
+struct StateCollector {
+    xds: Arc<Registry>,
+    reload: Arc<ReloadStatus>,
+}
+
+impl prometheus_client::collector::Collector for StateCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = [
+            ("egressd_policy_reloads", "Policy sets loaded and swapped in by hot reload", &self.reload.reloads),
+            (
+                "egressd_policy_reload_failures",
+                "Policy sets rejected by hot reload (the running one stayed)",
+                &self.reload.failures,
+            ),
+            ("egressd_xds_pushes", "xDS responses sent to gateways", &self.xds.pushes),
+            ("egressd_xds_nacks", "xDS responses rejected (NACKed) by gateways", &self.xds.nacks),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value.load(Relaxed));
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let nodes = ConstGauge::new(self.xds.connected() as i64);
+        nodes.encode(encoder.encode_descriptor(
+            "egressd_xds_connected_nodes",
+            "Gateway xDS streams currently open",
+            None,
+            nodes.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}

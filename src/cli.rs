@@ -1,0 +1,343 @@
+//! The `egressd` command line: its arguments (clap lives here and only here), and the commands,
+//! which run offline (`local`) or through a running egressd's admin API (`remote`).
+
+#[macro_use]
+mod output;
+mod local;
+mod remote;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use egressd::admin::tokens::AdminTokens;
+use egressd::policy::Protocol;
+use egressd::runtime::breakglass::GrantStore;
+use egressd::server;
+use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
+use egressd::telemetry::spans::parse_sampler;
+use egressd::telemetry::{OtlpConfig, TelemetryConfig};
+
+/// Runs the command line; exit code 2 on an error before or outside a decision.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("egressd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { policy, grpc_listen, admin_listen, telemetry, admin } => {
+            local::serve(policy, grpc_listen, admin_listen, telemetry.config()?, admin.config()?)
+        }
+        Command::Validate { dir, strict } => {
+            local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
+        }
+        Command::Check { policy, from, to, protocol, request_id, json, server: None, .. } => {
+            local::check(policy, &from, &to, protocol.map(Into::into), request_id.as_deref(), json)
+        }
+        Command::Check { from, to, protocol, request_id, json, server: Some(server), auth, .. } => {
+            remote::check(&server, auth.token.as_deref(), &from, &to, protocol.map(Into::into), request_id, json)
+        }
+        Command::BreakGlass(cmd) => remote::break_glass(cmd),
+        Command::Rollout(cmd) => remote::rollout(cmd),
+    }
+}
+
+/// `--protocol`: the CLI's face of `Protocol` (clap's possible values and help per value).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// A plaintext HTTP request proxied by the gateway.
+    Http,
+    /// HTTPS: a CONNECT tunnel to port 443, or a request with the `https` scheme.
+    Https,
+    /// TLS passed through by SNI.
+    Tls,
+    /// An opaque TCP stream: a CONNECT tunnel to another port, or a network check with no SNI.
+    Tcp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Protocol {
+        match p {
+            ProtocolArg::Http => Protocol::Http,
+            ProtocolArg::Https => Protocol::Https,
+            ProtocolArg::Tls => Protocol::Tls,
+            ProtocolArg::Tcp => Protocol::Tcp,
+        }
+    }
+}
+
+/// `--audit-fsync`: the CLI's face of `FsyncPolicy`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FsyncArg {
+    /// Leave it to the OS (records are still written out at least every flush interval).
+    Never,
+    /// After each batch: at most one flush interval (200 ms) of records is at risk on power loss.
+    Batch,
+    /// After every record (slowest; the telemetry queue absorbs bursts, drops are counted).
+    Always,
+}
+
+impl From<FsyncArg> for FsyncPolicy {
+    fn from(f: FsyncArg) -> FsyncPolicy {
+        match f {
+            FsyncArg::Never => FsyncPolicy::Never,
+            FsyncArg::Batch => FsyncPolicy::Batch,
+            FsyncArg::Always => FsyncPolicy::Always,
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "egressd", version, about = "Default-deny, explainable egress for an Envoy egress gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve ext_authz Check (and gRPC health) for the egress gateway, plus the admin HTTP port.
+    Serve {
+        /// Policy directory. Default: ./mesh-config, or the example policy built into the binary
+        /// when that directory does not exist.
+        #[arg(long, env = "EGRESSD_POLICY")]
+        policy: Option<PathBuf>,
+        /// gRPC listen address (ext_authz Check, grpc.health.v1).
+        #[arg(long, default_value = "127.0.0.1:18000", env = "EGRESSD_GRPC_LISTEN")]
+        grpc_listen: SocketAddr,
+        /// Admin HTTP listen address (/healthz, /readyz, /policy).
+        #[arg(long, default_value = "127.0.0.1:18001", env = "EGRESSD_ADMIN_LISTEN")]
+        admin_listen: SocketAddr,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
+    Validate {
+        /// Policy directory (default: ./mesh-config).
+        dir: Option<PathBuf>,
+        /// Treat warnings (expired allows, overlapping identities) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Explain, offline, what egressd decides for one request. Exit 0 on allow (including a dry-run
+    /// would-deny), 1 on deny, 2 when the policy or arguments are invalid.
+    Check {
+        /// Policy directory. Default as for `serve`.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The caller's SPIFFE ID, e.g. spiffe://corp.example/ns/payments/sa/api.
+        #[arg(long)]
+        from: String,
+        /// Destination HOST[:PORT] (IPv6 as [ADDR]:PORT).
+        #[arg(long)]
+        to: String,
+        /// How the request reaches the gateway. Default: from the port (80 http, 443 https, else tcp).
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
+        /// x-request-id, to see which side of a canary this request falls on.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Ask a running egressd (its gRPC address) instead: the live policy and break-glass grants.
+        #[arg(long)]
+        server: Option<String>,
+        #[command(flatten)]
+        auth: AdminAuth,
+    },
+    /// Time-boxed, audited exceptions to a service's policy, through a running egressd.
+    #[command(name = "break-glass", subcommand)]
+    BreakGlass(BreakGlassCommand),
+    /// Rollout progress of every service, through a running egressd.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+}
+
+/// How CLI commands reach and authenticate to a running egressd's admin API.
+#[derive(clap::Args)]
+pub struct AdminAuth {
+    /// Bearer token of the admin API (one of `serve --admin-tokens`).
+    #[arg(long, env = "EGRESSD_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RemoteArgs {
+    /// egressd's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18000", env = "EGRESSD_SERVER")]
+    pub server: String,
+    #[command(flatten)]
+    pub auth: AdminAuth,
+}
+
+#[derive(Subcommand)]
+pub enum BreakGlassCommand {
+    /// Let SERVICE reach a destination (or anything) for a while, past its own denies and the
+    /// default deny (never past mesh-wide denies).
+    Grant {
+        #[arg(long)]
+        service: String,
+        /// HOST[:PORT]; without a port, any port.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        to: Option<String>,
+        /// Any destination.
+        #[arg(long)]
+        all: bool,
+        /// How long, e.g. 30m, 2h, 1h30m (at most the server's --max-grant-duration).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Why (required; carried by every decision the grant makes).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Active grants (with --all, also expired and revoked ones of the last day).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// End a grant now.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Per service: mode, checks and would-denies over the server's rollout window, and whether it
+    /// is ready for its next step (dry-run -> canary -> enforce).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Re-arm a service whose rollback guard tripped.
+    Reset {
+        service: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// `30m`, `2h`, `1h30m`, `90s` (or ISO 8601 `PT30M`).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration =
+        s.trim().parse().map_err(|e| format!("`{s}` is not a duration like 30m or 2h: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("`{s}` is negative"))
+}
+
+/// The admin gRPC API (break-glass, Explain, rollout status) and its state.
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// Operators' admin API tokens: one `NAME TOKEN` per line (token >= 16 characters). The name is
+    /// recorded as grantor. Without this file the admin API refuses every call.
+    #[arg(long, env = "EGRESSD_ADMIN_TOKENS")]
+    admin_tokens: Option<PathBuf>,
+    /// Where break-glass grants are kept across restarts (written atomically).
+    #[arg(long, default_value = "egressd-break-glass.json", env = "EGRESSD_BREAK_GLASS_STATE")]
+    break_glass_state: PathBuf,
+    /// Longest break-glass grant allowed.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_grant_duration: std::time::Duration,
+    /// How long a service must run without would-denies to be ready for its next rollout step.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    rollout_window: std::time::Duration,
+}
+
+impl AdminArgs {
+    pub fn config(self) -> anyhow::Result<server::AdminApiConfig> {
+        let tokens = self.admin_tokens.map(|p| AdminTokens::load(&p)).transpose()?.map(Arc::new);
+        let max = self.max_grant_duration.as_secs().max(1);
+        let grants = GrantStore::open(&self.break_glass_state, max, egressd::clock::unix_now())?;
+        Ok(server::AdminApiConfig {
+            tokens,
+            grants: Arc::new(grants),
+            rollout_window_seconds: self.rollout_window.as_secs().max(1),
+        })
+    }
+}
+
+/// Decision spans (OTLP) and the audit log. The OTLP flags follow the standard variables.
+#[derive(clap::Args)]
+pub struct TelemetryArgs {
+    /// OTLP/gRPC collector for decision spans, e.g. http://127.0.0.1:4317 (falls back to
+    /// OTEL_EXPORTER_OTLP_ENDPOINT). No endpoint: no spans. OTEL_TRACES_EXPORTER=none or
+    /// OTEL_SDK_DISABLED=true turn export off. Headers, timeout and TLS: OTEL_EXPORTER_OTLP_*.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// service.name of the spans (OTEL_RESOURCE_ATTRIBUTES adds more resource attributes).
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "egressd")]
+    otel_service_name: String,
+    /// always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio. Applies to allows; denies and would-denies are always recorded
+    /// unless --sample-denies.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value = "parentbased_always_on")]
+    traces_sampler: String,
+    /// The sampler's ratio (0..1) for the *traceidratio samplers.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    traces_sampler_arg: Option<String>,
+    /// Apply the sampler to denies and would-denies too.
+    #[arg(long)]
+    sample_denies: bool,
+    /// Append one JSON line per decision to this file (schema in the README).
+    #[arg(long, env = "EGRESSD_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many MiB.
+    #[arg(long, default_value_t = 100)]
+    audit_max_mib: u64,
+    /// Rotated audit files to keep (PATH.1 .. PATH.N).
+    #[arg(long, default_value_t = 5)]
+    audit_keep: u32,
+    /// When the audit log is fsynced.
+    #[arg(long, value_enum, default_value = "batch")]
+    audit_fsync: FsyncArg,
+    /// Decisions queued for the telemetry thread before new ones are dropped (and counted).
+    #[arg(long, default_value_t = 16384)]
+    telemetry_queue: usize,
+}
+
+impl TelemetryArgs {
+    pub fn config(self) -> anyhow::Result<TelemetryConfig> {
+        let env_is = |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value));
+        let disabled = env_is("OTEL_TRACES_EXPORTER", "none") || env_is("OTEL_SDK_DISABLED", "true");
+        let endpoint = self.otlp_endpoint.or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
+        let otlp = endpoint
+            .filter(|e| !e.is_empty() && !disabled)
+            .map(|endpoint| OtlpConfig::from_env(endpoint, self.otel_service_name))
+            .transpose()?;
+        let audit = self.audit_log.map(|path| AuditConfig {
+            path,
+            max_bytes: self.audit_max_mib.saturating_mul(1024 * 1024),
+            keep: self.audit_keep,
+            fsync: self.audit_fsync.into(),
+        });
+        Ok(TelemetryConfig {
+            otlp,
+            audit,
+            sampler: parse_sampler(&self.traces_sampler, self.traces_sampler_arg.as_deref())?,
+            sample_denies: self.sample_denies,
+            queue_capacity: self.telemetry_queue.max(1),
+        })
+    }
+}
