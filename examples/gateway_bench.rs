@@ -42,7 +42,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use egressd::xds::gateway::GatewaySpec;
+use egressd::policy::GatewaySpec;
 use egressd::xds::resources;
 
 const IDENTITY: &str = "spiffe://corp.example/ns/bench/sa/load";

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use prost::Name;
 
-use egressd::xds::gateway::GatewaySpec;
+use egressd::policy::GatewaySpec;
 use egressd::xds::resources;
 use egressd::xds::snapshot::{Snapshot, SnapshotSet};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};

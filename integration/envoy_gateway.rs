@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
-use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
+use egressd::policy::{GatewaySpec, MtlsPaths};
 use support::client::{
     connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config, tls_config_h2,
 };
@@ -271,7 +271,7 @@ fn test_spec_from(lab: &Lab, dir: &std::path::Path) -> GatewaySpec {
     spec.http_listen = lab.gateway;
     spec.tls_listen = Some(lab.tls_gateway);
     spec.tls_upstream_port = lab.tls_upstream.port();
-    spec.mtls = Some(MtlsFiles {
+    spec.mtls = Some(MtlsPaths {
         certificate_chain: field("certificateChain:"),
         private_key: field("privateKey:"),
         trust_bundle: field("trustBundle:"),

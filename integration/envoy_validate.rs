@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use prost::{Message, Name};
 
-use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
+use egressd::policy::{GatewaySpec, MtlsPaths};
 use egressd::xds::resources;
 use egressd::xds::snapshot::Snapshot;
 
@@ -136,7 +136,7 @@ fn mtls_gateway_validates() {
     std::fs::write(&key, ca.signing_key.serialize_pem()).unwrap();
     std::fs::write(&bundle, ca.cert.pem()).unwrap();
     let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
-    spec.mtls = Some(MtlsFiles {
+    spec.mtls = Some(MtlsPaths {
         certificate_chain: cert.display().to_string(),
         private_key: key.display().to_string(),
         trust_bundle: bundle.display().to_string(),

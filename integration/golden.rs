@@ -13,7 +13,7 @@ use std::process::Command;
 
 use egressd::explain;
 use egressd::policy::{CompiledPolicy, PolicySource, compile};
-use egressd::xds::gateway::GatewaySpec;
+use egressd::policy::GatewaySpec;
 use egressd::xds::snapshot::Snapshot;
 
 /// 2026-12-01T00:00:00Z: a fixed clock, so `expires` dates do not move the goldens.

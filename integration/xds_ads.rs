@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use egressd::policy::PolicySource;
-use egressd::xds::gateway::GatewaySpec;
+use egressd::policy::GatewaySpec;
 use egressd::xds::snapshot::{Snapshot, SnapshotSet};
 use support::server::{TestServer, http_get, start};
 

@@ -17,7 +17,7 @@ use crate::runtime::RuntimeOverrides;
 use crate::runtime::breakglass::GrantStore;
 use crate::telemetry::Telemetry;
 use crate::xds::ads::AdsService;
-use crate::xds::gateway::GatewaySpec;
+use crate::policy::GatewaySpec;
 use crate::xds::registry::Registry;
 use crate::xds::snapshot::SnapshotSet;
 

@@ -1,9 +1,8 @@
-//! The gateway's xDS control plane: generated Envoy resources (`resources`, from a `gateway`
-//! spec), grouped into per-node snapshots (`snapshot`) and served over ADS (`ads`), with the
+//! The gateway's xDS control plane: generated Envoy resources (`resources`, from the policy's
+//! `GatewaySpec`), grouped into per-node snapshots (`snapshot`) and served over ADS (`ads`), with the
 //! protocol state of every stream visible to the admin API (`registry`).
 
 pub mod ads;
-pub mod gateway;
 pub mod registry;
 pub mod resources;
 pub mod snapshot;

@@ -11,7 +11,7 @@ use tokio_rustls::TlsConnector;
 
 use egressd::policy::{GatewayTracing, PolicySource, UpstreamTls};
 use egressd::telemetry::Telemetry;
-use egressd::xds::gateway::{GatewaySpec, MtlsFiles};
+use egressd::policy::{GatewaySpec, MtlsPaths};
 
 use super::client::{connect_gateway, connect_tunnel, tls_config};
 use super::dns::{TestDns, start_dns_at};
@@ -116,7 +116,7 @@ impl LabBuilder {
         // The SNI forward proxy dials the TLS upstream's port.
         spec.tls_upstream_port = tls_upstream.port();
         spec.dns_resolvers = vec![dns.addr];
-        spec.mtls = (!self.plaintext).then(|| MtlsFiles {
+        spec.mtls = (!self.plaintext).then(|| MtlsPaths {
             certificate_chain: path("gw.pem"),
             private_key: path("gw.key"),
             trust_bundle: path("bundle.pem"),

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use egressd::policy::{self, PolicySource};
 use egressd::server::{AdminApiConfig, ServeConfig, XdsHandle, serve};
 use egressd::telemetry::Telemetry;
-use egressd::xds::gateway::GatewaySpec;
+use egressd::policy::GatewaySpec;
 
 pub struct TestServer {
     pub grpc: SocketAddr,

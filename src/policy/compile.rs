@@ -119,7 +119,8 @@ impl<'d> Compiler<'d> {
         }
 
         let groups = self.check_groups(docs.groups);
-        let gateways = super::gateway::compile_gateways(docs.gateways, self.diags);
+        let gateways =
+            super::gateway::compile_gateways(docs.gateways, mesh.doc.trust_forwarded_client_cert, self.diags);
 
         // Mesh-wide denies: the floor under every service.
         let mesh_deny_table = self.matcher.add_table();

@@ -141,7 +141,7 @@ pub struct CompiledPolicy {
     pub mesh_deny_table: TableId,
     pub mesh_deny_rules: usize,
     /// `kind: Gateway` documents: how the gateways egressd configures over xDS are built.
-    pub gateways: Vec<super::gateway::GatewayConfig>,
+    pub gateways: Vec<super::gateway::GatewaySpec>,
     /// Findings that did not stop the load (expired allows, overlapping identities).
     pub warnings: Vec<Diagnostic>,
     pub(crate) identities: IdentityIndex,

@@ -20,6 +20,13 @@ pub struct SourceLoc {
     pub column: u32,
 }
 
+impl Default for SourceLoc {
+    /// Nowhere: a value no policy file wrote (the development gateway).
+    fn default() -> Self {
+        SourceLoc { file: Arc::from(""), line: 0, column: 0 }
+    }
+}
+
 impl SourceLoc {
     pub fn new(file: &Arc<str>, line: u32, column: u32) -> Self {
         SourceLoc { file: file.clone(), line, column }

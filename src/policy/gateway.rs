@@ -1,5 +1,7 @@
-//! `kind: Gateway` documents -> `GatewayConfig`: plain data the xDS layer turns into Envoy
-//! resources. Checked here so a bad address or port is reported at FILE:LINE:COL like any rule.
+//! `kind: Gateway` documents -> `GatewaySpec`: the one description of a gateway, which the xDS
+//! layer turns into Envoy resources. Checked here, so a bad address or port is reported at
+//! FILE:LINE:COL like any rule; every default is a named constant in `defaults`, shared with the
+//! development gateway (`GatewaySpec::local`) egressd serves when the policy has no Gateway.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,29 +33,92 @@ pub struct GatewayTracing {
     pub service_name: String,
 }
 
+/// The defaults of a Gateway document's optional fields.
+pub mod defaults {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    pub const TLS_UPSTREAM_PORT: u16 = 443;
+    pub const AUTHZ_TIMEOUT_MS: u64 = 500;
+    pub const DNS_HOST_TTL_SECONDS: u64 = 300;
+    pub const DNS_MAX_HOSTS: u32 = 10_000;
+    pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const TRACING_SAMPLING_PERCENT: u8 = 100;
+    /// egressd's own default gRPC address (`serve --grpc-listen`).
+    pub const AUTHZ_ADDRESS: SocketAddr = SocketAddr::new(LOOPBACK, 18000);
+    /// The development gateway's listeners (`GatewaySpec::local`).
+    pub const DEV_HTTP_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 10080);
+    pub const DEV_TLS_LISTEN: SocketAddr = SocketAddr::new(LOOPBACK, 10443);
+}
+
+/// A gateway: what its Envoy listens on, how it verifies workloads, reaches egressd, resolves
+/// and dials destinations, traces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct GatewayConfig {
+pub struct GatewaySpec {
+    /// The Gateway document's name (`default` for the development gateway).
     pub name: String,
     /// Envoy node clusters (or ids) served this gateway; empty: the default gateway.
     pub nodes: Vec<String>,
+    /// The HTTP proxy / CONNECT listener.
     pub http_listen: SocketAddr,
+    /// The TLS-by-SNI listener, if enabled.
     pub tls_listen: Option<SocketAddr>,
+    /// Port the SNI forward proxy dials upstream.
     pub tls_upstream_port: u16,
+    /// Workload mTLS on the HTTP listener; `None` serves it in plaintext (development only).
     pub mtls: Option<MtlsPaths>,
     /// Where the gateway reaches egressd; `None`: egressd's own gRPC listen address.
     pub authz_address: Option<SocketAddr>,
     pub authz_timeout_ms: u64,
+    /// DNS servers for destination names (c-ares); empty means the system's.
     pub dns_resolvers: Vec<SocketAddr>,
     pub dns_host_ttl_ms: u64,
     pub dns_max_hosts: u32,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// Envoy's own tracing (OpenTelemetry tracer to an OTLP collector), if configured.
     pub tracing: Option<GatewayTracing>,
     /// Originate TLS for `https://` proxy requests (verifying destinations against this bundle).
     pub upstream_tls: Option<UpstreamTls>,
+    /// From MeshDefaults: sidecars terminate mTLS and forward x-forwarded-client-cert, so the
+    /// listener passes a client's XFCC on to the check instead of stripping it (egressd removes it
+    /// from every request it allows: it never leaves the gateway).
+    #[serde(skip)]
+    pub trust_forwarded_client_cert: bool,
     #[serde(skip)]
     pub loc: SourceLoc,
+}
+
+impl GatewaySpec {
+    /// The development gateway on loopback, reaching egressd at `authz_address`.
+    pub fn local(authz_address: SocketAddr) -> Self {
+        GatewaySpec {
+            name: "default".to_string(),
+            nodes: Vec::new(),
+            http_listen: defaults::DEV_HTTP_LISTEN,
+            tls_listen: Some(defaults::DEV_TLS_LISTEN),
+            tls_upstream_port: defaults::TLS_UPSTREAM_PORT,
+            mtls: None,
+            authz_address: Some(authz_address),
+            authz_timeout_ms: defaults::AUTHZ_TIMEOUT_MS,
+            dns_resolvers: Vec::new(),
+            dns_host_ttl_ms: defaults::DNS_HOST_TTL_SECONDS * 1000,
+            dns_max_hosts: defaults::DNS_MAX_HOSTS,
+            connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
+            request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
+            tracing: None,
+            upstream_tls: None,
+            trust_forwarded_client_cert: false,
+            loc: SourceLoc::default(),
+        }
+    }
+
+    /// Where the gateway reaches egressd (egressd's default address when none is set).
+    pub fn authz(&self) -> SocketAddr {
+        self.authz_address.unwrap_or(defaults::AUTHZ_ADDRESS)
+    }
 }
 
 /// TLS the gateway originates for `https://` proxy requests: SNI and certificate name are the
@@ -92,8 +157,13 @@ fn positive(
     }
 }
 
-pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics) -> Vec<GatewayConfig> {
-    let mut out: Vec<GatewayConfig> = Vec::new();
+/// Every Gateway document; `trust_forwarded_client_cert` is the mesh's (MeshDefaults).
+pub fn compile_gateways(
+    docs: Vec<Located<GatewayDoc>>,
+    trust_forwarded_client_cert: bool,
+    diags: &mut Diagnostics,
+) -> Vec<GatewaySpec> {
+    let mut out: Vec<GatewaySpec> = Vec::new();
     let mut names: HashMap<String, SourceLoc> = HashMap::new();
     let mut nodes: HashMap<String, String> = HashMap::new();
     let mut default: Option<SourceLoc> = None;
@@ -131,12 +201,13 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             );
         }
         let tls_upstream_port =
-            positive(file, d.tls_upstream_port.as_ref(), 443, 65535, "tlsUpstreamPort", diags) as u16;
+            positive(file, d.tls_upstream_port.as_ref(), defaults::TLS_UPSTREAM_PORT.into(), 65535, "tlsUpstreamPort", diags)
+                as u16;
         let authz = d.authz.as_ref();
         let dns = d.dns.as_ref();
         let timeouts = d.timeouts.as_ref();
         let Some(http_listen) = http else { continue };
-        out.push(GatewayConfig {
+        out.push(GatewaySpec {
             name: name.clone(),
             nodes: d.nodes.iter().map(|n| n.value.clone()).collect(),
             http_listen,
@@ -151,7 +222,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             authz_timeout_ms: positive(
                 file,
                 authz.and_then(|a| a.timeout_ms.as_ref()),
-                500,
+                defaults::AUTHZ_TIMEOUT_MS,
                 60_000,
                 "authz.timeoutMs",
                 diags,
@@ -163,7 +234,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
                 * positive(
                     file,
                     dns.and_then(|d| d.host_ttl_seconds.as_ref()),
-                    300,
+                    defaults::DNS_HOST_TTL_SECONDS,
                     86_400,
                     "dns.hostTtlSeconds",
                     diags,
@@ -171,7 +242,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             dns_max_hosts: positive(
                 file,
                 dns.and_then(|d| d.max_hosts.as_ref()),
-                10_000,
+                defaults::DNS_MAX_HOSTS.into(),
                 1_000_000,
                 "dns.maxHosts",
                 diags,
@@ -179,7 +250,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             connect_timeout_ms: positive(
                 file,
                 timeouts.and_then(|t| t.connect_ms.as_ref()),
-                2_000,
+                defaults::CONNECT_TIMEOUT_MS,
                 600_000,
                 "timeouts.connectMs",
                 diags,
@@ -187,7 +258,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             request_timeout_ms: positive(
                 file,
                 timeouts.and_then(|t| t.request_ms.as_ref()),
-                30_000,
+                defaults::REQUEST_TIMEOUT_MS,
                 3_600_000,
                 "timeouts.requestMs",
                 diags,
@@ -195,14 +266,14 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
             tracing: d.tracing.as_ref().and_then(|t| {
                 let collector = addr(file, &t.collector, "tracing.collector", diags)?;
                 let sampling_percent = match &t.sampling_percent {
-                    None => 100,
+                    None => defaults::TRACING_SAMPLING_PERCENT,
                     Some(p) if (0..=100).contains(&p.value) => p.value as u8,
                     Some(p) => {
                         diags.error(
                             SourceLoc::of(file, p),
                             format!("tracing.samplingPercent {} is outside 0..=100", p.value),
                         );
-                        100
+                        defaults::TRACING_SAMPLING_PERCENT
                     }
                 };
                 let service_name = t.service_name.as_ref().map(|n| n.value.trim().to_string());
@@ -218,6 +289,7 @@ pub fn compile_gateways(docs: Vec<Located<GatewayDoc>>, diags: &mut Diagnostics)
                 }
                 Some(UpstreamTls { trust_bundle: path.to_string() })
             }),
+            trust_forwarded_client_cert,
             loc: g.loc.clone(),
         });
     }

@@ -64,7 +64,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Name;
 
-use super::gateway::GatewaySpec;
+use crate::policy::GatewaySpec;
 use crate::contract::{
     CORRELATION_HEADER, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE,
 };
@@ -177,7 +177,7 @@ fn static_h2_cluster(name: &str, addr: std::net::SocketAddr) -> Resource {
 
 /// egressd's own gRPC port, over HTTP/2, for ext_authz.
 pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
-    static_h2_cluster(AUTHZ_CLUSTER, spec.authz_address)
+    static_h2_cluster(AUTHZ_CLUSTER, spec.authz())
 }
 
 /// The OTLP/gRPC collector of the gateway's own spans, when tracing is configured.

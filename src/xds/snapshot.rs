@@ -12,7 +12,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use super::gateway::GatewaySpec;
+use crate::policy::GatewaySpec;
 use super::resources::{self, Resource};
 
 /// Resource types in the order a change is pushed: clusters before the listeners that use them,
@@ -147,8 +147,8 @@ impl SnapshotSet {
         let mut default = None;
         let mut by_node = std::collections::HashMap::new();
         for cfg in &policy.gateways {
-            let mut spec = GatewaySpec::from_config(cfg, fallback.authz_address);
-            spec.trust_forwarded_client_cert = policy.trust_forwarded_client_cert;
+            // A Gateway that names no authz address reaches egressd where the fallback does.
+            let spec = GatewaySpec { authz_address: cfg.authz_address.or(fallback.authz_address), ..cfg.clone() };
             let snap = Arc::new(Snapshot::for_gateway(&spec, &policy.version));
             if cfg.nodes.is_empty() {
                 default = Some(snap.clone());
@@ -158,8 +158,8 @@ impl SnapshotSet {
             }
         }
         let default = default.unwrap_or_else(|| {
-            let mut spec = fallback.clone();
-            spec.trust_forwarded_client_cert = policy.trust_forwarded_client_cert;
+            let spec =
+                GatewaySpec { trust_forwarded_client_cert: policy.trust_forwarded_client_cert, ..fallback.clone() };
             Arc::new(Snapshot::for_gateway(&spec, &policy.version))
         });
         SnapshotSet { default, by_node }

@@ -41,7 +41,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::util::pack_any;
 
-use super::gateway::GatewaySpec;
+use crate::policy::GatewaySpec;
 use super::resources::{
     DFP_CLUSTER, Resource, access_log, dns_cache, grpc_authz_service, http_filter, network_filter, resource,
 };
