@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 fn main() {
     embed_policy();
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform");
-    // SAFETY: a build script is single-threaded; prost-build reads PROTOC from the environment.
-    unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto");
+    // The protoc to use is passed to prost-build directly, not through the environment.
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/egressd/admin/v1/admin.proto"], &["proto"])
+        .compile_with_config(config, &["proto/egressd/admin/v1/admin.proto"], &["proto"])
         .expect("compiling proto/egressd/admin/v1/admin.proto");
 }
 

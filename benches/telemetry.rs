@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
         facts,
         verdict,
         policy: policy.clone(),
-        start: SystemTime::now(),
+        start: egressd::clock::wall_now(),
         duration: Duration::from_micros(2),
     };
     let propagators = Propagators::default();

@@ -18,7 +18,7 @@ pub mod tunnel;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -130,7 +130,7 @@ impl CheckState {
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
         if self.telemetry.records_decisions() {
-            let start = SystemTime::now() - duration;
+            let start = crate::clock::wall_now() - duration;
             let policy = Arc::clone(&version.cache.policy);
             self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });
         }

@@ -1,9 +1,16 @@
 //! Time, read in one place: the wall clock in unix seconds, and a coarse copy of it for the Check
 //! hot path. Code that decides on time takes `now` as a parameter, so tests pass their own.
 
+/// The wall clock (timestamps of spans and records). The only read of it: clippy.toml forbids
+/// `SystemTime::now` elsewhere, so time-dependent logic takes `now` from its caller.
+#[allow(clippy::disallowed_methods)]
+pub fn wall_now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
 /// Current time in unix seconds (the clock `expires` is compared against).
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    wall_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Unix seconds, at most ~250 ms old, read from an atomic a background thread refreshes. `expires`

@@ -6,6 +6,29 @@ pub mod xfcc;
 use rustc_hash::FxHashMap;
 use spiffe::SpiffeId;
 
+/// A caller's SPIFFE ID, accepted: a valid SPIFFE ID of the mesh's trust domain, as the peer (or
+/// the nearest XFCC hop) presented it. `CompiledPolicy::identify` makes it, so the code after it
+/// (canary selection, tunnel pairing) works with an accepted identity, never a raw principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkloadId<'a>(&'a str);
+
+impl<'a> WorkloadId<'a> {
+    /// A principal the policy accepted (the caller vouches for that).
+    pub(crate) fn accepted(principal: &'a str) -> Self {
+        WorkloadId(principal)
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for WorkloadId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 /// Why a caller is not authenticated (the decision reason is `unauthenticated`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthnError {

@@ -11,13 +11,13 @@ use crate::admin::grpc::AdminApi;
 use crate::admin::http::{AdminState, router};
 use crate::admin::tokens::AdminTokens;
 use crate::authz::CheckServer;
+use crate::policy::GatewaySpec;
 use crate::policy::SharedPolicy;
 use crate::reload::{ReloadStatus, spawn_watcher};
 use crate::runtime::RuntimeOverrides;
 use crate::runtime::breakglass::GrantStore;
 use crate::telemetry::Telemetry;
 use crate::xds::ads::AdsService;
-use crate::policy::GatewaySpec;
 use crate::xds::registry::Registry;
 use crate::xds::snapshot::SnapshotSet;
 
@@ -96,7 +96,7 @@ pub async fn serve(
     config: ServeConfig,
     policy: SharedPolicy,
     on_bound: impl FnOnce(Bound),
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let bind = |what, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { what, addr, source })

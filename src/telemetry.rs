@@ -269,7 +269,7 @@ impl Worker {
                 Err(e) => {
                     self.metrics.audit_dropped.get_or_create(&DROP_WRITE_FAILED).inc();
                     // Log the first failures and then every 1000th, not every record of a full disk.
-                    if self.audit_failures_logged % 1000 == 0 {
+                    if self.audit_failures_logged.is_multiple_of(1000) {
                         tracing::error!(error = %e, "audit record could not be written");
                     }
                     self.audit_failures_logged += 1;

@@ -17,6 +17,8 @@ use crate::runtime::RuntimeOverrides;
 use crate::runtime::breakglass::{Grant, GrantError, GrantRequest};
 use crate::runtime::status::{RolloutStatus, ServiceRollout};
 
+/// The generated messages and service (tonic-prost-build); generated code keeps its own style.
+#[allow(unused_qualifications, rust_2018_idioms)]
 pub mod pb {
     tonic::include_proto!("egressd.admin.v1");
 }

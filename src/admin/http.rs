@@ -61,8 +61,8 @@ async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "groups": p.groups,
         "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         "gateways": p.gateways,
-        "reloads": state.reload.reloads.load(std::sync::atomic::Ordering::Relaxed),
-        "reloadFailures": state.reload.failures.load(std::sync::atomic::Ordering::Relaxed),
+        "reloads": state.reload.reloads.load(Ordering::Relaxed),
+        "reloadFailures": state.reload.failures.load(Ordering::Relaxed),
         "lastReloadError": *state.reload.last_error.lock().expect("status lock"),
         "rollbackGuardTripped": *state.runtime.tripped(),
         "breakGlassGrants": state.runtime.grants.list(false, crate::clock::unix_now()),
@@ -104,7 +104,7 @@ struct StateCollector {
 }
 
 impl prometheus_client::collector::Collector for StateCollector {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::counter::ConstCounter;
         use prometheus_client::metrics::gauge::ConstGauge;

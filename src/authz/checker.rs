@@ -14,6 +14,7 @@ use super::forward::Forward;
 use super::request::{self, CheckView};
 use super::{response, tunnel};
 use crate::contract::{UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
+use crate::identity::WorkloadId;
 use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
 use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
@@ -103,7 +104,7 @@ impl<'a> Checker<'a> {
                 return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
             }
         };
-        let decision = self.decide(&view, now);
+        let (decision, workload) = self.decide(&view, now);
         tracing::debug!(
             decision = decision.outcome.as_str(),
             reason = decision.reason.code(),
@@ -123,13 +124,13 @@ impl<'a> Checker<'a> {
             let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
             return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict, facts };
         };
-        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, facts.take()) {
-            (true, Some(svc), Some(tunnels), Some(captured)) => {
-                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, captured, now);
+        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload, facts.take()) {
+            (true, Some(svc), Some(tunnels), Some(workload), Some(captured)) => {
+                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, workload, captured, now);
                 facts = Some(with_ids);
                 Some(correlation)
             }
-            (_, _, _, taken) => {
+            (_, _, _, _, taken) => {
                 facts = taken;
                 None
             }
@@ -143,17 +144,19 @@ impl<'a> Checker<'a> {
         self.check(req, call, now).answer.to_message()
     }
 
-    /// The policy's decision, then the run-time overrides (see `RuntimeOverrides::apply`).
-    fn decide(&self, view: &CheckView<'_>, now: i64) -> Decision<'a> {
+    /// The policy's decision, then the run-time overrides (see `RuntimeOverrides::apply`), and the
+    /// caller's accepted identity.
+    fn decide<'v>(&self, view: &'v CheckView<'_>, now: i64) -> (Decision<'a>, Option<WorkloadId<'v>>) {
         let dest = view.destination.as_ref().map_err(Clone::clone);
-        let decision = match &view.principal {
-            Ok(principal) => self.policy.decide(principal.as_deref(), dest, view.request_id, now),
-            Err(xfcc) => Decision::hard_deny(Reason::Unauthenticated((*xfcc).into())),
+        let (decision, workload) = match &view.principal {
+            Ok(principal) => self.policy.decide_identified(principal.as_deref(), dest, view.request_id, now),
+            Err(xfcc) => (Decision::hard_deny(Reason::Unauthenticated((*xfcc).into())), None),
         };
-        match self.overrides {
+        let decision = match self.overrides {
             Some(overrides) => overrides.apply(decision, view.destination.as_ref().ok(), now),
             None => decision,
-        }
+        };
+        (decision, workload)
     }
 
     /// Envoy's answer. Permitted HTTP answers say where the request goes (`forward`), on top of
@@ -185,6 +188,7 @@ impl<'a> Checker<'a> {
         &self,
         tunnels: &tunnel::Tunnels,
         svc: &ServiceInfo,
+        workload: WorkloadId<'_>,
         facts: RequestFacts,
         now: i64,
     ) -> (SocketAddr, RequestFacts) {
@@ -193,8 +197,8 @@ impl<'a> Checker<'a> {
         let parent = self.propagators.and_then(|p| p.parent(&facts));
         let trace_id = parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
         let span_id = ids.new_span_id();
-        let principal = facts.get(Fact::Principal).unwrap_or_default().to_string();
-        let enforced = crate::policy::canary::enforces(svc, &principal, facts.get(Fact::RequestId))
+        let principal = workload.as_str().to_string();
+        let enforced = crate::policy::canary::enforces(svc, workload, facts.get(Fact::RequestId))
             && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
         let pending = tunnels.register(
             tunnel::NewTunnel {

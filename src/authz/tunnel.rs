@@ -68,10 +68,9 @@ pub struct Tunnels {
 
 impl Default for Tunnels {
     fn default() -> Self {
-        let salt = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x5eed);
+        // The standard library's per-process random hash keys: an unpredictable generation salt.
+        use std::hash::{BuildHasher, Hasher};
+        let salt = std::collections::hash_map::RandomState::new().build_hasher().finish();
         Tunnels { slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(), seq: AtomicU64::new(0), salt }
     }
 }

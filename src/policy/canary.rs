@@ -5,6 +5,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::compiled::ServiceInfo;
 use super::terms::Mode;
+use crate::identity::WorkloadId;
 
 /// The canary bucket (0..=99) of a request id. xxh3 is a fixed, seedless algorithm, so the same id
 /// lands in the same bucket on every replica, every restart and every version of egressd.
@@ -13,13 +14,14 @@ pub fn canary_bucket(request_id: &str) -> u8 {
     ((u128::from(xxh3_64(request_id.as_bytes())) * 100) >> 64) as u8
 }
 
-/// Whether a deny by the service's own rules is enforced for this request of `principal`.
+/// Whether a deny by the service's own rules is enforced for this request of `workload`.
 ///
 /// A canary enforces when any selector picks the request: the caller is one of its workloads, the
 /// caller's identity falls in its workload share, or the request id falls in its request share. A
 /// per-request canary with no request id (a network check, or a client Envoy did not tag) is
 /// enforced: when egressd cannot place a request in the dry-run share, it fails closed.
-pub fn enforces(svc: &ServiceInfo, principal: &str, request_id: Option<&str>) -> bool {
+pub fn enforces(svc: &ServiceInfo, workload: WorkloadId<'_>, request_id: Option<&str>) -> bool {
+    let principal = workload.as_str();
     match svc.mode {
         Mode::Enforce => true,
         Mode::DryRun => false,
@@ -40,6 +42,10 @@ pub fn enforces(svc: &ServiceInfo, principal: &str, request_id: Option<&str>) ->
 mod tests {
     use super::*;
     use crate::policy::{PolicySource, compile};
+
+    fn w(principal: &str) -> WorkloadId<'_> {
+        WorkloadId::accepted(principal)
+    }
 
     /// A service of `mode` with the given canary selectors, compiled from YAML.
     fn service(extra: &str) -> ServiceInfo {
@@ -64,18 +70,18 @@ mod tests {
     #[test]
     fn share_is_close_to_percent() {
         let s = per_request(10);
-        let enforced = (0..10_000).filter(|i| enforces(&s, "p", Some(&format!("req-{i}")))).count();
+        let enforced = (0..10_000).filter(|i| enforces(&s, w("p"), Some(&format!("req-{i}")))).count();
         assert!((850..=1150).contains(&enforced), "{enforced} of 10000 enforced at 10%");
         let (none, all) = (per_request(0), per_request(100));
-        assert_eq!((0..1000).filter(|i| enforces(&none, "p", Some(&i.to_string()))).count(), 0);
-        assert_eq!((0..1000).filter(|i| enforces(&all, "p", Some(&i.to_string()))).count(), 1000);
+        assert_eq!((0..1000).filter(|i| enforces(&none, w("p"), Some(&i.to_string()))).count(), 0);
+        assert_eq!((0..1000).filter(|i| enforces(&all, w("p"), Some(&i.to_string()))).count(), 1000);
     }
 
     #[test]
     fn modes() {
-        assert!(enforces(&service("mode: enforce\n"), "p", None));
-        assert!(!enforces(&service("mode: dry-run\n"), "p", Some("x")));
-        assert!(enforces(&per_request(0), "p", None), "no request id: fail closed");
+        assert!(enforces(&service("mode: enforce\n"), w("p"), None));
+        assert!(!enforces(&service("mode: dry-run\n"), w("p"), Some("x")));
+        assert!(enforces(&per_request(0), w("p"), None), "no request id: fail closed");
     }
 
     #[test]
@@ -83,8 +89,8 @@ mod tests {
         let s = service("mode: canary\ncanaryWorkloads: [spiffe://corp.example/ns/s/sa/a]\n");
         let (a, b) = ("spiffe://corp.example/ns/s/sa/a", "spiffe://corp.example/ns/s/sa/b");
         for id in [None, Some("r1"), Some("r2")] {
-            assert!(enforces(&s, a, id), "listed workload enforced ({id:?})");
-            assert!(!enforces(&s, b, id), "other workload dry-run, even without a request id ({id:?})");
+            assert!(enforces(&s, w(a), id), "listed workload enforced ({id:?})");
+            assert!(!enforces(&s, w(b), id), "other workload dry-run, even without a request id ({id:?})");
         }
     }
 
@@ -92,11 +98,14 @@ mod tests {
     fn canary_by_workload_share_is_stable_per_identity() {
         let s = service("mode: canary\ncanaryWorkloadPercent: 30\n");
         let ids: Vec<String> = (0..2000).map(|i| format!("spiffe://corp.example/ns/s/sa/replica-{i}")).collect();
-        let enforced = ids.iter().filter(|p| enforces(&s, p, Some("any"))).count();
+        let enforced = ids.iter().filter(|p| enforces(&s, w(p), Some("any"))).count();
         assert!((500..=700).contains(&enforced), "{enforced} of 2000 identities enforced at 30%");
         for p in ids.iter().take(50) {
-            let first = enforces(&s, p, Some("r1"));
-            assert!((0..20).all(|i| enforces(&s, p, Some(&format!("r{i}"))) == first), "per identity, not per request");
+            let first = enforces(&s, w(p), Some("r1"));
+            assert!(
+                (0..20).all(|i| enforces(&s, w(p), Some(&format!("r{i}"))) == first),
+                "per identity, not per request"
+            );
         }
     }
 

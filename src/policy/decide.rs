@@ -6,7 +6,7 @@ use super::decision::{Decision, Malformed, Outcome, Reason};
 use super::fqdn::Host;
 use super::matcher::Target;
 use super::terms::Protocol;
-use crate::identity::{AuthnError, authenticate};
+use crate::identity::{AuthnError, WorkloadId, authenticate};
 
 /// Where a request is going, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +17,8 @@ pub struct Destination<'a> {
 }
 
 impl CompiledPolicy {
-    /// Maps a caller's principal to the index of the service that claims it.
-    pub fn identify(&self, principal: Option<&str>) -> Result<ServiceIdx, Reason> {
+    /// Maps a caller's principal to the service that claims it, and the accepted identity.
+    pub fn identify<'r>(&self, principal: Option<&'r str>) -> Result<(ServiceIdx, WorkloadId<'r>), Reason> {
         let principal = match principal {
             Some(p) if !p.is_empty() => p,
             _ => {
@@ -30,20 +30,22 @@ impl CompiledPolicy {
                 return Err(Reason::Unauthenticated(AuthnError::Missing { xfcc }));
             }
         };
+        let accepted = WorkloadId::accepted(principal);
         if let Some(&service) = self.exact_principals.get(principal) {
-            return Ok(ServiceIdx::new(service as usize));
+            return Ok((ServiceIdx::new(service as usize), accepted));
         }
         let id = authenticate(principal, &self.trust_domain).map_err(Reason::Unauthenticated)?;
-        self.identities.lookup(id.path()).map(|s| ServiceIdx::new(s as usize)).ok_or(Reason::UnknownService)
+        let service = self.identities.lookup(id.path()).ok_or(Reason::UnknownService)?;
+        Ok((ServiceIdx::new(service as usize), accepted))
     }
 
-    /// Decides a request of service `service` (an index from `identify`) from `principal`. The
-    /// principal and `request_id` place the request in or out of a canary's enforced share; `now`
+    /// Decides a request of service `service` from `workload` (both from `identify`). The
+    /// workload and `request_id` place the request in or out of a canary's enforced share; `now`
     /// is unix seconds (for `expires`).
     pub fn evaluate(
         &self,
         service: ServiceIdx,
-        principal: &str,
+        workload: WorkloadId<'_>,
         dest: &Destination<'_>,
         request_id: Option<&str>,
         now: i64,
@@ -72,7 +74,7 @@ impl CompiledPolicy {
             return decided(Outcome::Deny, Reason::MeshDeny, Some(rule), true);
         }
         let deny = |reason, rule| {
-            let enforced = super::canary::enforces(svc, principal, request_id);
+            let enforced = super::canary::enforces(svc, workload, request_id);
             let outcome = if enforced { Outcome::Deny } else { Outcome::WouldDeny };
             decided(outcome, reason, rule, enforced)
         };
@@ -96,18 +98,30 @@ impl CompiledPolicy {
         request_id: Option<&str>,
         now: i64,
     ) -> Decision<'_> {
-        let service = match self.identify(principal) {
-            Ok(s) => s,
-            Err(reason) => return Decision::hard_deny(reason),
+        self.decide_identified(principal, destination, request_id, now).0
+    }
+
+    /// As `decide`, with the caller's accepted identity (`None`: it was not accepted).
+    pub fn decide_identified<'r>(
+        &self,
+        principal: Option<&'r str>,
+        destination: Result<&Destination<'_>, Malformed>,
+        request_id: Option<&str>,
+        now: i64,
+    ) -> (Decision<'_>, Option<WorkloadId<'r>>) {
+        let (service, workload) = match self.identify(principal) {
+            Ok(identified) => identified,
+            Err(reason) => return (Decision::hard_deny(reason), None),
         };
-        match destination {
-            Ok(dest) => self.evaluate(service, principal.unwrap_or(""), dest, request_id, now),
+        let decision = match destination {
+            Ok(dest) => self.evaluate(service, workload, dest, request_id, now),
             Err(m) => {
                 let mut d = Decision::hard_deny(Reason::Malformed(m));
                 d.service = Some(&self.services[service.get()]);
                 d.mode = Some(self.services[service.get()].mode);
                 d
             }
-        }
+        };
+        (decision, Some(workload))
     }
 }

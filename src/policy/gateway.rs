@@ -200,9 +200,14 @@ pub fn compile_gateways(
                 "listeners.tls and listeners.http are the same address",
             );
         }
-        let tls_upstream_port =
-            positive(file, d.tls_upstream_port.as_ref(), defaults::TLS_UPSTREAM_PORT.into(), 65535, "tlsUpstreamPort", diags)
-                as u16;
+        let tls_upstream_port = positive(
+            file,
+            d.tls_upstream_port.as_ref(),
+            defaults::TLS_UPSTREAM_PORT.into(),
+            65535,
+            "tlsUpstreamPort",
+            diags,
+        ) as u16;
         let authz = d.authz.as_ref();
         let dns = d.dns.as_ref();
         let timeouts = d.timeouts.as_ref();

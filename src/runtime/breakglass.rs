@@ -336,3 +336,109 @@ fn persist(path: &Path, grants: &[Arc<Grant>]) -> Result<(), GrantError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::fqdn::parse_authority;
+    use crate::policy::{CompiledPolicy, PolicySource, Protocol, compile};
+
+    const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
+    const T0: i64 = 1_800_000_000;
+
+    fn policy() -> CompiledPolicy {
+        let text = "kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - host: pastebin.com\n    justification: paste\n---\nkind: ServicePolicy\nservice: payments\nidentities: [spiffe://corp.example/ns/payments/sa/api]\nallow:\n  - host: api.stripe.com\n    justification: cards\n";
+        compile(&PolicySource::from_text("p.yaml", text), T0).unwrap()
+    }
+
+    fn dest(to: &str) -> Destination<'static> {
+        let (host, port) = parse_authority(to).unwrap();
+        Destination { host: host.into_owned(), port: port.unwrap_or(443), protocol: Protocol::Https }
+    }
+
+    fn request(to: Option<&str>, seconds: u64) -> GrantRequest {
+        GrantRequest {
+            service: "payments".into(),
+            to: to.map(str::to_string),
+            duration_seconds: seconds,
+            reason: "INC-1".into(),
+        }
+    }
+
+    /// What the policy, then the store, decide for PAY -> `to` at `now`.
+    fn decided(store: &GrantStore, policy: &CompiledPolicy, to: &str, now: i64) -> (Outcome, &'static str) {
+        let d = dest(to);
+        let decision = store.apply(policy.decide(Some(PAY), Ok(&d), None, now), Some(&d), now);
+        (decision.outcome, decision.reason.code())
+    }
+
+    #[test]
+    fn a_grant_lets_the_service_through_its_own_denies_until_it_expires() {
+        let (store, p) = (GrantStore::in_memory(3600), policy());
+        let known = |s: &str| s == "payments";
+        assert_eq!(decided(&store, &p, "vendor.test:443", T0), (Outcome::Deny, "no-matching-allow"));
+        let g = store.grant(&request(Some("vendor.test:443"), 600), "alice", known, T0).unwrap();
+        assert_eq!(decided(&store, &p, "vendor.test:443", T0), (Outcome::Allow, "break-glass"));
+        assert_eq!(decided(&store, &p, "vendor.test:8443", T0), (Outcome::Deny, "no-matching-allow"), "its port only");
+        assert_eq!(decided(&store, &p, "other.test:443", T0), (Outcome::Deny, "no-matching-allow"));
+        assert_eq!(decided(&store, &p, "vendor.test:443", T0 + 599), (Outcome::Allow, "break-glass"));
+        assert_eq!(decided(&store, &p, "vendor.test:443", T0 + 600), (Outcome::Deny, "no-matching-allow"), "expired");
+        // The decision names the grant.
+        let d = dest("vendor.test:443");
+        let decision = store.apply(p.decide(Some(PAY), Ok(&d), None, T0), Some(&d), T0);
+        let Reason::BreakGlass(r) = &decision.reason else { panic!("{:?}", decision.reason) };
+        assert_eq!((r.id.as_str(), r.grantor.as_str(), r.target.as_str()), (g.id.as_str(), "alice", "vendor.test:443"));
+    }
+
+    #[test]
+    fn never_past_a_mesh_deny_or_an_unidentified_caller() {
+        let (store, p) = (GrantStore::in_memory(3600), policy());
+        store.grant(&request(None, 600), "alice", |_| true, T0).unwrap();
+        assert_eq!(decided(&store, &p, "anything.test:443", T0), (Outcome::Allow, "break-glass"), "--all");
+        assert_eq!(decided(&store, &p, "pastebin.com:443", T0), (Outcome::Deny, "mesh-deny"));
+        let d = dest("anything.test:443");
+        let unknown = p.decide(Some("spiffe://corp.example/ns/other/sa/x"), Ok(&d), None, T0);
+        assert_eq!(store.apply(unknown, Some(&d), T0).reason.code(), "unknown-service");
+    }
+
+    #[test]
+    fn revoking_ends_a_grant_and_bad_requests_are_refused() {
+        let store = GrantStore::in_memory(3600);
+        let known = |s: &str| s == "payments";
+        let g = store.grant(&request(Some("vendor.test"), 60), "alice", known, T0).unwrap();
+        assert_eq!(store.list(false, T0).len(), 1);
+        assert_eq!(store.revoke(&g.id, "bob", T0 + 1).unwrap().revoker.as_deref(), Some("bob"));
+        assert!(store.list(false, T0 + 1).is_empty());
+        assert_eq!(store.list(true, T0 + 1).len(), 1, "listed a day after it ended");
+        assert!(matches!(store.revoke(&g.id, "bob", T0 + 2), Err(GrantError::Inactive(_))));
+        assert!(matches!(store.revoke("bg-nope", "bob", T0), Err(GrantError::UnknownGrant(_))));
+        let bad = |r: GrantRequest| store.grant(&r, "alice", known, T0).unwrap_err().to_string();
+        assert!(bad(GrantRequest { reason: " ".into(), ..request(None, 60) }).contains("reason"));
+        assert!(bad(GrantRequest { service: "nope".into(), ..request(None, 60) }).contains("no service `nope`"));
+        assert!(bad(request(None, 0)).contains("between 1 second and 3600"));
+        assert!(bad(request(None, 3601)).contains("between 1 second and 3600"));
+        assert!(bad(request(Some("a b"), 60)).contains("destination `a b`"));
+        assert!(bad(request(Some(""), 60)).contains("--to HOST[:PORT]) or --all"));
+    }
+
+    #[test]
+    fn grants_survive_a_restart_and_a_corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grants.json");
+        let store = GrantStore::open(&path, 3600, T0).unwrap();
+        let a = store.grant(&request(Some("vendor.test"), 600), "alice", |_| true, T0).unwrap();
+        let b = store.grant(&request(None, 600), "alice", |_| true, T0).unwrap();
+        assert_ne!(a.id, b.id, "ids are unique");
+        drop(store);
+        let reopened = GrantStore::open(&path, 3600, T0 + 1).unwrap();
+        let ids: Vec<String> = reopened.list(false, T0 + 1).iter().map(|g| g.id.clone()).collect();
+        assert!(ids.contains(&a.id) && ids.contains(&b.id), "{ids:?}");
+        // A day after they ended, grants are dropped at the next change.
+        let later = T0 + 600 + KEEP_INACTIVE_SECONDS;
+        reopened.grant(&request(None, 60), "carol", |_| true, later).unwrap();
+        assert_eq!(reopened.list(true, later).len(), 1);
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = GrantStore::open(&path, 3600, T0).unwrap_err().to_string();
+        assert!(err.contains("grants.json") && err.contains("not valid"), "{err}");
+    }
+}

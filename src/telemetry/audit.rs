@@ -156,7 +156,7 @@ mod tests {
     use crate::telemetry::record::CheckEvent;
     use crate::telemetry::spans::{DecisionSampler, parse_sampler};
     use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn event(i: usize) -> CheckEvent {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
@@ -169,7 +169,7 @@ mod tests {
             &[("x-request-id", &id)],
         );
         let (verdict, facts) = crate::testing::checked(&policy, &request, &Default::default());
-        CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::from_micros(3) }
+        CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::from_micros(3) }
     }
 
     fn write(log: &mut AuditLog, i: usize) {

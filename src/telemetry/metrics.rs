@@ -194,7 +194,7 @@ impl TypedMetric for LatencyHistogram {
 }
 
 impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         // Per-bucket counts: the encoder makes them cumulative.
         let mut count = 0;
         let mut buckets = Vec::with_capacity(BOUNDS_NS.len() + 1);

@@ -213,7 +213,7 @@ mod tests {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
         let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
-        let event = CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::ZERO };
+        let event = CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::ZERO };
         let record = DecisionRecord::describe(&event);
         let mut out = vec![];
         record.visit(&mut |k, v| out.push((k.to_string(), format!("{v:?}"))));
@@ -278,7 +278,7 @@ mod override_tests {
         verdict.outcome = Outcome::Allow;
         verdict.reason = Reason::BreakGlass(Arc::new(grant));
         verdict.rolled_back = true;
-        let event = CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::ZERO };
+        let event = CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::ZERO };
         let record = DecisionRecord::describe(&event);
         let mut got = std::collections::HashMap::new();
         record.visit(&mut |k, v| {

@@ -178,7 +178,7 @@ mod tests {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
         let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
-        CheckEvent { facts, verdict, policy, start: SystemTime::now(), duration: Duration::from_nanos(1234) }
+        CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::from_nanos(1234) }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -48,10 +47,6 @@ pub struct Registry {
     pub nacks: AtomicU64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Registry {
     pub fn connect(&self, node_id: &str, node_cluster: &str, protocol: &'static str, profile: &str) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -60,7 +55,7 @@ impl Registry {
             node_cluster: node_cluster.to_string(),
             protocol,
             profile: profile.to_string(),
-            connected_at_unix: unix_now(),
+            connected_at_unix: crate::clock::unix_now() as u64,
             types: BTreeMap::new(),
         };
         self.streams.lock().expect("registry lock").insert(id, status);
@@ -93,7 +88,7 @@ impl Registry {
             t.last_nack = Some(Nack {
                 rejected_version: rejected_version.to_string(),
                 message: message.to_string(),
-                at_unix: unix_now(),
+                at_unix: crate::clock::unix_now() as u64,
             });
         });
     }

@@ -64,10 +64,10 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Name;
 
-use crate::policy::GatewaySpec;
 use crate::contract::{
     CORRELATION_HEADER, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE,
 };
+use crate::policy::GatewaySpec;
 
 pub const AUTHZ_CLUSTER: &str = "egressd_authz";
 pub const DFP_CLUSTER: &str = "egress_dfp";
@@ -125,7 +125,7 @@ pub(super) fn dns_cache(spec: &GatewaySpec) -> DnsCacheConfig {
     DnsCacheConfig {
         name: DNS_CACHE.to_string(),
         // V4_ONLY: the lab's resolvers answer A records; AUTO would wait on AAAA first.
-        dns_lookup_family: envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::V4Only as i32,
+        dns_lookup_family: cluster::DnsLookupFamily::V4Only as i32,
         max_hosts: Some(UInt32Value { value: spec.dns_max_hosts }),
         host_ttl: Some(millis(spec.dns_host_ttl_ms)),
         typed_dns_resolver_config: Some(typed("envoy.network.dns_resolver.cares", resolver)),

@@ -12,8 +12,8 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
-use crate::policy::GatewaySpec;
 use super::resources::{self, Resource};
+use crate::policy::GatewaySpec;
 
 /// Resource types in the order a change is pushed: clusters before the listeners that use them,
 /// listeners before the routes they name (Envoy's make-before-break order).

@@ -41,7 +41,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::util::pack_any;
 
-use crate::policy::GatewaySpec;
 use super::resources::{
     DFP_CLUSTER, Resource, access_log, dns_cache, grpc_authz_service, http_filter, network_filter, resource,
 };
@@ -49,6 +48,7 @@ use crate::contract::{
     CHECK_KIND_METADATA, CHECK_KIND_TUNNEL_RAW, CHECK_KIND_TUNNEL_TLS, CORRELATION_HEADER, HOST_HEADER, PORT_HEADER,
     TLS_NAME_HEADER,
 };
+use crate::policy::GatewaySpec;
 
 pub const TUNNEL_LISTENER: &str = "egress_tunnel";
 pub const TUNNEL_CLUSTER: &str = "egress_tunnel";
