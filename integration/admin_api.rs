@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -16,14 +14,17 @@ use egressd::admin::tokens::AdminTokens;
 use egressd::policy::PolicySource;
 use egressd::runtime::breakglass::GrantStore;
 use egressd::server::AdminApiConfig;
-use egressd::telemetry::Telemetry;
 use egressd::testing::http_check;
 
 mod support {
+    pub mod check;
+    pub mod eventually;
     pub mod server;
 }
 
-use support::server::{TestServer, http_get, start_configured};
+use support::check::{CheckResponseExt, check, client};
+use support::eventually::eventually;
+use support::server::{TestServer, http_get};
 
 const POLICY: &str = "kind: MeshDefaults
 trustDomain: corp.example
@@ -73,27 +74,16 @@ async fn serve(grants: GrantStore, window_seconds: u64, tokens: bool) -> TestSer
         rollout_window_seconds: window_seconds,
     };
     let source = PolicySource::from_text("mesh.yaml", POLICY);
-    start_configured(source, None, "127.0.0.1:0".parse().unwrap(), None, Telemetry::metrics_only(), admin_api).await
+    TestServer::builder(source).admin_api(admin_api).start().await
 }
 
 async fn admin(server: &TestServer, token: Option<&str>) -> Admin {
     connect(&server.grpc.to_string(), token).await.unwrap()
 }
 
-async fn check(server: &TestServer, from: &str, host: &str) -> CheckResponse {
-    let mut c = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
-    c.check(http_check(from, "CONNECT", host, &[])).await.unwrap().into_inner()
-}
-
-fn meta(resp: &CheckResponse, key: &str) -> Option<String> {
-    match resp.dynamic_metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
-        Kind::StringValue(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-fn code(resp: &CheckResponse) -> i32 {
-    resp.status.as_ref().unwrap().code
+/// A CONNECT to `host` from `from`, on a fresh connection.
+async fn connect_as(server: &TestServer, from: &str, host: &str) -> CheckResponse {
+    check(&mut client(server.grpc).await, http_check(from, "CONNECT", host, &[])).await
 }
 
 fn grant_req(service: &str, to: &str, seconds: u64) -> pb::GrantBreakGlassRequest {
@@ -126,17 +116,17 @@ async fn calls_without_a_valid_token_are_refused() {
 #[tokio::test]
 async fn a_grant_lets_its_destination_through_with_reason_and_grantor_until_revoked() {
     let server = serve(GrantStore::in_memory(3600), 600, true).await;
-    assert_eq!(code(&check(&server, PAY, "evil.example.org:443").await), 7);
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:443").await.code(), 7);
     let mut a = admin(&server, Some(ALICE)).await;
     let g = a.grant_break_glass(grant_req("payments", "evil.example.org:443", 600)).await.unwrap().into_inner();
     assert_eq!((g.grantor.as_str(), g.host.as_str(), g.port), ("alice", "evil.example.org", 443));
 
-    let resp = check(&server, PAY, "evil.example.org:443").await;
-    assert_eq!(code(&resp), 0);
-    assert_eq!(meta(&resp, "reason").as_deref(), Some("break-glass"));
-    assert_eq!(meta(&resp, "break_glass_grant").as_deref(), Some(g.id.as_str()));
-    assert_eq!(code(&check(&server, PAY, "evil.example.org:8443").await), 7, "only the granted port");
-    assert_eq!(code(&check(&server, SEARCH, "evil.example.org:443").await), 0, "search is dry-run anyway");
+    let resp = connect_as(&server, PAY, "evil.example.org:443").await;
+    assert_eq!(resp.code(), 0);
+    assert_eq!(resp.reason(), "break-glass");
+    assert_eq!(resp.meta("break_glass_grant"), g.id);
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:8443").await.code(), 7, "only the granted port");
+    assert_eq!(connect_as(&server, SEARCH, "evil.example.org:443").await.code(), 0, "search is dry-run anyway");
 
     // Explain, against the live policy and grants, says so.
     let ex = a
@@ -153,7 +143,7 @@ async fn a_grant_lets_its_destination_through_with_reason_and_grantor_until_revo
     let revoked = admin(&server, Some("bob-0123456789abcdef0")).await;
     let r = revoked.clone().revoke_grant(pb::RevokeGrantRequest { id: g.id.clone() }).await.unwrap().into_inner();
     assert_eq!(r.revoker, "bob");
-    assert_eq!(code(&check(&server, PAY, "evil.example.org:443").await), 7, "revoked: denied again");
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:443").await.code(), 7, "revoked: denied again");
     let err = revoked.clone().revoke_grant(pb::RevokeGrantRequest { id: g.id }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
@@ -163,10 +153,10 @@ async fn an_all_destinations_grant_never_opens_a_mesh_wide_deny_nor_fixes_identi
     let server = serve(GrantStore::in_memory(3600), 600, true).await;
     let mut a = admin(&server, Some(ALICE)).await;
     a.grant_break_glass(grant_req("payments", "", 600)).await.unwrap();
-    assert_eq!(code(&check(&server, PAY, "anything.example.net:443").await), 0);
-    let mesh = check(&server, PAY, "pastebin.com:443").await;
-    assert_eq!((code(&mesh), meta(&mesh, "reason").as_deref()), (7, Some("mesh-deny")));
-    assert_eq!(code(&check(&server, "spiffe://corp.example/ns/nobody/sa/x", "a.test:443").await), 7);
+    assert_eq!(connect_as(&server, PAY, "anything.example.net:443").await.code(), 0);
+    let mesh = connect_as(&server, PAY, "pastebin.com:443").await;
+    assert_eq!((mesh.code(), mesh.reason().as_str()), (7, "mesh-deny"));
+    assert_eq!(connect_as(&server, "spiffe://corp.example/ns/nobody/sa/x", "a.test:443").await.code(), 7);
     // Refusals are clear.
     let bad =
         [grant_req("nosuch", "a.test", 60), grant_req("payments", "a.test", 0), grant_req("payments", "a.test", 7200)];
@@ -184,9 +174,9 @@ async fn grants_expire_by_themselves() {
     let server = serve(GrantStore::in_memory(3600), 600, true).await;
     let mut a = admin(&server, Some(ALICE)).await;
     a.grant_break_glass(grant_req("payments", "evil.example.org", 1)).await.unwrap();
-    assert_eq!(code(&check(&server, PAY, "evil.example.org:443").await), 0);
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:443").await.code(), 0);
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    assert_eq!(code(&check(&server, PAY, "evil.example.org:443").await), 7, "expired");
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:443").await.code(), 7, "expired");
     assert!(a.list_grants(pb::ListGrantsRequest::default()).await.unwrap().into_inner().grants.is_empty());
     let all = a.list_grants(pb::ListGrantsRequest { include_inactive: true }).await.unwrap().into_inner().grants;
     assert_eq!(all.len(), 1, "expired grants stay listed for a day");
@@ -205,8 +195,8 @@ async fn grants_survive_a_restart() {
     };
     assert!(!dir.path().join("break-glass.json.tmp").exists(), "written atomically, no leftovers");
     let restarted = serve(GrantStore::open(&state, 3600, now).unwrap(), 600, true).await;
-    let resp = check(&restarted, PAY, "evil.example.org:443").await;
-    assert_eq!((code(&resp), meta(&resp, "break_glass_grant")), (0, Some(id)));
+    let resp = connect_as(&restarted, PAY, "evil.example.org:443").await;
+    assert_eq!((resp.code(), resp.meta("break_glass_grant")), (0, id));
     // A damaged state file is an error with its path, not silently empty grants.
     std::fs::write(&state, "{not json").unwrap();
     let err = GrantStore::open(&state, 3600, now).err().unwrap().to_string();
@@ -217,21 +207,17 @@ async fn grants_survive_a_restart() {
 async fn the_rollback_guard_trips_on_a_deny_spike_and_resets() {
     let server = serve(GrantStore::in_memory(3600), 600, true).await;
     // ledger is a canary enforced for workload `a`: its denies are enforced.
-    assert_eq!(code(&check(&server, LEDGER_A, "db.ledger.test:443").await), 0);
+    assert_eq!(connect_as(&server, LEDGER_A, "db.ledger.test:443").await.code(), 0);
     for _ in 0..12 {
-        assert_eq!(code(&check(&server, LEDGER_A, "unknown.example.net:443").await), 7);
+        assert_eq!(connect_as(&server, LEDGER_A, "unknown.example.net:443").await.code(), 7);
     }
     // The tracker samples once a second; the deny rate (12 of 13) passes 0.5.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let resp = check(&server, LEDGER_A, "unknown.example.net:443").await;
-        if code(&resp) == 0 {
-            assert_eq!(meta(&resp, "decision").as_deref(), Some("would-deny"), "dry-run now");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "guard never tripped");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let resp = eventually("the rollback guard to trip", Duration::from_secs(5), || async {
+        let resp = connect_as(&server, LEDGER_A, "unknown.example.net:443").await;
+        (resp.code() == 0).then_some(resp)
+    })
+    .await;
+    assert_eq!(resp.decision(), "would-deny", "dry-run now");
     let (_, policy) = http_get(server.admin, "/policy").await;
     let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
     assert!(policy["rollbackGuardTripped"]["ledger"]["denyRate"].as_f64().unwrap() > 0.5, "{policy}");
@@ -244,7 +230,7 @@ async fn the_rollback_guard_trips_on_a_deny_spike_and_resets() {
 
     let reset = a.reset_rollback_guard(pb::ResetRollbackGuardRequest { service: "ledger".into() }).await.unwrap();
     assert!(reset.into_inner().was_tripped);
-    assert_eq!(code(&check(&server, LEDGER_A, "unknown.example.net:443").await), 7, "enforced again");
+    assert_eq!(connect_as(&server, LEDGER_A, "unknown.example.net:443").await.code(), 7, "enforced again");
 }
 
 #[tokio::test]
@@ -253,7 +239,7 @@ async fn rollout_status_says_when_a_dry_run_service_is_ready() {
     let mut a = admin(&server, Some(ALICE)).await;
     // search: clean traffic for longer than the 2 s window.
     for _ in 0..4 {
-        check(&server, SEARCH, "api.search.test:443").await;
+        connect_as(&server, SEARCH, "api.search.test:443").await;
         tokio::time::sleep(Duration::from_millis(900)).await;
     }
     let status = a.rollout_status(pb::RolloutStatusRequest {}).await.unwrap().into_inner();
@@ -261,8 +247,8 @@ async fn rollout_status_says_when_a_dry_run_service_is_ready() {
     assert_eq!((search.mode.as_str(), search.next_step.as_str()), ("dry-run", "canary"));
     assert!(search.ready && search.would_denies == 0 && search.checks >= 1, "{search:?}");
     // One would-deny makes it not ready.
-    let would = check(&server, SEARCH, "unknown.example.net:443").await;
-    assert_eq!(meta(&would, "decision").as_deref(), Some("would-deny"));
+    let would = connect_as(&server, SEARCH, "unknown.example.net:443").await;
+    assert_eq!(would.decision(), "would-deny");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let status = a.rollout_status(pb::RolloutStatusRequest {}).await.unwrap().into_inner();
     let search = status.services.iter().find(|s| s.service == "search").unwrap();

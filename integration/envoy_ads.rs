@@ -3,6 +3,7 @@
 
 mod support {
     pub mod envoy;
+    pub mod eventually;
     pub mod server;
 }
 
@@ -18,18 +19,11 @@ use egressd::policy::GatewaySpec;
 use egressd::xds::resources;
 use egressd::xds::snapshot::{Snapshot, SnapshotSet};
 use support::envoy::{RunningEnvoy, free_port, start_ads_envoy};
-use support::server::{TestServer, http_get};
+use support::eventually::eventually;
+use support::server::{TestServer, http_get, mesh_without_gateway, try_http_get};
 
-async fn eventually<T>(what: &str, envoy: &RunningEnvoy, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}\nEnvoy log:\n{}", envoy.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long Envoy gets for each step (a failing wait shows Envoy's log as it is dropped).
+const ENVOY_WAIT: Duration = Duration::from_secs(20);
 
 async fn xds(s: &TestServer) -> serde_json::Value {
     serde_json::from_str(&http_get(s.admin, "/xds").await.1).unwrap()
@@ -70,9 +64,9 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
 
     // 1. Everything arrives and is ACKed; Envoy goes LIVE with our listeners.
     let snap = s.xds.snapshots.borrow().default.clone();
-    eventually("all types ACKed", &envoy, async || acked_all(&s, &snap).await.then_some(())).await;
-    eventually("Envoy ready", &envoy, async || {
-        matches!(support::server::try_http_get(envoy.admin, "/ready").await, Ok((200, _))).then_some(())
+    eventually("all types ACKed", ENVOY_WAIT, || async { acked_all(&s, &snap).await.then_some(()) }).await;
+    eventually("Envoy ready", ENVOY_WAIT, || async {
+        matches!(try_http_get(envoy.admin, "/ready").await, Ok((200, _))).then_some(())
     })
     .await;
     let (_, listeners) = http_get(envoy.admin, "/listeners").await;
@@ -90,7 +84,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     let snap2 = Arc::new(Snapshot::for_gateway(&changed, "v2"));
     let t0 = tokio::time::Instant::now();
     s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*snap2).clone())));
-    eventually("new version ACKed", &envoy, async || acked_all(&s, &snap2).await.then_some(())).await;
+    eventually("new version ACKed", ENVOY_WAIT, || async { acked_all(&s, &snap2).await.then_some(()) }).await;
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
 
     // 4. A config Envoy rejects: a DFP cluster whose DNS cache settings differ from the filters'.
@@ -112,7 +106,7 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     ));
     let rejected_before = envoy_stat(&envoy, "cluster_manager.cds.update_rejected").await;
     s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*bad).clone())));
-    let v = eventually("a NACK", &envoy, async || {
+    let v = eventually("a NACK", ENVOY_WAIT, || async {
         let v = xds(&s).await;
         v["nodes"][0]["types"]["Cluster"]["lastNack"].is_object().then_some(v)
     })
@@ -135,11 +129,11 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     fixed.request_timeout_ms = 15_000;
     let snap3 = Arc::new(Snapshot::for_gateway(&fixed, "v4"));
     s.xds.snapshots.send_replace(Arc::new(SnapshotSet::single((*snap3).clone())));
-    eventually("recovery ACKed", &envoy, async || acked_all(&s, &snap3).await.then_some(())).await;
+    eventually("recovery ACKed", ENVOY_WAIT, || async { acked_all(&s, &snap3).await.then_some(()) }).await;
 }
 
 async fn start_on(grpc: std::net::SocketAddr, spec: GatewaySpec) -> TestServer {
-    support::server::start_at(support::server::mesh_without_gateway(), Some(spec), grpc).await
+    TestServer::builder(mesh_without_gateway()).gateway(spec).grpc_listen(grpc).start().await
 }
 
 /// An absolute-form proxy request; returns the status and the raw response head.

@@ -6,6 +6,7 @@ mod support {
     pub mod client;
     pub mod dns;
     pub mod envoy;
+    pub mod eventually;
     pub mod lab;
     pub mod otlp;
     pub mod pki;
@@ -18,8 +19,8 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use egressd::policy::{GatewaySpec, MtlsPaths};
+use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use support::client::{
     connect_by_sni, connect_gateway, connect_tunnel, exchange, proxy_get, tls_config, tls_config_h2,
 };
@@ -107,13 +108,7 @@ async fn a_dry_run_service_traffic_flows_and_is_logged_as_would_deny() {
     let (status, resp) = proxy_get(&mut conn, &url).await.unwrap();
     assert_eq!(status, 200, "{resp}");
     // Envoy's access log carries egressd's decision from the ext_authz dynamic metadata.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !lab.envoy.log().contains("decision=would-deny") {
-        assert!(tokio::time::Instant::now() < deadline, "no would-deny access log line:\n{}", lab.envoy.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = lab.envoy.log();
-    let line = log.lines().find(|l| l.contains("decision=would-deny")).unwrap();
+    let line = lab.wait_for_log_within("decision=would-deny", Duration::from_secs(5)).await;
     assert!(line.contains("service=search") && line.contains("mode=dry-run") && line.contains(SEARCH), "{line}");
 }
 
@@ -147,13 +142,7 @@ async fn sni_passthrough_denied_is_cut_and_logged() {
         }
     };
     assert!(outcome.as_ref().map(|(status, _)| *status == 0).unwrap_or(true), "a denied SNI got through: {outcome:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !lab.envoy.log().contains("reason=service-deny") {
-        assert!(tokio::time::Instant::now() < deadline, "no deny in the TLS access log:\n{}", lab.envoy.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = lab.envoy.log();
-    let line = log.lines().find(|l| l.contains("reason=service-deny")).unwrap();
+    let line = lab.wait_for_log_within("reason=service-deny", Duration::from_secs(5)).await;
     assert!(
         line.contains("admin.partner.test") && line.contains("service=checkout") && line.contains("decision=deny"),
         "{line}"

@@ -6,6 +6,7 @@ mod support {
     pub mod client;
     pub mod dns;
     pub mod envoy;
+    pub mod eventually;
     pub mod lab;
     pub mod pki;
     pub mod server;
@@ -16,6 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use support::client::{connect_gateway, connect_tunnel, exchange, tls_config};
 use support::envoy::{free_port, start_static_envoy};
+use support::eventually::eventually;
 use support::lab::Lab;
 use support::pki::Issued;
 use support::upstream::{start_http_on, start_tls_on};
@@ -149,14 +151,10 @@ static_resources:
 
 /// `GET url` through the sidecar as `svid`, with extra request headers.
 async fn via_sidecar(lab: &Lab, sidecar: SocketAddr, svid: &Issued, url: &str, headers: &str) -> (u16, String) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut conn = loop {
-        match connect_gateway(sidecar, "sidecar.corp.example", tls_config(&lab.ca.der, Some(svid))).await {
-            Ok(c) => break c,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "sidecar never listened: {e}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let mut conn = eventually("the sidecar to listen", std::time::Duration::from_secs(20), || async {
+        connect_gateway(sidecar, "sidecar.corp.example", tls_config(&lab.ca.der, Some(svid))).await.ok()
+    })
+    .await;
     let host = url.trim_start_matches("http://").split('/').next().unwrap();
     exchange(&mut conn, &format!("GET {url} HTTP/1.1\r\nhost: {host}\r\n{headers}connection: close\r\n\r\n"))
         .await

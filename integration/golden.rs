@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::Command;
 
 use egressd::explain;
-use egressd::policy::{CompiledPolicy, PolicySource, compile};
 use egressd::policy::GatewaySpec;
+use egressd::policy::{CompiledPolicy, PolicySource, compile};
 use egressd::xds::snapshot::Snapshot;
 
 /// 2026-12-01T00:00:00Z: a fixed clock, so `expires` dates do not move the goldens.

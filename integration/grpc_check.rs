@@ -7,7 +7,6 @@ use std::path::Path;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::TlsSession;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, check_response};
-use envoy_types::pb::google::protobuf::value::Kind;
 use tonic::transport::Channel;
 
 use egressd::policy::PolicySource;
@@ -18,40 +17,23 @@ const CI: &str = "spiffe://corp.example/ns/ci/sa/runner";
 const CANARY: &str = "spiffe://corp.example/ns/canary/sa/x";
 
 mod support {
+    pub mod check;
     pub mod server;
 }
 
-use support::server::{TestServer, http_get, start as start_server};
-
-async fn start(source: PolicySource) -> TestServer {
-    start_server(source, None).await
-}
+use support::check::{CheckResponseExt, check, client};
+use support::server::{TestServer, http_get};
 
 async fn fixture() -> (TestServer, AuthorizationClient<Channel>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures");
-    let server = start(PolicySource::from_dir(&dir).unwrap()).await;
-    let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let server = TestServer::builder(PolicySource::from_dir(&dir).unwrap()).start().await;
+    let client = client(server.grpc).await;
     (server, client)
-}
-
-async fn check(client: &mut AuthorizationClient<Channel>, req: CheckRequest) -> CheckResponse {
-    client.check(req).await.expect("Check never fails at the RPC level").into_inner()
-}
-
-fn meta<'a>(resp: &'a CheckResponse, key: &str) -> &'a str {
-    match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StringValue(s)) => s,
-        other => panic!("metadata {key} missing: {other:?}"),
-    }
-}
-
-fn code(resp: &CheckResponse) -> i32 {
-    resp.status.as_ref().unwrap().code
 }
 
 /// (grpc code, decision, reason, rule)
 fn summary(resp: &CheckResponse) -> (i32, String, String, String) {
-    (code(resp), meta(resp, "decision").into(), meta(resp, "reason").into(), meta(resp, "rule").into())
+    (resp.code(), resp.decision(), resp.reason(), resp.meta("rule"))
 }
 
 fn allowed(rule: &str) -> (i32, String, String, String) {
@@ -67,17 +49,17 @@ async fn allow_answers_ok_strips_xfcc_and_carries_metadata() {
     let (_s, mut c) = fixture().await;
     let resp = check(&mut c, http_check(PAY, "CONNECT", "api.stripe.com:443", &[])).await;
     assert_eq!(summary(&resp), allowed("payments/allow/0"));
-    assert_eq!((meta(&resp, "service"), meta(&resp, "mode")), ("payments", "enforce"));
-    assert!(meta(&resp, "policy_version").starts_with("sha256:"));
-    let Some(check_response::HttpResponse::OkResponse(ok)) = &resp.http_response else { panic!("{resp:?}") };
+    assert_eq!((resp.meta("service").as_str(), resp.meta("mode").as_str()), ("payments", "enforce"));
+    assert!(resp.meta("policy_version").starts_with("sha256:"));
     // The caller's identity and every internal header the answer does not set are removed.
-    assert_eq!(ok.headers_to_remove, ["x-forwarded-client-cert", "x-egress-tls-name"]);
+    assert_eq!(resp.removed_headers(), ["x-forwarded-client-cert", "x-egress-tls-name"]);
     // The gateway is told where the request goes: the authorized host and port (and, for this
     // verified CONNECT, the tunnel's correlation).
-    let set: std::collections::HashMap<_, _> =
-        ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.as_str(), h.value.as_str())).collect();
-    assert_eq!((set.get("x-egress-host"), set.get("x-egress-port")), (Some(&"api.stripe.com"), Some(&"443")));
-    assert!(set.contains_key("x-egress-corr"), "{set:?}");
+    assert_eq!(
+        (resp.set_header("x-egress-host").as_deref(), resp.set_header("x-egress-port").as_deref()),
+        (Some("api.stripe.com"), Some("443"))
+    );
+    assert!(resp.correlation().is_some(), "{resp:?}");
 }
 
 #[tokio::test]
@@ -134,7 +116,7 @@ async fn requests_without_attributes_are_denied_not_errors() {
     let resp = check(&mut c, CheckRequest { attributes: None }).await;
     assert_eq!(summary(&resp), denied("malformed-request", ""));
     let resp = check(&mut c, CheckRequest { attributes: Some(AttributeContext::default()) }).await;
-    assert_eq!(code(&resp), 7);
+    assert_eq!(resp.code(), 7);
 }
 
 #[tokio::test]
@@ -255,17 +237,17 @@ async fn identity_from_principal_or_trusted_xfcc() {
     );
     let resp =
         check(&mut c, http_check("", "CONNECT", "api.stripe.com:443", &[("x-forwarded-client-cert", &xfcc)])).await;
-    assert_eq!((summary(&resp), meta(&resp, "service")), (allowed("payments/allow/0"), "payments"));
+    assert_eq!((summary(&resp), resp.meta("service").as_str()), (allowed("payments/allow/0"), "payments"));
     // The mTLS principal wins over XFCC.
     let resp = check(&mut c, http_check(CI, "CONNECT", "github.com:443", &[("x-forwarded-client-cert", &xfcc)])).await;
-    assert_eq!(meta(&resp, "service"), "ci");
+    assert_eq!(resp.meta("service"), "ci");
 }
 
 #[tokio::test]
 async fn untrusted_xfcc_is_ignored() {
     // The example mesh sets trustForwardedClientCert: false.
-    let server = start(PolicySource::embedded()).await;
-    let mut c = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let server = TestServer::builder(PolicySource::embedded()).start().await;
+    let mut c = client(server.grpc).await;
     let xfcc = "URI=spiffe://corp.example/ns/checkout/sa/web";
     let resp =
         check(&mut c, http_check("", "CONNECT", "hooks.slack.com:443", &[("x-forwarded-client-cert", xfcc)])).await;
@@ -280,7 +262,7 @@ async fn untrusted_xfcc_is_ignored() {
 async fn prefix_identities_match_whole_segments() {
     let (_s, mut c) = fixture().await;
     let resp = check(&mut c, http_check(CI, "CONNECT", "github.com:443", &[])).await;
-    assert_eq!((code(&resp), meta(&resp, "service")), (0, "ci"));
+    assert_eq!((resp.code(), resp.meta("service").as_str()), (0, "ci"));
     let resp = check(&mut c, http_check("spiffe://corp.example/ns/cicd/sa/x", "CONNECT", "github.com:443", &[])).await;
     assert_eq!(summary(&resp), denied("unknown-service", ""));
 }
@@ -290,7 +272,7 @@ async fn dry_run_lets_traffic_through_and_says_would_deny() {
     let (_s, mut c) = fixture().await;
     let resp = check(&mut c, http_check(CI, "CONNECT", "evil.example.org:443", &[])).await;
     assert_eq!(summary(&resp), (0, "would-deny".into(), "no-matching-allow".into(), String::new()));
-    assert_eq!(meta(&resp, "mode"), "dry-run");
+    assert_eq!(resp.meta("mode"), "dry-run");
     // Mesh-wide denies hold in dry-run.
     assert_eq!(
         summary(&check(&mut c, http_check(CI, "CONNECT", "github.com:22", &[])).await),

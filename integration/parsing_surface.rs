@@ -5,16 +5,19 @@
 //! destination address, CONNECT forms, and egressd's private headers.
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, check_response};
-use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::transport::Channel;
 
 use egressd::policy::PolicySource;
 use egressd::testing::{http_check, network_check};
 
 mod support {
+    pub mod check;
     pub mod server;
 }
+
+use support::check::{CheckResponseExt, check, client};
+use support::server::TestServer;
 
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
 /// A dry-run service: everything but mesh-wide denies and malformed requests goes through, so any
@@ -57,37 +60,15 @@ allow:
     justification: checkout
 "#;
 
-async fn client() -> (support::server::TestServer, AuthorizationClient<Channel>) {
-    let server = support::server::start(PolicySource::from_text("surface.yaml", POLICY), None).await;
-    let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+async fn fixture() -> (TestServer, AuthorizationClient<Channel>) {
+    let server = TestServer::builder(PolicySource::from_text("surface.yaml", POLICY)).start().await;
+    let client = client(server.grpc).await;
     (server, client)
-}
-
-async fn check(client: &mut AuthorizationClient<Channel>, req: CheckRequest) -> CheckResponse {
-    client.check(req).await.expect("Check never fails at the RPC level").into_inner()
-}
-
-fn meta<'a>(resp: &'a CheckResponse, key: &str) -> &'a str {
-    match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StringValue(s)) => s,
-        _ => "",
-    }
 }
 
 /// (decision, reason) of an answer, for table comparisons.
 fn outcome(resp: &CheckResponse) -> (String, String) {
-    (meta(resp, "decision").to_string(), meta(resp, "reason").to_string())
-}
-
-/// The headers a permitted answer sets and removes.
-fn forwarding(resp: &CheckResponse) -> (Vec<(String, String)>, Vec<String>) {
-    let Some(check_response::HttpResponse::OkResponse(ok)) = &resp.http_response else { return Default::default() };
-    let set = ok.headers.iter().filter_map(|h| h.header.as_ref()).map(|h| (h.key.clone(), h.value.clone())).collect();
-    (set, ok.headers_to_remove.clone())
-}
-
-fn set_header<'a>(set: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    set.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    (resp.decision(), resp.reason())
 }
 
 /// Runs `(label, request, decision, reason)` cases and reports every mismatch at once.
@@ -112,7 +93,7 @@ fn connect(principal: &str, target: &str) -> CheckRequest {
 
 #[tokio::test]
 async fn authority_and_host_forms() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     table(
         &mut c,
         vec![
@@ -147,7 +128,7 @@ async fn authority_and_host_forms() {
 
 #[tokio::test]
 async fn ip_literal_forms() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     table(
         &mut c,
         vec![
@@ -175,10 +156,14 @@ async fn ip_literal_forms() {
     )
     .await;
     // A mapped destination is authorized, and dialed, as its IPv4 address.
-    let (set, _) = forwarding(&check(&mut c, connect(PAY, "[::ffff:10.20.1.1]:5432")).await);
-    assert_eq!(set_header(&set, "x-egress-host"), Some("10.20.1.1"));
-    let (set, _) = forwarding(&check(&mut c, connect(OBS, "[2001:db8::1]:443")).await);
-    assert_eq!(set_header(&set, "x-egress-host"), Some("[2001:db8::1]"), "IPv6 in brackets for the forward proxy");
+    let resp = check(&mut c, connect(PAY, "[::ffff:10.20.1.1]:5432")).await;
+    assert_eq!(resp.set_header("x-egress-host").as_deref(), Some("10.20.1.1"));
+    let resp = check(&mut c, connect(OBS, "[2001:db8::1]:443")).await;
+    assert_eq!(
+        resp.set_header("x-egress-host").as_deref(),
+        Some("[2001:db8::1]"),
+        "IPv6 in brackets for the forward proxy"
+    );
     // Network checks without SNI are decided by the destination address, canonical too.
     for addr in ["169.254.169.254", "::ffff:169.254.169.254"] {
         let resp = check(&mut c, network_check(OBS, "", addr, 443)).await;
@@ -188,7 +173,7 @@ async fn ip_literal_forms() {
 
 #[tokio::test]
 async fn idn_and_unicode_dot_forms() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     table(
         &mut c,
         vec![
@@ -213,13 +198,13 @@ async fn idn_and_unicode_dot_forms() {
     )
     .await;
     // Whatever the spelling, the gateway is told the canonical name it may dial.
-    let (set, _) = forwarding(&check(&mut c, connect(PAY, "api\u{3002}stripe\u{3002}com:443")).await);
-    assert_eq!(set_header(&set, "x-egress-host"), Some("api.stripe.com"));
-    let (set, _) = forwarding(&check(&mut c, connect(PAY, "BÜCHER.example:443")).await);
-    assert_eq!(set_header(&set, "x-egress-host"), Some("xn--bcher-kva.example"));
+    let resp = check(&mut c, connect(PAY, "api\u{3002}stripe\u{3002}com:443")).await;
+    assert_eq!(resp.set_header("x-egress-host").as_deref(), Some("api.stripe.com"));
+    let resp = check(&mut c, connect(PAY, "BÜCHER.example:443")).await;
+    assert_eq!(resp.set_header("x-egress-host").as_deref(), Some("xn--bcher-kva.example"));
     // A zero-width space is not a way around a deny: dropped or refused, never a new name.
     let resp = check(&mut c, get(OBS, "paste\u{200b}bin.com")).await;
-    assert_eq!(meta(&resp, "decision"), "deny", "{:?}", outcome(&resp));
+    assert_eq!(resp.decision(), "deny", "{:?}", outcome(&resp));
 }
 
 fn with_xfcc(xfcc: &str, principal: &str) -> CheckRequest {
@@ -228,7 +213,7 @@ fn with_xfcc(xfcc: &str, principal: &str) -> CheckRequest {
 
 #[tokio::test]
 async fn xfcc_forms() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     let sidecar = "By=spiffe://corp.example/ns/observer/sa/sidecar;Hash=abc;Subject=\"\";URI=";
     table(
         &mut c,
@@ -273,7 +258,7 @@ fn sni(principal: &str, name: &str) -> CheckRequest {
 
 #[tokio::test]
 async fn sni_versus_the_destination() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     table(
         &mut c,
         vec![
@@ -292,7 +277,7 @@ async fn sni_versus_the_destination() {
 
 #[tokio::test]
 async fn connect_forms() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     table(
         &mut c,
         vec![
@@ -310,7 +295,7 @@ async fn connect_forms() {
 
 #[tokio::test]
 async fn egressd_private_headers_cannot_be_supplied_by_a_client() {
-    let (_s, mut c) = client().await;
+    let (_s, mut c) = fixture().await;
     let forged = [
         ("x-egress-host", "evil.test"),
         ("x-egress-port", "22"),
@@ -320,9 +305,13 @@ async fn egressd_private_headers_cannot_be_supplied_by_a_client() {
     ];
     let resp = check(&mut c, http_check(PAY, "GET", "a.stripe.com", &forged)).await;
     assert_eq!(outcome(&resp), ("allow".into(), "allowed".into()));
-    let (set, removed) = forwarding(&resp);
-    assert_eq!(set_header(&set, "x-egress-host"), Some("a.stripe.com"), "overwritten with what was authorized");
-    assert_eq!(set_header(&set, "x-egress-port"), Some("80"));
+    assert_eq!(
+        resp.set_header("x-egress-host").as_deref(),
+        Some("a.stripe.com"),
+        "overwritten with what was authorized"
+    );
+    assert_eq!(resp.set_header("x-egress-port").as_deref(), Some("80"));
+    let removed = resp.removed_headers();
     for h in ["x-egress-corr", "x-egress-tls-name", "x-forwarded-client-cert"] {
         assert!(removed.iter().any(|r| r == h), "{h} is removed: {removed:?}");
     }

@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::google::protobuf::value::Kind;
-
 use egressd::policy::PolicySource;
 use egressd::reload::{Outcome, ReloadStatus, reload_once};
 use egressd::testing::http_check;
 
 mod support {
+    pub mod check;
+    pub mod eventually;
     pub mod server;
 }
 
-use support::server::{http_get, start_full};
+use support::check::{CheckResponseExt, check, client};
+use support::eventually::eventually;
+use support::server::{TestServer, http_get};
 
 const MESH: &str = "kind: MeshDefaults\ntrustDomain: corp.example\nmode: enforce\n";
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
@@ -40,22 +40,14 @@ fn atomic_write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn meta(resp: &CheckResponse, key: &str) -> String {
-    match resp.dynamic_metadata.as_ref().and_then(|m| m.fields.get(key)).and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StringValue(s)) => s.clone(),
-        other => panic!("metadata {key} missing: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_reloads_under_steady_traffic_fail_no_check_and_never_mix_versions() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
     let svc = dir.path().join("payments.yaml");
     std::fs::write(&svc, service(true, 0)).unwrap();
-    let server =
-        start_full(PolicySource::from_dir(dir.path()).unwrap(), None, "127.0.0.1:0".parse().unwrap(), None).await;
-    let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let server = TestServer::builder(PolicySource::from_dir(dir.path()).unwrap()).start().await;
+    let client = client(server.grpc).await;
 
     // Checks at a steady rate (4 tasks x one per 2 ms) until the reloads are done.
     let done = Arc::new(AtomicBool::new(false));
@@ -71,7 +63,7 @@ async fn a_hundred_reloads_under_steady_traffic_fail_no_check_and_never_mix_vers
                 match client.check(http_check(PAY, "GET", "probe.partner.test", &[])).await {
                     Ok(r) => {
                         let r = r.into_inner();
-                        answers.push((meta(&r, "policy_version"), r.status.unwrap().code));
+                        answers.push((r.meta("policy_version"), r.code()));
                     }
                     Err(_) => failures += 1,
                 }
@@ -131,16 +123,18 @@ fn configmap_swap(dir: &Path, generation: usize, files: &[(&str, String)]) {
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
 
-async fn wait_for_version(admin: std::net::SocketAddr, want: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+/// The admin port's /policy once `ready` holds for it (waits up to 5 s).
+async fn wait_for_policy(
+    admin: std::net::SocketAddr,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(what, Duration::from_secs(5), || async {
         let (_, body) = http_get(admin, "/policy").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if v["version"] == want || tokio::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ready(&v).then_some(v)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,16 +144,15 @@ async fn a_configmap_symlink_swap_is_reloaded_and_a_bad_one_is_rejected() {
     configmap_swap(dir.path(), 1, &files(false, 1));
     let source = PolicySource::from_dir(dir.path()).unwrap();
     assert_eq!(source.files.len(), 2, "each file read once, not again under ..data or ..<timestamp>");
-    let server = start_full(source, None, "127.0.0.1:0".parse().unwrap(), Some(dir.path().to_path_buf())).await;
+    let server = TestServer::builder(source).watch(dir.path().to_path_buf()).start().await;
 
     configmap_swap(dir.path(), 2, &files(true, 2));
     let want = PolicySource::from_dir(dir.path()).unwrap().version();
-    let policy = wait_for_version(server.admin, &want).await;
+    let policy = wait_for_policy(server.admin, "the swapped-in version", |v| v["version"] == want).await;
     assert_eq!(policy["version"], want.as_str(), "the swap was picked up: {policy}");
 
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
-    let resp = client.check(http_check(PAY, "GET", "probe.partner.test", &[])).await.unwrap().into_inner();
-    assert_eq!(resp.status.unwrap().code, 0, "the new policy decides");
+    let resp = check(&mut client(server.grpc).await, http_check(PAY, "GET", "probe.partner.test", &[])).await;
+    assert_eq!(resp.code(), 0, "the new policy decides");
 
     // A swap to an invalid set is rejected with its location; the running policy stays.
     configmap_swap(
@@ -170,15 +163,7 @@ async fn a_configmap_symlink_swap_is_reloaded_and_a_bad_one_is_rejected() {
             ("payments.yaml", "kind: ServicePolicy\nservice: payments\nmode: sometimes\n".to_string()),
         ],
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let policy = loop {
-        let (_, body) = http_get(server.admin, "/policy").await;
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if !v["lastReloadError"].is_null() || tokio::time::Instant::now() > deadline {
-            break v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let policy = wait_for_policy(server.admin, "a reload error", |v| !v["lastReloadError"].is_null()).await;
     assert_eq!(policy["version"], want.as_str(), "last good policy stays: {policy}");
     let errors = policy["lastReloadError"]["errors"].to_string();
     assert!(errors.contains("payments.yaml:3:7"), "{errors}");

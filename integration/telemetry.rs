@@ -15,12 +15,16 @@ use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig, TelemetryTasks}
 use egressd::testing::{http_check, network_check};
 
 mod support {
+    pub mod check;
+    pub mod eventually;
     pub mod otlp;
     pub mod server;
 }
 
+use support::check::{CheckResponseExt, check, client};
+use support::eventually::eventually;
 use support::otlp::{Collector, Received};
-use support::server::{TestServer, http_get, start_with_telemetry};
+use support::server::{TestServer, http_get, try_http_get};
 
 const PAY: &str = "spiffe://corp.example/ns/payments/sa/api";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -40,14 +44,9 @@ fn otlp_config(collector: &Collector, sampler: &str, arg: Option<&str>) -> Telem
 
 async fn serve(config: TelemetryConfig) -> (TestServer, AuthorizationClient<Channel>, TelemetryTasks) {
     let (telemetry, tasks) = Telemetry::start(config).expect("telemetry starts");
-    let server = start_with_telemetry(fixtures(), None, "127.0.0.1:0".parse().unwrap(), None, telemetry).await;
-    let client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.unwrap();
+    let server = TestServer::builder(fixtures()).telemetry(telemetry).start().await;
+    let client = client(server.grpc).await;
     (server, client, tasks)
-}
-
-async fn check(client: &mut AuthorizationClient<Channel>, req: impl tonic::IntoRequest<CheckRequest>) -> i32 {
-    let resp = client.check(req).await.expect("Check answers").into_inner();
-    resp.status.unwrap().code
 }
 
 fn attr(span: &Received, key: &str) -> String {
@@ -61,7 +60,7 @@ async fn decision_span_is_a_child_of_the_callers_trace_with_its_attributes() {
     let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
     let req =
         http_check(PAY, "CONNECT", "api.stripe.com:443", &[("traceparent", &traceparent), ("x-request-id", "req-42")]);
-    assert_eq!(check(&mut client, req).await, 0);
+    assert_eq!(check(&mut client, req).await.code(), 0);
 
     let spans = collector.wait_for(WAIT, |s| !s.is_empty()).await;
     assert_eq!(spans.len(), 1, "{spans:?}");
@@ -121,7 +120,10 @@ async fn denies_are_always_recorded_under_a_one_percent_sampler() {
     }
     for i in 0..20 {
         let id = format!("deny-{i}");
-        assert_eq!(check(&mut client, http_check(PAY, "GET", "evil.example.org", &[("x-request-id", &id)])).await, 7);
+        assert_eq!(
+            check(&mut client, http_check(PAY, "GET", "evil.example.org", &[("x-request-id", &id)])).await.code(),
+            7
+        );
     }
     let count =
         |spans: &[Received], d: &str| spans.iter().filter(|s| s.attr("egress.decision").as_deref() == Some(d)).count();
@@ -175,19 +177,15 @@ async fn a_collector_that_is_down_never_fails_a_check_and_lost_spans_are_counted
     let config = TelemetryConfig { otlp: Some(OtlpConfig::new(format!("http://{closed}"), "x")), ..Default::default() };
     let (server, mut client, _tasks) = serve(config).await;
     for _ in 0..50 {
-        assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await, 0);
+        assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await.code(), 0);
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
     let series = r#"egressd_spans_dropped_total{reason="export-failed"}"#;
-    loop {
+    let text = eventually("spans counted as dropped", WAIT, || async {
         let (_, text) = http_get(server.admin, "/metrics").await;
-        if text.contains(series) && metric(&text, series) >= 50.0 {
-            assert_eq!(metric(&text, "egressd_spans_exported_total"), 0.0);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "spans never counted as dropped:\n{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (text.contains(series) && metric(&text, series) >= 50.0).then_some(text)
+    })
+    .await;
+    assert_eq!(metric(&text, "egressd_spans_exported_total"), 0.0);
 }
 
 #[tokio::test]
@@ -234,14 +232,13 @@ async fn every_decision_answered_before_sigterm_is_in_the_audit_log() {
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .spawn()
         .expect("egressd binary starts");
-    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !matches!(support::server::try_http_get(admin_addr, "/readyz").await, Ok((200, _))) {
-        assert!(tokio::time::Instant::now() < deadline, "egressd never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    eventually("egressd to become ready", WAIT, || async {
+        matches!(try_http_get(admin_addr, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
 
-    let client = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}")).await.unwrap();
+    let client = client(format!("127.0.0.1:{grpc}").parse().unwrap()).await;
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..TASKS {
         let mut client = client.clone();

@@ -4,6 +4,7 @@
 //! re-sent.
 
 mod support {
+    pub mod eventually;
     pub mod server;
 }
 
@@ -24,23 +25,20 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use egressd::policy::PolicySource;
 use egressd::policy::GatewaySpec;
+use egressd::policy::PolicySource;
 use egressd::xds::snapshot::{Snapshot, SnapshotSet};
-use support::server::{TestServer, http_get, start};
+use support::eventually::eventually;
+use support::server::{TestServer, http_get};
 
 /// Polls /xds until `check` holds (the server processes ACKs asynchronously), or fails after 2 s.
 async fn xds_eventually(s: &TestServer, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
+    eventually(&format!("/xds to show {what}"), Duration::from_secs(2), || async {
         let (_, body) = http_get(s.admin, "/xds").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if check(&v) {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "/xds never showed {what}: {v:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        check(&v).then_some(v)
+    })
+    .await
 }
 
 fn node() -> Option<Node> {
@@ -48,7 +46,7 @@ fn node() -> Option<Node> {
 }
 
 async fn server() -> TestServer {
-    start(PolicySource::embedded(), None).await
+    TestServer::builder(PolicySource::embedded()).start().await
 }
 
 /// Publishes a new snapshot built from a changed gateway spec.

@@ -74,6 +74,10 @@ impl Drop for RunningEnvoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test failing (a timed-out wait, an assertion) while Envoy runs: its log explains most.
+        if std::thread::panicking() {
+            eprintln!("Envoy log (admin {}):\n{}", self.admin, self.log());
+        }
     }
 }
 

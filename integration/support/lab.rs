@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use tokio_rustls::TlsConnector;
 
+use egressd::policy::{GatewaySpec, MtlsPaths};
 use egressd::policy::{GatewayTracing, PolicySource, UpstreamTls};
 use egressd::telemetry::Telemetry;
-use egressd::policy::{GatewaySpec, MtlsPaths};
 
 use super::client::{connect_gateway, connect_tunnel, tls_config};
 use super::dns::{TestDns, start_dns_at};
 use super::envoy::{RunningEnvoy, free_port, start_ads_envoy};
+use super::eventually::eventually;
 use super::pki::{Ca, Issued};
-use super::server::{TestServer, http_get, start_full, start_with_telemetry, try_http_get};
+use super::server::{TestServer, http_get, mesh_without_gateway, try_http_get};
 use super::upstream::{start_http, start_tls};
 
 pub const GATEWAY_NAME: &str = "egress-gateway.corp.example";
@@ -133,8 +134,12 @@ impl LabBuilder {
         });
         let egressd = match &self.policy_dir {
             None => {
-                let source = super::server::mesh_without_gateway();
-                start_with_telemetry(source, Some(spec.clone()), grpc, None, telemetry).await
+                TestServer::builder(mesh_without_gateway())
+                    .gateway(spec.clone())
+                    .grpc_listen(grpc)
+                    .telemetry(telemetry)
+                    .start()
+                    .await
             }
             Some(dir) => {
                 if !self.own_policy {
@@ -142,22 +147,19 @@ impl LabBuilder {
                 }
                 std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
                 let source = PolicySource::from_dir(dir).unwrap();
-                start_full(source, None, grpc, Some(dir.to_path_buf())).await
+                TestServer::builder(source).grpc_listen(grpc).watch(dir.to_path_buf()).start().await
             }
         };
         let envoy = start_ads_envoy(egressd.grpc);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        // A gateway that never gets ready shows Envoy's log as `envoy` is dropped.
+        eventually("the gateway to become ready", Duration::from_secs(20), || async {
             let ready = matches!(try_http_get(envoy.admin, "/ready").await, Ok((200, _)));
-            if ready
+            (ready
                 && tokio::net::TcpStream::connect(spec.http_listen).await.is_ok()
-                && tokio::net::TcpStream::connect(spec.tls_listen.unwrap()).await.is_ok()
-            {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready\n{}", envoy.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                && tokio::net::TcpStream::connect(spec.tls_listen.unwrap()).await.is_ok())
+            .then_some(())
+        })
+        .await;
         let checkout = ca.issue(&[], &[CHECKOUT]);
         let search = ca.issue(&[], &[SEARCH]);
         Lab {
@@ -212,15 +214,15 @@ impl Lab {
 
     /// The first access log line containing `needle` (waits up to 15 s: tunnels log at close).
     pub async fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let log = self.envoy.log();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no `{needle}` in the access log:\n{log}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for_log_within(needle, Duration::from_secs(15)).await
+    }
+
+    /// As `wait_for_log`, waiting up to `within`.
+    pub async fn wait_for_log_within(&self, needle: &str, within: Duration) -> String {
+        eventually(&format!("`{needle}` in the access log"), within, || async {
+            self.envoy.log().lines().find(|l| l.contains(needle)).map(str::to_string)
+        })
+        .await
     }
 
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {

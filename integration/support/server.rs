@@ -2,13 +2,14 @@
 //! egressd in-process on loopback ports chosen by the OS, for integration tests.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use egressd::policy::GatewaySpec;
 use egressd::policy::{self, PolicySource};
 use egressd::server::{AdminApiConfig, ServeConfig, XdsHandle, serve};
 use egressd::telemetry::Telemetry;
-use egressd::policy::GatewaySpec;
 
 pub struct TestServer {
     pub grpc: SocketAddr,
@@ -26,65 +27,85 @@ pub fn mesh_without_gateway() -> PolicySource {
     source
 }
 
-/// Starts egressd on `source`; the server stops when the returned value is dropped.
-pub async fn start(source: PolicySource, gateway: Option<GatewaySpec>) -> TestServer {
-    start_at(source, gateway, "127.0.0.1:0".parse().unwrap()).await
+impl TestServer {
+    /// A server on `source`: gRPC on a port the OS picks, no gateway, no watcher, metrics-only
+    /// telemetry, the default admin API. `start` it; it stops when the returned value is dropped.
+    pub fn builder(source: PolicySource) -> TestServerBuilder {
+        TestServerBuilder {
+            source,
+            gateway: None,
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            watch_dir: None,
+            telemetry: Telemetry::metrics_only(),
+            admin_api: AdminApiConfig::default(),
+        }
+    }
 }
 
-/// As `start`, with the gRPC port given (a gateway spec must name egressd's address up front).
-pub async fn start_at(source: PolicySource, gateway: Option<GatewaySpec>, grpc_listen: SocketAddr) -> TestServer {
-    start_full(source, gateway, grpc_listen, None).await
-}
-
-/// As `start_at`, hot-reloading `watch_dir` (which `source` should have been read from).
-pub async fn start_full(
+/// How to start a `TestServer`.
+pub struct TestServerBuilder {
     source: PolicySource,
     gateway: Option<GatewaySpec>,
     grpc_listen: SocketAddr,
-    watch_dir: Option<std::path::PathBuf>,
-) -> TestServer {
-    start_with_telemetry(source, gateway, grpc_listen, watch_dir, Telemetry::metrics_only()).await
-}
-
-/// As `start_full`, with decisions going to `telemetry` (spans, audit log).
-pub async fn start_with_telemetry(
-    source: PolicySource,
-    gateway: Option<GatewaySpec>,
-    grpc_listen: SocketAddr,
-    watch_dir: Option<std::path::PathBuf>,
-    telemetry: Telemetry,
-) -> TestServer {
-    start_configured(source, gateway, grpc_listen, watch_dir, telemetry, AdminApiConfig::default()).await
-}
-
-/// As `start_with_telemetry`, with the admin API configured (tokens, grants, rollout window).
-pub async fn start_configured(
-    source: PolicySource,
-    gateway: Option<GatewaySpec>,
-    grpc_listen: SocketAddr,
-    watch_dir: Option<std::path::PathBuf>,
+    watch_dir: Option<PathBuf>,
     telemetry: Telemetry,
     admin_api: AdminApiConfig,
-) -> TestServer {
-    let compiled = policy::compile(&source, egressd::clock::unix_now()).expect("test policy is valid");
-    let shared = Arc::new(ArcSwap::from_pointee(compiled));
-    let live = shared.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let admin_listen = "127.0.0.1:0".parse().unwrap();
-    let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry, admin_api };
-    tokio::spawn(async move {
-        let on_bound = move |b| {
-            let _ = bound_tx.send(b);
-        };
-        serve(config, shared, on_bound, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .expect("server runs");
-    });
-    let bound = bound_rx.await.expect("server bound its ports");
-    TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, policy: live, _stop: stop_tx }
+}
+
+impl TestServerBuilder {
+    /// Serves xDS for `gateway` (instead of a Gateway document in the policy).
+    pub fn gateway(mut self, gateway: GatewaySpec) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// The gRPC port given (a gateway spec must name egressd's address up front).
+    pub fn grpc_listen(mut self, addr: SocketAddr) -> Self {
+        self.grpc_listen = addr;
+        self
+    }
+
+    /// Hot-reloads `dir` (which the source should have been read from).
+    pub fn watch(mut self, dir: PathBuf) -> Self {
+        self.watch_dir = Some(dir);
+        self
+    }
+
+    /// Decisions go to `telemetry` (spans, audit log).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    /// The admin API configured (tokens, grants, rollout window).
+    pub fn admin_api(mut self, admin_api: AdminApiConfig) -> Self {
+        self.admin_api = admin_api;
+        self
+    }
+
+    /// Starts egressd; the server stops when the returned value is dropped.
+    pub async fn start(self) -> TestServer {
+        let TestServerBuilder { source, gateway, grpc_listen, watch_dir, telemetry, admin_api } = self;
+        let compiled = policy::compile(&source, egressd::clock::unix_now()).expect("test policy is valid");
+        let shared = Arc::new(ArcSwap::from_pointee(compiled));
+        let live = shared.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let admin_listen = "127.0.0.1:0".parse().unwrap();
+        let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry, admin_api };
+        tokio::spawn(async move {
+            let on_bound = move |b| {
+                let _ = bound_tx.send(b);
+            };
+            serve(config, shared, on_bound, async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        let bound = bound_rx.await.expect("server bound its ports");
+        TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, policy: live, _stop: stop_tx }
+    }
 }
 
 /// A minimal HTTP/1.1 GET, to keep an HTTP client out of the dependency graph.
