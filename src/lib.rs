@@ -1,9 +1,14 @@
 //! egressd: default-deny, explainable egress for an Envoy egress gateway.
 //!
-//! Module map (see ARCHITECTURE in the README): `policy` (YAML -> compiled matchers), `identity`
-//! (SPIFFE, XFCC), `rollout` (modes, canary), `authz` (the ext_authz Check service), `admin`
-//! (health/readiness/policy HTTP), `server` (wiring), `explain` (human and JSON explanations).
-#![forbid(unsafe_code)]
+//! Module map (the README's "Design" section has the data flow), leaves first:
+//! `identity` (SPIFFE IDs, XFCC) and `policy` (YAML -> a compiled, immutable policy and its
+//! `decide`) depend on nothing else here; `clock` is the one reader of the wall clock;
+//! `contract` is the wire contract with the gateway (headers, check metadata); `runtime` (rollback
+//! guard, break-glass grants, their counts) changes decisions at run time; `telemetry` (spans,
+//! metrics, audit log) consumes decision facts; `authz` (the ext_authz Check service: one
+//! `Checker`) and `xds` (the gateway's ADS control plane) build on those; `admin` (HTTP port,
+//! admin gRPC API), `reload`, `explain` and `server` (wiring) are the edges; `testing` is test
+//! support behind the `testing` feature.
 
 pub mod admin;
 pub mod authz;
