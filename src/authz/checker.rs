@@ -15,10 +15,11 @@ use super::request::{self, CheckView};
 use super::{response, tunnel};
 use crate::contract::{UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::identity::WorkloadId;
+use crate::policy::fqdn::Host;
 use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
 use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
-use crate::telemetry::record::{Fact, RequestFacts};
+use crate::telemetry::record::RequestFacts;
 
 /// What the gateway that sent a check can do with a permitted request, from the Check call's
 /// gRPC metadata (the generated gateway declares it; another gateway declares nothing).
@@ -34,6 +35,13 @@ impl GatewayCaps {
             metadata.get(UPSTREAM_TLS_METADATA).is_some_and(|v| v.as_bytes() == UPSTREAM_TLS_ORIGINATE.as_bytes());
         GatewayCaps { originates_tls: originate }
     }
+}
+
+/// A permitted CONNECT, as the check's view and decision saw it: what its tunnel check pairs with.
+struct Connect<'v> {
+    dest: &'v Destination<'v>,
+    workload: WorkloadId<'v>,
+    request_id: Option<&'v str>,
 }
 
 /// The call around a CheckRequest: its metadata (trace context) and the gateway's capabilities.
@@ -126,7 +134,8 @@ impl<'a> Checker<'a> {
         };
         let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload, facts.take()) {
             (true, Some(svc), Some(tunnels), Some(workload), Some(captured)) => {
-                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, workload, captured, now);
+                let connect = Connect { dest, workload, request_id: view.request_id };
+                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, connect, captured, now);
                 facts = Some(with_ids);
                 Some(correlation)
             }
@@ -188,7 +197,7 @@ impl<'a> Checker<'a> {
         &self,
         tunnels: &tunnel::Tunnels,
         svc: &ServiceInfo,
-        workload: WorkloadId<'_>,
+        connect: Connect<'_>,
         facts: RequestFacts,
         now: i64,
     ) -> (SocketAddr, RequestFacts) {
@@ -197,15 +206,18 @@ impl<'a> Checker<'a> {
         let parent = self.propagators.and_then(|p| p.parent(&facts));
         let trace_id = parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
         let span_id = ids.new_span_id();
-        let principal = workload.as_str().to_string();
-        let enforced = crate::policy::canary::enforces(svc, workload, facts.get(Fact::RequestId))
+        let enforced = crate::policy::canary::enforces(svc, connect.workload, connect.request_id)
             && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
+        let host = match &connect.dest.host {
+            Host::Name(n) => n.to_string(),
+            Host::Ip(ip) => ip.to_string(),
+        };
         let pending = tunnels.register(
             tunnel::NewTunnel {
-                host: facts.get(Fact::Host).unwrap_or_default().to_string(),
-                port: facts.port.unwrap_or(0),
+                host,
+                port: connect.dest.port,
                 service: svc.name.clone(),
-                principal,
+                principal: connect.workload.as_str().to_string(),
                 tunnel_tls: svc.tunnel_tls,
                 mode: svc.mode,
                 enforced,

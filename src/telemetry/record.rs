@@ -209,19 +209,38 @@ mod tests {
     use crate::testing::{http_check, network_check};
     use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
-    fn fields(req: CheckRequest) -> Vec<(String, String)> {
+    /// An owned field value, to compare with (`Value` borrows from the record).
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Str(String),
+        Int(i64),
+        Bool(bool),
+    }
+
+    fn s(v: &str) -> Owned {
+        Owned::Str(v.to_string())
+    }
+
+    fn fields(req: CheckRequest) -> Vec<(String, Owned)> {
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
         let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
         let event = CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::ZERO };
         let record = DecisionRecord::describe(&event);
         let mut out = vec![];
-        record.visit(&mut |k, v| out.push((k.to_string(), format!("{v:?}"))));
+        record.visit(&mut |k, v| {
+            let owned = match v {
+                Value::Str(x) => Owned::Str(x.to_string()),
+                Value::Int(i) => Owned::Int(i),
+                Value::Bool(b) => Owned::Bool(b),
+            };
+            out.push((k.to_string(), owned))
+        });
         out
     }
 
-    fn get<'a>(fields: &'a [(String, String)], key: &str) -> Option<&'a str> {
-        fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    fn get<'a>(fields: &'a [(String, Owned)], key: &str) -> Option<&'a Owned> {
+        fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     #[test]
@@ -232,13 +251,13 @@ mod tests {
             "API.Stripe.com:443",
             &[("x-request-id", "r-1")],
         ));
-        assert_eq!(get(&f, "egress.decision"), Some(r#"Str("allow")"#));
-        assert_eq!(get(&f, "egress.service"), Some(r#"Str("payments")"#));
-        assert_eq!(get(&f, "server.address"), Some(r#"Str("api.stripe.com")"#));
-        assert_eq!(get(&f, "server.port"), Some("Int(443)"));
-        assert_eq!(get(&f, "http.request.method"), Some(r#"Str("CONNECT")"#));
-        assert_eq!(get(&f, "egress.request_id"), Some(r#"Str("r-1")"#));
-        assert!(get(&f, "egress.rule.location").unwrap().starts_with(r#"Str("f.yaml:"#), "{f:?}");
+        assert_eq!(get(&f, "egress.decision"), Some(&s("allow")));
+        assert_eq!(get(&f, "egress.service"), Some(&s("payments")));
+        assert_eq!(get(&f, "server.address"), Some(&s("api.stripe.com")));
+        assert_eq!(get(&f, "server.port"), Some(&Owned::Int(443)));
+        assert_eq!(get(&f, "http.request.method"), Some(&s("CONNECT")));
+        assert_eq!(get(&f, "egress.request_id"), Some(&s("r-1")));
+        assert!(matches!(get(&f, "egress.rule.location"), Some(Owned::Str(l)) if l.starts_with("f.yaml:")), "{f:?}");
         assert!(get(&f, "egress.rule.id").is_some());
         assert_eq!(get(&f, "egress.sni"), None);
     }
@@ -246,11 +265,11 @@ mod tests {
     #[test]
     fn network_check_records_sni_and_malformed_ones_still_record() {
         let f = fields(network_check("spiffe://corp.example/ns/payments/sa/api", "api.stripe.com", "127.0.0.1", 443));
-        assert_eq!(get(&f, "egress.check"), Some(r#"Str("network")"#));
-        assert_eq!(get(&f, "egress.sni"), Some(r#"Str("api.stripe.com")"#));
+        assert_eq!(get(&f, "egress.check"), Some(&s("network")));
+        assert_eq!(get(&f, "egress.sni"), Some(&s("api.stripe.com")));
         let f = fields(CheckRequest::default());
-        assert_eq!(get(&f, "egress.decision"), Some(r#"Str("deny")"#));
-        assert_eq!(get(&f, "egress.reason"), Some(r#"Str("malformed-request")"#));
+        assert_eq!(get(&f, "egress.decision"), Some(&s("deny")));
+        assert_eq!(get(&f, "egress.reason"), Some(&s("malformed-request")));
         assert_eq!(get(&f, "server.address"), None);
     }
 }

@@ -24,6 +24,31 @@ pub struct EncodedSpans {
     pub count: usize,
 }
 
+/// Field numbers of the OTLP messages written here (opentelemetry/proto/trace/v1/trace.proto,
+/// common/v1/common.proto, collector/trace/v1/trace_service.proto).
+mod field {
+    pub const REQUEST_RESOURCE_SPANS: u32 = 1; // ExportTraceServiceRequest.resource_spans
+    pub const RESOURCE_SPANS_RESOURCE: u32 = 1; // ResourceSpans.resource
+    pub const RESOURCE_SPANS_SCOPE_SPANS: u32 = 2; // ResourceSpans.scope_spans
+    pub const SCOPE_SPANS_SCOPE: u32 = 1; // ScopeSpans.scope
+    pub const SCOPE_SPANS_SPANS: u32 = 2; // ScopeSpans.spans
+    pub const SPAN_TRACE_ID: u32 = 1;
+    pub const SPAN_SPAN_ID: u32 = 2;
+    pub const SPAN_TRACE_STATE: u32 = 3;
+    pub const SPAN_PARENT_SPAN_ID: u32 = 4;
+    pub const SPAN_NAME: u32 = 5;
+    pub const SPAN_KIND: u32 = 6;
+    pub const SPAN_START_TIME: u32 = 7;
+    pub const SPAN_END_TIME: u32 = 8;
+    pub const SPAN_ATTRIBUTES: u32 = 9;
+    pub const SPAN_FLAGS: u32 = 16;
+    pub const KEY_VALUE_KEY: u32 = 1;
+    pub const KEY_VALUE_VALUE: u32 = 2;
+    pub const ANY_VALUE_STRING: u32 = 1;
+    pub const ANY_VALUE_BOOL: u32 = 2;
+    pub const ANY_VALUE_INT: u32 = 3;
+}
+
 /// `Span.kind` SPAN_KIND_SERVER.
 const KIND_SERVER: u64 = 2;
 /// `Span.flags`: W3C flags in the low byte; bit 8 "parent remoteness known", bit 9 "parent remote".
@@ -43,24 +68,24 @@ fn len_field_len(tag: u32, len: usize) -> usize {
 /// Appends `Span.attributes` entry `key = value` (a KeyValue with an AnyValue).
 fn attribute(buf: &mut Vec<u8>, key: &str, value: Value<'_>) {
     let any_len = match value {
-        Value::Str(s) => len_field_len(1, s.len()),
-        Value::Bool(_) => 2,
-        Value::Int(i) => 1 + encoded_len_varint(i as u64),
+        Value::Str(s) => len_field_len(field::ANY_VALUE_STRING, s.len()),
+        Value::Bool(_) => prost::encoding::key_len(field::ANY_VALUE_BOOL) + 1,
+        Value::Int(i) => prost::encoding::key_len(field::ANY_VALUE_INT) + encoded_len_varint(i as u64),
     };
-    let kv_len = len_field_len(1, key.len()) + len_field_len(2, any_len);
-    encode_key(9, WireType::LengthDelimited, buf);
+    let kv_len = len_field_len(field::KEY_VALUE_KEY, key.len()) + len_field_len(field::KEY_VALUE_VALUE, any_len);
+    encode_key(field::SPAN_ATTRIBUTES, WireType::LengthDelimited, buf);
     encode_varint(kv_len as u64, buf);
-    len_field(buf, 1, key.as_bytes());
-    encode_key(2, WireType::LengthDelimited, buf);
+    len_field(buf, field::KEY_VALUE_KEY, key.as_bytes());
+    encode_key(field::KEY_VALUE_VALUE, WireType::LengthDelimited, buf);
     encode_varint(any_len as u64, buf);
     match value {
-        Value::Str(s) => len_field(buf, 1, s.as_bytes()),
+        Value::Str(s) => len_field(buf, field::ANY_VALUE_STRING, s.as_bytes()),
         Value::Bool(b) => {
-            encode_key(2, WireType::Varint, buf);
+            encode_key(field::ANY_VALUE_BOOL, WireType::Varint, buf);
             encode_varint(u64::from(b), buf);
         }
         Value::Int(i) => {
-            encode_key(3, WireType::Varint, buf);
+            encode_key(field::ANY_VALUE_INT, WireType::Varint, buf);
             encode_varint(i as u64, buf);
         }
     }
@@ -81,32 +106,32 @@ impl SpanWriter {
     pub fn append(&mut self, out: &mut EncodedSpans, record: &DecisionRecord<'_>, ids: &SpanIds) {
         let s = &mut self.scratch;
         s.clear();
-        len_field(s, 1, &ids.trace_id.to_bytes());
-        len_field(s, 2, &ids.span_id.to_bytes());
+        len_field(s, field::SPAN_TRACE_ID, &ids.trace_id.to_bytes());
+        len_field(s, field::SPAN_SPAN_ID, &ids.span_id.to_bytes());
         let trace_state = ids.trace_state.header();
         if !trace_state.is_empty() {
-            len_field(s, 3, trace_state.as_bytes());
+            len_field(s, field::SPAN_TRACE_STATE, trace_state.as_bytes());
         }
         if let Some(parent) = &ids.parent {
-            len_field(s, 4, &parent.span_id().to_bytes());
+            len_field(s, field::SPAN_PARENT_SPAN_ID, &parent.span_id().to_bytes());
         }
-        len_field(s, 5, SPAN_NAME.as_bytes());
-        encode_key(6, WireType::Varint, s);
+        len_field(s, field::SPAN_NAME, SPAN_NAME.as_bytes());
+        encode_key(field::SPAN_KIND, WireType::Varint, s);
         encode_varint(KIND_SERVER, s);
         let nanos = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let event = record.event;
-        encode_key(7, WireType::SixtyFourBit, s);
+        encode_key(field::SPAN_START_TIME, WireType::SixtyFourBit, s);
         s.put_u64_le(nanos(event.start));
-        encode_key(8, WireType::SixtyFourBit, s);
+        encode_key(field::SPAN_END_TIME, WireType::SixtyFourBit, s);
         s.put_u64_le(nanos(event.start + event.duration));
         for (k, v) in RPC_ATTRIBUTES {
             attribute(s, k, Value::Str(v));
         }
         record.visit(&mut |k, v| attribute(s, k, v));
         let remote = if ids.parent.is_some() { FLAGS_REMOTE } else { 0 };
-        encode_key(16, WireType::ThirtyTwoBit, s);
+        encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, s);
         s.put_u32_le(u32::from(TraceFlags::SAMPLED.to_u8()) | FLAGS_REMOTE_KNOWN | remote);
-        len_field(&mut out.bytes, 2, s);
+        len_field(&mut out.bytes, field::SCOPE_SPANS_SPANS, s);
         out.count += 1;
     }
 }
@@ -114,14 +139,15 @@ impl SpanWriter {
 /// Writes an `ExportTraceServiceRequest` with one `ResourceSpans` (`resource`: an encoded
 /// `Resource`) holding one `ScopeSpans` (`scope`: an encoded `InstrumentationScope`) and `spans`.
 pub fn export_request(buf: &mut impl BufMut, resource: &[u8], scope: &[u8], spans: &EncodedSpans) {
-    let scope_spans_len = len_field_len(1, scope.len()) + spans.bytes.len();
-    let resource_spans_len = len_field_len(1, resource.len()) + len_field_len(2, scope_spans_len);
-    encode_key(1, WireType::LengthDelimited, buf);
+    let scope_spans_len = len_field_len(field::SCOPE_SPANS_SCOPE, scope.len()) + spans.bytes.len();
+    let resource_spans_len = len_field_len(field::RESOURCE_SPANS_RESOURCE, resource.len())
+        + len_field_len(field::RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
+    encode_key(field::REQUEST_RESOURCE_SPANS, WireType::LengthDelimited, buf);
     encode_varint(resource_spans_len as u64, buf);
-    len_field(buf, 1, resource);
-    encode_key(2, WireType::LengthDelimited, buf);
+    len_field(buf, field::RESOURCE_SPANS_RESOURCE, resource);
+    encode_key(field::RESOURCE_SPANS_SCOPE_SPANS, WireType::LengthDelimited, buf);
     encode_varint(scope_spans_len as u64, buf);
-    len_field(buf, 1, scope);
+    len_field(buf, field::SCOPE_SPANS_SCOPE, scope);
     buf.put_slice(&spans.bytes);
 }
 
