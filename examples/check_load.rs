@@ -4,6 +4,8 @@
 //!
 //! Closed loop (max throughput):   cargo run --release --example check_load -- --target 127.0.0.1:18000 --noop
 //! Open loop (fixed rate, p99):    ... --rate 5000
+//! One Check path at a time:       ... --case connect-verified (get-allow, network-allow, deny, deny-rule, mix)
+//! Answers are decoded into CheckResponses, as Envoy decodes every answer (`--no-decode` to skip).
 //! Against another running server (e.g. egressd without telemetry): ... --baseline 127.0.0.1:18100
 //! Rounds alternate target / baseline (A B A B ...) and report medians, because this 2-core VM's
 //! absolute numbers drift; only the ratios are meaningful.
@@ -111,11 +113,14 @@ struct Args {
     /// Client runtime worker threads.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Decode every answer into a CheckResponse. Off by default: the client shares this machine's two
-    /// cores with the server under test, and decoding a larger answer (egressd's metadata) would bill
-    /// client work to the server. Either way gRPC errors are counted.
+    /// Keep answers as opaque bytes instead of decoding them into CheckResponses. Envoy decodes
+    /// every answer, so decoding (the default) is the honest comparison; a larger answer costs the
+    /// caller more, and that cost belongs to the server's answer. Either way gRPC errors are counted.
     #[arg(long)]
-    decode: bool,
+    no_decode: bool,
+    /// Which Check path to drive (against the example policy).
+    #[arg(long, value_enum, default_value = "mix")]
+    case: Case,
     /// Compare against this already running Check server instead of a no-op child.
     #[arg(long, conflicts_with = "noop")]
     baseline: Option<SocketAddr>,
@@ -176,6 +181,45 @@ impl Authorization for Noop {
     }
 }
 
+/// One Check path of egressd, on the example policy.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Case {
+    /// Allows, denies, dry-run, canary, CONNECTs and plain requests.
+    Mix,
+    /// A plain proxied GET, allowed (the answer's core comes from the cache).
+    GetAllow,
+    /// A CONNECT to 443 of a service whose tunnels are verified: the answer carries the
+    /// correlation for the tunnel's check.
+    ConnectVerified,
+    /// A TLS-by-SNI network check, allowed.
+    NetworkAllow,
+    /// A request without an identity: denied `unauthenticated`.
+    Deny,
+    /// A default deny of an identified service (a 403 whose body names the destination).
+    DenyRule,
+}
+
+const CHECKOUT: &str = "spiffe://corp.example/ns/checkout/sa/web";
+const PAYMENTS: &str = "spiffe://corp.example/ns/payments/sa/api";
+
+/// 64 requests of `case`, each with its own request id.
+fn requests_of(case: Case) -> Vec<CheckRequest> {
+    let id = |i: usize| format!("4bf92f35-77b3-4da6-a3ce-{i:012}");
+    let http = |principal: &str, method: &str, host: &str, i: usize| {
+        http_check(principal, method, host, &[("x-request-id", &id(i)), ("user-agent", "curl/8.5.0"), ("accept", "*/*")])
+    };
+    (0..64)
+        .map(|i| match case {
+            Case::Mix => requests()[i].clone(),
+            Case::GetAllow => http(CHECKOUT, "GET", "api.partner.test", i),
+            Case::ConnectVerified => http(PAYMENTS, "CONNECT", "api.stripe.com:443", i),
+            Case::NetworkAllow => egressd::testing::network_check(CHECKOUT, "api.partner.test", "127.0.0.1", 10443),
+            Case::Deny => http("", "CONNECT", "api.partner.test:443", i),
+            Case::DenyRule => http(CHECKOUT, "CONNECT", "evil.example.org:443", i),
+        })
+        .collect()
+}
+
 /// A realistic mix against the example mesh-config: allows, denies, dry-run, canary.
 fn requests() -> Vec<CheckRequest> {
     let mix = [
@@ -215,14 +259,14 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
             Channel::from_shared(format!("http://{addr}")).unwrap().tcp_nodelay(true).connect().await.expect("connect");
         clients.push((AuthorizationClient::new(ch.clone()), tonic::client::Grpc::new(ch)));
     }
-    let reqs = Arc::new(requests());
+    let reqs = Arc::new(requests_of(args.case));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration);
     let interval = args.rate.map(|r| Duration::from_secs_f64(args.concurrency as f64 / r as f64));
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
         let (mut client, mut raw) = clients[t % clients.len()].clone();
-        let decode = args.decode;
+        let decode = !args.no_decode;
         let reqs = reqs.clone();
         // Open loop: task t sends at start + (t + k * concurrency) / rate.
         let offset = args.rate.map(|r| Duration::from_secs_f64(t as f64 / r as f64)).unwrap_or_default();
@@ -363,12 +407,13 @@ fn main() {
         None => "closed loop".to_string(),
     };
     println!(
-        "Check load: {mode}, concurrency {}, {} connection(s), {} x {:.1}s rounds per server, interleaved, answers {}",
+        "Check load ({:?}): {mode}, concurrency {}, {} connection(s), {} x {:.1}s rounds per server, interleaved, answers {}",
+        args.case,
         args.concurrency,
         args.connections,
         args.rounds,
         args.duration,
-        if args.decode { "decoded" } else { "not decoded" }
+        if args.no_decode { "not decoded" } else { "decoded" }
     );
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     rt.block_on(async {

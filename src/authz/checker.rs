@@ -158,7 +158,11 @@ impl<'a> Checker<'a> {
     fn decide<'v>(&self, view: &'v CheckView<'_>, now: i64) -> (Decision<'a>, Option<WorkloadId<'v>>) {
         let dest = view.destination.as_ref().map_err(Clone::clone);
         let (decision, workload) = match &view.principal {
-            Ok(principal) => self.policy.decide_identified(principal.as_deref(), dest, view.request_id, now),
+            Ok(principal) => {
+                let identified = self.policy.identify(principal.as_deref());
+                let workload = identified.as_ref().ok().map(|(_, w)| *w);
+                (self.policy.decide_identified(identified, dest, view.request_id, now), workload)
+            }
             Err(xfcc) => (Decision::hard_deny(Reason::Unauthenticated((*xfcc).into())), None),
         };
         let decision = match self.overrides {

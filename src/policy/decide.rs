@@ -98,22 +98,23 @@ impl CompiledPolicy {
         request_id: Option<&str>,
         now: i64,
     ) -> Decision<'_> {
-        self.decide_identified(principal, destination, request_id, now).0
+        self.decide_identified(self.identify(principal), destination, request_id, now)
     }
 
-    /// As `decide`, with the caller's accepted identity (`None`: it was not accepted).
-    pub fn decide_identified<'r>(
+    /// As `decide`, for a caller `identify` already placed (callers that keep the accepted
+    /// identity, such as the Check path's tunnel pairing).
+    pub fn decide_identified(
         &self,
-        principal: Option<&'r str>,
+        identified: Result<(ServiceIdx, WorkloadId<'_>), Reason>,
         destination: Result<&Destination<'_>, Malformed>,
         request_id: Option<&str>,
         now: i64,
-    ) -> (Decision<'_>, Option<WorkloadId<'r>>) {
-        let (service, workload) = match self.identify(principal) {
+    ) -> Decision<'_> {
+        let (service, workload) = match identified {
             Ok(identified) => identified,
-            Err(reason) => return (Decision::hard_deny(reason), None),
+            Err(reason) => return Decision::hard_deny(reason),
         };
-        let decision = match destination {
+        match destination {
             Ok(dest) => self.evaluate(service, workload, dest, request_id, now),
             Err(m) => {
                 let mut d = Decision::hard_deny(Reason::Malformed(m));
@@ -121,7 +122,6 @@ impl CompiledPolicy {
                 d.mode = Some(self.services[service.get()].mode);
                 d
             }
-        };
-        (decision, Some(workload))
+        }
     }
 }
