@@ -73,8 +73,14 @@ async fn call(
     client: &mut AuthorizationClient<Channel>,
     raw: &mut tonic::client::Grpc<Channel>,
     decode: bool,
+    generated_gateway: bool,
     req: CheckRequest,
 ) -> bool {
+    let mut req = tonic::Request::new(req);
+    if generated_gateway {
+        // What egressd's generated gateway sends with every HTTP check (see egressd::contract).
+        req.metadata_mut().insert("x-egressd-gateway", tonic::metadata::MetadataValue::from_static("generated"));
+    }
     if decode {
         return client.check(req).await.is_ok();
     }
@@ -82,7 +88,7 @@ async fn call(
         return false;
     }
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
-    raw.unary(tonic::Request::new(req), path, OpaqueAnswers).await.is_ok()
+    raw.unary(req, path, OpaqueAnswers).await.is_ok()
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -118,12 +124,22 @@ struct Args {
     /// caller more, and that cost belongs to the server's answer. Either way gRPC errors are counted.
     #[arg(long)]
     no_decode: bool,
+    /// Send checks as another gateway would (without the generated gateway's metadata), so
+    /// egressd's answers carry the header removal lists.
+    #[arg(long)]
+    foreign_gateway: bool,
     /// Which Check path to drive (against the example policy).
     #[arg(long, value_enum, default_value = "mix")]
     case: Case,
     /// Compare against this already running Check server instead of a no-op child.
     #[arg(long, conflicts_with = "noop")]
     baseline: Option<SocketAddr>,
+    /// The target server's pid, to report its CPU per check.
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// The baseline server's pid (with --baseline), likewise.
+    #[arg(long)]
+    baseline_pid: Option<u32>,
     /// Label of the target in the output.
     #[arg(long, default_value = "egressd")]
     name: String,
@@ -163,14 +179,46 @@ impl Noop {
             ("mode", "enforce"),
             ("policy_version", "sha256:0123456789abcdef"),
         ];
-        Noop(CheckResponse {
+        let parts = std::env::var("NOOP_PARTS").unwrap_or_else(|_| "meta,remove,headers".into());
+        let has = |p: &str| parts.split(',').any(|x| x == p);
+        let mut r = Noop(CheckResponse {
             status: Some(Status { code: 0, ..Default::default() }),
             dynamic_metadata: Some(Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), s(v))).collect() }),
             http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
-                headers_to_remove: vec!["x-forwarded-client-cert".to_string()],
+                headers_to_remove: ["x-forwarded-client-cert", "x-egress-corr", "x-egress-tls-name"]
+                    .map(str::to_string)
+                    .to_vec(),
+                headers: [("x-egress-host", "api.partner.test"), ("x-egress-port", "80")]
+                    .map(|(k, v)| egressd_header(k, v))
+                    .to_vec(),
                 ..Default::default()
             })),
-        })
+        });
+        if !has("meta") {
+            r.0.dynamic_metadata = None;
+        }
+        if has("meta1") {
+            let one = "decision=allow reason=allowed rule=bench/allow/0 service=bench mode=enforce policy=sha256:0123456789abcdef";
+            r.0.dynamic_metadata = Some(Struct { fields: [("egress".to_string(), s(one))].into_iter().collect() });
+        }
+        if let Some(check_response::HttpResponse::OkResponse(ok)) = r.0.http_response.as_mut() {
+            if !has("remove") {
+                ok.headers_to_remove.clear();
+            }
+            if !has("headers") {
+                ok.headers.clear();
+            }
+        }
+        r
+    }
+}
+
+fn egressd_header(key: &str, value: &str) -> envoy_types::pb::envoy::config::core::v3::HeaderValueOption {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), ..Default::default() }),
+        append_action: 2, // OVERWRITE_IF_EXISTS_OR_ADD
+        ..Default::default()
     }
 }
 
@@ -206,7 +254,12 @@ const PAYMENTS: &str = "spiffe://corp.example/ns/payments/sa/api";
 fn requests_of(case: Case) -> Vec<CheckRequest> {
     let id = |i: usize| format!("4bf92f35-77b3-4da6-a3ce-{i:012}");
     let http = |principal: &str, method: &str, host: &str, i: usize| {
-        http_check(principal, method, host, &[("x-request-id", &id(i)), ("user-agent", "curl/8.5.0"), ("accept", "*/*")])
+        http_check(
+            principal,
+            method,
+            host,
+            &[("x-request-id", &id(i)), ("user-agent", "curl/8.5.0"), ("accept", "*/*")],
+        )
     };
     (0..64)
         .map(|i| match case {
@@ -248,11 +301,23 @@ fn requests() -> Vec<CheckRequest> {
 
 struct RoundResult {
     rps: f64,
+    /// CPU microseconds per answered check: this client's, and the server's (when its pid is known).
+    client_us: f64,
+    server_us: Option<f64>,
     hist: Histogram<u64>,
     errors: u64,
 }
 
-async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
+/// CPU time (utime + stime) of a process, in microseconds (Linux /proc; clock ticks are 10 ms).
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10_000.0)
+}
+
+async fn round(addr: SocketAddr, args: &Args, server_pid: Option<u32>) -> RoundResult {
+    let (client0, server0) = (cpu_us(std::process::id()), server_pid.and_then(cpu_us));
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
         let ch =
@@ -267,6 +332,7 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
     for t in 0..args.concurrency {
         let (mut client, mut raw) = clients[t % clients.len()].clone();
         let decode = !args.no_decode;
+        let generated = !args.foreign_gateway;
         let reqs = reqs.clone();
         // Open loop: task t sends at start + (t + k * concurrency) / rate.
         let offset = args.rate.map(|r| Duration::from_secs_f64(t as f64 / r as f64)).unwrap_or_default();
@@ -288,7 +354,7 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
                     break;
                 }
                 let req = reqs[(t + n) % reqs.len()].clone();
-                if call(&mut client, &mut raw, decode, req).await {
+                if call(&mut client, &mut raw, decode, generated, req).await {
                     hist.record(sent_at.elapsed().as_micros().max(1) as u64).unwrap();
                 } else {
                     errors += 1;
@@ -306,7 +372,11 @@ async fn round(addr: SocketAddr, args: &Args) -> RoundResult {
         errors += e;
     }
     let elapsed = start.elapsed().as_secs_f64().max(args.duration);
-    RoundResult { rps: hist.len() as f64 / elapsed, hist, errors }
+    let n = hist.len().max(1) as f64;
+    let per = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / n);
+    let client_us = per(client0, cpu_us(std::process::id())).unwrap_or(0.0);
+    let server_us = per(server0, server_pid.and_then(cpu_us));
+    RoundResult { rps: hist.len() as f64 / elapsed, client_us, server_us, hist, errors }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -316,6 +386,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 struct Summary {
     rps: f64,
+    client_us: f64,
+    server_us: Option<f64>,
     p50: f64,
     p99: f64,
     p999: f64,
@@ -324,8 +396,11 @@ struct Summary {
 
 fn summarize(rounds: &[RoundResult]) -> Summary {
     let q = |p: f64| median(rounds.iter().map(|r| r.hist.value_at_quantile(p) as f64).collect());
+    let server: Vec<f64> = rounds.iter().filter_map(|r| r.server_us).collect();
     Summary {
         rps: median(rounds.iter().map(|r| r.rps).collect()),
+        client_us: median(rounds.iter().map(|r| r.client_us).collect()),
+        server_us: (!server.is_empty()).then(|| median(server)),
         p50: q(0.50),
         p99: q(0.99),
         p999: q(0.999),
@@ -334,9 +409,10 @@ fn summarize(rounds: &[RoundResult]) -> Summary {
 }
 
 fn print(name: &str, s: &Summary) {
+    let server = s.server_us.map(|u| format!("{u:.1}")).unwrap_or_else(|| "?".into());
     println!(
-        "{name:<12} {:>10.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us   p99.9 {:>7.0} us   errors {}",
-        s.rps, s.p50, s.p99, s.p999, s.errors
+        "{name:<12} {:>10.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us   p99.9 {:>7.0} us   errors {}   CPU/check: client {:.1} us, server {server} us",
+        s.rps, s.p50, s.p99, s.p999, s.errors, s.client_us
     );
 }
 
@@ -401,6 +477,7 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.client_threads).enable_all().build().unwrap();
     let noop = args.noop.then(spawn_noop).map(|(child, addr)| (Some(child), addr));
     let noop = noop.or(args.baseline.map(|addr| (None, addr)));
+    let baseline_pid = noop.as_ref().and_then(|(c, _)| c.as_ref().map(Child::id)).or(args.baseline_pid);
     std::thread::sleep(Duration::from_millis(300));
     let mode = match args.rate {
         Some(r) => format!("open loop at {r} req/s"),
@@ -418,14 +495,14 @@ fn main() {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     rt.block_on(async {
         let warm = Args { duration: 1.0, ..args.clone() };
-        round(args.target, &warm).await;
+        round(args.target, &warm, None).await;
         if let Some((_, addr)) = &noop {
-            round(*addr, &warm).await;
+            round(*addr, &warm, None).await;
         }
         for _ in 0..args.rounds {
-            ours.push(round(args.target, &args).await);
+            ours.push(round(args.target, &args, args.target_pid).await);
             if let Some((_, addr)) = &noop {
-                theirs.push(round(*addr, &args).await);
+                theirs.push(round(*addr, &args, baseline_pid).await);
             }
         }
     });

@@ -15,6 +15,8 @@ mod support {
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use support::client::{connect_gateway, connect_tunnel, exchange, tls_config};
 use support::envoy::{free_port, start_static_envoy};
 use support::eventually::eventually;
@@ -26,7 +28,9 @@ const CI: &str = "spiffe://corp.example/ns/ci/sa/runner";
 const BILLING: &str = "spiffe://corp.example/ns/billing/sa/api";
 const CANARY: &str = "spiffe://corp.example/ns/canary/sa/web";
 /// A loopback address of these tests' own, for upstreams on well-known ports.
+/// Two tests bind these well-known ports, each on its own address (tests run in parallel).
 const SECURE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 18);
+const SECURE_IP_ORIGINATING: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 20);
 const WRONG_CERT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 19);
 
 /// The policy under attack: a billing-only destination, a CI service with a broad IPv6 allow and
@@ -80,12 +84,17 @@ allow:
 
 /// A lab on `POLICY`; `plaintext`: workloads reach the gateway without mTLS (through a sidecar).
 async fn lab(plaintext: bool, upstream_tls: bool) -> (Lab, tempfile::TempDir) {
+    lab_with_secure_at(plaintext, upstream_tls, SECURE_IP).await
+}
+
+/// As `lab`, with `secure.partner.test` at `secure_ip`.
+async fn lab_with_secure_at(plaintext: bool, upstream_tls: bool, secure_ip: Ipv4Addr) -> (Lab, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
     let mut builder = Lab::builder()
         .policy_dir(dir.path())
         .own_policy()
-        .name("secure.partner.test", SECURE_IP)
+        .name("secure.partner.test", secure_ip)
         .name("wrongcert.partner.test", WRONG_CERT_IP);
     if plaintext {
         builder = builder.plaintext();
@@ -206,10 +215,10 @@ async fn https_get(lab: &Lab, svid: &Issued, host: &str) -> (u16, String) {
 
 /// Upstreams for `secure.partner.test`: plaintext on port 80 (where the gateway used to send an
 /// `https://` request without a port) and TLS on 443 (where it must go).
-async fn secure_upstreams(lab: &Lab) {
-    start_http_on(SocketAddr::new(SECURE_IP.into(), 80), "port-80").await;
+async fn secure_upstreams(lab: &Lab, ip: Ipv4Addr) {
+    start_http_on(SocketAddr::new(ip.into(), 80), "port-80").await;
     let cert = lab.ca.issue(&["secure.partner.test"], &[]);
-    start_tls_on(SocketAddr::new(SECURE_IP.into(), 443), "tls-443", &cert).await;
+    start_tls_on(SocketAddr::new(ip.into(), 443), "tls-443", &cert).await;
 }
 
 /// Report 2, gateway without upstream TLS: egressd decided port 443 / https, the gateway dialed
@@ -217,7 +226,7 @@ async fn secure_upstreams(lab: &Lab) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_proxy_request_without_tls_origination_is_denied_not_sent_in_plaintext() {
     let (lab, _dir) = lab(false, false).await;
-    secure_upstreams(&lab).await;
+    secure_upstreams(&lab, SECURE_IP).await;
     let ci = lab.ca.issue(&[], &[CI]);
     let (status, resp) = https_get(&lab, &ci, "secure.partner.test").await;
     assert_eq!((status, reason(&resp).as_deref()), (403, Some("unsupported-scheme")), "{resp}");
@@ -229,8 +238,8 @@ async fn an_https_proxy_request_without_tls_origination_is_denied_not_sent_in_pl
 /// egressd authorized (443), verified against the trust bundle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_proxy_request_leaves_with_tls_to_the_authorized_port() {
-    let (lab, _dir) = lab(false, true).await;
-    secure_upstreams(&lab).await;
+    let (lab, _dir) = lab_with_secure_at(false, true, SECURE_IP_ORIGINATING).await;
+    secure_upstreams(&lab, SECURE_IP_ORIGINATING).await;
     let ci = lab.ca.issue(&[], &[CI]);
     let (status, resp) = https_get(&lab, &ci, "secure.partner.test").await;
     assert_eq!(status, 200, "{resp}\n{}", lab.envoy.log());
@@ -325,4 +334,36 @@ async fn an_origin_form_request_over_mtls_is_https_and_never_leaves_in_plaintext
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("upstream http host api.partner.test"), "{resp}");
     assert!(resp.contains("internal-headers 0"), "the route removed egressd's headers: {resp}");
+}
+
+/// The generated gateway drops a client's own `x-egress-*` headers before any filter runs, so
+/// egressd's answers need not remove them: a forged TLS name does not send a plaintext request to
+/// TLS origination, a forged host or port does not move the request, and a forged correlation
+/// does not route a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_egress_headers_do_nothing() {
+    let (lab, _dir) = lab(false, true).await;
+    let ci = lab.ca.issue(&[], &[CI]);
+    let port = lab.http_upstream.port();
+    let forged = "x-egress-tls-name: evil.test\r\nx-egress-host: admin.partner.test\r\nx-egress-port: 1\r\nx-egress-corr: 127.0.0.1:1\r\n";
+    let mut conn = lab.as_workload(&ci).await;
+    let head = format!(
+        "GET http://api.partner.test:{port}/v1 HTTP/1.1\r\nhost: api.partner.test:{port}\r\n{forged}connection: close\r\n\r\n"
+    );
+    let (status, resp) = exchange(&mut conn, &head).await.unwrap();
+    assert_eq!(status, 200, "{resp}\n{}", lab.envoy.log());
+    assert!(resp.contains("upstream http host api.partner.test") && resp.contains("internal-headers 0"), "{resp}");
+    // CI's tunnels are opaque (tunnelTls off): a forged correlation must not route this one to
+    // the tunnel listener's check.
+    let mut conn = lab.as_workload(&ci).await;
+    let target = format!("127.0.0.1:{port}");
+    conn.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{forged}\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let (status, resp) = exchange(&mut conn, "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    assert_eq!(status, 200, "the opaque tunnel reached the upstream: {resp}");
 }

@@ -31,6 +31,13 @@ pub const CHECK_KIND_METADATA: &str = "x-egressd-check";
 pub const CHECK_KIND_TUNNEL_TLS: &str = "tunnel-tls";
 pub const CHECK_KIND_TUNNEL_RAW: &str = "tunnel-raw";
 
+/// gRPC metadata of the HTTP checks of egressd's generated gateway (value `generated`): that
+/// gateway strips the internal headers from every incoming request before its filters run
+/// (`internal_only_headers`) and removes them, and XFCC, before a request leaves (the route), so
+/// egressd's answers need not list them. Any other gateway gets answers that remove them.
+pub const GATEWAY_METADATA: &str = "x-egressd-gateway";
+pub const GATEWAY_GENERATED: &str = "generated";
+
 /// gRPC metadata of a gateway's HTTP checks when it originates TLS for `https://` proxy requests
 /// (value `originate`). Without it an `https://` proxy request is denied: the gateway would
 /// send it in plaintext.

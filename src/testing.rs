@@ -109,5 +109,5 @@ pub fn checked(
 
 /// A check from egressd's own generated gateway with upstream TLS configured.
 fn generated_gateway_call() -> Call<'static> {
-    Call { gateway: GatewayCaps { originates_tls: true }, ..Default::default() }
+    Call { gateway: GatewayCaps { originates_tls: true, removes_headers: true }, ..Default::default() }
 }

@@ -13,9 +13,8 @@ use super::codec::CheckAnswer;
 use super::forward::Forward;
 use super::request::{self, CheckView};
 use super::{response, tunnel};
-use crate::contract::{UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
+use crate::contract::{GATEWAY_GENERATED, GATEWAY_METADATA, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::identity::WorkloadId;
-use crate::policy::fqdn::Host;
 use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
 use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
@@ -27,13 +26,18 @@ use crate::telemetry::record::RequestFacts;
 pub struct GatewayCaps {
     /// It originates TLS for `https://` proxy requests (Gateway `upstreamTls`).
     pub originates_tls: bool,
+    /// It strips and removes egressd's internal headers and XFCC itself (the generated gateway):
+    /// answers carry no removal list.
+    pub removes_headers: bool,
 }
 
 impl GatewayCaps {
     pub fn from_metadata(metadata: &http::HeaderMap) -> Self {
-        let originate =
-            metadata.get(UPSTREAM_TLS_METADATA).is_some_and(|v| v.as_bytes() == UPSTREAM_TLS_ORIGINATE.as_bytes());
-        GatewayCaps { originates_tls: originate }
+        let is = |key: &str, value: &str| metadata.get(key).is_some_and(|v| v.as_bytes() == value.as_bytes());
+        GatewayCaps {
+            originates_tls: is(UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE),
+            removes_headers: is(GATEWAY_METADATA, GATEWAY_GENERATED),
+        }
     }
 }
 
@@ -126,25 +130,22 @@ impl<'a> Checker<'a> {
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
         let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
-        let mut facts = (call.capture || registers_tunnel).then(|| super::facts::from_view(Some(&view), req, metadata));
+        let mut facts = call.capture.then(|| super::facts::from_view(Some(&view), req, metadata));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
             let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
             return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict, facts };
         };
-        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload, facts.take()) {
-            (true, Some(svc), Some(tunnels), Some(workload), Some(captured)) => {
+        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload) {
+            (true, Some(svc), Some(tunnels), Some(workload)) => {
                 let connect = Connect { dest, workload, request_id: view.request_id };
-                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, connect, captured, now);
-                facts = Some(with_ids);
+                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, connect, facts.take(), now);
+                facts = with_ids;
                 Some(correlation)
             }
-            (_, _, _, _, taken) => {
-                facts = taken;
-                None
-            }
+            _ => None,
         };
-        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation);
+        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, call.gateway);
         Checked { answer, verdict, facts: facts.filter(|_| call.capture) }
     }
 
@@ -181,56 +182,61 @@ impl<'a> Checker<'a> {
         is_http: bool,
         proxied: bool,
         correlation: Option<SocketAddr>,
+        gateway: GatewayCaps,
     ) -> CheckAnswer {
         let version = &self.policy.version;
-        if !(is_http && decision.outcome.permits()) {
+        if !decision.outcome.permits() {
             return CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, is_http, None)));
+        }
+        if !is_http {
+            // A permitted network check's answer is its core alone.
+            return match self.cache.and_then(|c| c.ok_core(decision)) {
+                Some(core) => CheckAnswer::Encoded(core),
+                None => CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, false, None))),
+            };
         }
         // An `https://` proxy request (not a CONNECT) is sent on with TLS the gateway originates.
         let originate_tls = proxied && dest.protocol == Protocol::Https;
-        let forward = Forward::new(dest, correlation, originate_tls);
+        let forward = Forward::new(dest, correlation, originate_tls, !gateway.removes_headers);
         match self.cache.and_then(|c| c.ok_core(decision)) {
             Some(core) => CheckAnswer::Forwarded { core, forward },
             None => CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, true, Some(&forward)))),
         }
     }
 
-    /// Registers a CONNECT for its tunnel check; returns its correlation and the CONNECT's facts
-    /// with the ids its decision span will have (the tunnel decision becomes that span's child).
+    /// Registers a CONNECT for its tunnel check; returns its correlation and, when decisions are
+    /// recorded, the CONNECT's facts with the ids its decision span will have (the tunnel
+    /// decision becomes that span's child).
     fn register_tunnel(
         &self,
         tunnels: &tunnel::Tunnels,
         svc: &ServiceInfo,
         connect: Connect<'_>,
-        facts: RequestFacts,
+        facts: Option<RequestFacts>,
         now: i64,
-    ) -> (SocketAddr, RequestFacts) {
-        use opentelemetry_sdk::trace::IdGenerator;
-        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
-        let parent = self.propagators.and_then(|p| p.parent(&facts));
-        let trace_id = parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id());
-        let span_id = ids.new_span_id();
+    ) -> (SocketAddr, Option<RequestFacts>) {
+        let trace = facts.as_ref().map(|facts| {
+            use opentelemetry_sdk::trace::IdGenerator;
+            let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
+            let parent = self.propagators.and_then(|p| p.parent(facts));
+            (parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id()), ids.new_span_id())
+        });
         let enforced = crate::policy::canary::enforces(svc, connect.workload, connect.request_id)
             && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
-        let host = match &connect.dest.host {
-            Host::Name(n) => n.to_string(),
-            Host::Ip(ip) => ip.to_string(),
-        };
         let pending = tunnels.register(
             tunnel::NewTunnel {
-                host,
+                host: &connect.dest.host,
                 port: connect.dest.port,
-                service: svc.name.clone(),
-                principal: connect.workload.as_str().to_string(),
+                service: &svc.name,
+                principal: connect.workload.as_str(),
                 tunnel_tls: svc.tunnel_tls,
                 mode: svc.mode,
                 enforced,
-                trace_id,
-                connect_span: span_id,
+                trace,
             },
             now,
         );
-        let facts = facts.with_correlation(&pending.correlation.to_string(), (trace_id, span_id));
+        let facts = facts.zip(trace).map(|(f, ids)| f.with_correlation(&pending.correlation.to_string(), ids));
         (pending.correlation, facts)
     }
 }

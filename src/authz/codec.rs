@@ -17,7 +17,12 @@ use super::forward::Forward;
 /// checks, see `forward`), or a message to encode now.
 #[derive(Debug, Clone)]
 pub enum CheckAnswer {
-    Forwarded { core: Bytes, forward: Forward },
+    Forwarded {
+        core: Bytes,
+        forward: Forward,
+    },
+    /// An answer encoded ahead of time, whole (a permitted network check's core).
+    Encoded(Bytes),
     Message(Box<CheckResponse>),
 }
 
@@ -25,8 +30,10 @@ impl CheckAnswer {
     /// The answer as a message (tests, tools); decodes the encoded pieces.
     pub fn to_message(&self) -> CheckResponse {
         match self {
-            CheckAnswer::Forwarded { .. } => CheckResponse::decode(self.encode_to_vec().as_slice())
-                .expect("encoded answers are valid CheckResponses"),
+            CheckAnswer::Forwarded { .. } | CheckAnswer::Encoded(_) => {
+                CheckResponse::decode(self.encode_to_vec().as_slice())
+                    .expect("encoded answers are valid CheckResponses")
+            }
             CheckAnswer::Message(m) => (**m).clone(),
         }
     }
@@ -40,6 +47,7 @@ impl CheckAnswer {
                 forward.encode_after_core(&mut out);
                 out
             }
+            CheckAnswer::Encoded(bytes) => bytes.to_vec(),
             CheckAnswer::Message(m) => m.encode_to_vec(),
         }
     }
@@ -78,6 +86,10 @@ impl Encoder for AnswerEncoder {
             CheckAnswer::Forwarded { core, forward } => {
                 buf.put_slice(&core);
                 forward.encode_after_core(buf);
+                Ok(())
+            }
+            CheckAnswer::Encoded(bytes) => {
+                buf.put_slice(&bytes);
                 Ok(())
             }
             CheckAnswer::Message(msg) => {

@@ -70,7 +70,7 @@ pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &ht
 /// Reads `req` as `policy` would (from the generated gateway) and takes its facts: for tests and
 /// benchmarks of what telemetry does with them.
 pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> RequestFacts {
-    let gateway = GatewayCaps { originates_tls: true };
+    let gateway = GatewayCaps { originates_tls: true, removes_headers: true };
     from_view(view(req, policy, gateway).ok().as_ref(), req, metadata)
 }
 
@@ -78,17 +78,17 @@ pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &Compiled
 /// a `traceparent` naming the CONNECT decision's span, so the two decisions share one trace.
 pub fn of_tunnel(pending: Option<&PendingTunnel>, sni: Option<&str>, start: TunnelStart) -> RequestFacts {
     let mut values = FactValues::default();
-    let traceparent = pending.map(|p| format!("00-{}-{}-01", p.connect().trace_id, p.connect().connect_span));
+    let traceparent = pending.and_then(|p| p.trace).map(|(trace, span)| format!("00-{trace}-{span}-01"));
     let correlation = pending.map(|p| p.correlation.to_string());
     values.set(Fact::Sni, sni);
     if let Some(p) = pending {
-        values.set(Fact::Principal, Some(&p.connect().principal));
-        values.set(Fact::Host, Some(&p.connect().host));
+        values.set(Fact::Principal, Some(p.principal()));
+        values.set(Fact::Host, Some(p.host()));
         values.set(Fact::Correlation, correlation.as_deref());
         values.set_trace_header(0, traceparent.as_deref());
     }
     let mut facts = RequestFacts::pack_from(values);
-    facts.port = pending.map(|p| p.connect().port);
+    facts.port = pending.map(|p| p.port);
     facts.protocol = Some(Protocol::Tls);
     facts.tunnel_start = Some(match start {
         TunnelStart::Tls => "tls",

@@ -50,6 +50,9 @@ pub struct Forward {
     correlation: Option<SocketAddr>,
     /// An `https://` proxy request: the gateway originates TLS for this name.
     originate_tls: bool,
+    /// The answer removes XFCC and the internal headers it does not set (every gateway but the
+    /// generated one, which removes them itself).
+    removes: bool,
 }
 
 /// Which internal headers an answer sets: picks the removal list.
@@ -62,7 +65,12 @@ enum Shape {
 }
 
 impl Forward {
-    pub fn new(destination: &Destination<'_>, correlation: Option<SocketAddr>, originate_tls: bool) -> Self {
+    pub fn new(
+        destination: &Destination<'_>,
+        correlation: Option<SocketAddr>,
+        originate_tls: bool,
+        removes: bool,
+    ) -> Self {
         let mut host = SmallVec::new();
         match &destination.host {
             Host::Name(n) => host.extend_from_slice(n.as_bytes()),
@@ -74,7 +82,7 @@ impl Forward {
                 };
             }
         }
-        Forward { host, port: destination.port, correlation, originate_tls }
+        Forward { host, port: destination.port, correlation, originate_tls, removes }
     }
 
     /// The authorized host, as sent in `x-egress-host`.
@@ -115,9 +123,14 @@ impl Forward {
         }
     }
 
-    /// The removal list: the caller's XFCC, and every internal header this answer does not set.
+    /// The removal list: the caller's XFCC, and every internal header this answer does not set
+    /// (none when the gateway removes them itself).
     pub fn headers_to_remove(&self) -> Vec<String> {
-        removal_list(self.shape())
+        if self.removes { removal_list(self.shape()) } else { Vec::new() }
+    }
+
+    fn removal_bytes(&self) -> &'static [u8] {
+        if self.removes { &REMOVALS[self.shape() as usize] } else { &[] }
     }
 
     /// The headers this answer sets, as messages (the reference form of the answer).
@@ -137,7 +150,7 @@ impl Forward {
 
     /// Writes the removal and header pieces after an answer's cached core (see the module doc).
     pub fn encode_after_core(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&REMOVALS[self.shape() as usize]);
+        buf.put_slice(self.removal_bytes());
         let mut headers_len = 0;
         self.each_header(|k, v| {
             let len = header_option_len(k, v);
@@ -165,7 +178,7 @@ impl Forward {
             let len = header_option_len(k, v);
             headers_len += key_len(OK_HTTP_RESPONSE_HEADERS) + encoded_len_varint(len as u64) + len;
         });
-        REMOVALS[self.shape() as usize].len()
+        self.removal_bytes().len()
             + key_len(CHECK_RESPONSE_OK_RESPONSE)
             + encoded_len_varint(headers_len as u64)
             + headers_len
@@ -279,13 +292,15 @@ mod tests {
         let v4 = dest(Host::Ip("10.20.1.5".parse().unwrap()), 5432);
         let corr: SocketAddr = "127.1.2.3:4567".parse().unwrap();
         for f in [
-            Forward::new(&name, None, false),
-            Forward::new(&name, Some(corr), false),
-            Forward::new(&name, None, true),
-            Forward::new(&name, Some(corr), true),
-            Forward::new(&v6, None, true),
-            Forward::new(&v4, Some(corr), false),
-            Forward::new(&dest(Host::Name(Cow::Owned(format!("{}.test", "a".repeat(200)))), 1), None, false),
+            Forward::new(&name, None, false, true),
+            Forward::new(&name, Some(corr), false, true),
+            Forward::new(&name, None, true, true),
+            Forward::new(&name, Some(corr), true, true),
+            Forward::new(&v6, None, true, true),
+            Forward::new(&v4, Some(corr), false, true),
+            Forward::new(&name, Some(corr), true, false),
+            Forward::new(&v4, None, false, false),
+            Forward::new(&dest(Host::Name(Cow::Owned(format!("{}.test", "a".repeat(200)))), 1), None, false, true),
         ] {
             let mut wire = Vec::new();
             f.encode_after_core(&mut wire);
@@ -296,13 +311,13 @@ mod tests {
 
     #[test]
     fn headers_name_the_authorized_destination_and_remove_the_rest() {
-        let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true);
+        let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true, true);
         let set: Vec<(String, String)> =
             v6.headers().into_iter().map(|h| h.header.map(|h| (h.key, h.value)).unwrap()).collect();
         let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         assert_eq!(set, pairs(&[(HOST_HEADER, "[fd00::1]"), (PORT_HEADER, "8443"), (TLS_NAME_HEADER, "fd00::1")]));
         assert_eq!(v6.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER]);
-        let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false);
+        let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false, true);
         assert_eq!(plain.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER, TLS_NAME_HEADER]);
     }
 }

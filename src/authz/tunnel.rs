@@ -26,37 +26,53 @@ use crate::policy::{CompiledPolicy, Decision, Mode, Outcome, Reason, TunnelTls};
 const SLOTS: u64 = 65_535;
 const TTL_SECONDS: i64 = 60;
 
-/// What the CONNECT decision leaves for its tunnel's check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewTunnel {
-    /// The CONNECT host, normalized, and port.
-    pub host: String,
+/// What the CONNECT decision leaves for its tunnel's check (borrowed: `register` copies it).
+#[derive(Debug, Clone, Copy)]
+pub struct NewTunnel<'a> {
+    /// The CONNECT host, normalized (an IP without brackets), and port.
+    pub host: &'a Host<'a>,
     pub port: u16,
-    pub service: String,
-    pub principal: String,
+    pub service: &'a str,
+    pub principal: &'a str,
     pub tunnel_tls: TunnelTls,
     pub mode: Mode,
     /// Whether the CONNECT fell in the enforced share (canary): a violation is enforced likewise.
     pub enforced: bool,
-    /// The CONNECT decision's trace and span, so the tunnel decision joins the same trace.
-    pub trace_id: TraceId,
-    pub connect_span: SpanId,
+    /// The CONNECT decision's trace and span, so the tunnel decision joins the same trace (only
+    /// when decisions are recorded).
+    pub trace: Option<(TraceId, SpanId)>,
 }
 
-/// A registered CONNECT decision and its correlation.
+/// A registered CONNECT decision and its correlation. Its strings share one allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingTunnel {
     generation: u32,
     /// The correlation the tunnel check presents as its destination address (`127.G.G.G:P`).
     pub correlation: SocketAddr,
     pub created_unix: i64,
-    connect: NewTunnel,
+    /// service, principal and host, one after the other.
+    text: Box<str>,
+    service_end: u32,
+    principal_end: u32,
+    pub port: u16,
+    pub tunnel_tls: TunnelTls,
+    pub mode: Mode,
+    pub enforced: bool,
+    pub trace: Option<(TraceId, SpanId)>,
 }
 
 impl PendingTunnel {
-    /// What the CONNECT decision left.
-    pub fn connect(&self) -> &NewTunnel {
-        &self.connect
+    pub fn service(&self) -> &str {
+        &self.text[..self.service_end as usize]
+    }
+
+    pub fn principal(&self) -> &str {
+        &self.text[self.service_end as usize..self.principal_end as usize]
+    }
+
+    /// The CONNECT host (normalized; an IP address without brackets).
+    pub fn host(&self) -> &str {
+        &self.text[self.principal_end as usize..]
     }
 }
 
@@ -77,13 +93,37 @@ impl Default for Tunnels {
 
 impl Tunnels {
     /// Registers a CONNECT decision; returns it with its correlation value.
-    pub fn register(&self, t: NewTunnel, now: i64) -> Arc<PendingTunnel> {
+    pub fn register(&self, t: NewTunnel<'_>, now: i64) -> Arc<PendingTunnel> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let slot = seq % SLOTS;
         let generation = (xxhash_rust::xxh3::xxh3_64(&(seq ^ self.salt).to_le_bytes()) & 0xff_ffff) as u32;
         let [_, a, b, c] = generation.to_be_bytes();
         let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16);
-        let pending = Arc::new(PendingTunnel { generation, correlation, created_unix: now, connect: t });
+        let mut text = String::with_capacity(t.service.len() + t.principal.len() + 64);
+        text.push_str(t.service);
+        let service_end = text.len() as u32;
+        text.push_str(t.principal);
+        let principal_end = text.len() as u32;
+        match t.host {
+            Host::Name(n) => text.push_str(n),
+            Host::Ip(ip) => {
+                use std::fmt::Write as _;
+                let _ = write!(text, "{ip}");
+            }
+        }
+        let pending = Arc::new(PendingTunnel {
+            generation,
+            correlation,
+            created_unix: now,
+            text: text.into_boxed_str(),
+            service_end,
+            principal_end,
+            port: t.port,
+            tunnel_tls: t.tunnel_tls,
+            mode: t.mode,
+            enforced: t.enforced,
+            trace: t.trace,
+        });
         self.slots[slot as usize].store(Some(pending.clone()));
         pending
     }
@@ -135,16 +175,16 @@ pub fn decide<'p>(
     start: TunnelStart,
     sni: Option<&str>,
 ) -> Decision<'p> {
-    let Some(p) = pending.map(PendingTunnel::connect) else { return Decision::hard_deny(Reason::UnknownTunnel) };
+    let Some(p) = pending else { return Decision::hard_deny(Reason::UnknownTunnel) };
     let violation = match (p.tunnel_tls, start, sni.filter(|s| !s.is_empty())) {
         (TunnelTls::Off, _, _) => None,
         (_, TunnelStart::NotTls, _) => Some(Reason::NotTls),
         (TunnelTls::AllowAnyTls, TunnelStart::Tls, _) => None,
         (TunnelTls::RequireMatchingSni, TunnelStart::Tls, None) => Some(Reason::SniMissing),
         (TunnelTls::RequireMatchingSni, TunnelStart::Tls, Some(sni)) => match normalize_sni(sni) {
-            Ok(Host::Name(n)) if n == p.host => None,
-            Ok(other) => Some(Reason::SniMismatch { connect: p.host.clone(), sni: other.to_string() }),
-            Err(_) => Some(Reason::SniMismatch { connect: p.host.clone(), sni: sni.to_string() }),
+            Ok(Host::Name(n)) if n == p.host() => None,
+            Ok(other) => Some(Reason::SniMismatch { connect: p.host().to_string(), sni: other.to_string() }),
+            Err(_) => Some(Reason::SniMismatch { connect: p.host().to_string(), sni: sni.to_string() }),
         },
     };
     let (outcome, reason) = match violation {
@@ -156,7 +196,7 @@ pub fn decide<'p>(
         outcome,
         reason,
         rule: None,
-        service: policy.service(&p.service),
+        service: policy.service(p.service()),
         mode: Some(p.mode),
         enforced: p.enforced,
         near_miss: None,
@@ -168,29 +208,33 @@ pub fn decide<'p>(
 mod tests {
     use super::*;
 
-    fn new(host: &str) -> NewTunnel {
+    fn host(name: &'static str) -> &'static Host<'static> {
+        Box::leak(Box::new(Host::Name(name.into())))
+    }
+
+    fn new(host: &'static Host<'static>) -> NewTunnel<'static> {
         NewTunnel {
-            host: host.into(),
+            host,
             port: 443,
-            service: "s".into(),
-            principal: "p".into(),
+            service: "s",
+            principal: "p",
             tunnel_tls: TunnelTls::RequireMatchingSni,
             mode: Mode::Enforce,
             enforced: true,
-            trace_id: TraceId::from(1u128),
-            connect_span: SpanId::from(2u64),
+            trace: Some((TraceId::from(1u128), SpanId::from(2u64))),
         }
     }
 
     #[test]
     fn a_correlation_pairs_once_and_only_with_its_own_decision() {
         let t = Tunnels::default();
-        let a = t.register(new("a.test"), 100);
-        let b = t.register(new("b.test"), 100);
+        let a = t.register(new(host("a.test")), 100);
+        let b = t.register(new(host("b.test")), 100);
+        assert_eq!((a.service(), a.principal(), a.host()), ("s", "p", "a.test"));
         assert_ne!(a.correlation, b.correlation);
         let addr = a.correlation;
         assert!(addr.ip().is_loopback());
-        assert_eq!(t.take(addr, 101).unwrap().connect().host, "a.test");
+        assert_eq!(t.take(addr, 101).unwrap().host(), "a.test");
         assert!(t.take(addr, 101).is_none(), "replay fails");
         let b_addr = b.correlation;
         // Same slot, another generation: a guess or a stale value.
@@ -207,7 +251,7 @@ mod tests {
     fn tunnel_decisions_by_setting_and_what_the_tunnel_carried() {
         let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
         let pending = |tls: TunnelTls, enforced: bool| {
-            Tunnels::default().register(NewTunnel { tunnel_tls: tls, enforced, ..new("api.partner.test") }, 0)
+            Tunnels::default().register(NewTunnel { tunnel_tls: tls, enforced, ..new(host("api.partner.test")) }, 0)
         };
         let code = |p: &PendingTunnel, start, sni: Option<&str>| {
             let d = decide(&policy, Some(p), start, sni);

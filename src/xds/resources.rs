@@ -65,7 +65,8 @@ use envoy_types::util::pack_any;
 use prost::Name;
 
 use crate::contract::{
-    CORRELATION_HEADER, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE,
+    CORRELATION_HEADER, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA,
+    UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
 };
 use crate::policy::GatewaySpec;
 
@@ -366,13 +367,13 @@ fn downstream_mtls(spec: &GatewaySpec, alpn: &[&str]) -> Option<TransportSocket>
 /// The HTTP egress listener: plain proxy requests and CONNECT tunnels, each checked by egressd.
 pub fn http_listener(spec: &GatewaySpec) -> Resource {
     let mut authz_service = grpc_authz_service(spec);
+    let metadata = |key: &str, value: &str| HeaderValue { key: key.into(), value: value.into(), ..Default::default() };
+    // This gateway strips and removes egressd's headers and XFCC itself (see `http_route`), so
+    // egressd's answers need not carry removal lists.
+    authz_service.initial_metadata = vec![metadata(GATEWAY_METADATA, GATEWAY_GENERATED)];
     if spec.upstream_tls.is_some() {
-        // Tells egressd that `https://` proxy requests leave with TLS (else it denies them).
-        authz_service.initial_metadata = vec![HeaderValue {
-            key: UPSTREAM_TLS_METADATA.to_string(),
-            value: UPSTREAM_TLS_ORIGINATE.to_string(),
-            ..Default::default()
-        }];
+        // `https://` proxy requests leave with TLS (else egressd denies them).
+        authz_service.initial_metadata.push(metadata(UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE));
     }
     let ext_authz = HttpExtAuthz {
         services: Some(http_ext_authz::Services::GrpcService(authz_service)),
@@ -539,10 +540,18 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                     ..Default::default()
                 },
             ],
-            // egressd's headers are for the gateway's filters, never for the destination.
-            request_headers_to_remove: INTERNAL_HEADERS.iter().map(|h| h.to_string()).collect(),
+            // egressd's headers are for the gateway's filters, never for the destination; nor is
+            // the caller's identity.
+            request_headers_to_remove: std::iter::once(XFCC_HEADER)
+                .chain(INTERNAL_HEADERS)
+                .map(str::to_string)
+                .collect(),
             ..Default::default()
         }],
+        // A client's own x-egress-* are dropped before any filter runs (every workload is an
+        // external client: use_remote_address, no internal addresses), so only egressd's reach
+        // set_filter_state and the routes.
+        internal_only_headers: INTERNAL_HEADERS.iter().map(|h| h.to_string()).collect(),
         ..Default::default()
     };
     resource(HTTP_ROUTE, rc)
