@@ -46,8 +46,9 @@ pub struct Forward {
     /// The normalized host as the gateway's forward proxy takes it: IPv6 in brackets.
     host: SmallVec<[u8; 64]>,
     port: u16,
-    /// A CONNECT whose tunnel is checked: the correlation its check will present.
-    correlation: Option<SocketAddr>,
+    /// A CONNECT whose tunnel is checked: the correlation its check will present, as text
+    /// (formatted once: the answer is measured, then written).
+    correlation: Option<CorrelationText>,
     /// An `https://` proxy request: the gateway originates TLS for this name.
     originate_tls: bool,
     /// The answer removes XFCC and the internal headers it does not set (every gateway but the
@@ -82,6 +83,7 @@ impl Forward {
                 };
             }
         }
+        let correlation = correlation.map(CorrelationText::new);
         Forward { host, port: destination.port, correlation, originate_tls, removes }
     }
 
@@ -113,10 +115,8 @@ impl Forward {
         let mut port = itoa_buf();
         f(HOST_HEADER, self.host());
         f(PORT_HEADER, itoa(self.port, &mut port));
-        if let Some(c) = self.correlation {
-            let mut text = SmallVec::<[u8; 48]>::new();
-            let _ = write!(InlineText(&mut text), "{c}");
-            f(CORRELATION_HEADER, std::str::from_utf8(&text).expect("ascii"));
+        if let Some(c) = &self.correlation {
+            f(CORRELATION_HEADER, c.as_str());
         }
         if self.originate_tls {
             f(TLS_NAME_HEADER, self.tls_name());
@@ -256,6 +256,56 @@ fn itoa(mut n: u16, buf: &mut [u8; 5]) -> &str {
     std::str::from_utf8(&buf[i..]).expect("digits")
 }
 
+/// A correlation address as text, without the formatting machinery (it is on every verified
+/// CONNECT's answer): `a.b.c.d:port`, at most 21 bytes for IPv4; IPv6 (never made by `tunnel`)
+/// is formatted the slow way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CorrelationText {
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl CorrelationText {
+    fn new(addr: SocketAddr) -> Self {
+        let mut t = CorrelationText { bytes: [0; 48], len: 0 };
+        match addr {
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    t.push_number(u16::from(octet));
+                }
+                t.push(b':');
+                t.push_number(v4.port());
+            }
+            SocketAddr::V6(_) => {
+                let mut text = SmallVec::<[u8; 48]>::new();
+                let _ = write!(InlineText(&mut text), "{addr}");
+                t.len = text.len() as u8;
+                t.bytes[..text.len()].copy_from_slice(&text);
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len as usize] = b;
+        self.len += 1;
+    }
+
+    fn push_number(&mut self, n: u16) {
+        let mut digits = itoa_buf();
+        for &b in itoa(n, &mut digits).as_bytes() {
+            self.push(b);
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("ascii digits")
+    }
+}
+
 /// `fmt::Write` into a SmallVec, so addresses are formatted without a heap allocation.
 struct InlineText<'a, const N: usize>(&'a mut SmallVec<[u8; N]>);
 
@@ -306,6 +356,14 @@ mod tests {
             f.encode_after_core(&mut wire);
             assert_eq!(wire.len(), f.encoded_len());
             assert_eq!(CheckResponse::decode(wire.as_slice()).unwrap(), ok_message(&f), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn correlations_are_written_as_their_display_form() {
+        for a in ["127.0.0.1:1", "127.255.255.255:65535", "127.10.200.3:4567", "[::1]:443"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(CorrelationText::new(addr).as_str(), addr.to_string());
         }
     }
 
