@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 mod local;
+mod observe;
 mod remote;
 
 use std::net::SocketAddr;
@@ -49,6 +50,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::BreakGlass(cmd) => remote::break_glass(cmd),
         Command::Rollout(cmd) => remote::rollout(cmd),
+        Command::Discover(ReplayArgs { policy, input, format }) => observe::discover(policy, input, format),
+        Command::Report(ReportCommand::Impact(ReplayArgs { policy, input, format })) => {
+            observe::impact(policy, input, format)
+        }
+        Command::Plan { base, head, input, format } => observe::plan(base, head, input, format),
+        Command::Learn { policy, input, diff, write, min_siblings, any_port, format } => {
+            let options = egressd::learn::LearnOptions { min_siblings, any_port };
+            let output = if write {
+                observe::LearnOutput::Write
+            } else if diff {
+                observe::LearnOutput::Diff
+            } else {
+                observe::LearnOutput::Summary(format)
+            };
+            observe::learn(policy, input, options, output)
+        }
+        Command::Init { dir, trust_domain } => {
+            local::init(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), &trust_domain)
+        }
     }
 }
 
@@ -158,12 +178,109 @@ pub enum Command {
         #[command(flatten)]
         auth: AdminAuth,
     },
+    /// Write a starter policy (dry-run, unclaimed callers observed, a mesh-wide deny floor,
+    /// commented-out destination groups) into DIR; refuses if DIR already holds policy files.
+    Init {
+        /// Directory to create the policy in (default: ./mesh-config); created if missing.
+        dir: Option<PathBuf>,
+        /// The SPIFFE trust domain of your workloads (spiffe://TD/...).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Time-boxed, audited exceptions to a service's policy, through a running egressd.
     #[command(name = "break-glass", subcommand)]
     BreakGlass(BreakGlassCommand),
     /// Rollout progress of every service, through a running egressd.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// The observed flows: per service, destinations with ports, protocols, hits, workloads,
+    /// first and last seen, and what today's policy does to each.
+    Discover(ReplayArgs),
+    /// Proposes the allows that would let the observed would-deny and deny flows through (never
+    /// past a mesh-wide deny or an identity failure), as edits of the policy files: exact hosts,
+    /// the observed ports, each justified `TODO` for a reviewer to answer.
+    Learn {
+        /// Policy directory to learn into (default: ./mesh-config).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        input: FlowInput,
+        /// Print the change as a unified diff of the policy directory.
+        #[arg(long, conflicts_with = "write")]
+        diff: bool,
+        /// Apply exactly that diff: edit the services' own files in place, new files for
+        /// unclaimed identities.
+        #[arg(long)]
+        write: bool,
+        /// Distinct names under one parent (addresses in one /24) before they become one
+        /// `*.parent` (one CIDR).
+        #[arg(long, default_value_t = 5)]
+        min_siblings: usize,
+        /// Propose allows without `ports` (any port) instead of the observed ports.
+        #[arg(long)]
+        any_port: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Reports on observed flows.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Replays the observed flows through two policy sets and lists every flow whose decision
+    /// changes. Exit 0 when nothing let through today would be blocked, 3 otherwise.
+    Plan {
+        /// The policy directory as it is (e.g. the main branch).
+        #[arg(long)]
+        base: PathBuf,
+        /// The policy directory as proposed (e.g. the pull request).
+        #[arg(long)]
+        head: PathBuf,
+        #[command(flatten)]
+        input: FlowInput,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// What switching a service to `enforce` would deny now, and whether it is ready by the
+    /// rollout criteria (traffic observed, not one request denied). Exit 0 ready, 1 not ready.
+    Impact(ReplayArgs),
+}
+
+/// Observed flows replayed with one policy.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Policy directory the flows are replayed with. Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: FlowInput,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+/// Where observed flows come from.
+#[derive(clap::Args)]
+pub struct FlowInput {
+    /// An audit log of `serve --audit-log` (repeatable); its rotated files PATH.N .. PATH.1 are read too.
+    #[arg(long = "audit-log", value_name = "PATH")]
+    pub audit_log: Vec<PathBuf>,
+    /// A running egressd's admin address (HOST:PORT): its live flow table (GET /flows).
+    #[arg(long, value_name = "ADDR")]
+    pub server: Option<String>,
+    /// Only what was seen within this age: 7d, 12h, 30m.
+    #[arg(long, value_name = "AGE")]
+    pub since: Option<String>,
+    /// Only this service's flows (or an unclaimed identity's SPIFFE ID); `report impact` needs it.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 /// How CLI commands reach and authenticate to a running egressd's admin API.
@@ -315,6 +432,10 @@ pub struct TelemetryArgs {
     /// Decisions queued for the telemetry thread before new ones are dropped (and counted).
     #[arg(long, default_value_t = 16384)]
     telemetry_queue: usize,
+    /// Flows the live flow table keeps (GET /flows on the admin port); beyond it the least
+    /// recently seen are evicted and counted. 0 turns the table off.
+    #[arg(long, default_value_t = egressd::flows::live::DEFAULT_CAPACITY, env = "EGRESSD_FLOW_TABLE_SIZE")]
+    flow_table_size: usize,
 }
 
 impl TelemetryArgs {
@@ -338,6 +459,7 @@ impl TelemetryArgs {
             sampler: parse_sampler(&self.traces_sampler, self.traces_sampler_arg.as_deref())?,
             sample_denies: self.sample_denies,
             queue_capacity: self.telemetry_queue.max(1),
+            flows: (self.flow_table_size > 0).then(|| egressd::flows::live::LiveFlows::shared(self.flow_table_size)),
         })
     }
 }

@@ -50,7 +50,14 @@ fn verdict_label(d: &Decision<'_>) -> &'static str {
     }
 }
 
+/// What an observed unclaimed caller's explanation says about its identity: the decision has no
+/// service, so without this line a would-deny would look unexplained.
+const UNCLAIMED_OBSERVED: &str = "claimed by no service, and unclaimed callers are observed (MeshDefaults unclaimedIdentities: observe): let through as would-deny, mesh-wide denies enforced";
+
 fn mode_text(d: &Decision<'_>, from: &str, request_id: Option<&str>) -> Option<String> {
+    if d.observes_unclaimed() {
+        return d.mode.map(|m| m.to_string());
+    }
     let svc = d.service?;
     Some(match svc.mode {
         Mode::Canary => {
@@ -90,6 +97,9 @@ pub fn text(
     let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<9} {v}\n"));
     if let Some(svc) = d.service {
         line("service:", format!("{} ({})", svc.name, svc.loc.short()));
+    }
+    if d.observes_unclaimed() {
+        line("identity:", UNCLAIMED_OBSERVED.to_string());
     }
     if let Some(mode) = mode_text(d, from, request_id) {
         line("mode:", mode);
@@ -136,7 +146,7 @@ pub fn json(
     d: &Decision<'_>,
     request_id: Option<&str>,
 ) -> serde_json::Value {
-    json!({
+    let mut out = json!({
         "decision": d.outcome.as_str(),
         "allowed": d.outcome.permits(),
         "reason": d.reason.code(),
@@ -152,5 +162,10 @@ pub fn json(
         "rule": d.rule,
         "hint": d.near_miss.map(|(r, m)| miss_text(r, m, dest)),
         "policyVersion": policy.version,
-    })
+    });
+    // Only on these decisions, so every other explanation's shape stays as it was.
+    if d.observes_unclaimed() {
+        out["unclaimedIdentity"] = json!({ "observed": true, "detail": UNCLAIMED_OBSERVED });
+    }
+    out
 }

@@ -23,14 +23,14 @@ mod terms;
 mod tests;
 
 pub use canary::canary_bucket;
-pub use compile::compile;
+pub use compile::{Placeholders, compile, compile_with};
 pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, RuleInfo, ServiceIdx, ServiceInfo};
 pub use decide::Destination;
 pub use decision::{Decision, GrantRef, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults};
 pub use source::{PolicySource, SourceError};
-pub use terms::{Mode, Protocol, TunnelTls};
+pub use terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};
 
 /// The live policy: swapped whole on reload, read on the hot path without a lock.
 pub type SharedPolicy = std::sync::Arc<arc_swap::ArcSwap<CompiledPolicy>>;

@@ -149,6 +149,7 @@ pub async fn serve(
         reload: reload_status,
         metrics: Arc::new(metrics),
         runtime: runtime.clone(),
+        flows: config.telemetry.flows().cloned(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod context;
+mod flows;
 pub mod metrics;
 pub mod otlp;
 pub mod record;
@@ -29,6 +30,8 @@ use context::Propagators;
 use metrics::{DROP_QUEUE_FULL, DROP_WRITE_FAILED, Metrics};
 use record::{CheckEvent, DecisionRecord};
 use spans::{DecisionSampler, SpanBatcher};
+
+use crate::flows::live::SharedFlows;
 
 /// How often buffered audit records and partial span batches are written out.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -52,6 +55,8 @@ pub struct TelemetryConfig {
     pub sample_denies: bool,
     /// Decision records the queue holds before the Check path starts dropping (and counting).
     pub queue_capacity: usize,
+    /// The live flow table the telemetry thread feeds (`GET /flows`), if kept.
+    pub flows: Option<SharedFlows>,
 }
 
 impl Default for TelemetryConfig {
@@ -62,6 +67,7 @@ impl Default for TelemetryConfig {
             sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
             sample_denies: false,
             queue_capacity: 16 * 1024,
+            flows: None,
         }
     }
 }
@@ -90,6 +96,7 @@ pub struct Telemetry {
     queue: Option<SyncSender<Msg>>,
     spans_on: bool,
     audit_on: bool,
+    flows: Option<SharedFlows>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -115,7 +122,7 @@ impl Telemetry {
     /// Starts the telemetry thread (and, with OTLP, the export task on the current runtime).
     pub fn start(config: TelemetryConfig) -> Result<(Telemetry, TelemetryTasks), TelemetryError> {
         let metrics = Metrics::default();
-        if config.otlp.is_none() && config.audit.is_none() {
+        if config.otlp.is_none() && config.audit.is_none() && config.flows.is_none() {
             let tasks = TelemetryTasks { metrics: metrics.clone(), queue: None, worker: None, exporter: None };
             return Ok((Telemetry { metrics, ..Default::default() }, tasks));
         }
@@ -138,15 +145,21 @@ impl Telemetry {
             batches,
             metrics: metrics.clone(),
             audit_failures_logged: 0,
+            flows: config.flows.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("egressd-telemetry".into())
             .spawn(move || worker.run(rx))
             .map_err(TelemetryError::Thread)?;
-        let telemetry = Telemetry { metrics, queue: Some(tx.clone()), spans_on, audit_on };
+        let telemetry = Telemetry { metrics, queue: Some(tx.clone()), spans_on, audit_on, flows: config.flows };
         let tasks =
             TelemetryTasks { metrics: telemetry.metrics.clone(), queue: Some(tx), worker: Some(handle), exporter };
         Ok((telemetry, tasks))
+    }
+
+    /// The live flow table, when the server keeps one.
+    pub fn flows(&self) -> Option<&SharedFlows> {
+        self.flows.as_ref()
     }
 
     /// Whether decisions go to the telemetry thread (else `submit` need not be called).
@@ -214,6 +227,7 @@ struct Worker {
     batches: Option<SpanBatcher>,
     metrics: Metrics,
     audit_failures_logged: u64,
+    flows: Option<SharedFlows>,
 }
 
 impl Worker {
@@ -258,6 +272,12 @@ impl Worker {
     }
 
     fn record(&mut self, event: &CheckEvent) {
+        if let Some(table) = &self.flows {
+            flows::record(table, event);
+        }
+        if self.audit.is_none() && self.batches.is_none() {
+            return;
+        }
         let record = DecisionRecord::describe(event);
         let parent = self.propagators.parent(&event.facts);
         let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);

@@ -1,12 +1,13 @@
 //! Admin HTTP: `GET /healthz` (process is up), `/readyz` (a policy is loaded and the gRPC port is
 //! serving), `/policy` (version, origin, services, groups, warnings of the live policy), `/xds`
 //! (connected nodes, per type the version sent and ACKed, the last NACK), `/metrics`
-//! (OpenMetrics text: decisions, Check latency, reloads, xDS, dropped spans and audit records).
+//! (OpenMetrics text: decisions, Check latency, reloads, xDS, dropped spans and audit records),
+//! `/flows` (the live flow table, JSON; `?since=7d`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
@@ -27,6 +28,8 @@ pub struct AdminState {
     pub reload: Arc<ReloadStatus>,
     pub metrics: Arc<prometheus_client::registry::Registry>,
     pub runtime: Arc<crate::runtime::RuntimeOverrides>,
+    /// The live flow table (`GET /flows`), when kept.
+    pub flows: Option<crate::flows::live::SharedFlows>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -36,6 +39,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/policy", get(policy))
         .route("/xds", get(xds))
         .route("/metrics", get(metrics))
+        .route("/flows", get(flows))
         .with_state(state)
 }
 
@@ -45,6 +49,26 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: gRPC listener not bound yet\n".to_string())
     }
+}
+
+#[derive(serde::Deserialize)]
+struct FlowsQuery {
+    /// Only flows seen within this age (`7d`, `12h`).
+    since: Option<String>,
+}
+
+/// The live flow table as JSON (`flows::json::FlowsDocument`): what `--server` reads.
+async fn flows(State(state): State<AdminState>, Query(q): Query<FlowsQuery>) -> axum::response::Response {
+    let Some(table) = &state.flows else {
+        return (StatusCode::NOT_FOUND, "the flow table is off (serve --flow-table-size 0)\n").into_response();
+    };
+    let since_ms = match q.since.as_deref().map(crate::flows::parse_age).transpose() {
+        Ok(age) => age.map(|a| crate::clock::unix_now().saturating_sub(a).saturating_mul(1000)),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("since: {e}\n")).into_response(),
+    };
+    // Copy under the lock, serialize outside it: the telemetry thread waits on this lock.
+    let doc = table.lock().unwrap_or_else(|e| e.into_inner()).document(since_ms);
+    Json(doc).into_response()
 }
 
 async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {

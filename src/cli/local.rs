@@ -27,6 +27,33 @@ fn compile_or_report(source: &PolicySource) -> anyhow::Result<CompiledPolicy> {
         .map_err(|diags| anyhow::anyhow!("{} is invalid:\n{}", source.origin, policy::format_diagnostics(&diags)))
 }
 
+/// The policy of `dir` (default as for `serve`) as the review commands read it: compiled, with
+/// `TODO` justifications (allows `learn` wrote, waiting for review) as warnings, not errors.
+pub fn load_policy(dir: Option<PathBuf>) -> anyhow::Result<CompiledPolicy> {
+    Ok(load_policy_source(dir)?.1)
+}
+
+/// As `load_policy`, with the source it was compiled from.
+pub fn load_policy_source(dir: Option<PathBuf>) -> anyhow::Result<(PolicySource, CompiledPolicy)> {
+    let source = policy_source(dir)?;
+    let compiled = policy::compile_with(&source, egressd::clock::unix_now(), policy::Placeholders::Warn)
+        .map_err(|diags| anyhow::anyhow!("{} is invalid:\n{}", source.origin, policy::format_diagnostics(&diags)))?;
+    Ok((source, compiled))
+}
+
+/// `egressd init`: a starter policy in `dir`.
+pub fn init(dir: &Path, trust_domain: &str) -> anyhow::Result<ExitCode> {
+    let written = egressd::init::init(dir, trust_domain)?;
+    for path in &written {
+        outln!("wrote {}", path.display());
+    }
+    outln!(
+        "next: egressd validate {0}; egressd serve --policy {0} --audit-log audit.log; then egressd discover / learn (README: From zero to enforce)",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn serve(
     dir: Option<PathBuf>,
     grpc_listen: SocketAddr,

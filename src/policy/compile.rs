@@ -20,9 +20,30 @@ use crate::identity::{IdentityIndex, IdentityPattern};
 /// Compiles a policy set. `now` (unix seconds) only decides which `expires` dates earn a warning;
 /// expiry itself is checked at decision time.
 pub fn compile(source: &PolicySource, now: i64) -> Result<CompiledPolicy, Vec<Diagnostic>> {
+    compile_with(source, now, Placeholders::Reject)
+}
+
+/// What a `TODO` justification is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placeholders {
+    /// An error: such a policy is not reviewed yet and must not be served (`serve`, `validate`).
+    Reject,
+    /// A warning: the review commands (`learn`, `discover`, `plan`) read a policy mid-review,
+    /// with the allows `learn` wrote still waiting for their reasons.
+    Warn,
+}
+
+/// `compile`, choosing what a placeholder justification is.
+pub fn compile_with(
+    source: &PolicySource,
+    now: i64,
+    placeholders: Placeholders,
+) -> Result<CompiledPolicy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::default();
     let docs = parse_documents(source, &mut diags);
-    let policy = Compiler::new(source, now, &mut diags).run(docs);
+    let mut compiler = Compiler::new(source, now, &mut diags);
+    compiler.placeholders = placeholders;
+    let policy = compiler.run(docs);
     if diags.has_errors() {
         return Err(diags.into_sorted());
     }
@@ -77,12 +98,21 @@ struct Compiler<'d> {
     diags: &'d mut Diagnostics,
     matcher: Matcher,
     rules: Vec<RuleInfo>,
+    placeholders: Placeholders,
 }
 
 impl<'d> Compiler<'d> {
     fn new(source: &PolicySource, now: i64, diags: &'d mut Diagnostics) -> Self {
         let origin: Arc<str> = source.origin.as_str().into();
-        Compiler { version: source.version(), origin, now, diags, matcher: Matcher::new(), rules: Vec::new() }
+        Compiler {
+            version: source.version(),
+            origin,
+            now,
+            diags,
+            matcher: Matcher::new(),
+            rules: Vec::new(),
+            placeholders: Placeholders::Reject,
+        }
     }
 
     fn run(mut self, docs: ParsedDocs) -> Option<CompiledPolicy> {
@@ -178,6 +208,7 @@ impl<'d> Compiler<'d> {
             trust_domain,
             default_mode: defaults.mode,
             trust_forwarded_client_cert: mesh.doc.trust_forwarded_client_cert,
+            unclaimed_identities: mesh.doc.unclaimed_identities.unwrap_or_default(),
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
             rules: self.rules,
@@ -243,9 +274,9 @@ impl<'d> Compiler<'d> {
                     .error(name_loc, format!("DestinationGroup `{name}` is already defined at {}", existing.info.loc));
                 continue;
             }
-            let justification = match g.doc.justification.as_deref().map(str::trim) {
-                Some(j) if !j.is_empty() => j.to_string(),
-                _ => {
+            let justification = match self.justification(&g.file, g.doc.justification.as_ref()) {
+                Some(j) => j,
+                None => {
                     self.diags.error(
                         g.loc.clone(),
                         format!("DestinationGroup `{name}` has no justification: say why services may reach these destinations"),
@@ -435,7 +466,7 @@ impl<'d> Compiler<'d> {
             Dest::Any
         };
 
-        let justification = r.justification.as_deref().map(str::trim).filter(|j| !j.is_empty()).map(str::to_string);
+        let justification = self.justification(file, r.justification.as_ref());
         let is_group = matches!(dest, Dest::Group(..));
         if ctx == RuleContext::Allow && justification.is_none() && !is_group {
             self.diags.error(
@@ -502,6 +533,27 @@ impl<'d> Compiler<'d> {
             expires: r.expires.as_ref().map(|e| e.value.trim().to_string()),
             loc,
         })
+    }
+
+    /// A justification as written, trimmed; `None` when absent or blank (the caller decides whether
+    /// one is required). A placeholder is an error at the value itself: `egressd learn` proposes
+    /// allows justified `TODO: …` precisely so that review cannot pass them without a human
+    /// writing the reason, so such a policy must not load, let alone be served.
+    fn justification(&mut self, file: &Arc<str>, written: Option<&Spanned<String>>) -> Option<String> {
+        let written = written?;
+        let text = written.value.trim();
+        if text.is_empty() {
+            return None;
+        }
+        if is_placeholder(text) {
+            let loc = SourceLoc::of(file, written);
+            let message = "justification is a placeholder (`TODO...`): write why this destination is needed before this policy can be served";
+            match self.placeholders {
+                Placeholders::Reject => self.diags.error(loc, message),
+                Placeholders::Warn => self.diags.warning(loc, message),
+            }
+        }
+        Some(text.to_string())
     }
 
     /// Puts a checked rule (expanding a group reference) into `table`; returns how many rules it became.
@@ -618,6 +670,14 @@ impl<'d> Compiler<'d> {
     }
 }
 
+/// Whether a (trimmed) justification is a `TODO` placeholder: `TODO`, `todo: ask alice`,
+/// `TODO(bob)`. The word must end there, so a reason that merely starts with those letters
+/// (`Todoist webhooks`) is a reason.
+fn is_placeholder(text: &str) -> bool {
+    text.get(..4).is_some_and(|head| head.eq_ignore_ascii_case("todo"))
+        && !text[4..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+}
+
 /// Groups in a stable order (a hash map's is not): by name.
 fn sorted_by_name(mut groups: Vec<GroupInfo>) -> Vec<GroupInfo> {
     groups.sort_by(|a, b| a.name.cmp(&b.name));
@@ -659,6 +719,16 @@ fn expiry_deadline(raw: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn todo_placeholders() {
+        for placeholder in ["TODO", "todo", "TODO: why?", "Todo - ask the team", "TODO(alice)", "TODO…"] {
+            assert!(is_placeholder(placeholder), "{placeholder}");
+        }
+        for reason in ["Todoist webhooks", "to do the payouts", "payouts; TODO: narrow", "TOD", "todo_list api"] {
+            assert!(!is_placeholder(reason), "{reason}");
+        }
+    }
 
     #[test]
     fn cidr_parsing() {

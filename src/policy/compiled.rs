@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::diagnostic::{Diagnostic, SourceLoc};
 use super::matcher::{Matcher, TableId};
-use super::terms::{Mode, Protocol, TunnelTls};
+use super::terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};
 use crate::identity::IdentityIndex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,6 +134,8 @@ pub struct CompiledPolicy {
     pub trust_domain: String,
     pub default_mode: Mode,
     pub trust_forwarded_client_cert: bool,
+    /// What `decide` does with a caller in the trust domain that no service claims.
+    pub unclaimed_identities: UnclaimedIdentities,
     pub services: Vec<ServiceInfo>,
     pub groups: Vec<GroupInfo>,
     /// Indexed by `RuleIdx`, parallel to the matcher's constraints.

@@ -1,11 +1,14 @@
 //! The decision itself: identity -> service, then mesh denies > service denies > service allows >
 //! default deny, then the service's mode. Lock-free and allocation-free for the common cases.
+//! A caller in the trust domain that no service claims is denied, or, under MeshDefaults
+//! `unclaimedIdentities: observe`, held to the mesh-wide denies alone and otherwise recorded as a
+//! would-deny (as if it were a service in dry-run with no rules).
 
 use super::compiled::{CompiledPolicy, ServiceIdx};
 use super::decision::{Decision, Malformed, Outcome, Reason};
 use super::fqdn::Host;
-use super::matcher::Target;
-use super::terms::Protocol;
+use super::matcher::{Target, TargetPath};
+use super::terms::{Mode, Protocol, UnclaimedIdentities};
 use crate::identity::{AuthnError, WorkloadId, authenticate};
 
 /// Where a request is going, normalized.
@@ -51,11 +54,7 @@ impl CompiledPolicy {
         now: i64,
     ) -> Decision<'_> {
         let svc = &self.services[service.get()];
-        let target = match &dest.host {
-            Host::Name(name) => Target::Name(name),
-            Host::Ip(ip) => Target::Ip(*ip),
-        };
-        let path = self.matcher.target_path(target);
+        let path = self.target_path(dest);
         let bit = dest.protocol.bit();
         let lookup = |table| self.matcher.lookup(table, &path, dest.port, bit, now);
         let decided = |outcome, reason, rule: Option<u32>, enforced| Decision {
@@ -90,6 +89,43 @@ impl CompiledPolicy {
         decision
     }
 
+    /// The destination's trie walk, done once for every table a decision looks in.
+    fn target_path(&self, dest: &Destination<'_>) -> TargetPath {
+        let target = match &dest.host {
+            Host::Name(name) => Target::Name(name),
+            Host::Ip(ip) => Target::Ip(*ip),
+        };
+        self.matcher.target_path(target)
+    }
+
+    /// A caller that authenticated but that no service claims, under `unclaimedIdentities:
+    /// observe`. There are no service rules to apply, so it is treated as a service in dry-run
+    /// with none: the floor (mesh-wide denies) is enforced, a malformed request is denied (it could
+    /// not be sent anywhere), and everything else goes through as a would-deny whose reason,
+    /// `unknown-service`, says what enforcement would do. `service` stays `None`: what is keyed
+    /// by service (answer cache slots, tallies, grants, guards) skips these decisions.
+    fn evaluate_unclaimed(&self, destination: Result<&Destination<'_>, Malformed>, now: i64) -> Decision<'_> {
+        let mut decision = match destination {
+            Err(m) => Decision::hard_deny(Reason::Malformed(m)),
+            Ok(dest) => {
+                let path = self.target_path(dest);
+                let mesh_deny = self.matcher.lookup(self.mesh_deny_table, &path, dest.port, dest.protocol.bit(), now);
+                match mesh_deny.hit {
+                    Some(rule) => {
+                        Decision { rule: Some(&self.rules[rule as usize]), ..Decision::hard_deny(Reason::MeshDeny) }
+                    }
+                    None => Decision {
+                        outcome: Outcome::WouldDeny,
+                        enforced: false,
+                        ..Decision::hard_deny(Reason::UnknownService)
+                    },
+                }
+            }
+        };
+        decision.mode = Some(Mode::DryRun);
+        decision
+    }
+
     /// The whole pipeline for one request: identity first (who), then destination (where).
     pub fn decide(
         &self,
@@ -112,6 +148,11 @@ impl CompiledPolicy {
     ) -> Decision<'_> {
         let (service, workload) = match identified {
             Ok(identified) => identified,
+            // `identify` says UnknownService only for a caller that authenticated (in the trust
+            // domain): other identity failures stay hard denies in every setting.
+            Err(Reason::UnknownService) if self.unclaimed_identities == UnclaimedIdentities::Observe => {
+                return self.evaluate_unclaimed(destination, now);
+            }
             Err(reason) => return Decision::hard_deny(reason),
         };
         match destination {

@@ -12,7 +12,8 @@ use crate::identity::AuthnError;
 pub enum Outcome {
     Allow,
     Deny,
-    /// Allowed because the service is in dry-run (or outside its canary share); enforcement would deny.
+    /// Allowed because the service is in dry-run (or outside its canary share), or the caller is
+    /// unclaimed and the mesh observes such callers; enforcement would deny.
     WouldDeny,
 }
 
@@ -28,6 +29,20 @@ impl Outcome {
     /// Whether the request goes through.
     pub fn permits(self) -> bool {
         !matches!(self, Outcome::Deny)
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+
+    /// The recorded form (`allow`, `deny`, `would-deny`), as audit records and `/flows` write it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(Outcome::Allow),
+            "deny" => Ok(Outcome::Deny),
+            "would-deny" => Ok(Outcome::WouldDeny),
+            other => Err(format!("decision `{other}` is not allow, deny or would-deny")),
+        }
     }
 }
 
@@ -78,6 +93,8 @@ pub enum Reason {
     /// Default deny.
     NoMatchingAllow,
     Unauthenticated(AuthnError),
+    /// The caller authenticated (its SPIFFE ID is in the trust domain) but no service claims it:
+    /// a deny, or a would-deny under MeshDefaults `unclaimedIdentities: observe`.
     UnknownService,
     Malformed(Malformed),
     /// Allowed by an operator's time-boxed break-glass grant.
@@ -170,7 +187,8 @@ pub struct Decision<'p> {
 }
 
 impl<'p> Decision<'p> {
-    /// A deny that no mode can soften (identity and parsing failures).
+    /// A deny that no mode can soften (identity and parsing failures; `decide` softens an
+    /// unclaimed caller's under `unclaimedIdentities: observe` from this).
     pub fn hard_deny(reason: Reason) -> Self {
         Decision {
             outcome: Outcome::Deny,
@@ -182,6 +200,16 @@ impl<'p> Decision<'p> {
             near_miss: None,
             rolled_back: false,
         }
+    }
+
+    /// A caller no service claims, let through or held by the mesh floor alone because the mesh
+    /// observes unclaimed callers (`unclaimedIdentities: observe`). `decide` gives only these a
+    /// mode without a service; the reasons rule out a tunnel decision whose service a reload
+    /// removed (also a mode without a service, but always a tunnel reason).
+    pub fn observes_unclaimed(&self) -> bool {
+        self.service.is_none()
+            && self.mode.is_some()
+            && matches!(self.reason, Reason::UnknownService | Reason::MeshDeny | Reason::Malformed(_))
     }
 
     pub fn mode_str(&self) -> &'static str {

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::terms::{Mode, Protocol, TunnelTls};
+use super::terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};
 
 /// Just enough of a document to dispatch on its `kind`.
 #[derive(Debug, Deserialize)]
@@ -30,6 +30,9 @@ pub struct MeshDefaultsDoc {
     pub trust_forwarded_client_cert: bool,
     #[serde(default)]
     pub tunnel_tls: Option<TunnelTls>,
+    /// Callers in the trust domain that no service claims: `deny` (the default) or `observe`.
+    #[serde(default)]
+    pub unclaimed_identities: Option<UnclaimedIdentities>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleDoc>>,
 }
@@ -41,8 +44,9 @@ pub struct DestinationGroupDoc {
     #[allow(dead_code)]
     pub kind: String,
     pub name: Spanned<String>,
+    /// Spanned so a placeholder (`TODO`) is reported where it is written.
     #[serde(default)]
-    pub justification: Option<String>,
+    pub justification: Option<Spanned<String>>,
     #[serde(default)]
     pub description: Option<String>,
     pub destinations: Vec<Spanned<RuleDoc>>,
@@ -95,8 +99,9 @@ pub struct RuleDoc {
     pub ports: Option<Vec<Spanned<i64>>>,
     #[serde(default)]
     pub protocols: Option<Vec<Protocol>>,
+    /// Spanned so a placeholder (`TODO`) is reported where it is written.
     #[serde(default)]
-    pub justification: Option<String>,
+    pub justification: Option<Spanned<String>>,
     #[serde(default)]
     pub expires: Option<Spanned<String>>,
 }

@@ -36,8 +36,7 @@ impl PolicySource {
     /// Every `*.yaml` / `*.yml` file below `dir`, recursively; hidden entries (`.git`, the `..data`
     /// link farm of a Kubernetes ConfigMap) are skipped so each file is read once.
     pub fn from_dir(dir: &Path) -> Result<Self, SourceError> {
-        let mut paths = Vec::new();
-        collect_yaml(dir, &mut paths)?;
+        let paths = Self::paths(dir)?;
         if paths.is_empty() {
             return Err(SourceError::Empty(dir.to_path_buf()));
         }
@@ -49,6 +48,13 @@ impl PolicySource {
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(PolicySource { origin: dir.display().to_string(), files })
+    }
+
+    /// The files `from_dir` would read, in no particular order (`init` refuses to write over them).
+    pub fn paths(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+        let mut paths = Vec::new();
+        collect_yaml(dir, &mut paths)?;
+        Ok(paths)
     }
 
     /// The example mesh compiled into the binary.

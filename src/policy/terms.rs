@@ -1,5 +1,6 @@
 //! The policy's vocabulary: how a service's rules apply (`Mode`), what kind of traffic a rule
-//! names (`Protocol`), what a CONNECT tunnel must carry (`TunnelTls`). Plain domain types: YAML
+//! names (`Protocol`), what a CONNECT tunnel must carry (`TunnelTls`), what happens to a caller no
+//! service claims (`UnclaimedIdentities`). Plain domain types: YAML
 //! reads them through serde, the CLI and the admin API through `FromStr`, output through `Display`.
 
 use serde::Deserialize;
@@ -102,6 +103,42 @@ impl TunnelTls {
     }
 }
 
+/// What happens to a caller that authenticates (its SPIFFE ID is in the mesh's trust domain) but
+/// that no ServicePolicy claims. `observe` lets a mesh adopt egressd before every workload has a
+/// policy: such callers are let through and recorded, as if they were a service in dry-run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnclaimedIdentities {
+    /// Denied (`unknown-service`): only callers a service claims get out.
+    #[default]
+    Deny,
+    /// Allowed and recorded as `would-deny` (`unknown-service`); mesh-wide denies still hold.
+    Observe,
+}
+
+impl UnclaimedIdentities {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnclaimedIdentities::Deny => "deny",
+            UnclaimedIdentities::Observe => "observe",
+        }
+    }
+}
+
+impl std::fmt::Display for UnclaimedIdentities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UnclaimedIdentities {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let all = [UnclaimedIdentities::Deny, UnclaimedIdentities::Observe];
+        parse_named("unclaimedIdentities", s, &all, UnclaimedIdentities::as_str)
+    }
+}
+
 /// Parses one of `values`' names, in any case; the error lists what is accepted.
 fn parse_named<T: Copy>(what: &str, s: &str, values: &[T], name: impl Fn(T) -> &'static str) -> Result<T, String> {
     values.iter().copied().find(|v| name(*v).eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
@@ -146,6 +183,13 @@ mod tests {
         for t in [TunnelTls::RequireMatchingSni, TunnelTls::AllowAnyTls, TunnelTls::Off] {
             assert_eq!(t.to_string().parse::<TunnelTls>(), Ok(t));
         }
+        for u in [UnclaimedIdentities::Deny, UnclaimedIdentities::Observe] {
+            assert_eq!(u.to_string().parse::<UnclaimedIdentities>(), Ok(u));
+        }
+        assert_eq!(
+            "allow".parse::<UnclaimedIdentities>(),
+            Err("unknown unclaimedIdentities `allow`: expected deny, observe".into())
+        );
         assert_eq!("udp".parse::<Protocol>(), Err("unknown protocol `udp`: expected http, https, tls or tcp".into()));
         assert!("sometimes".parse::<Mode>().unwrap_err().contains("enforce, dry-run, canary"));
     }

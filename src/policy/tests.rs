@@ -366,3 +366,137 @@ fn ipv6_cidrs_holding_ipv4_addresses_match_them_as_ipv4() {
     let warning = p.warnings.iter().map(|w| w.to_string()).find(|w| w.contains("::/0")).expect("a warning for ::/0");
     assert!(warning.contains("v6.yaml:11:11") && warning.contains("0.0.0.0/0"), "{warning}");
 }
+
+// ---- MeshDefaults unclaimedIdentities ----
+
+const NOBODY: &str = "spiffe://corp.example/ns/nobody/sa/x";
+
+/// The semantics fixture, with unclaimed callers observed.
+fn observing() -> CompiledPolicy {
+    let text = POLICY.replacen("mode: enforce\n", "mode: enforce\nunclaimedIdentities: observe\n", 1);
+    assert_ne!(text, POLICY, "the fixture's MeshDefaults says `mode: enforce`");
+    compile(&PolicySource::from_text("observe.yaml", &text), NOW)
+        .unwrap_or_else(|d| panic!("{}", format_diagnostics(&d)))
+}
+
+#[test]
+fn unclaimed_callers_are_denied_by_default() {
+    let p = policy();
+    assert_eq!(p.unclaimed_identities, UnclaimedIdentities::Deny);
+    let d = decide(&p, NOBODY, "evil.example.org", 443, Https);
+    assert_eq!((d.outcome, d.reason.code(), d.enforced, d.mode), (Outcome::Deny, "unknown-service", true, None));
+    assert!(!d.observes_unclaimed());
+}
+
+#[test]
+fn observed_unclaimed_callers_get_through_as_would_deny() {
+    let p = observing();
+    assert_eq!(p.unclaimed_identities, UnclaimedIdentities::Observe);
+    let d = decide(&p, NOBODY, "evil.example.org", 443, Https);
+    assert_eq!((d.outcome, &d.reason, d.enforced), (Outcome::WouldDeny, &Reason::UnknownService, false));
+    assert!(d.outcome.permits());
+    assert_eq!((d.service.is_none(), d.rule.is_none(), d.mode), (true, true, Some(Mode::DryRun)));
+    assert!(d.observes_unclaimed());
+    // The principal is parsed, not matched exactly: another spelling of the trust domain is observed too.
+    assert_eq!(decide(&p, "spiffe://CORP.example/ns/nobody/sa/x", "a.example", 80, Http).outcome, Outcome::WouldDeny);
+}
+
+#[test]
+fn observed_unclaimed_callers_are_held_by_mesh_denies() {
+    let p = observing();
+    let d = decide(&p, NOBODY, "api.stripe.com", 22, Tcp);
+    assert_eq!(
+        (d.outcome, d.reason.code(), d.rule_id(), d.enforced),
+        (Outcome::Deny, "mesh-deny", "mesh/deny/0", true)
+    );
+    assert_eq!((d.service.is_none(), d.mode), (true, Some(Mode::DryRun)));
+    assert_eq!(
+        outcome(&p, NOBODY, "blocked.example.com", 443, Https),
+        (Outcome::Deny, "mesh-deny", "mesh/deny/1".into())
+    );
+}
+
+#[test]
+fn observing_unclaimed_callers_changes_nothing_else() {
+    let p = observing();
+    // Not in the trust domain, or no identity at all: still unauthenticated.
+    let foreign = decide(&p, "spiffe://evil.example/ns/nobody/sa/x", "evil.example.org", 443, Https);
+    assert_eq!((foreign.outcome, foreign.reason.code(), foreign.mode), (Outcome::Deny, "unauthenticated", None));
+    assert_eq!(decide(&p, "nobody", "evil.example.org", 443, Https).reason.code(), "unauthenticated");
+    let anonymous = p.decide(None, Ok(&dest("evil.example.org", 443, Https)), None, NOW);
+    assert_eq!((anonymous.outcome, anonymous.reason.code()), (Outcome::Deny, "unauthenticated"));
+    // A request that names nowhere cannot be let through, observed or not.
+    let malformed = p.decide(Some(NOBODY), Err(Malformed::NoDestination), None, NOW);
+    assert_eq!((malformed.outcome, malformed.reason.code()), (Outcome::Deny, "malformed-request"));
+    assert!(malformed.observes_unclaimed() && !anonymous.observes_unclaimed());
+    // Claimed callers keep their service's mode.
+    assert_eq!(outcome(&p, PAY, "evil.example.org", 443, Https), (Outcome::Deny, "no-matching-allow", String::new()));
+    assert_eq!(outcome(&p, PAY, "api.stripe.com", 443, Https).0, Outcome::Allow);
+}
+
+#[test]
+fn explanations_say_an_unclaimed_caller_is_observed() {
+    let p = observing();
+    let to = dest("evil.example.org", 443, Https);
+    let d = p.decide(Some(NOBODY), Ok(&to), None, NOW);
+    let text = crate::explain::text(&p, NOBODY, &to, &d, None);
+    assert!(text.starts_with("WOULD-DENY"), "{text}");
+    assert!(
+        text.contains("  identity: claimed by no service") && text.contains("unclaimedIdentities: observe"),
+        "{text}"
+    );
+    assert!(text.contains("  mode:     dry-run\n") && text.contains("unknown-service"), "{text}");
+    let json = crate::explain::json(&p, NOBODY, &to, &d, None);
+    assert_eq!(
+        (json["decision"].as_str(), json["unclaimedIdentity"]["observed"].as_bool()),
+        (Some("would-deny"), Some(true))
+    );
+    // A denied unclaimed caller's explanation does not claim it is observed.
+    let denied = policy();
+    let d = denied.decide(Some(NOBODY), Ok(&to), None, NOW);
+    assert!(!crate::explain::text(&denied, NOBODY, &to, &d, None).contains("observed"));
+    assert!(crate::explain::json(&denied, NOBODY, &to, &d, None).get("unclaimedIdentity").is_none());
+}
+
+#[test]
+fn unclaimed_identities_values_are_checked_where_written() {
+    let text = "kind: MeshDefaults\ntrustDomain: corp.example\nunclaimedIdentities: allow\n";
+    let errs = compile(&PolicySource::from_text("v.yaml", text), NOW).unwrap_err();
+    let first = errs[0].to_string();
+    assert!(first.starts_with("v.yaml:3:22:") && first.contains("allow") && first.contains("observe"), "{errs:#?}");
+}
+
+// ---- placeholder justifications ----
+
+#[test]
+fn todo_justifications_are_errors_at_the_value() {
+    const PLACEHOLDER: &str = "justification is a placeholder (`TODO...`)";
+    // An allow (as `egressd learn` proposes them).
+    assert_error(
+        &svc("allow:\n  - host: a.example.com\n    justification: \"TODO: why\"\n"),
+        "v.yaml:9:20:",
+        PLACEHOLDER,
+    );
+    // A service deny, in any case, after blanks.
+    assert_error(&svc("deny:\n  - host: a.example.com\n    justification: '  todo'\n"), "v.yaml:9:20:", PLACEHOLDER);
+    // A group, and one of its destinations.
+    assert_error(
+        "kind: DestinationGroup\nname: g\njustification: TODO\ndestinations:\n  - host: a.example.com\n",
+        "v.yaml:6:16:",
+        PLACEHOLDER,
+    );
+    assert_error(
+        "kind: DestinationGroup\nname: g\njustification: mirrors\ndestinations:\n  - host: a.example.com\n    justification: TODO(alice)\n",
+        "v.yaml:9:20:",
+        PLACEHOLDER,
+    );
+    // A mesh-wide deny.
+    let mesh = "kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - ports: [22]\n    justification: TODO ssh\n";
+    let errs = compile(&PolicySource::from_text("m.yaml", mesh), NOW).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.to_string().starts_with("m.yaml:5:20:") && e.message.contains(PLACEHOLDER)),
+        "{errs:#?}"
+    );
+    // A reason that only starts with the letters is a reason.
+    assert!(errors(&svc("allow:\n  - host: a.example.com\n    justification: Todoist webhooks\n")).is_empty());
+}

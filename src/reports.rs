@@ -1,0 +1,72 @@
+//! What observed flows mean for a policy: the review commands' results, as domain values with a
+//! text and a JSON face. `discover` lists the flows and what today's policy does to each,
+//! `impact` what enforcing a service would deny, `plan` which decisions a policy change moves.
+//! All three stand on `flows::replay`, the Check path's own `decide`.
+
+pub mod discover;
+pub mod impact;
+pub mod plan;
+
+use crate::flows::replay::{Replayed, replay};
+use crate::flows::{Flow, Subject};
+use crate::policy::CompiledPolicy;
+
+/// A flow and what a policy decides for it now.
+#[derive(Debug, Clone)]
+pub struct ReplayedFlow {
+    pub flow: Flow,
+    pub now: Replayed,
+}
+
+/// Replays every flow with `policy` at `now` (unix seconds).
+pub fn replay_all(policy: &CompiledPolicy, flows: Vec<Flow>, now: i64) -> Vec<ReplayedFlow> {
+    flows
+        .into_iter()
+        .map(|flow| {
+            let now = replay(policy, &flow, now);
+            ReplayedFlow { flow, now }
+        })
+        .collect()
+}
+
+/// Keeps the flows of `service` (a service name, or an unclaimed identity's SPIFFE ID).
+pub fn only_subject(flows: Vec<Flow>, service: Option<&str>) -> Vec<Flow> {
+    match service {
+        None => flows,
+        Some(s) => flows.into_iter().filter(|f| f.key.subject.name() == s).collect(),
+    }
+}
+
+/// `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `2026-11-21 20:10Z`: minutes are what a person reading a flow report needs.
+pub fn short_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%d %H:%MZ").to_string()).unwrap_or_default()
+}
+
+/// `payments` / `unclaimed spiffe://…` headings.
+pub fn heading(subject: &Subject) -> String {
+    subject.describe()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}
