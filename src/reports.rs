@@ -29,11 +29,15 @@ pub fn replay_all(policy: &CompiledPolicy, flows: Vec<Flow>, now: i64) -> Vec<Re
         .collect()
 }
 
-/// Keeps the flows of `service` (a service name, or an unclaimed identity's SPIFFE ID).
-pub fn only_subject(flows: Vec<Flow>, service: Option<&str>) -> Vec<Flow> {
+/// Keeps the flows of `service`: those it made (or the unclaimed identity of that SPIFFE ID
+/// made) and those the policy now gives to it (an unclaimed identity a new service claims).
+pub fn only_service(flows: Vec<ReplayedFlow>, service: Option<&str>) -> Vec<ReplayedFlow> {
     match service {
         None => flows,
-        Some(s) => flows.into_iter().filter(|f| f.key.subject.name() == s).collect(),
+        Some(s) => flows
+            .into_iter()
+            .filter(|f| f.flow.key.subject.name() == s || f.now.service.as_deref() == Some(s))
+            .collect(),
     }
 }
 

@@ -12,8 +12,9 @@ use egressd::reports::{self, ReplayedFlow};
 
 use super::{FlowInput, OutputFormat};
 
-/// Where flows come from, read: the flows (sorted, filtered by `--service`) and a line about
-/// what was read for standard error.
+/// Where flows come from, read: the flows (sorted; each command applies `--service` after
+/// replay, since a policy change can give a flow to another service) and a line about what was
+/// read for standard error.
 pub struct Observed {
     pub flows: Vec<Flow>,
     pub summary: String,
@@ -35,7 +36,7 @@ impl FlowInput {
             (paths, None) => read_audit_logs(paths, since_ms)?,
             ([], Some(server)) => fetch(server, self.since.as_deref())?,
         };
-        Ok(Observed { flows: reports::only_subject(flows, self.service.as_deref()), summary })
+        Ok(Observed { flows, summary })
     }
 }
 
@@ -111,6 +112,7 @@ pub fn discover(policy: Option<PathBuf>, input: FlowInput, format: OutputFormat)
     let observed = input.read()?;
     eprintln!("egressd: {}", observed.summary);
     let flows = reports::replay_all(&policy, observed.flows, egressd::clock::unix_now());
+    let flows = reports::only_service(flows, input.service.as_deref());
     match format {
         OutputFormat::Text => out!("{}", reports::discover::text(&flows)),
         OutputFormat::Json => print_json(&reports::discover::json(&flows))?,
@@ -126,6 +128,7 @@ pub fn impact(policy: Option<PathBuf>, input: FlowInput, format: OutputFormat) -
     let observed = input.read()?;
     eprintln!("egressd: {}", observed.summary);
     let flows: Vec<ReplayedFlow> = reports::replay_all(&policy, observed.flows, egressd::clock::unix_now());
+    let flows = reports::only_service(flows, Some(service));
     let impact = reports::impact::impact(&policy, service, &flows)?;
     match format {
         OutputFormat::Text => out!("{}", reports::impact::text(&impact)),
@@ -140,7 +143,7 @@ pub fn plan(base: PathBuf, head: PathBuf, input: FlowInput, format: OutputFormat
     let head = super::local::load_policy(Some(head))?;
     let observed = input.read()?;
     eprintln!("egressd: {}", observed.summary);
-    let plan = reports::plan::plan(&base, &head, &observed.flows, egressd::clock::unix_now());
+    let plan = reports::plan::plan(&base, &head, &observed.flows, input.service.as_deref(), egressd::clock::unix_now());
     match format {
         OutputFormat::Text => out!("{}", reports::plan::text(&plan)),
         OutputFormat::Json => print_json(&plan)?,
@@ -171,7 +174,10 @@ pub fn learn(
     eprintln!("egressd: {}", observed.summary);
     let now = egressd::clock::unix_now();
     let replayed: Vec<_> =
-        reports::replay_all(&compiled, observed.flows, now).into_iter().map(|f| (f.flow, f.now)).collect();
+        reports::only_service(reports::replay_all(&compiled, observed.flows, now), input.service.as_deref())
+            .into_iter()
+            .map(|f| (f.flow, f.now))
+            .collect();
     let proposal = learn::propose(&replayed, &compiled, &options, now);
     for s in &proposal.skipped {
         eprintln!("egressd: not proposed: {} -> {} ({} hits): {}", s.subject.describe(), s.destination, s.hits, s.why);

@@ -17,6 +17,9 @@ pub struct ReplayedRule {
     pub action: Action,
     /// `FILE:LINE:COL`.
     pub location: String,
+    /// What the rule matches: `api.stripe.com ports [443]`. Two policy sets in two directories
+    /// compare rules by id and this, never by location (which names the directory).
+    pub matches: String,
 }
 
 /// What a policy decides for a flow now.
@@ -47,6 +50,7 @@ impl Replayed {
                 id: r.id.clone(),
                 action: r.action,
                 location: r.loc.to_string(),
+                matches: rule_matches(r),
             }),
             service: decision.service.map(|s| s.name.clone()),
         }
@@ -69,6 +73,18 @@ impl Replayed {
             None => format!("{} ({})", self.outcome.as_str(), self.reason),
         }
     }
+}
+
+fn rule_matches(rule: &crate::policy::RuleInfo) -> String {
+    let mut text = rule.target.clone();
+    if let Some(ports) = &rule.ports {
+        text.push_str(&format!(" ports {ports:?}"));
+    }
+    if !rule.protocols.is_empty() {
+        let names: Vec<&str> = rule.protocols.iter().map(|p| p.as_str()).collect();
+        text.push_str(&format!(" protocols [{}]", names.join(", ")));
+    }
+    text
 }
 
 /// Decides `flow` with `policy` at `now` (unix seconds). The request is one of the flow's

@@ -52,7 +52,7 @@ impl Change {
 
     fn between(base: &Replayed, head: &Replayed) -> Option<Change> {
         use Outcome::*;
-        let rule = |r: &Replayed| r.rule.as_ref().map(|r| (r.id.clone(), r.location.clone()));
+        let rule = |r: &Replayed| r.rule.as_ref().map(|r| (r.id.clone(), r.matches.clone()));
         Some(match (base.outcome, head.outcome) {
             (Allow, Deny) => Change::AllowToDeny,
             (Allow, WouldDeny) => Change::AllowToWouldDeny,
@@ -88,12 +88,22 @@ pub struct Plan {
     pub breaking: bool,
 }
 
-/// Replays `flows` through `base` and `head` at `now` (unix seconds).
-pub fn plan(base: &CompiledPolicy, head: &CompiledPolicy, flows: &[Flow], now: i64) -> Plan {
+/// Replays `flows` through `base` and `head` at `now` (unix seconds); with `service`, only the
+/// flows of that subject or that either policy gives to that service.
+pub fn plan(base: &CompiledPolicy, head: &CompiledPolicy, flows: &[Flow], service: Option<&str>, now: i64) -> Plan {
+    let mut considered = 0;
     let mut changed: Vec<ChangedFlow> = flows
         .iter()
         .filter_map(|flow| {
             let (b, h) = (replay(base, flow, now), replay(head, flow, now));
+            if let Some(s) = service
+                && flow.key.subject.name() != s
+                && b.service.as_deref() != Some(s)
+                && h.service.as_deref() != Some(s)
+            {
+                return None;
+            }
+            considered += 1;
             Change::between(&b, &h).map(|change| ChangedFlow {
                 change,
                 flow: FlowJson::from(flow),
@@ -114,7 +124,7 @@ pub fn plan(base: &CompiledPolicy, head: &CompiledPolicy, flows: &[Flow], now: i
         }
     }
     let breaking = changed.iter().any(|c| c.change.breaks());
-    Plan { flows: flows.len(), changed, totals, breaking }
+    Plan { flows: considered, changed, totals, breaking }
 }
 
 pub fn text(plan: &Plan) -> String {
