@@ -2,6 +2,7 @@
 # One command for the cost of telemetry on the Check path: the same load against egressd without
 # telemetry (baseline), with every decision exported as a span to a local OTLP collector, and with
 # the audit log on, each in its own process; rounds interleaved (target, baseline, target, ...).
+# The live flow table is off in all of them (benches/flow_table_load.sh measures it).
 # Usage: [ROUNDS=6] [DURATION=5] bash benches/telemetry_load.sh [extra check_load args]
 set -euo pipefail
 rounds=${ROUNDS:-6}
@@ -16,7 +17,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 start() { # name grpc admin args...
   local name=$1 grpc=$2 admin=$3; shift 3
   env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-    "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" "$@" >"$tmp/$name.log" 2>&1 &
+    "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" --flow-table-size 0 "$@" >"$tmp/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$name did not start"; cat "$tmp/$name.log"; exit 1
