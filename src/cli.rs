@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod output;
+mod lint;
 mod local;
 mod observe;
 mod remote;
@@ -42,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate { dir, strict } => {
             local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
         }
+        Command::Lint { dir, format, fail_on } => lint::lint(dir, format, fail_on),
         Command::Check { policy, from, to, protocol, request_id, json, server: None, .. } => {
             local::check(policy, &from, &to, protocol.map(Into::into), request_id.as_deref(), json)
         }
@@ -150,6 +152,19 @@ pub enum Command {
         /// Treat warnings (expired allows, overlapping identities) as errors.
         #[arg(long)]
         strict: bool,
+    },
+    /// Policy anti-patterns (allow-all CIDRs, multi-tenant wildcards, open admin ports, endless
+    /// dry-runs...), each with an id (EGR001...), FILE:LINE:COL and a fix. Exit 0 when nothing is
+    /// at or above --fail-on, 1 otherwise, 2 when the policy does not load (its errors are printed).
+    Lint {
+        /// Policy directory. Default: ./mesh-config, or the example policy built into the binary
+        /// when that directory does not exist.
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: LintFormat,
+        /// The lowest severity that fails the run (notes never do).
+        #[arg(long, value_enum, default_value = "error")]
+        fail_on: FailOn,
     },
     /// Explain, offline, what egressd decides for one request. Exit 0 on allow (including a dry-run
     /// would-deny), 1 on deny, 2 when the policy or arguments are invalid.
@@ -281,6 +296,22 @@ pub struct FlowInput {
 pub enum OutputFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum LintFormat {
+    /// `FILE:LINE:COL: LEVEL[ID]: message` and a hint line.
+    Text,
+    /// An array of findings.
+    Json,
+    /// SARIF 2.1.0, for GitHub code scanning.
+    Sarif,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum FailOn {
+    Error,
+    Warning,
 }
 
 /// How CLI commands reach and authenticate to a running egressd's admin API.

@@ -19,6 +19,7 @@ pub mod flows;
 pub mod identity;
 pub mod init;
 pub mod learn;
+pub mod lint;
 pub mod policy;
 pub mod reload;
 pub mod reports;

@@ -11,7 +11,8 @@ use super::json::{FlowJson, FlowsDocument};
 use super::table::fill_scratch;
 use super::{Flow, FlowKey, FlowStats, Observation};
 
-/// Flows kept by default: at ~300 bytes each, about 30 MiB at the bound.
+/// Flows kept by default. A flow with a few workloads and decisions takes about 1 KiB (its
+/// strings, the workload set and the LRU links), so about 100 MiB at the bound.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
 pub struct LiveFlows {

@@ -68,6 +68,7 @@ struct CheckedRule {
     ports: Option<Vec<u16>>,
     protocols: Vec<Protocol>,
     expires: Option<String>,
+    expires_loc: Option<SourceLoc>,
     loc: SourceLoc,
 }
 
@@ -99,6 +100,8 @@ struct Compiler<'d> {
     matcher: Matcher,
     rules: Vec<RuleInfo>,
     placeholders: Placeholders,
+    /// The service whose rules are being placed (`None`: mesh-wide denies).
+    current_service: Option<ServiceIdx>,
 }
 
 impl<'d> Compiler<'d> {
@@ -112,6 +115,7 @@ impl<'d> Compiler<'d> {
             matcher: Matcher::new(),
             rules: Vec::new(),
             placeholders: Placeholders::Reject,
+            current_service: None,
         }
     }
 
@@ -149,8 +153,8 @@ impl<'d> Compiler<'d> {
         }
 
         let groups = self.check_groups(docs.groups);
-        let gateways =
-            super::gateway::compile_gateways(docs.gateways, mesh.doc.trust_forwarded_client_cert, self.diags);
+        let trust_xfcc = mesh.doc.trust_forwarded_client_cert.as_ref().is_some_and(|t| t.value);
+        let gateways = super::gateway::compile_gateways(docs.gateways, trust_xfcc, self.diags);
 
         // Mesh-wide denies: the floor under every service.
         let mesh_deny_table = self.matcher.add_table();
@@ -207,8 +211,15 @@ impl<'d> Compiler<'d> {
             origin: self.origin.to_string(),
             trust_domain,
             default_mode: defaults.mode,
-            trust_forwarded_client_cert: mesh.doc.trust_forwarded_client_cert,
-            unclaimed_identities: mesh.doc.unclaimed_identities.unwrap_or_default(),
+            trust_forwarded_client_cert: trust_xfcc,
+            unclaimed_identities: mesh.doc.unclaimed_identities.as_ref().map(|u| u.value).unwrap_or_default(),
+            mesh_loc: mesh.loc.clone(),
+            trust_forwarded_client_cert_loc: mesh
+                .doc
+                .trust_forwarded_client_cert
+                .as_ref()
+                .map(|t| SourceLoc::of(&mesh.file, t)),
+            unclaimed_identities_loc: mesh.doc.unclaimed_identities.as_ref().map(|u| SourceLoc::of(&mesh.file, u)),
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
             rules: self.rules,
@@ -381,6 +392,17 @@ impl<'d> Compiler<'d> {
         }
         let rollback_guard = doc.rollback_guard.as_ref().and_then(|g| self.rollback_guard(file, g, mode));
 
+        let since = doc.since.as_ref().and_then(|s| match date_start(s.value.trim()) {
+            Ok(_) => Some(s.value.trim().to_string()),
+            Err(()) => {
+                self.diags.error(
+                    SourceLoc::of(file, s),
+                    format!("invalid since `{}`: expected a date YYYY-MM-DD", s.value.trim()),
+                );
+                None
+            }
+        });
+        self.current_service = Some(index);
         let deny_table = self.matcher.add_table();
         let allow_table = self.matcher.add_table();
         let (mut allow_rules, mut deny_rules) = (0, 0);
@@ -404,7 +426,11 @@ impl<'d> Compiler<'d> {
             rollback_guard,
             tunnel_tls: doc.tunnel_tls.unwrap_or(defaults.tunnel_tls),
             identities: doc.identities.iter().map(|i| i.value.trim().to_string()).collect(),
+            since,
             loc: svc.loc.clone(),
+            name_loc,
+            mode_loc: doc.mode.as_ref().map(|m| SourceLoc::of(file, m)),
+            since_loc: doc.since.as_ref().map(|s| SourceLoc::of(file, s)),
             allow_rules,
             deny_rules,
             allow_table,
@@ -531,6 +557,7 @@ impl<'d> Compiler<'d> {
             ports,
             protocols,
             expires: r.expires.as_ref().map(|e| e.value.trim().to_string()),
+            expires_loc: r.expires.as_ref().map(|e| SourceLoc::of(file, e)),
             loc,
         })
     }
@@ -565,6 +592,7 @@ impl<'d> Compiler<'d> {
         rule: CheckedRule,
         groups: &HashMap<String, CheckedGroup>,
     ) -> usize {
+        let service = self.current_service;
         match rule.dest {
             Dest::Group(name, name_loc) => {
                 let Some(group) = groups.get(&name) else {
@@ -592,6 +620,11 @@ impl<'d> Compiler<'d> {
                         protocols: d.protocols.clone(),
                         expires: rule.expires.clone().or_else(|| d.expires.clone()),
                         group: Some(name.clone()),
+                        service,
+                        group_ref_loc: Some(rule.loc.clone()),
+                        host: host_of(&d.dest),
+                        cidr: cidr_of(&d.dest),
+                        expires_loc: rule.expires_loc.clone().or_else(|| d.expires_loc.clone()),
                     };
                     let mut constraints = d.constraints.clone();
                     constraints.expires_at = constraints.expires_at.min(rule.constraints.expires_at);
@@ -611,6 +644,11 @@ impl<'d> Compiler<'d> {
                     protocols: rule.protocols.clone(),
                     expires: rule.expires.clone(),
                     group: None,
+                    service,
+                    group_ref_loc: None,
+                    host: host_of(dest),
+                    cidr: cidr_of(dest),
+                    expires_loc: rule.expires_loc.clone(),
                 };
                 self.add(table, dest, rule.constraints.clone(), info);
                 1
@@ -684,6 +722,20 @@ fn sorted_by_name(mut groups: Vec<GroupInfo>) -> Vec<GroupInfo> {
     groups
 }
 
+fn host_of(dest: &Dest) -> Option<HostPattern> {
+    match dest {
+        Dest::Host(p) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+fn cidr_of(dest: &Dest) -> Option<IpNet> {
+    match dest {
+        Dest::Cidr(n) => Some(*n),
+        _ => None,
+    }
+}
+
 fn describe(dest: &Dest) -> String {
     match dest {
         Dest::Host(p) => p.to_string(),
@@ -705,6 +757,12 @@ fn parse_cidr(raw: &str) -> Result<IpNet, String> {
         return Err(format!("CIDR `{raw}` has host bits set: did you mean {}?", net.trunc()));
     }
     Ok(net)
+}
+
+/// `YYYY-MM-DD` -> its first second (UTC): `since:` dates.
+fn date_start(raw: &str) -> Result<i64, ()> {
+    let date: jiff::civil::Date = raw.parse().map_err(|_| ())?;
+    Ok(date.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| ())?.timestamp().as_second())
 }
 
 /// `YYYY-MM-DD` -> the first second (UTC) after that day: an allow is good through its expiry date.

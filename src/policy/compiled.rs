@@ -37,6 +37,21 @@ pub struct RuleInfo {
     pub expires: Option<String>,
     /// The destination group this rule came from, if any.
     pub group: Option<String>,
+    /// The service whose rule this is; `None` for a mesh-wide deny.
+    #[serde(skip)]
+    pub service: Option<ServiceIdx>,
+    /// For a rule expanded from a group: where the referencing `- group: NAME` is written.
+    #[serde(skip)]
+    pub group_ref_loc: Option<SourceLoc>,
+    /// The host destination, if the rule names one.
+    #[serde(skip)]
+    pub host: Option<super::fqdn::HostPattern>,
+    /// The CIDR destination, if the rule names one (neither host nor cidr: any destination).
+    #[serde(skip)]
+    pub cidr: Option<ipnet::IpNet>,
+    /// Where `expires:` is written (the referencing rule's, for a group expansion that has it).
+    #[serde(skip)]
+    pub expires_loc: Option<SourceLoc>,
 }
 
 impl RuleInfo {
@@ -83,8 +98,18 @@ pub struct ServiceInfo {
     /// What this service's CONNECT tunnels must carry.
     pub tunnel_tls: TunnelTls,
     pub identities: Vec<String>,
+    /// When the service entered its mode (`since:`, `YYYY-MM-DD`), if written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     #[serde(serialize_with = "ser_loc")]
     pub loc: SourceLoc,
+    /// Where the lint-relevant keys are written: `service:`, `mode:`, `since:`.
+    #[serde(skip)]
+    pub name_loc: SourceLoc,
+    #[serde(skip)]
+    pub mode_loc: Option<SourceLoc>,
+    #[serde(skip)]
+    pub since_loc: Option<SourceLoc>,
     pub allow_rules: usize,
     pub deny_rules: usize,
     #[serde(skip)]
@@ -136,6 +161,11 @@ pub struct CompiledPolicy {
     pub trust_forwarded_client_cert: bool,
     /// What `decide` does with a caller in the trust domain that no service claims.
     pub unclaimed_identities: UnclaimedIdentities,
+    /// Where the MeshDefaults document, and its `trustForwardedClientCert` and
+    /// `unclaimedIdentities` values, are written (for `lint`).
+    pub mesh_loc: SourceLoc,
+    pub trust_forwarded_client_cert_loc: Option<SourceLoc>,
+    pub unclaimed_identities_loc: Option<SourceLoc>,
     pub services: Vec<ServiceInfo>,
     pub groups: Vec<GroupInfo>,
     /// Indexed by `RuleIdx`, parallel to the matcher's constraints.

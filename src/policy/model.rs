@@ -27,12 +27,12 @@ pub struct MeshDefaultsDoc {
     #[serde(default)]
     pub canary_percent: Option<Spanned<i64>>,
     #[serde(default)]
-    pub trust_forwarded_client_cert: bool,
+    pub trust_forwarded_client_cert: Option<Spanned<bool>>,
     #[serde(default)]
     pub tunnel_tls: Option<TunnelTls>,
     /// Callers in the trust domain that no service claims: `deny` (the default) or `observe`.
     #[serde(default)]
-    pub unclaimed_identities: Option<UnclaimedIdentities>,
+    pub unclaimed_identities: Option<Spanned<UnclaimedIdentities>>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleDoc>>,
 }
@@ -66,6 +66,10 @@ pub struct ServicePolicyDoc {
     pub identities: Vec<Spanned<String>>,
     #[serde(default)]
     pub mode: Option<Spanned<Mode>>,
+    /// When the service entered its current mode (`YYYY-MM-DD`): `lint` flags a dry-run or canary
+    /// that has been observing for too long.
+    #[serde(default)]
+    pub since: Option<Spanned<String>>,
     #[serde(default)]
     pub canary_percent: Option<Spanned<i64>>,
     /// Canary by workload: these SPIFFE IDs are enforced.
