@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     // The Check path copies the facts from the view it already made of the request.
     let view = request::view(&request, &policy, GatewayCaps { originates_tls: true, removes_headers: true }).unwrap();
     g.bench_function("facts from the check's view (on the Check path)", |b| {
-        b.iter(|| black_box(facts::from_view(Some(black_box(&view)), &request, &metadata)))
+        b.iter(|| black_box(facts::from_view(Some(black_box(&view)), &request, &metadata, true)))
     });
     g.bench_function("describe", |b| {
         b.iter(|| black_box(DecisionRecord::describe(black_box(&event)).reason_message.len()))

@@ -89,7 +89,13 @@ impl CheckState {
         let call = Call {
             metadata: Some(&metadata),
             gateway: GatewayCaps::from_metadata(&metadata),
-            capture: self.telemetry.records_decisions(),
+            capture: if self.telemetry.records_trace_context() {
+                checker::Capture::Full
+            } else if self.telemetry.records_decisions() {
+                checker::Capture::Flows
+            } else {
+                checker::Capture::Nothing
+            },
         };
         let checker = Checker::serving(&version.cache, &self.runtime, &self.tunnels, &self.propagators);
         let checked = checker.check(&req, call, now);

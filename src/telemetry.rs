@@ -162,6 +162,13 @@ impl Telemetry {
         self.flows.as_ref()
     }
 
+    /// Whether decisions are written as spans or audit records, which name their trace (else
+    /// only the flow table takes them, and trace context need not be copied).
+    #[inline]
+    pub fn records_trace_context(&self) -> bool {
+        self.spans_on || self.audit_on
+    }
+
     /// Whether decisions go to the telemetry thread (else `submit` need not be called).
     #[inline]
     pub fn records_decisions(&self) -> bool {

@@ -102,7 +102,8 @@ pub fn checked(
     req: &CheckRequest,
     metadata: &http::HeaderMap,
 ) -> (Verdict, RequestFacts) {
-    let call = Call { metadata: Some(metadata), capture: true, ..generated_gateway_call() };
+    let call =
+        Call { metadata: Some(metadata), capture: crate::authz::checker::Capture::Full, ..generated_gateway_call() };
     let checked = Checker::offline(policy).check(req, call, 0);
     (checked.verdict, checked.facts.expect("captured"))
 }

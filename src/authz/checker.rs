@@ -53,8 +53,30 @@ struct Connect<'v> {
 pub struct Call<'m> {
     pub metadata: Option<&'m http::HeaderMap>,
     pub gateway: GatewayCaps,
-    /// Copy the request's facts for telemetry.
-    pub capture: bool,
+    /// What telemetry keeps of the request.
+    pub capture: Capture,
+}
+
+/// What of a request the Check path copies for telemetry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Capture {
+    /// Nothing: telemetry records no decisions.
+    #[default]
+    Nothing,
+    /// Who went where (the live flow table): no trace context, no trace ids for tunnels.
+    Flows,
+    /// Everything spans and the audit log name, trace context included.
+    Full,
+}
+
+impl Capture {
+    fn any(self) -> bool {
+        self != Capture::Nothing
+    }
+
+    fn trace(self) -> bool {
+        self == Capture::Full
+    }
 }
 
 /// The outcome of one check.
@@ -112,7 +134,8 @@ impl<'a> Checker<'a> {
             Err(m) => {
                 let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
                 let resp = response::build(&decision, Err(&m), &policy.version, true, None);
-                let facts = call.capture.then(|| super::facts::from_view(None, req, metadata));
+                let facts =
+                    call.capture.any().then(|| super::facts::from_view(None, req, metadata, call.capture.trace()));
                 return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
             }
         };
@@ -130,7 +153,8 @@ impl<'a> Checker<'a> {
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
         let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
-        let mut facts = call.capture.then(|| super::facts::from_view(Some(&view), req, metadata));
+        let mut facts =
+            call.capture.any().then(|| super::facts::from_view(Some(&view), req, metadata, call.capture.trace()));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
             let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
@@ -139,14 +163,15 @@ impl<'a> Checker<'a> {
         let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload) {
             (true, Some(svc), Some(tunnels), Some(workload)) => {
                 let connect = Connect { dest, workload, request_id: view.request_id };
-                let (correlation, with_ids) = self.register_tunnel(tunnels, svc, connect, facts.take(), now);
+                let (correlation, with_ids) =
+                    self.register_tunnel(tunnels, svc, connect, facts.take(), call.capture, now);
                 facts = with_ids;
                 Some(correlation)
             }
             _ => None,
         };
         let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, call.gateway);
-        Checked { answer, verdict, facts: facts.filter(|_| call.capture) }
+        Checked { answer, verdict, facts: facts.filter(|_| call.capture.any()) }
     }
 
     /// The reference answer as a message (tests and benchmarks compare the server's with it).
@@ -213,9 +238,11 @@ impl<'a> Checker<'a> {
         svc: &ServiceInfo,
         connect: Connect<'_>,
         facts: Option<RequestFacts>,
+        capture: Capture,
         now: i64,
     ) -> (SocketAddr, Option<RequestFacts>) {
-        let trace = facts.as_ref().map(|facts| {
+        // Trace ids only for decisions that become spans or audit records (`Capture::Full`).
+        let trace = facts.as_ref().filter(|_| capture.trace()).map(|facts| {
             use opentelemetry_sdk::trace::IdGenerator;
             let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
             let parent = self.propagators.and_then(|p| p.parent(facts));
@@ -236,7 +263,10 @@ impl<'a> Checker<'a> {
             },
             now,
         );
-        let facts = facts.zip(trace).map(|(f, ids)| f.with_correlation(&pending.correlation.to_string(), ids));
+        let facts = match trace {
+            Some(ids) => facts.map(|f| f.with_correlation(&pending.correlation.to_string(), ids)),
+            None => facts,
+        };
         (pending.correlation, facts)
     }
 }

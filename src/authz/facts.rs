@@ -19,8 +19,14 @@ use crate::telemetry::record::{Fact, FactValues, RequestFacts};
 const CARRIERS: [&str; 3] = ["traceparent", "b3", "x-b3-traceid"];
 
 /// The facts of `req` from the view the check made of it (`None`: the request was malformed),
-/// with the Check call's `metadata` for trace context.
-pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &http::HeaderMap) -> RequestFacts {
+/// with the Check call's `metadata` for trace context when `trace` (spans and audit records name
+/// the trace; the flow table does not, and looking for carriers is most of the copy's cost).
+pub fn from_view(
+    view: Option<&CheckView<'_>>,
+    req: &CheckRequest,
+    metadata: &http::HeaderMap,
+    trace: bool,
+) -> RequestFacts {
     let attrs = req.attributes.as_ref();
     let mut values = FactValues::default();
     values.set(Fact::Sni, attrs.and_then(tls_sni));
@@ -47,7 +53,9 @@ pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &ht
         }
     }
     let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-    if CARRIERS.iter().any(|h| metadata.contains_key(*h)) {
+    if !trace {
+        // The flow table only: no trace context.
+    } else if CARRIERS.iter().any(|h| metadata.contains_key(*h)) {
         for (i, name) in TRACE_HEADERS.iter().enumerate() {
             values.set_trace_header(i, metadata.get(*name).and_then(|v| v.to_str().ok()));
         }
@@ -71,7 +79,7 @@ pub fn from_view(view: Option<&CheckView<'_>>, req: &CheckRequest, metadata: &ht
 /// benchmarks of what telemetry does with them.
 pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> RequestFacts {
     let gateway = GatewayCaps { originates_tls: true, removes_headers: true };
-    from_view(view(req, policy, gateway).ok().as_ref(), req, metadata)
+    from_view(view(req, policy, gateway).ok().as_ref(), req, metadata, true)
 }
 
 /// The facts of a tunnel check: the CONNECT's caller and host, the SNI seen, the correlation, and
