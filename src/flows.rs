@@ -209,6 +209,16 @@ pub struct Flow {
     pub stats: FlowStats,
 }
 
+/// A flow's recorded destination as the policy reads it: an IP address in canonical form (an
+/// IPv4-mapped IPv6 address is its IPv4), else a normalized DNS name. Replay and learning both
+/// read hosts this way, so what one decides is what the other proposes for.
+pub fn destination_host(host: &str) -> Result<crate::policy::fqdn::Host<'_>, crate::policy::fqdn::HostError> {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(crate::policy::fqdn::Host::Ip(crate::policy::addr::canonical(ip))),
+        Err(_) => crate::policy::fqdn::normalize_host(host),
+    }
+}
+
 /// Parses an age such as `7d`, `12h`, `30m`, `90s` or `2w` into seconds.
 pub fn parse_age(s: &str) -> Result<i64, String> {
     let s = s.trim();

@@ -35,8 +35,7 @@ pub use multi_tenant::is_multi_tenant;
 
 use crate::flows::replay::Replayed;
 use crate::flows::{Flow, FlowStats, Subject};
-use crate::policy::fqdn::{Host, HostPattern, normalize_host};
-use crate::policy::matcher::Target;
+use crate::policy::fqdn::{Host, HostPattern};
 use crate::policy::{CompiledPolicy, Outcome, RuleInfo, SourceLoc};
 use collapse::{AddressClass, classify, collapse_addresses, collapse_names};
 
@@ -394,10 +393,7 @@ fn merged<'a>(mut seen: impl Iterator<Item = &'a Seen>, collapsed: Option<&Vec<S
 /// A flow's destination as a name or an address. Flows carry normalized hosts; one that does not
 /// normalize would have been replayed as malformed.
 fn destination(host: &str) -> Result<Host<'_>, NotProposed> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(Host::Ip(crate::policy::addr::canonical(ip)));
-    }
-    normalize_host(host)
+    crate::flows::destination_host(host)
         .map_err(|e| NotProposed::NotAnAllowProblem { reason: "malformed-request", message: e.to_string() })
 }
 
@@ -405,14 +401,7 @@ fn destination(host: &str) -> Result<Host<'_>, NotProposed> {
 /// there would meet first.
 fn mesh_floor<'p>(policy: &'p CompiledPolicy, flow: &Flow, now: i64) -> Option<&'p RuleInfo> {
     let host = destination(&flow.key.host).ok()?;
-    let target = match &host {
-        Host::Ip(ip) => Target::Ip(*ip),
-        Host::Name(name) => Target::Name(name),
-    };
-    let path = policy.matcher.target_path(target);
-    let bit = flow.key.protocol.bit();
-    let hit = policy.matcher.lookup(policy.mesh_deny_table, &path, flow.key.port, bit, now).hit?;
-    policy.rules.get(hit as usize)
+    policy.mesh_deny(&crate::policy::Destination { host, port: flow.key.port, protocol: flow.key.protocol }, now)
 }
 
 /// The proposal for an existing service, with where its document and its last own allow are.

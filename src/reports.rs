@@ -7,8 +7,8 @@ pub mod discover;
 pub mod impact;
 pub mod plan;
 
+use crate::flows::Flow;
 use crate::flows::replay::{Replayed, replay};
-use crate::flows::{Flow, Subject};
 use crate::policy::CompiledPolicy;
 
 /// A flow and what a policy decides for it now.
@@ -57,11 +57,6 @@ pub fn thousands(n: u64) -> String {
 /// `2026-11-21 20:10Z`: minutes are what a person reading a flow report needs.
 pub fn short_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.strftime("%Y-%m-%d %H:%MZ").to_string()).unwrap_or_default()
-}
-
-/// `payments` / `unclaimed spiffe://…` headings.
-pub fn heading(subject: &Subject) -> String {
-    subject.describe()
 }
 
 #[cfg(test)]

@@ -4,10 +4,7 @@
 //!
 //! Break-glass grants and rollback guards are runtime state, not policy: replay leaves them out.
 
-use std::net::IpAddr;
-
 use super::{Flow, Subject};
-use crate::policy::fqdn::{Host, normalize_host};
 use crate::policy::{Action, CompiledPolicy, Decision, Destination, Outcome, Reason, ServiceIdx};
 
 /// The rule that decided a replayed flow.
@@ -56,16 +53,6 @@ impl Replayed {
         }
     }
 
-    /// Whether the flow's own service rules let it through (not a deny or would-deny).
-    pub fn allowed(&self) -> bool {
-        self.outcome == Outcome::Allow
-    }
-
-    /// Whether the deny comes from the mesh floor or identity, which no allow can change.
-    pub fn beyond_allows(&self) -> bool {
-        matches!(self.reason, "mesh-deny" | "unauthenticated" | "malformed-request" | "unsupported-scheme")
-    }
-
     /// `allow (payments/allow/0)`, `would-deny (no-matching-allow)`.
     pub fn summary(&self) -> String {
         match &self.rule {
@@ -91,11 +78,7 @@ fn rule_matches(rule: &crate::policy::RuleInfo) -> String {
 /// workloads' (the first, by name); a service flow recorded without any workload is decided for
 /// the service by name.
 pub fn replay(policy: &CompiledPolicy, flow: &Flow, now: i64) -> Replayed {
-    let host = match flow.key.host.parse::<IpAddr>() {
-        Ok(ip) => Ok(Host::Ip(crate::policy::addr::canonical(ip))),
-        Err(_) => normalize_host(&flow.key.host),
-    };
-    let host = match host {
+    let host = match super::destination_host(&flow.key.host) {
         Ok(h) => h,
         Err(e) => return Replayed::of(&Decision::hard_deny(Reason::Malformed(e.into()))),
     };
@@ -168,11 +151,9 @@ allow:
         let other_port = replay(&policy, &flow(SubjectRef::Service("payments"), w, "api.stripe.com", 8443), 0);
         assert_eq!((other_port.outcome, other_port.enforced_outcome), (Outcome::WouldDeny, Outcome::Deny));
         assert_eq!(other_port.reason, "no-matching-allow");
-        assert!(!other_port.beyond_allows());
 
         let metadata = replay(&policy, &flow(SubjectRef::Service("payments"), w, "169.254.169.254", 443), 0);
         assert_eq!((metadata.outcome, metadata.reason), (Outcome::Deny, "mesh-deny"));
-        assert!(metadata.beyond_allows());
     }
 
     #[test]

@@ -98,6 +98,14 @@ impl CompiledPolicy {
         self.matcher.target_path(target)
     }
 
+    /// The mesh-wide deny that holds for `dest`, if any: the floor every caller's request meets
+    /// first, whichever service (or none) it belongs to.
+    pub fn mesh_deny(&self, dest: &Destination<'_>, now: i64) -> Option<&super::compiled::RuleInfo> {
+        let path = self.target_path(dest);
+        let hit = self.matcher.lookup(self.mesh_deny_table, &path, dest.port, dest.protocol.bit(), now).hit?;
+        Some(&self.rules[hit as usize])
+    }
+
     /// A caller that authenticated but that no service claims, under `unclaimedIdentities:
     /// observe`. There are no service rules to apply, so it is treated as a service in dry-run
     /// with none: the floor (mesh-wide denies) is enforced, a malformed request is denied (it could
@@ -107,20 +115,14 @@ impl CompiledPolicy {
     fn evaluate_unclaimed(&self, destination: Result<&Destination<'_>, Malformed>, now: i64) -> Decision<'_> {
         let mut decision = match destination {
             Err(m) => Decision::hard_deny(Reason::Malformed(m)),
-            Ok(dest) => {
-                let path = self.target_path(dest);
-                let mesh_deny = self.matcher.lookup(self.mesh_deny_table, &path, dest.port, dest.protocol.bit(), now);
-                match mesh_deny.hit {
-                    Some(rule) => {
-                        Decision { rule: Some(&self.rules[rule as usize]), ..Decision::hard_deny(Reason::MeshDeny) }
-                    }
-                    None => Decision {
-                        outcome: Outcome::WouldDeny,
-                        enforced: false,
-                        ..Decision::hard_deny(Reason::UnknownService)
-                    },
-                }
-            }
+            Ok(dest) => match self.mesh_deny(dest, now) {
+                Some(rule) => Decision { rule: Some(rule), ..Decision::hard_deny(Reason::MeshDeny) },
+                None => Decision {
+                    outcome: Outcome::WouldDeny,
+                    enforced: false,
+                    ..Decision::hard_deny(Reason::UnknownService)
+                },
+            },
         };
         decision.mode = Some(Mode::DryRun);
         decision

@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::{ReplayedFlow, heading, short_time, thousands};
-use crate::flows::json::{FlowJson, rfc3339};
+use super::{ReplayedFlow, short_time, thousands};
+use crate::flows::json::FlowJson;
 
 /// One flow as `discover --format json` prints it: the flow, and today's decision.
 #[derive(Debug, Serialize)]
@@ -60,7 +60,7 @@ pub fn text(flows: &[ReplayedFlow]) -> String {
                 out,
                 "{}{}: {} destination(s), {} request(s)",
                 if current.is_some() { "\n" } else { "" },
-                heading(subject),
+                subject.describe(),
                 of_subject.len(),
                 thousands(hits)
             );
@@ -90,11 +90,4 @@ pub fn describe_now(f: &ReplayedFlow) -> String {
         (Some(r), o) => format!("{}: {} by {} ({})", o.as_str(), now.reason, r.id, r.location),
         (None, o) => format!("{}: {}", o.as_str(), now.reason),
     }
-}
-
-/// The first and last time of all flows, for a report's header.
-pub fn span(flows: &[ReplayedFlow]) -> Option<(String, String)> {
-    let first = flows.iter().map(|f| f.flow.stats.first_seen_ms).min()?;
-    let last = flows.iter().map(|f| f.flow.stats.last_seen_ms).max()?;
-    Some((rfc3339(first), rfc3339(last)))
 }

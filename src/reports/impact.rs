@@ -35,6 +35,9 @@ pub struct DeniedFlow {
     pub rule: Option<String>,
     #[serde(skip)]
     pub last_seen: String,
+    /// `api.stripe.com:443/https`, for the text report.
+    #[serde(skip)]
+    pub destination: String,
 }
 
 /// Why an impact cannot be computed.
@@ -59,6 +62,7 @@ pub fn impact(policy: &CompiledPolicy, service: &str, flows: &[ReplayedFlow]) ->
             reason: f.now.reason,
             rule: f.now.rule.as_ref().map(|r| r.id.clone()),
             last_seen: short_time(f.flow.stats.last_seen_ms),
+            destination: f.flow.key.destination(),
         })
         .collect();
     let denied_hits = denied.iter().map(|d| d.flow.hits).sum();
@@ -97,7 +101,7 @@ pub fn text(impact: &Impact) -> String {
         let _ = writeln!(
             out,
             "  would deny {:<40} {:>9} hits  {:>2} workload(s)  last {}  ({}{}: {})",
-            destination(&d.flow),
+            d.destination,
             thousands(d.flow.hits),
             d.flow.workloads.len(),
             d.last_seen,
@@ -107,9 +111,4 @@ pub fn text(impact: &Impact) -> String {
         );
     }
     out
-}
-
-fn destination(f: &FlowJson) -> String {
-    let host = if f.host.contains(':') { format!("[{}]", f.host) } else { f.host.clone() };
-    format!("{host}:{}/{}", f.port, f.protocol.as_str())
 }

@@ -75,6 +75,9 @@ pub struct ChangedFlow {
     pub flow: FlowJson,
     pub base: String,
     pub head: String,
+    /// `api.stripe.com:443/https`, for the text report.
+    #[serde(skip)]
+    pub destination: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +110,7 @@ pub fn plan(base: &CompiledPolicy, head: &CompiledPolicy, flows: &[Flow], servic
             Change::between(&b, &h).map(|change| ChangedFlow {
                 change,
                 flow: FlowJson::from(flow),
+                destination: flow.key.destination(),
                 base: b.summary(),
                 head: h.summary(),
             })
@@ -146,13 +150,11 @@ pub fn text(plan: &Plan) -> String {
     out.push('\n');
     for c in &plan.changed {
         let subject = c.flow.service.as_deref().or(c.flow.identity.as_deref()).unwrap_or("");
-        let host = if c.flow.host.contains(':') { format!("[{}]", c.flow.host) } else { c.flow.host.clone() };
         let _ = writeln!(
             out,
-            "{:<20} {subject} -> {host}:{}/{} ({} hits): {} => {}",
+            "{:<20} {subject} -> {} ({} hits): {} => {}",
             c.change.as_str(),
-            c.flow.port,
-            c.flow.protocol.as_str(),
+            c.destination,
             thousands(c.flow.hits),
             c.base,
             c.head
