@@ -5,6 +5,7 @@
 mod output;
 mod lint;
 mod local;
+mod matrix;
 mod observe;
 mod remote;
 
@@ -56,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report(ReportCommand::Impact(ReplayArgs { policy, input, format })) => {
             observe::impact(policy, input, format)
         }
+        Command::Report(ReportCommand::Stale(args)) => observe::stale(args),
+        Command::Report(ReportCommand::Matrix(args)) => matrix::matrix(args),
         Command::Plan { base, head, input, format } => observe::plan(base, head, input, format),
         Command::Learn { policy, input, diff, write, min_siblings, any_port, format } => {
             let options = egressd::learn::LearnOptions { min_siblings, any_port };
@@ -261,6 +264,63 @@ pub enum ReportCommand {
     /// What switching a service to `enforce` would deny now, and whether it is ready by the
     /// rollout criteria (traffic observed, not one request denied). Exit 0 ready, 1 not ready.
     Impact(ReplayArgs),
+    /// What the policy allows that nobody uses: allows and group destinations without hits in the
+    /// window (oldest first), wildcards that matched a few names, allows one workload of many
+    /// used, unused groups, break-glass grants never used. Exit 3 with --fail-on-stale and findings.
+    Stale(StaleArgs),
+    /// The audit-ready egress matrix: every rule with its service (owner, identities, mode),
+    /// destination, ports, protocols, justification, expiry and location, with hits and last seen
+    /// when flows are given; and each service's third-party dependencies.
+    Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StaleArgs {
+    /// Policy directory. Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: FlowInput,
+    /// A rule is stale when nothing it decides was seen within this age: 30d, 12h.
+    #[arg(long, value_name = "AGE", default_value = "30d")]
+    pub window: String,
+    /// `serve --break-glass-state` file: grants made in the window that decided no request are reported.
+    #[arg(long, value_name = "PATH")]
+    pub break_glass_state: Option<PathBuf>,
+    /// Exit 3 when anything is stale (for CI).
+    #[arg(long)]
+    pub fail_on_stale: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(clap::Args)]
+pub struct MatrixArgs {
+    /// Policy directory. Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Optional: with --audit-log or --server, each rule gets its hits and last seen.
+    #[command(flatten)]
+    pub input: FlowInput,
+    /// Hits are counted over flows seen within this age.
+    #[arg(long, value_name = "AGE", default_value = "30d")]
+    pub window: String,
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: MatrixFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum MatrixFormat {
+    /// Markdown tables.
+    Md,
+    /// One row per rule, RFC 4180.
+    Csv,
+    Json,
+    /// One self-contained file: a sortable table and a services-to-destinations diagram.
+    Html,
 }
 
 /// Observed flows replayed with one policy.

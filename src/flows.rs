@@ -111,7 +111,8 @@ pub struct Observation<'a> {
     pub decision: Outcome,
     /// The reason code (`no-matching-allow`, ...).
     pub reason: &'a str,
-    /// The rule id, as the policy of the time numbered it.
+    /// The rule id, as the policy of the time numbered it; for a break-glass decision (reason
+    /// `break-glass`), the grant's id, so `report stale` can tell which grants were used.
     pub rule: Option<&'a str>,
 }
 

@@ -21,6 +21,11 @@ pub struct Observed {
 }
 
 impl FlowInput {
+    /// Whether `--audit-log` or `--server` names flows (`report matrix` runs without them).
+    pub fn is_given(&self) -> bool {
+        !self.audit_log.is_empty() || self.server.is_some()
+    }
+
     fn since_ms(&self) -> anyhow::Result<Option<i64>> {
         let Some(age) = &self.since else { return Ok(None) };
         let seconds = egressd::flows::parse_age(age).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
@@ -100,6 +105,24 @@ fn fetch(server: &str, since: Option<&str>) -> anyhow::Result<(Vec<Flow>, String
         reports::thousands(doc.evicted)
     );
     Ok((flows, summary))
+}
+
+/// The unix milliseconds `age` (`30d`, `12h`) before now, for a `--window AGE`.
+pub fn window_start_ms(age: &str) -> anyhow::Result<i64> {
+    let seconds = egressd::flows::parse_age(age).map_err(|e| anyhow::anyhow!("--window: {e}"))?;
+    Ok(egressd::clock::unix_now().saturating_sub(seconds).saturating_mul(1000))
+}
+
+/// Reads the flows `input` names and replays them with `policy` now; `--service` applied.
+pub fn replayed(policy: &egressd::policy::CompiledPolicy, input: &FlowInput) -> anyhow::Result<Vec<ReplayedFlow>> {
+    let observed = input.read()?;
+    eprintln!("egressd: {}", observed.summary);
+    let flows = reports::replay_all(policy, observed.flows, egressd::clock::unix_now());
+    Ok(reports::only_service(flows, input.service.as_deref()))
+}
+
+pub fn stale(_args: super::StaleArgs) -> anyhow::Result<ExitCode> {
+    bail!("report stale: not built yet")
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -165,6 +165,8 @@ struct AuditLine<'a> {
     protocol: Option<Protocol>,
     #[serde(rename = "egress.rule.id", borrow, default)]
     rule: Option<Cow<'a, str>>,
+    #[serde(rename = "egress.break_glass.grant", borrow, default)]
+    grant: Option<Cow<'a, str>>,
     #[serde(rename = "egress.tunnel.start", borrow, default)]
     tunnel_start: Option<Cow<'a, str>>,
 }
@@ -223,7 +225,8 @@ impl<'a> Record<'a> {
             protocol,
             decision: self.decision,
             reason: &l.reason,
-            rule: l.rule.as_deref(),
+            // A break-glass decision has no rule: its grant stands in (see `Observation::rule`).
+            rule: l.rule.as_deref().or(l.grant.as_deref()),
         })
     }
 }

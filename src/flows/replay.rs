@@ -10,6 +10,8 @@ use crate::policy::{Action, CompiledPolicy, Decision, Destination, Outcome, Reas
 /// The rule that decided a replayed flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayedRule {
+    /// Position in the replaying policy's `rules` (meaningless in another version).
+    pub index: usize,
     pub id: String,
     pub action: Action,
     /// `FILE:LINE:COL`.
@@ -44,6 +46,7 @@ impl Replayed {
             reason: decision.reason.code(),
             message: decision.reason.to_string(),
             rule: decision.rule.map(|r| ReplayedRule {
+                index: r.index,
                 id: r.id.clone(),
                 action: r.action,
                 location: r.loc.to_string(),

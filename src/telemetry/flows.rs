@@ -40,6 +40,9 @@ fn observation(event: &CheckEvent) -> Option<Observation<'_>> {
         protocol: facts.protocol?,
         decision: verdict.outcome,
         reason: verdict.reason.code(),
-        rule: verdict.rule.map(|r| event.policy.rules[r as usize].id.as_str()),
+        rule: match &verdict.reason {
+            Reason::BreakGlass(grant) => Some(grant.id.as_str()),
+            _ => verdict.rule.map(|r| event.policy.rules[r as usize].id.as_str()),
+        },
     })
 }
