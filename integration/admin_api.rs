@@ -256,3 +256,40 @@ async fn rollout_status_says_when_a_dry_run_service_is_ready() {
     let payments = status.services.iter().find(|s| s.service == "payments").unwrap();
     assert_eq!((payments.next_step.as_str(), payments.ready), ("", false));
 }
+
+#[tokio::test]
+async fn rules_count_their_hits_on_the_admin_port_and_in_metrics_and_restart_with_the_version() {
+    let server = serve(GrantStore::in_memory(3600), 600, false).await;
+    for _ in 0..3 {
+        assert_eq!(connect_as(&server, PAY, "api.stripe.com:443").await.code(), 0);
+    }
+    assert_eq!(connect_as(&server, PAY, "pastebin.com:443").await.code(), 7);
+    assert_eq!(connect_as(&server, PAY, "elsewhere.test:443").await.code(), 7, "default deny: no rule");
+
+    let (status, body) = http_get(server.admin, "/rules").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rule = |id: &str| doc["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).cloned().unwrap();
+    let stripe = rule("payments/allow/0");
+    assert_eq!(stripe["hits"], 3, "{stripe}");
+    assert_eq!(stripe["key"], "api.stripe.com");
+    assert_eq!(stripe["justification"], "cards");
+    assert!(stripe["location"].as_str().unwrap().starts_with("mesh.yaml:"), "{stripe}");
+    assert!(stripe["lastHit"].as_str().is_some_and(|t| t.ends_with('Z')), "{stripe}");
+    assert_eq!(rule("mesh/deny/0")["hits"], 1);
+    assert_eq!(rule("search/allow/0")["hits"], 0);
+    assert!(rule("search/allow/0")["lastHit"].is_null());
+    assert_eq!(doc["version"].as_str(), Some(server.policy.load().version.as_str()));
+
+    let (_, metrics) = http_get(server.admin, "/metrics").await;
+    assert!(metrics.contains("egressd_rule_hits_total{service=\"payments\",rule=\"payments/allow/0\"} 3"), "{metrics}");
+    assert!(metrics.contains("egressd_rule_hits_total{service=\"(mesh)\",rule=\"mesh/deny/0\"} 1"), "{metrics}");
+    assert!(!metrics.contains("rule=\"search/allow/0\""), "rules without hits are not listed");
+
+    // A new version counts from zero.
+    let source = PolicySource::from_text("mesh.yaml", &format!("{POLICY}\n# edited\n"));
+    server.policy.store(Arc::new(egressd::policy::compile(&source, 0).unwrap()));
+    let (_, body) = http_get(server.admin, "/rules").await;
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["rules"].as_array().unwrap().iter().map(|r| r["hits"].as_u64().unwrap()).sum::<u64>(), 0);
+}

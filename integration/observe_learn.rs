@@ -47,6 +47,8 @@ const FOREIGN: &str = "spiffe://other.example/ns/payments/sa/api";
 const SIBLINGS: [&str; 5] =
     ["eu.api.vendor.test", "us.api.vendor.test", "ap.api.vendor.test", "sa.api.vendor.test", "af.api.vendor.test"];
 const WAIT: Duration = Duration::from_secs(20);
+/// The admin API token `Serve` starts egressd with.
+const ADMIN_TOKEN: &str = "tests-0123456789abcdef";
 
 const MESH: &str = "\
 # Mesh-wide settings for the observe-learn test.
@@ -149,11 +151,14 @@ impl Serve {
         let (grpc, admin) = (free_addr(), free_addr());
         let log = work.join(format!("serve-{}.log", grpc.port()));
         let out = std::fs::File::create(&log).unwrap();
+        let tokens = work.join("admin-tokens");
+        write(&tokens, &format!("tests {ADMIN_TOKEN}\n"));
         let mut cmd = bin();
         cmd.current_dir(work)
             .args(["serve", "--policy", s(policy), "--grpc-listen", &grpc.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--break-glass-state", s(&work.join("break-glass.json"))])
+            .args(["--admin-tokens", s(&tokens)])
             .stdout(out.try_clone().unwrap())
             .stderr(out);
         if let Some(audit) = audit {
@@ -1125,4 +1130,131 @@ fn bad_inputs_are_clear_errors() {
         !work.join("other").exists() || snapshot(&work.join("other")).is_empty(),
         "nothing written for a bad trust domain"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_stale_names_unused_narrowable_and_single_workload_allows_and_idle_grants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let dir = work.join("policy");
+    let mesh = "kind: MeshDefaults\ntrustDomain: corp.example\n";
+    let payments = "\
+kind: ServicePolicy
+service: payments
+owner: team-payments
+identities:
+  - spiffe://corp.example/ns/payments/sa/api
+  - spiffe://corp.example/ns/payments/sa/worker
+allow:
+  - host: api.stripe.com
+    ports: [443]
+    justification: card processing (PAY-123)
+  - host: \"*.vendor.test\"
+    ports: [443]
+    justification: vendor APIs (PAY-7)
+  - host: api.old-acquirer.test
+    ports: [443]
+    justification: the acquirer we left (PAY-9)
+  - host: reports.test
+    ports: [443]
+    justification: nightly report (PAY-11)
+";
+    policy_dir(&dir, mesh, &[("payments", payments)]);
+
+    // Real decisions: served with an audit log, then a break-glass grant used once and one never.
+    let audit = work.join("audit.jsonl");
+    let server = Serve::start(work, &dir, Some(&audit)).await;
+    let connect = |from, host: &str| http_check(from, "CONNECT", &format!("{host}:443"), &[]);
+    let answers = send(
+        server.grpc,
+        [
+            connect(PAY_API, "api.stripe.com"),
+            connect(PAY_WORKER, "api.stripe.com"),
+            connect(PAY_API, "eu.vendor.test"),
+            connect(PAY_WORKER, "us.vendor.test"),
+            connect(PAY_WORKER, "reports.test"),
+        ],
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.code() == 0), "{answers:?}");
+    let admin = server.grpc.to_string();
+    for (to, reason) in
+        [("incident.partner.test:443", "INC-1 failover"), ("idle.partner.test:443", "INC-2 just in case")]
+    {
+        let granted = egressd_async(
+            work,
+            &[
+                "break-glass",
+                "grant",
+                "--service",
+                "payments",
+                "--to",
+                to,
+                "--for",
+                "30m",
+                "--reason",
+                reason,
+                "--server",
+                &admin,
+                "--token",
+                ADMIN_TOKEN,
+            ],
+        )
+        .await;
+        assert_eq!(granted.code, 0, "{granted:?}");
+    }
+    let used = send(server.grpc, [connect(PAY_API, "incident.partner.test")]).await;
+    assert_eq!((used[0].code(), used[0].reason()), (0, "break-glass".to_string()));
+    server.stop().await;
+
+    let stale = ["report", "stale", "--policy", s(&dir), "--audit-log", s(&audit)];
+    let state = work.join("break-glass.json");
+    let grants = ["--break-glass-state", s(&state)];
+    let text = egressd(work, &[&stale[..], &grants].concat());
+    assert_eq!(text.code, 0, "findings alone do not fail without --fail-on-stale: {text:?}");
+    let out = &text.stdout;
+    assert!(out.contains("allows without hits in the window (longest unused first): 1"), "{text:?}");
+    let line_of =
+        |needle: &str| out.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {text:?}"));
+    let unused = line_of("api.old-acquirer.test");
+    assert!(unused.contains("services/payments.yaml:14:5") && unused.ends_with("(never seen)"), "{unused}");
+    assert!(line_of("*.vendor.test").contains("allow exactly eu.vendor.test (1 hits), us.vendor.test (1 hits)"));
+    assert!(line_of("reports.test").contains(&format!("only {PAY_WORKER} (2 workloads of the service seen)")));
+    assert!(out.contains("break-glass grants never used: 1"), "{text:?}");
+    assert!(line_of("idle.partner.test").contains("INC-2 just in case"));
+    assert!(!out.contains("incident.partner.test"), "a used grant is not stale: {text:?}");
+
+    let json = egressd(work, &[&stale[..], &grants, &["--format", "json", "--fail-on-stale"]].concat());
+    assert_eq!(json.code, 3, "{json:?}");
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(doc["unusedAllows"][0]["rule"], "payments/allow/2");
+    assert_eq!(doc["narrowableWildcards"][0]["names"][0][0], "eu.vendor.test");
+    assert_eq!(doc["unusedGrants"].as_array().unwrap().len(), 1);
+
+    // A policy without those problems, replayed over the flows both workloads make: nothing
+    // stale, exit 0.
+    let tidy = work.join("tidy");
+    let tidy_payments = "\
+kind: ServicePolicy
+service: payments
+owner: team-payments
+identities:
+  - spiffe://corp.example/ns/payments/sa/api
+  - spiffe://corp.example/ns/payments/sa/worker
+allow:
+  - host: api.stripe.com
+    ports: [443]
+    justification: card processing (PAY-123)
+";
+    policy_dir(&tidy, mesh, &[("payments", tidy_payments)]);
+    let shared_flows = work.join("audit-shared.jsonl");
+    audit_without(&audit, &["reports.test", "vendor.test", "partner.test"], &shared_flows);
+    let clean =
+        egressd(work, &["report", "stale", "--policy", s(&tidy), "--audit-log", s(&shared_flows), "--fail-on-stale"]);
+    assert_eq!(clean.code, 0, "{clean:?}");
+    assert!(clean.stdout.contains("nothing stale"), "{clean:?}");
+
+    let bad = egressd(work, &[&stale[..], &["--window", "forever"]].concat());
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("--window"), "{bad:?}");
 }

@@ -12,6 +12,7 @@ mod decision;
 pub mod diagnostic;
 pub mod fqdn;
 mod gateway;
+pub mod hits;
 mod load;
 pub mod matcher;
 mod model;

@@ -6,6 +6,7 @@
 pub mod discover;
 pub mod impact;
 pub mod plan;
+pub mod stale;
 pub mod usage;
 
 use crate::flows::Flow;

@@ -139,8 +139,12 @@ pub async fn serve(
     health_reporter.set_serving::<CheckServer>().await;
 
     let grpc_ready = Arc::new(AtomicBool::new(false));
-    let metrics =
-        crate::admin::http::metrics_registry(&config.telemetry.metrics, registry.clone(), reload_status.clone());
+    let metrics = crate::admin::http::metrics_registry(
+        &config.telemetry.metrics,
+        registry.clone(),
+        reload_status.clone(),
+        policy.clone(),
+    );
     let admin_state = AdminState {
         policy: policy.clone(),
         grpc_ready: grpc_ready.clone(),

@@ -2,7 +2,8 @@
 //! serving), `/policy` (version, origin, services, groups, warnings of the live policy), `/xds`
 //! (connected nodes, per type the version sent and ACKed, the last NACK), `/metrics`
 //! (OpenMetrics text: decisions, Check latency, reloads, xDS, dropped spans and audit records),
-//! `/flows` (the live flow table, JSON; `?since=7d`).
+//! `/flows` (the live flow table, JSON; `?since=7d`), `/rules` (every rule of the live policy
+//! with its hits since that version was loaded).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/xds", get(xds))
         .route("/metrics", get(metrics))
         .route("/flows", get(flows))
+        .route("/rules", get(rules))
         .with_state(state)
 }
 
@@ -69,6 +71,33 @@ async fn flows(State(state): State<AdminState>, Query(q): Query<FlowsQuery>) -> 
     // Copy under the lock, serialize outside it: the telemetry thread waits on this lock.
     let doc = table.lock().unwrap_or_else(|e| e.into_inner()).document(since_ms);
     Json(doc).into_response()
+}
+
+/// The live policy's rules with their hit counters (which restart with each policy version: ids
+/// are positional, so each rule also carries its content key).
+async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let p = state.policy.load();
+    let time = |t: Option<i64>| t.map(|s| crate::flows::json::rfc3339(s.saturating_mul(1000)));
+    let rules: Vec<_> = p
+        .rules
+        .iter()
+        .map(|r| {
+            let count = p.rule_hits.get(r.index);
+            json!({
+                "id": r.id,
+                "service": r.service.map(|s| p.services[s.get()].name.as_str()),
+                "action": r.action,
+                "key": r.content_key(),
+                "location": r.loc.to_string(),
+                "group": r.group,
+                "justification": r.justification,
+                "hits": count.hits,
+                "firstHit": time(count.first_hit),
+                "lastHit": time(count.last_hit),
+            })
+        })
+        .collect();
+    Json(json!({ "version": p.version, "countingSince": time(Some(p.compiled_unix)), "rules": rules }))
 }
 
 async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -117,14 +146,52 @@ pub fn metrics_registry(
     metrics: &crate::telemetry::metrics::Metrics,
     xds: Arc<Registry>,
     reload: Arc<ReloadStatus>,
+    policy: SharedPolicy,
 ) -> prometheus_client::registry::Registry {
-    metrics.registry(vec![Box::new(StateCollector { xds, reload })])
+    metrics.registry(vec![Box::new(StateCollector { xds, reload }), Box::new(RuleHitsCollector { policy })])
 }
 
 #[derive(Debug)]
 struct StateCollector {
     xds: Arc<Registry>,
     reload: Arc<ReloadStatus>,
+}
+
+/// `egressd_rule_hits_total{service,rule}` of the live policy, read at scrape time. Rules that
+/// never decided are left out (a 100,000-rule policy would otherwise scrape 100,000 zeros); the
+/// series restart with each policy version, as the counters do.
+struct RuleHitsCollector {
+    policy: SharedPolicy,
+}
+
+impl std::fmt::Debug for RuleHitsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuleHitsCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for RuleHitsCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let p = self.policy.load();
+        let mut family = encoder.encode_descriptor(
+            "egressd_rule_hits",
+            "Checks decided by each rule of the live policy version (rules without hits are not listed)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for r in &p.rules {
+            let hits = p.rule_hits.get(r.index).hits;
+            if hits == 0 {
+                continue;
+            }
+            let service = r.service.map(|s| p.services[s.get()].name.as_str()).unwrap_or("(mesh)");
+            let labels = [("service", service), ("rule", r.id.as_str())];
+            ConstCounter::new(hits).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl prometheus_client::collector::Collector for StateCollector {

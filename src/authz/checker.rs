@@ -96,12 +96,14 @@ pub struct Checker<'a> {
     /// Where a permitted CONNECT whose tunnel is checked is registered (None: no pairing).
     tunnels: Option<&'a tunnel::Tunnels>,
     propagators: Option<&'a Propagators>,
+    /// Whether decisions count as rule hits: the server's traffic does, tools and tests do not.
+    counts_hits: bool,
 }
 
 impl<'a> Checker<'a> {
     /// The policy alone: no cache, no run-time overrides, no tunnel pairing (tests, tools).
     pub fn offline(policy: &'a CompiledPolicy) -> Self {
-        Checker { policy, cache: None, overrides: None, tunnels: None, propagators: None }
+        Checker { policy, cache: None, overrides: None, tunnels: None, propagators: None, counts_hits: false }
     }
 
     /// What the server runs: cached answers, the overrides and tunnel pairing.
@@ -117,12 +119,20 @@ impl<'a> Checker<'a> {
             overrides: Some(overrides),
             tunnels: Some(tunnels),
             propagators: Some(propagators),
+            counts_hits: true,
         }
     }
 
     /// As `offline`, with the answer cache (tests of the cached path).
     pub fn cached(cache: &'a ResponseCache) -> Self {
-        Checker { policy: &cache.policy, cache: Some(cache), overrides: None, tunnels: None, propagators: None }
+        Checker {
+            policy: &cache.policy,
+            cache: Some(cache),
+            overrides: None,
+            tunnels: None,
+            propagators: None,
+            counts_hits: false,
+        }
     }
 
     pub fn check(&self, req: &CheckRequest, call: Call<'_>, now: i64) -> Checked {
@@ -149,6 +159,9 @@ impl<'a> Checker<'a> {
             path = view.path,
             "check"
         );
+        if let Some(rule) = decision.rule.filter(|_| self.counts_hits) {
+            policy.rule_hits.record(rule.index, now);
+        }
         let verdict = decision.verdict();
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);

@@ -121,8 +121,30 @@ pub fn replayed(policy: &egressd::policy::CompiledPolicy, input: &FlowInput) -> 
     Ok(reports::only_service(flows, input.service.as_deref()))
 }
 
-pub fn stale(_args: super::StaleArgs) -> anyhow::Result<ExitCode> {
-    bail!("report stale: not built yet")
+/// Exit 3 with `--fail-on-stale` when anything is stale.
+pub fn stale(args: super::StaleArgs) -> anyhow::Result<ExitCode> {
+    let policy = super::local::load_policy(args.policy)?;
+    let window_start = window_start_ms(&args.window)?;
+    let grants = match &args.break_glass_state {
+        Some(path) => read_grants(path)?,
+        None => Vec::new(),
+    };
+    let flows = replayed(&policy, &args.input)?;
+    let usage = reports::usage::Usage::of(&policy, &flows, Some(window_start));
+    let report = reports::stale::stale(&policy, &usage, &grants, window_start);
+    match args.format {
+        OutputFormat::Text => out!("{}", reports::stale::text(&report)),
+        OutputFormat::Json => print_json(&report)?,
+    }
+    Ok(if args.fail_on_stale && !report.is_empty() { ExitCode::from(3) } else { ExitCode::SUCCESS })
+}
+
+/// Every grant of a `serve --break-glass-state` file, active or not.
+fn read_grants(path: &std::path::Path) -> anyhow::Result<Vec<egressd::runtime::breakglass::Grant>> {
+    if !path.is_file() {
+        bail!("--break-glass-state {}: no such file", path.display());
+    }
+    Ok(egressd::runtime::breakglass::read_state(path)?)
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {

@@ -50,7 +50,7 @@ impl Replayed {
                 id: r.id.clone(),
                 action: r.action,
                 location: r.loc.to_string(),
-                matches: rule_matches(r),
+                matches: r.content_key(),
             }),
             service: decision.service.map(|s| s.name.clone()),
         }
@@ -63,18 +63,6 @@ impl Replayed {
             None => format!("{} ({})", self.outcome.as_str(), self.reason),
         }
     }
-}
-
-fn rule_matches(rule: &crate::policy::RuleInfo) -> String {
-    let mut text = rule.target.clone();
-    if let Some(ports) = &rule.ports {
-        text.push_str(&format!(" ports {ports:?}"));
-    }
-    if !rule.protocols.is_empty() {
-        let names: Vec<&str> = rule.protocols.iter().map(|p| p.as_str()).collect();
-        text.push_str(&format!(" protocols [{}]", names.join(", ")));
-    }
-    text
 }
 
 /// Decides `flow` with `policy` at `now` (unix seconds). The request is one of the flow's

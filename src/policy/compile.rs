@@ -222,6 +222,8 @@ impl<'d> Compiler<'d> {
             unclaimed_identities_loc: mesh.doc.unclaimed_identities.as_ref().map(|u| SourceLoc::of(&mesh.file, u)),
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
+            rule_hits: super::hits::RuleHits::new(self.rules.len()),
+            compiled_unix: self.now,
             rules: self.rules,
             mesh_deny_table,
             mesh_deny_rules,

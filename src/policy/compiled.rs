@@ -55,6 +55,20 @@ pub struct RuleInfo {
 }
 
 impl RuleInfo {
+    /// What the rule matches, `api.stripe.com ports [443] protocols [https]`: what identifies a
+    /// rule across versions, where its positional id and location move with edits.
+    pub fn content_key(&self) -> String {
+        let mut text = self.target.clone();
+        if let Some(ports) = &self.ports {
+            text.push_str(&format!(" ports {ports:?}"));
+        }
+        if !self.protocols.is_empty() {
+            let names: Vec<&str> = self.protocols.iter().map(|p| p.as_str()).collect();
+            text.push_str(&format!(" protocols [{}]", names.join(", ")));
+        }
+        text
+    }
+
     pub fn action_str(&self) -> &'static str {
         match self.action {
             Action::Allow => "allow",
@@ -170,6 +184,10 @@ pub struct CompiledPolicy {
     pub groups: Vec<GroupInfo>,
     /// Indexed by `RuleIdx`, parallel to the matcher's constraints.
     pub rules: Vec<RuleInfo>,
+    /// How often each rule decided a Check of this version (`GET /rules`, `/metrics`).
+    pub rule_hits: super::hits::RuleHits,
+    /// When this version was compiled (unix seconds): since when `rule_hits` count.
+    pub compiled_unix: i64,
     pub mesh_deny_table: TableId,
     pub mesh_deny_rules: usize,
     /// `kind: Gateway` documents: how the gateways egressd configures over xDS are built.

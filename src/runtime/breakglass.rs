@@ -153,15 +153,7 @@ impl GrantStore {
     /// Loads (or starts) the state file at `path`.
     pub fn open(path: &Path, max_seconds: u64, now: i64) -> Result<Self, GrantError> {
         let shown = path.display().to_string();
-        let grants = match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let state: StateFile = serde_json::from_str(&text)
-                    .map_err(|e| GrantError::Corrupt { path: shown.clone(), message: e.to_string() })?;
-                state.grants
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(GrantError::State { path: shown, source }),
-        };
+        let grants = read_state(path)?;
         let store = GrantStore { path: Some(path.to_path_buf()), ..GrantStore::in_memory(max_seconds) };
         *store.all.lock().expect("grants lock") = grants.into_iter().map(Arc::new).collect();
         store.publish(now);
@@ -315,6 +307,19 @@ fn new_id(now: i64, salt: u64, seq: u64) -> String {
 fn random_salt() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// The grants of a state file, as written (a missing file has none); nothing is pruned or
+/// rewritten (`report stale` reads a running server's file).
+pub fn read_state(path: &Path) -> Result<Vec<Grant>, GrantError> {
+    let shown = || path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str::<StateFile>(&text)
+            .map(|state| state.grants)
+            .map_err(|e| GrantError::Corrupt { path: shown(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(GrantError::State { path: shown(), source }),
+    }
 }
 
 /// Writes the state atomically: a temporary file in the same directory, fsynced, renamed over
