@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 mod lint;
+mod export;
 mod local;
 mod matrix;
 mod observe;
@@ -45,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
         }
         Command::Lint { dir, format, fail_on } => lint::lint(dir, format, fail_on),
+        Command::Export(args) => export::export(args),
         Command::Check { policy, from, to, protocol, request_id, json, server: None, .. } => {
             local::check(policy, &from, &to, protocol.map(Into::into), request_id.as_deref(), json)
         }
@@ -169,6 +171,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "error")]
         fail_on: FailOn,
     },
+    /// The policy compiled for another enforcement layer: Kubernetes NetworkPolicy (the gateway as
+    /// the only way out), Istio ServiceEntries and AuthorizationPolicy, CiliumNetworkPolicy. What a
+    /// layer cannot express is reported as a warning on standard error, never silently dropped.
+    Export(ExportArgs),
     /// Explain, offline, what egressd decides for one request. Exit 0 on allow (including a dry-run
     /// would-deny), 1 on deny, 2 when the policy or arguments are invalid.
     Check {
@@ -272,6 +278,28 @@ pub enum ReportCommand {
     /// destination, ports, protocols, justification, expiry and location, with hits and last seen
     /// when flows are given; and each service's third-party dependencies.
     Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[arg(value_enum)]
+    pub target: ExportTarget,
+    /// Policy directory. Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Write one file per object kind into this directory instead of one YAML stream on stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportTarget {
+    /// Kubernetes NetworkPolicy: pods may leave only through the egress gateway and DNS.
+    Networkpolicy,
+    /// Istio ServiceEntries for every allowed host and the egress gateway's AuthorizationPolicy.
+    Istio,
+    /// CiliumNetworkPolicy per service (toFQDNs, toPorts, toCIDR, egressDeny).
+    Cilium,
 }
 
 #[derive(clap::Args)]

@@ -1,0 +1,9 @@
+//! `egressd export TARGET`.
+
+use std::process::ExitCode;
+
+use super::ExportArgs;
+
+pub fn export(_args: ExportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("export: not built yet")
+}
