@@ -5,6 +5,7 @@
 
 pub mod discover;
 pub mod impact;
+pub mod matrix;
 pub mod plan;
 pub mod stale;
 pub mod usage;
