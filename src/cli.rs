@@ -3,8 +3,8 @@
 
 #[macro_use]
 mod output;
-mod lint;
 mod export;
+mod lint;
 mod local;
 mod matrix;
 mod observe;

@@ -15,6 +15,7 @@ pub mod authz;
 pub mod clock;
 pub mod contract;
 pub mod explain;
+pub mod export;
 pub mod flows;
 pub mod identity;
 pub mod init;

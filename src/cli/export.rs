@@ -1,9 +1,60 @@
-//! `egressd export TARGET`.
+//! `egressd export TARGET [--policy DIR] [--out DIR]`: the policy as Kubernetes objects for
+//! another enforcement layer (`egressd::export`). A YAML stream on standard output, or one file
+//! per kind in `--out`; what the layer cannot express goes to standard error as
+//! `egressd: warning: FILE:LINE:COL: message`. Exit 0 (warnings included); 2 when the policy
+//! does not load or the files cannot be written.
 
 use std::process::ExitCode;
 
-use super::ExportArgs;
+use anyhow::Context;
 
-pub fn export(_args: ExportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("export: not built yet")
+use egressd::export::{self, Options, Target};
+
+use super::{ExportArgs, ExportTarget};
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let (source, policy) = super::local::load_policy_source(args.policy)?;
+    let target = match args.target {
+        ExportTarget::Networkpolicy => Target::NetworkPolicy,
+        ExportTarget::Istio => Target::Istio,
+        ExportTarget::Cilium => Target::Cilium,
+    };
+    let options = Options { now: Some(egressd::clock::unix_now()), ..Options::default() };
+    let exported = export::export_with_source(&policy, &source, target, &options);
+    // The policy's own warnings (a `TODO` justification, an expired allow) travel with it.
+    for w in &policy.warnings {
+        eprintln!("egressd: warning: {}: {}", w.loc, w.message);
+    }
+    for w in &exported.warnings {
+        eprintln!("egressd: warning: {w}");
+    }
+    match args.out {
+        None => out!("{}", exported.to_yaml().context("serializing the objects as YAML")?),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+            for (name, text) in exported.files().context("serializing the objects as YAML")? {
+                let path = dir.join(&name);
+                std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))?;
+                let count = text_objects(&exported, &name);
+                outln!("wrote {} ({count} object(s))", path.display());
+            }
+        }
+    }
+    eprintln!(
+        "egressd: export {target}: {} object(s), {} warning(s) (policy {}, {})",
+        exported.objects.len(),
+        exported.warnings.len(),
+        policy.version,
+        policy.origin
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How many objects went into the file `name` (`KIND.yaml`).
+fn text_objects(exported: &export::Export, name: &str) -> usize {
+    exported
+        .objects
+        .iter()
+        .filter(|o| o["kind"].as_str().is_some_and(|k| format!("{}.yaml", k.to_ascii_lowercase()) == name))
+        .count()
 }
