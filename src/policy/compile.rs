@@ -685,18 +685,26 @@ impl<'d> Compiler<'d> {
 
     /// Nested claims (`/ns/ci/*` and `/ns/ci/sa/deployer` in different services) are legal: the
     /// most specific claim wins. Say so, because a reviewer may not expect it.
+    /// Warns about each claim inside another service's wildcard claim. Wildcard claims are
+    /// indexed by path, so each claim looks up only its own ancestors (all pairs took 20 s on
+    /// 10,000 services).
     fn warn_overlapping_claims(&mut self, claims: &[(IdentityPattern, usize, SourceLoc)], services: &[ServiceInfo]) {
+        let mut wide_by_path: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (wide, _, _)) in claims.iter().enumerate() {
+            if let IdentityPattern::Prefix { path, .. } = wide {
+                wide_by_path.entry(path.as_str()).or_default().push(i);
+            }
+        }
         for (narrow, narrow_svc, loc) in claims {
             let path = match narrow {
                 IdentityPattern::Exact { path, .. } => path.clone(),
                 IdentityPattern::Prefix { path, .. } => format!("{path}/x"),
             };
-            for (wide, wide_svc, _) in claims {
-                if wide_svc != narrow_svc
-                    && matches!(wide, IdentityPattern::Prefix { .. })
-                    && wide != narrow
-                    && wide.covers(&path)
-                {
+            let ancestors = path.match_indices('/').filter_map(|(i, _)| wide_by_path.get(&path[..i]));
+            let mut wider: Vec<usize> = ancestors.flatten().copied().collect();
+            wider.sort_unstable(); // in claim order, as written
+            for (wide, wide_svc, _) in wider.into_iter().map(|i| &claims[i]) {
+                if wide_svc != narrow_svc && wide != narrow && wide.covers(&path) {
                     self.diags.warning(
                         loc.clone(),
                         format!(

@@ -500,3 +500,33 @@ fn todo_justifications_are_errors_at_the_value() {
     // A reason that only starts with the letters is a reason.
     assert!(errors(&svc("allow:\n  - host: a.example.com\n    justification: Todoist webhooks\n")).is_empty());
 }
+
+#[test]
+fn a_claim_inside_another_services_wildcard_claim_is_warned_and_a_sibling_prefix_is_not() {
+    let service = |name: &str, ids: &str| {
+        format!(
+            "---\nkind: ServicePolicy\nservice: {name}\nidentities: [{ids}]\nallow:\n  - host: {name}.test\n    justification: x\n"
+        )
+    };
+    let text = [
+        "kind: MeshDefaults\ntrustDomain: corp.example\n".to_string(),
+        service("ci", "\"spiffe://corp.example/ns/ci/*\""),
+        service("runners", "\"spiffe://corp.example/ns/ci/sa/*\""),
+        service("builder", "spiffe://corp.example/ns/ci/sa/builder"),
+        service("cicd", "spiffe://corp.example/ns/cicd/sa/deployer"),
+    ]
+    .concat();
+    let p = compile(&PolicySource::from_text("claims.yaml", &text), NOW).unwrap();
+    let mut inside: Vec<(String, String)> = p
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("the more specific claim wins"))
+        .map(|w| {
+            let names: Vec<&str> = w.message.split("service `").skip(1).map(|s| s.split('`').next().unwrap()).collect();
+            (names[0].to_string(), names[1].to_string())
+        })
+        .collect();
+    inside.sort();
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(inside, pairs(&[("builder", "ci"), ("builder", "runners"), ("runners", "ci")]), "{:?}", p.warnings);
+}

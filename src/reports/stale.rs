@@ -246,7 +246,8 @@ pub fn text(report: &StaleReport) -> String {
     });
     section(&mut out, "destination groups nobody used", &report.unused_groups, |g| match g.referenced_by.as_slice() {
         [] => format!("{}: {} (referenced by no service)", g.location, g.group),
-        by => format!("{}: {} (referenced by {})", g.location, g.group, by.join(", ")),
+        by if by.len() <= 5 => format!("{}: {} (referenced by {})", g.location, g.group, by.join(", ")),
+        by => format!("{}: {} (referenced by {} and {} more)", g.location, g.group, by[..5].join(", "), by.len() - 5),
     });
     section(&mut out, "break-glass grants never used", &report.unused_grants, |g| {
         format!(
