@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod output;
+mod devpki;
 mod export;
 mod lint;
 mod local;
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { dir, trust_domain } => {
             local::init(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), &trust_domain)
         }
+        Command::DevPki(args) => devpki::dev_pki(args),
     }
 }
 
@@ -202,6 +204,10 @@ pub enum Command {
         #[command(flatten)]
         auth: AdminAuth,
     },
+    /// Write a development PKI into DIR: a CA, the gateway's certificate and an SVID (X.509 with a
+    /// SPIFFE URI SAN) per service identity of the policy, for the quick start's gateway. Not for
+    /// production: the keys are written unencrypted.
+    DevPki(DevPkiArgs),
     /// Write a starter policy (dry-run, unclaimed callers observed, a mesh-wide deny floor,
     /// commented-out destination groups) into DIR; refuses if DIR already holds policy files.
     Init {
@@ -278,6 +284,18 @@ pub enum ReportCommand {
     /// destination, ports, protocols, justification, expiry and location, with hits and last seen
     /// when flows are given; and each service's third-party dependencies.
     Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DevPkiArgs {
+    /// Directory to write the PEM files into; created if missing.
+    pub dir: PathBuf,
+    /// Policy whose service identities get an SVID. Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Overwrite files already in DIR.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args)]

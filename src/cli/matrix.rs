@@ -13,11 +13,11 @@ use egressd::reports::usage::Usage;
 use super::{MatrixArgs, MatrixFormat};
 
 pub fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
-    let policy = super::local::load_policy(args.policy)?;
+    let (policy, usage) = policy_and_usage(args.policy, &args.input, &args.window)?;
     if let Some(service) = &args.input.service {
         known_service(&policy, service)?;
     }
-    let mut matrix = match usage(&policy, &args.input, &args.window)? {
+    let mut matrix = match usage {
         Some(usage) => matrix::build(&policy, Some(&usage)).with_window(&args.window),
         None => matrix::build(&policy, None),
     };
@@ -35,14 +35,20 @@ pub fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The rules' use, when flows are named; the window is checked before any flow is read.
-fn usage(policy: &CompiledPolicy, input: &super::FlowInput, window: &str) -> anyhow::Result<Option<Usage>> {
+/// The policy and, when flows are named, its rules' use; the window is checked before any flow
+/// is read.
+fn policy_and_usage(
+    dir: Option<std::path::PathBuf>,
+    input: &super::FlowInput,
+    window: &str,
+) -> anyhow::Result<(CompiledPolicy, Option<Usage>)> {
     if !input.is_given() {
-        return Ok(None);
+        return Ok((super::local::load_policy(dir)?, None));
     }
     let window_start = super::observe::window_start_ms(window)?;
-    let flows = super::observe::replayed(policy, input)?;
-    Ok(Some(Usage::of(policy, &flows, Some(window_start))))
+    let (policy, flows) = super::observe::policy_and_replayed(dir, input)?;
+    let usage = Usage::of(&policy, &flows, Some(window_start));
+    Ok((policy, Some(usage)))
 }
 
 fn known_service(policy: &CompiledPolicy, service: &str) -> anyhow::Result<()> {
