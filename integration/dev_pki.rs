@@ -1,0 +1,1 @@
+//! Placeholder: filled in by the dev_pki work.
