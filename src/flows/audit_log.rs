@@ -7,7 +7,6 @@
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -102,25 +101,27 @@ pub fn read_paths(paths: &[PathBuf], since_ms: Option<i64>, table: &mut FlowTabl
     Ok(report)
 }
 
+/// The longest line read as a record. Audit records are a few hundred bytes; a longer line is
+/// reported as bad and skipped to its end, never buffered whole.
+pub const MAX_LINE: usize = 1 << 20;
+/// Bytes read from the file at a time.
+const CHUNK: usize = 1 << 20;
+
 /// Reads one file (no rotations).
 pub fn read_file(path: &Path, since_ms: Option<i64>, table: &mut FlowTable) -> Result<ReadReport, ReadError> {
     let err = |source| ReadError { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(err)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let mut lines = LineReader::new(file);
     let mut report = ReadReport { files: vec![path.to_path_buf()], ..Default::default() };
-    let mut line = Vec::with_capacity(1024);
     let mut number = 0u64;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(err)? == 0 {
-            break;
-        }
+    while let Some(line) = lines.next_line().map_err(err)? {
         number += 1;
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if text.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line(text) {
+        let parsed = match line {
+            Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,
+            Line::Text(text) => parse_line(text),
+            Line::TooLong => Err(format!("longer than {} MiB: not a decision record", MAX_LINE >> 20)),
+        };
+        match parsed {
             Ok(record) => {
                 report.records += 1;
                 match record.observation(since_ms) {
@@ -142,6 +143,67 @@ pub fn read_file(path: &Path, since_ms: Option<i64>, table: &mut FlowTable) -> R
         }
     }
     Ok(report)
+}
+
+enum Line<'a> {
+    /// Without its `\n`.
+    Text(&'a [u8]),
+    /// A line longer than `MAX_LINE`, skipped.
+    TooLong,
+}
+
+/// Lines of a file, handed out in place from one buffer (no copy per line, no `BufReader`
+/// underneath), each at most `MAX_LINE` bytes.
+struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    /// Inside a too-long line: its bytes are dropped up to its end.
+    skipping: bool,
+}
+
+impl<R: std::io::Read> LineReader<R> {
+    fn new(inner: R) -> Self {
+        LineReader { inner, buf: vec![0; MAX_LINE + CHUNK], start: 0, end: 0, eof: false, skipping: false }
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<Line<'_>>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let line = self.start..self.start + i;
+                self.start += i + 1;
+                if std::mem::take(&mut self.skipping) || line.len() > MAX_LINE {
+                    return Ok(Some(Line::TooLong));
+                }
+                return Ok(Some(Line::Text(&self.buf[line])));
+            }
+            if self.eof {
+                let rest = self.start..self.end;
+                self.start = self.end;
+                return Ok(match (std::mem::take(&mut self.skipping), rest.is_empty()) {
+                    (true, _) => Some(Line::TooLong),
+                    (false, true) => None,
+                    (false, false) if rest.len() > MAX_LINE => Some(Line::TooLong),
+                    (false, false) => Some(Line::Text(&self.buf[rest])),
+                });
+            }
+            if self.end - self.start > MAX_LINE {
+                self.skipping = true;
+                self.start = self.end;
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// The fields of an audit record that flows use; the others are skipped unread.
@@ -467,6 +529,30 @@ mod tests {
         assert_eq!(report.bad_lines, 2);
         assert!(report.first_bad_lines[0].error.contains("egress.reason"), "{report:?}");
         assert!(report.first_bad_lines[1].error.contains("`time`"), "{report:?}");
+    }
+
+    #[test]
+    fn lines_across_chunks_a_last_line_without_newline_and_an_over_long_line_are_read_as_written() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let mut text = String::new();
+        // Enough records to cross several chunks, then the long line, then one without `\n`.
+        let n = 2 * CHUNK / ALLOW.len() + 3;
+        for _ in 0..n {
+            text.push_str(ALLOW);
+            text.push('\n');
+        }
+        text.push_str(&long);
+        text.push('\n');
+        text.push_str(UNCLAIMED);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let mut table = FlowTable::default();
+        let report = read_file(f.path(), None, &mut table).unwrap();
+        assert_eq!(report.records, n as u64 + 1);
+        assert_eq!(report.bad_lines, 1);
+        assert_eq!(report.first_bad_lines[0].line, n as u64 + 1);
+        assert!(report.first_bad_lines[0].error.contains("longer than 1 MiB"), "{report:?}");
+        assert_eq!(table.len(), 2);
     }
 
     #[test]
