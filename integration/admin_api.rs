@@ -293,3 +293,56 @@ async fn rules_count_their_hits_on_the_admin_port_and_in_metrics_and_restart_wit
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["rules"].as_array().unwrap().iter().map(|r| r["hits"].as_u64().unwrap()).sum::<u64>(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_table_alone_is_counted_by_the_check_path_and_read_whole_on_the_admin_port() {
+    use egressd::flows::live::LiveFlows;
+    use egressd::telemetry::{Telemetry, TelemetryConfig};
+    let config = TelemetryConfig { flows: Some(LiveFlows::shared(1000)), ..Default::default() };
+    let (telemetry, _tasks) = Telemetry::start(config).unwrap();
+    let admin_api = AdminApiConfig {
+        tokens: Some(Arc::new(AdminTokens::parse("tokens", TOKENS).unwrap())),
+        grants: Arc::new(GrantStore::in_memory(3600)),
+        rollout_window_seconds: 600,
+    };
+    let source = PolicySource::from_text("mesh.yaml", POLICY);
+    let server = TestServer::builder(source).telemetry(telemetry).admin_api(admin_api).start().await;
+    // Repeats on several connections (so several Check threads), a dry-run would-deny, a deny,
+    // a break-glass allow, and an unauthenticated caller (nobody's flow).
+    let mut sends = Vec::new();
+    for _ in 0..4 {
+        let grpc = server.grpc;
+        sends.push(tokio::spawn(async move {
+            let mut c = client(grpc).await;
+            for _ in 0..25 {
+                assert_eq!(check(&mut c, http_check(PAY, "CONNECT", "api.stripe.com:443", &[])).await.code(), 0);
+            }
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    assert_eq!(connect_as(&server, SEARCH, "elsewhere.test:443").await.decision(), "would-deny");
+    assert_eq!(connect_as(&server, PAY, "pastebin.com:443").await.code(), 7);
+    let mut a = admin(&server, Some(ALICE)).await;
+    let g = a.grant_break_glass(grant_req("payments", "evil.example.org:443", 600)).await.unwrap().into_inner();
+    assert_eq!(connect_as(&server, PAY, "evil.example.org:443").await.reason(), "break-glass");
+    let stranger = "spiffe://other.example/ns/x/sa/y";
+    assert_eq!(connect_as(&server, stranger, "api.stripe.com:443").await.code(), 7);
+
+    // Read at once: the table takes in every thread's pending counts when it is read.
+    let (status, body) = http_get(server.admin, "/flows").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let flows = doc["flows"].as_array().unwrap();
+    let flow = |host: &str| flows.iter().find(|f| f["host"] == host).unwrap_or_else(|| panic!("{host}: {body}"));
+    let stripe = flow("api.stripe.com");
+    assert_eq!((stripe["service"].as_str(), stripe["hits"].as_u64()), (Some("payments"), Some(100)), "{stripe}");
+    assert_eq!(stripe["workloads"], serde_json::json!([PAY]));
+    assert_eq!(stripe["decisions"][0]["rule"], "payments/allow/0");
+    assert_eq!(flow("elsewhere.test")["decisions"][0]["decision"], "would-deny");
+    assert_eq!(flow("pastebin.com")["decisions"][0]["reason"], "mesh-deny");
+    assert_eq!(flow("evil.example.org")["decisions"][0]["rule"], g.id, "a break-glass decision names its grant");
+    assert_eq!(flows.len(), 4, "the unauthenticated caller is nobody's flow: {body}");
+    assert_eq!(doc["dropped"], 0);
+}

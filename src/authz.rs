@@ -91,11 +91,12 @@ impl CheckState {
             gateway: GatewayCaps::from_metadata(&metadata),
             capture: if self.telemetry.records_trace_context() {
                 checker::Capture::Full
-            } else if self.telemetry.records_decisions() {
+            } else if self.telemetry.flows().is_some() {
                 checker::Capture::Flows
             } else {
                 checker::Capture::Nothing
             },
+            flows: self.telemetry.flows().map(|f| &**f),
         };
         let checker = Checker::serving(&version.cache, &self.runtime, &self.tunnels, &self.propagators);
         let checked = checker.check(&req, call, now);
@@ -135,7 +136,9 @@ impl CheckState {
         version.tally.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
-        if self.telemetry.records_decisions() {
+        // Decisions are queued for spans and the audit log; the flow table alone was fed by the
+        // Check path itself (`Capture::Flows`), and a tunnel check is no flow of its own.
+        if self.telemetry.records_trace_context() {
             let start = crate::clock::wall_now() - duration;
             let policy = Arc::clone(&version.cache.policy);
             self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });

@@ -14,6 +14,7 @@
 pub mod audit_log;
 pub mod json;
 pub mod live;
+pub mod pending;
 pub mod replay;
 mod table;
 
@@ -21,7 +22,7 @@ use std::collections::BTreeSet;
 
 pub use table::FlowTable;
 
-use crate::policy::{Outcome, Protocol};
+use crate::policy::{Outcome, Protocol, Reason};
 
 /// Distinct workloads kept per flow; more are counted as `workloads_truncated`, not stored (a
 /// flow from a 5,000-pod deployment must not hold 5,000 strings).
@@ -57,6 +58,30 @@ impl Subject {
 pub enum SubjectRef<'a> {
     Service(&'a str),
     Unclaimed(&'a str),
+}
+
+impl<'a> SubjectRef<'a> {
+    /// Whose flow a decision is: the service that claims the caller or, for an authenticated
+    /// caller no service claims, that identity; `None` for a caller not known to be anyone
+    /// (unauthenticated, malformed request).
+    pub fn of_decision(service: Option<&'a str>, principal: Option<&'a str>, reason: &Reason) -> Option<Self> {
+        match (service, principal) {
+            (Some(s), _) => Some(SubjectRef::Service(s)),
+            (None, Some(id)) if !matches!(reason, Reason::Unauthenticated(_) | Reason::Malformed(_)) => {
+                Some(SubjectRef::Unclaimed(id))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What an observation names as its rule: the deciding rule's id or, for a break-glass decision,
+/// the grant's (see `Observation::rule`).
+pub fn rule_of_decision<'a>(reason: &'a Reason, rule_id: Option<&'a str>) -> Option<&'a str> {
+    match reason {
+        Reason::BreakGlass(grant) => Some(grant.id.as_str()),
+        _ => rule_id,
+    }
 }
 
 /// What makes two requests the same flow. Ordered by subject, host, port, then protocol name.
@@ -153,13 +178,18 @@ impl FlowStats {
 
     /// Adds one observation of this flow.
     pub fn record(&mut self, obs: &Observation<'_>) {
-        self.hits += 1;
-        self.first_seen_ms = self.first_seen_ms.min(obs.time_ms);
-        self.last_seen_ms = self.last_seen_ms.max(obs.time_ms);
+        self.record_counted(obs, 1, obs.time_ms, obs.time_ms);
+    }
+
+    /// Adds `hits` observations like `obs`, made between `first_ms` and `last_ms`.
+    pub fn record_counted(&mut self, obs: &Observation<'_>, hits: u64, first_ms: i64, last_ms: i64) {
+        self.hits += hits;
+        self.first_seen_ms = self.first_seen_ms.min(first_ms);
+        self.last_seen_ms = self.last_seen_ms.max(last_ms);
         if let Some(w) = obs.workload {
             self.add_workload(w);
         }
-        self.add_decision(obs.decision, obs.reason, obs.rule, 1);
+        self.add_decision(obs.decision, obs.reason, obs.rule, hits);
     }
 
     fn add_workload(&mut self, w: &str) {

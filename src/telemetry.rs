@@ -169,12 +169,6 @@ impl Telemetry {
         self.spans_on || self.audit_on
     }
 
-    /// Whether decisions go to the telemetry thread (else `submit` need not be called).
-    #[inline]
-    pub fn records_decisions(&self) -> bool {
-        self.queue.is_some()
-    }
-
     /// Queues one decision without waiting. A full queue drops it, counted.
     pub fn submit(&self, event: CheckEvent) {
         let Some(queue) = &self.queue else { return };
@@ -318,6 +312,10 @@ impl Worker {
         }
         if let Some(b) = &mut self.batches {
             b.flush();
+        }
+        // Take in what the Check path counted per thread, so its maps stay small between reads.
+        if let Some(table) = &self.flows {
+            drop(table.lock());
         }
     }
 }

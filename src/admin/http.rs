@@ -69,7 +69,7 @@ async fn flows(State(state): State<AdminState>, Query(q): Query<FlowsQuery>) -> 
         Err(e) => return (StatusCode::BAD_REQUEST, format!("since: {e}\n")).into_response(),
     };
     // Copy under the lock, serialize outside it: the telemetry thread waits on this lock.
-    let doc = table.lock().unwrap_or_else(|e| e.into_inner()).document(since_ms);
+    let doc = table.lock().document(since_ms);
     Json(doc).into_response()
 }
 

@@ -55,6 +55,8 @@ pub struct Call<'m> {
     pub gateway: GatewayCaps,
     /// What telemetry keeps of the request.
     pub capture: Capture,
+    /// Where a `Capture::Flows` check counts its flow.
+    pub flows: Option<&'m crate::flows::live::LiveFlowTable>,
 }
 
 /// What of a request the Check path copies for telemetry.
@@ -63,20 +65,46 @@ pub enum Capture {
     /// Nothing: telemetry records no decisions.
     #[default]
     Nothing,
-    /// Who went where (the live flow table): no trace context, no trace ids for tunnels.
+    /// Who went where, counted by the Check path into the live flow table (`Call::flows`): no
+    /// request facts are copied, nothing is queued.
     Flows,
     /// Everything spans and the audit log name, trace context included.
     Full,
 }
 
 impl Capture {
-    fn any(self) -> bool {
-        self != Capture::Nothing
-    }
-
     fn trace(self) -> bool {
         self == Capture::Full
     }
+}
+
+/// Counts a decision in the live flow table, where it was made: borrowed strings, no copy for a
+/// flow this thread saw since the last drain (`flows::pending`).
+fn note_flow(table: &crate::flows::live::LiveFlowTable, view: &CheckView<'_>, decision: &Decision<'_>, now: i64) {
+    use crate::flows::{Observation, SubjectRef, rule_of_decision};
+    let Ok(dest) = &view.destination else { return };
+    let principal = view.principal.as_ref().ok().and_then(|p| p.as_deref());
+    let service = decision.service.map(|s| s.name.as_str());
+    let Some(subject) = SubjectRef::of_decision(service, principal, &decision.reason) else { return };
+    let ip_text;
+    let host = match &dest.host {
+        crate::policy::fqdn::Host::Name(n) => n.as_ref(),
+        crate::policy::fqdn::Host::Ip(ip) => {
+            ip_text = ip.to_string();
+            ip_text.as_str()
+        }
+    };
+    table.note(&Observation {
+        time_ms: now.saturating_mul(1000),
+        subject,
+        workload: principal,
+        host,
+        port: dest.port,
+        protocol: dest.protocol,
+        decision: decision.outcome,
+        reason: decision.reason.code(),
+        rule: rule_of_decision(&decision.reason, decision.rule.map(|r| r.id.as_str())),
+    });
 }
 
 /// The outcome of one check.
@@ -144,8 +172,7 @@ impl<'a> Checker<'a> {
             Err(m) => {
                 let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
                 let resp = response::build(&decision, Err(&m), &policy.version, true, None);
-                let facts =
-                    call.capture.any().then(|| super::facts::from_view(None, req, metadata, call.capture.trace()));
+                let facts = call.capture.trace().then(|| super::facts::from_view(None, req, metadata, true));
                 return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
             }
         };
@@ -166,8 +193,10 @@ impl<'a> Checker<'a> {
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
         let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
-        let mut facts =
-            call.capture.any().then(|| super::facts::from_view(Some(&view), req, metadata, call.capture.trace()));
+        if let (Capture::Flows, Some(table)) = (call.capture, call.flows) {
+            note_flow(table, &view, &decision, now);
+        }
+        let mut facts = call.capture.trace().then(|| super::facts::from_view(Some(&view), req, metadata, true));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
             let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
@@ -184,7 +213,7 @@ impl<'a> Checker<'a> {
             _ => None,
         };
         let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, call.gateway);
-        Checked { answer, verdict, facts: facts.filter(|_| call.capture.any()) }
+        Checked { answer, verdict, facts: facts.filter(|_| call.capture.trace()) }
     }
 
     /// The reference answer as a message (tests and benchmarks compare the server's with it).

@@ -44,6 +44,9 @@ pub struct FlowsDocument {
     pub capacity: usize,
     /// Flows evicted (least recently seen first) to stay within `capacity`.
     pub evicted: u64,
+    /// Observations the Check path dropped: more new flows between two drains than a thread holds.
+    #[serde(default)]
+    pub dropped: u64,
     pub flows: Vec<FlowJson>,
 }
 

@@ -1,13 +1,17 @@
 //! The server's live flow table: bounded, least recently seen flows evicted first (and counted).
 //!
-//! Fed by the telemetry thread, a batch of decisions per lock, never by the Check path itself;
-//! read by `GET /flows`. A server without an audit log can still be learned from.
+//! Fed two ways: when decisions are recorded anyway (spans, audit log), the telemetry thread
+//! records them from its queue; when the table is all that records them, the Check path counts
+//! them per thread (`pending`), and those counts are taken in whenever the table is read or the
+//! telemetry thread flushes. Read by `GET /flows`: a server without an audit log can still be
+//! learned from.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashlink::LruCache;
 
 use super::json::{FlowJson, FlowsDocument};
+use super::pending::Pending;
 use super::table::fill_scratch;
 use super::{Flow, FlowKey, FlowStats, Observation};
 
@@ -19,6 +23,8 @@ pub struct LiveFlows {
     flows: LruCache<FlowKey, FlowStats>,
     capacity: usize,
     evicted: u64,
+    /// Observations the Check path could not hold between two drains (`pending`).
+    dropped: u64,
     scratch: Option<FlowKey>,
 }
 
@@ -28,31 +34,65 @@ impl std::fmt::Debug for LiveFlows {
     }
 }
 
-/// The table as the telemetry thread and the admin port share it.
-pub type SharedFlows = Arc<Mutex<LiveFlows>>;
+/// The table as the Check path, the telemetry thread and the admin port share it.
+pub type SharedFlows = Arc<LiveFlowTable>;
+
+/// The table and the observations pending in the Check path's threads.
+#[derive(Debug)]
+pub struct LiveFlowTable {
+    table: Mutex<LiveFlows>,
+    pending: Pending,
+}
+
+impl LiveFlowTable {
+    /// Counts one observation where it was made (the Check path): no lock but this thread's own.
+    pub fn note(&self, obs: &Observation<'_>) {
+        self.pending.note(obs);
+    }
+
+    /// Records one observation straight into the table (the telemetry thread, for decisions it
+    /// dequeued anyway).
+    pub fn record(&self, obs: &Observation<'_>) {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).record(obs);
+    }
+
+    /// The table, with every pending observation taken in first.
+    pub fn lock(&self) -> MutexGuard<'_, LiveFlows> {
+        // A poisoned table (a panic while recording) is still a table of counts.
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = self.pending.drain(|obs, c| table.record_counted(obs, c.hits, c.first_ms, c.last_ms));
+        table.dropped += dropped;
+        table
+    }
+}
 
 impl LiveFlows {
     /// A table of at most `capacity` flows (at least one).
     pub fn new(capacity: usize) -> Self {
-        LiveFlows { flows: LruCache::new_unbounded(), capacity: capacity.max(1), evicted: 0, scratch: None }
+        LiveFlows { flows: LruCache::new_unbounded(), capacity: capacity.max(1), evicted: 0, dropped: 0, scratch: None }
     }
 
     pub fn shared(capacity: usize) -> SharedFlows {
-        Arc::new(Mutex::new(LiveFlows::new(capacity)))
+        Arc::new(LiveFlowTable { table: Mutex::new(LiveFlows::new(capacity)), pending: Pending::default() })
     }
 
     pub fn record(&mut self, obs: &Observation<'_>) {
+        self.record_counted(obs, 1, obs.time_ms, obs.time_ms);
+    }
+
+    /// Records `hits` observations like `obs`, made between `first_ms` and `last_ms`.
+    pub fn record_counted(&mut self, obs: &Observation<'_>, hits: u64, first_ms: i64, last_ms: i64) {
         let key = fill_scratch(&mut self.scratch, obs);
         if let Some(stats) = self.flows.get_mut(key) {
-            stats.record(obs);
+            stats.record_counted(obs, hits, first_ms, last_ms);
             return;
         }
         if self.flows.len() >= self.capacity {
             self.flows.remove_lru();
             self.evicted += 1;
         }
-        let mut stats = FlowStats::new(obs.time_ms);
-        stats.record(obs);
+        let mut stats = FlowStats::new(first_ms);
+        stats.record_counted(obs, hits, first_ms, last_ms);
         self.flows.insert(key.clone(), stats);
     }
 
@@ -80,6 +120,7 @@ impl LiveFlows {
         FlowsDocument {
             capacity: self.capacity,
             evicted: self.evicted,
+            dropped: self.dropped,
             flows: flows.iter().map(FlowJson::from).collect(),
         }
     }
