@@ -52,7 +52,7 @@ pub fn reload_once(
             Some(ReloadError { at_unix: crate::clock::unix_now(), errors });
         Outcome::Rejected
     };
-    let source = match PolicySource::from_dir(dir) {
+    let source = match read_consistent(dir, PolicySource::from_dir) {
         Ok(s) => s,
         Err(e) => {
             return reject(vec![format!(
@@ -81,6 +81,27 @@ pub fn reload_once(
             tracing::info!(from = %from, to = %compiled.version, "policy reloaded");
             on_new(&compiled);
             Outcome::Reloaded { from, to: compiled.version.clone() }
+        }
+    }
+}
+
+/// Reads `dir` with `read`, again when a Kubernetes ConfigMap swap happened meanwhile. A mounted
+/// ConfigMap's files are links through `..data`, which the kubelet points at a new directory of
+/// files in one rename: a read that spans the rename would mix both sets (and serve, or reject, a
+/// policy nobody wrote). The read is kept once `..data` names the same directory before and after
+/// it; after a few swaps in a row, the last read is taken (the swap's own event reloads again).
+fn read_consistent(
+    dir: &Path,
+    read: impl Fn(&Path) -> Result<PolicySource, policy::SourceError>,
+) -> Result<PolicySource, policy::SourceError> {
+    let link = dir.join("..data");
+    let mut attempts = 0;
+    loop {
+        let before = std::fs::read_link(&link).ok();
+        let source = read(dir)?;
+        attempts += 1;
+        if std::fs::read_link(&link).ok() == before || attempts == 4 {
+            return Ok(source);
         }
     }
 }
@@ -158,5 +179,52 @@ mod tests {
         assert!(err.errors[0].contains("p.yaml:3:7: unknown variant `sometimes`"), "{:?}", err.errors);
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert_eq!((status.reloads.load(Ordering::Relaxed), status.failures.load(Ordering::Relaxed)), (1, 1));
+    }
+
+    /// A ConfigMap generation `stamp` of `dir`: `..<stamp>/p.yaml`, `..data -> ..<stamp>`, `p.yaml ->
+    /// ..data/p.yaml`, as the kubelet lays it out.
+    #[cfg(unix)]
+    fn configmap_generation(dir: &Path, stamp: &str, text: &str) {
+        let generation = dir.join(format!("..{stamp}"));
+        std::fs::create_dir(&generation).unwrap();
+        std::fs::write(generation.join("p.yaml"), text).unwrap();
+        if dir.join("p.yaml").symlink_metadata().is_err() {
+            std::os::unix::fs::symlink("..data/p.yaml", dir.join("p.yaml")).unwrap();
+        }
+        std::os::unix::fs::symlink(format!("..{stamp}"), dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_read_that_spans_a_configmap_swap_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        configmap_generation(dir.path(), "1", MESH);
+        let new = format!("{MESH}mode: dry-run\n");
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        // The first read sees the old generation, then the kubelet swaps in a new one.
+        let source = read_consistent(dir.path(), |d| {
+            let source = PolicySource::from_dir(d);
+            if reads.fetch_add(1, Ordering::Relaxed) == 0 {
+                configmap_generation(d, "2", &new);
+            }
+            source
+        })
+        .unwrap();
+        assert_eq!(reads.load(Ordering::Relaxed), 2, "read again after the swap");
+        assert_eq!(source.files.len(), 1, "each file once, not again under ..data or ..<stamp>");
+        assert_eq!(source.files[0].text, new);
+        assert_eq!(source.version(), PolicySource::from_dir(dir.path()).unwrap().version());
+
+        // No swap during the read (and no ConfigMap at all): one read.
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let read_once = |d: &Path| {
+            reads.fetch_add(1, Ordering::Relaxed);
+            PolicySource::from_dir(d)
+        };
+        read_consistent(dir.path(), read_once).unwrap();
+        let (plain, _) = setup(MESH);
+        read_consistent(plain.path(), read_once).unwrap();
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
     }
 }
