@@ -537,6 +537,20 @@ pub(crate) fn effective<'p>(allow: &RuleInfo, denies: &[&'p RuleInfo]) -> Effect
     out
 }
 
+impl Effective<'_> {
+    /// The warning for an allow whose every port a deny takes away (it is not exported), if so.
+    pub(crate) fn denied_everywhere(&self, allow: &RuleInfo) -> Option<(SourceLoc, String)> {
+        if !self.ports.is_empty() {
+            return None;
+        }
+        let by: Vec<String> = self.applied.iter().map(|d| describe(d)).collect();
+        Some((
+            allow.loc.clone(),
+            format!("{} is denied on all its ports by {}: not exported", describe(allow), by.join(", ")),
+        ))
+    }
+}
+
 /// `payments/allow/0 (api.stripe.com ports [443])`: a rule as warnings name it.
 pub(crate) fn describe(rule: &RuleInfo) -> String {
     format!("{} ({})", rule.id, rule.content_key())

@@ -91,12 +91,8 @@ pub fn export(cx: &mut Cx<'_>) -> Vec<Value> {
                         ),
                     ));
                 }
-                if eff.ports.is_empty() {
-                    let by: Vec<String> = eff.applied.iter().map(|d| describe(d)).collect();
-                    warnings.push((
-                        allow.loc.clone(),
-                        format!("{} is denied on all its ports by {}: not exported", describe(allow), by.join(", ")),
-                    ));
+                if let Some(warning) = eff.denied_everywhere(allow) {
+                    warnings.push(warning);
                     continue;
                 }
                 if !allow.protocols.is_empty() {
