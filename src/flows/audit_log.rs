@@ -111,10 +111,24 @@ const CHUNK: usize = 1 << 20;
 pub fn read_file(path: &Path, since_ms: Option<i64>, table: &mut FlowTable) -> Result<ReadReport, ReadError> {
     let err = |source| ReadError { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(err)?;
-    let mut lines = LineReader::new(file);
+    read_from(file, path, since_ms, table).map_err(err)
+}
+
+/// `read_file` on bytes in memory, reported as the file `path` (fuzzing and tests).
+pub fn read_bytes(bytes: &[u8], path: &Path, since_ms: Option<i64>, table: &mut FlowTable) -> ReadReport {
+    read_from(bytes, path, since_ms, table).expect("reading from a slice cannot fail")
+}
+
+fn read_from(
+    input: impl std::io::Read,
+    path: &Path,
+    since_ms: Option<i64>,
+    table: &mut FlowTable,
+) -> std::io::Result<ReadReport> {
+    let mut lines = LineReader::new(input);
     let mut report = ReadReport { files: vec![path.to_path_buf()], ..Default::default() };
     let mut number = 0u64;
-    while let Some(line) = lines.next_line().map_err(err)? {
+    while let Some(line) = lines.next_line()? {
         number += 1;
         let parsed = match line {
             Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => continue,

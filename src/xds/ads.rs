@@ -85,6 +85,31 @@ impl Drop for Registered {
     }
 }
 
+impl AdsService {
+    /// Feeds one SotW stream's requests, each with the snapshot it meets, to the request handler
+    /// `run_sotw` uses, without a network (fuzzing and tests); returns each request's response.
+    pub fn replay_sotw<'s>(
+        &self,
+        node: &Node,
+        requests: impl IntoIterator<Item = (DiscoveryRequest, &'s Snapshot)>,
+    ) -> Vec<Option<DiscoveryResponse>> {
+        let registered = Registered(self.registry.clone(), self.registry.connect(&node.id, &node.cluster, "sotw", ""));
+        let mut types = HashMap::new();
+        requests.into_iter().map(|(req, snap)| self.sotw_request(registered.1, node, &mut types, req, snap)).collect()
+    }
+
+    /// As `replay_sotw`, for a delta stream (`run_delta`'s request handler).
+    pub fn replay_delta<'s>(
+        &self,
+        node: &Node,
+        requests: impl IntoIterator<Item = (DeltaDiscoveryRequest, &'s Snapshot)>,
+    ) -> Vec<Option<DeltaDiscoveryResponse>> {
+        let registered = Registered(self.registry.clone(), self.registry.connect(&node.id, &node.cluster, "delta", ""));
+        let mut types = HashMap::new();
+        requests.into_iter().map(|(req, snap)| self.delta_request(registered.1, node, &mut types, req, snap)).collect()
+    }
+}
+
 // ---------------------------------------------------------------- state of the world
 
 #[derive(Default)]
