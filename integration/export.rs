@@ -13,7 +13,7 @@
 //!   `integration/export/edge-cases/` (port ranges, excepts, IPv6, long names...), validated by
 //!   `integration/export/validate.mjs` against the Kubernetes, Istio and Cilium schemas of the
 //!   `kubernetes-models` packages, plus the ServiceEntry CEL rules ajv does not run. The packages
-//!   must be installed (the test installs nothing): see `INSTALL`.
+//!   must be installed (the test installs nothing): see `schemas::INSTALL`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,10 +24,15 @@ use egressd::policy::fqdn::Host;
 use egressd::policy::{CompiledPolicy, Destination, Outcome, PolicySource, Protocol, compile};
 use serde_json::Value;
 
+mod support {
+    pub mod schemas;
+}
+
+use support::schemas::validate;
+
 const BIN: &str = env!("CARGO_BIN_EXE_egressd");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// What CI runs (from the repository root) before `cargo test --test export`.
-const INSTALL: &str = "npm install --prefix target/node-validate kubernetes-models@5 @kubernetes-models/istio@3 @kubernetes-models/cilium@4";
 /// 2026-06-01: before the example's one `expires` (2027-06-30).
 const NOW: i64 = 1_780_272_000;
 
@@ -432,38 +437,6 @@ fn the_binary_exits_2_when_the_policy_does_not_load_or_out_cannot_be_written() {
 
 // ---------------------------------------------------------------------------------------------
 // Schemas.
-
-/// Where the schema packages are: `EGRESSD_NODE_MODULES`, else `target/node-validate/node_modules`.
-fn node_modules() -> PathBuf {
-    let dir = std::env::var_os("EGRESSD_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target/node-validate/node_modules"));
-    for package in ["kubernetes-models", "@kubernetes-models/istio", "@kubernetes-models/cilium"] {
-        assert!(
-            dir.join(package).join("package.json").is_file(),
-            "the schema packages are not installed in {} ({package} is missing). From {ROOT}, run:\n    {INSTALL}\n\
-             (or point EGRESSD_NODE_MODULES at a node_modules directory that has them)",
-            dir.display()
-        );
-    }
-    dir
-}
-
-/// Runs validate.mjs on `objects` (as JSON lines).
-fn validate(objects: &[Value]) -> Output {
-    let modules = node_modules();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let lines: Vec<String> = objects.iter().map(|o| serde_json::to_string(o).unwrap()).collect();
-    std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
-    Command::new("node")
-        .arg(Path::new(ROOT).join("integration/export/validate.mjs"))
-        .arg(file.path())
-        .env("NODE_PATH", &modules)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("running node ({e}): install Node.js (20 or later), e.g. apt-get install -y nodejs npm")
-        })
-}
 
 /// The CEL rules of Istio's ServiceEntry CRD (x-kubernetes-validations), which ajv does not run.
 fn service_entry_cel(object: &Value) {

@@ -255,6 +255,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_thread_map_drops_new_observations_counted_and_still_counts_known_ones() {
+        let p = Pending::default();
+        let hosts: Vec<String> = (0..=MAX_PENDING_PER_THREAD).map(|i| format!("h{i}.test")).collect();
+        for h in &hosts {
+            p.note(&obs(h, "w1", 1));
+        }
+        p.note(&obs(&hosts[0], "w1", 2)); // known: counted
+        let mut distinct = 0;
+        let mut first_hits = 0;
+        let dropped = p.drain(|o, c| {
+            distinct += 1;
+            if o.host == hosts[0] {
+                first_hits = c.hits;
+            }
+        });
+        assert_eq!((distinct, dropped, first_hits), (MAX_PENDING_PER_THREAD, 1, 2));
+        p.note(&obs(&hosts[MAX_PENDING_PER_THREAD], "w1", 3));
+        assert_eq!(p.drain(|_, _| {}), 0, "room again after a drain");
+    }
+
+    #[test]
     fn threads_count_apart_and_one_drain_takes_them_all() {
         let p = std::sync::Arc::new(Pending::default());
         let threads: Vec<_> = (0..4)

@@ -220,8 +220,8 @@ pub fn text(report: &StaleReport) -> String {
         return out;
     }
     section(&mut out, "allows without hits in the window (longest unused first)", &report.unused_allows, |u| {
-        let seen = match &u.last_seen {
-            Some(t) => format!("last seen {}", short_time_of(t)),
+        let seen = match u.last_seen_ms {
+            Some(ms) => format!("last seen {}", short_time(ms)),
             None => "never seen".into(),
         };
         format!("{}: {} {} -> {} ({seen}){}", u.rule.location, u.rule.service, u.rule.rule, u.rule.target, via(&u.rule))
@@ -260,10 +260,6 @@ pub fn text(report: &StaleReport) -> String {
 
 fn via(r: &RuleRef) -> String {
     r.group.as_ref().map(|g| format!(" [group {g}]")).unwrap_or_default()
-}
-
-fn short_time_of(rfc3339: &str) -> String {
-    rfc3339.parse::<jiff::Timestamp>().map(|t| short_time(t.as_millisecond())).unwrap_or_else(|_| rfc3339.into())
 }
 
 fn section<T>(out: &mut String, title: &str, items: &[T], line: impl Fn(&T) -> String) {
