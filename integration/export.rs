@@ -24,11 +24,12 @@ use egressd::policy::fqdn::Host;
 use egressd::policy::{CompiledPolicy, Destination, Outcome, PolicySource, Protocol, compile};
 use serde_json::Value;
 
-mod support {
-    pub mod schemas;
-}
+// A path attribute, not `mod support { .. }`: rustfmt would look for the module under the
+// fixtures directory `integration/export/`.
+#[path = "support/schemas.rs"]
+mod schemas;
 
-use support::schemas::validate;
+use schemas::validate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_egressd");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
