@@ -14,6 +14,7 @@ pub mod admin;
 pub mod authz;
 pub mod clock;
 pub mod contract;
+pub mod detect;
 pub mod devpki;
 pub mod explain;
 pub mod export;

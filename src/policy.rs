@@ -9,6 +9,7 @@ mod compile;
 mod compiled;
 mod decide;
 mod decision;
+pub mod detection;
 pub mod diagnostic;
 pub mod fqdn;
 mod gateway;

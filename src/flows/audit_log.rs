@@ -159,6 +159,28 @@ fn read_from(
     Ok(report)
 }
 
+/// Calls `f` with each line of `input` and its number (from 1): the text without its `\n`, or
+/// `None` for a line longer than `MAX_LINE`. Blank lines are skipped. For other readers of the
+/// audit log (`detect::audit`).
+pub(crate) fn for_each_line(input: impl std::io::Read, mut f: impl FnMut(u64, Option<&[u8]>)) -> std::io::Result<()> {
+    let mut lines = LineReader::new(input);
+    let mut number = 0u64;
+    while let Some(line) = lines.next_line()? {
+        number += 1;
+        match line {
+            Line::Text(text) if text.iter().all(u8::is_ascii_whitespace) => {}
+            Line::Text(text) => f(number, Some(text)),
+            Line::TooLong => f(number, None),
+        }
+    }
+    Ok(())
+}
+
+/// Unix milliseconds of an audit record's `time`.
+pub(crate) fn record_time_ms(text: &str) -> Result<i64, jiff::Error> {
+    timestamp_ms(text)
+}
+
 enum Line<'a> {
     /// Without its `\n`.
     Text(&'a [u8]),

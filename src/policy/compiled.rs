@@ -180,6 +180,8 @@ pub struct CompiledPolicy {
     pub mesh_loc: SourceLoc,
     pub trust_forwarded_client_cert_loc: Option<SourceLoc>,
     pub unclaimed_identities_loc: Option<SourceLoc>,
+    /// The detectors' thresholds (MeshDefaults `detection:`).
+    pub detection: super::detection::DetectionConfig,
     pub services: Vec<ServiceInfo>,
     pub groups: Vec<GroupInfo>,
     /// Indexed by `RuleIdx`, parallel to the matcher's constraints.

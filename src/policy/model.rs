@@ -33,6 +33,9 @@ pub struct MeshDefaultsDoc {
     /// Callers in the trust domain that no service claims: `deny` (the default) or `observe`.
     #[serde(default)]
     pub unclaimed_identities: Option<Spanned<UnclaimedIdentities>>,
+    /// Thresholds of the exfiltration and C2 detectors (`policy::detection`).
+    #[serde(default)]
+    pub detection: Option<super::detection::DetectionDoc>,
     #[serde(default)]
     pub deny: Vec<Spanned<RuleDoc>>,
 }
