@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod output;
+mod detect;
 mod devpki;
 mod export;
 mod lint;
@@ -78,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             local::init(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), &trust_domain)
         }
         Command::DevPki(args) => devpki::dev_pki(args),
+        Command::Detect(args) => detect::detect(args),
     }
 }
 
@@ -208,6 +210,11 @@ pub enum Command {
     /// SPIFFE URI SAN) per service identity of the policy, for the quick start's gateway. Not for
     /// production: the keys are written unencrypted.
     DevPki(DevPkiArgs),
+    /// Exfiltration and C2 signals over audit logs, in the records' own time (a day of history
+    /// runs in seconds): beaconing, tunnel-like names, first-seen and rare domains, large uploads,
+    /// deny bursts. One line per signal (one JSON object per line with --format json), a summary
+    /// on standard error. Exit 0; 3 with --fail-on-signal when a signal fired; 2 on bad input.
+    Detect(DetectArgs),
     /// Write a starter policy (dry-run, unclaimed callers observed, a mesh-wide deny floor,
     /// commented-out destination groups) into DIR; refuses if DIR already holds policy files.
     Init {
@@ -284,6 +291,37 @@ pub enum ReportCommand {
     /// destination, ports, protocols, justification, expiry and location, with hits and last seen
     /// when flows are given; and each service's third-party dependencies.
     Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DetectArgs {
+    /// Audit log written by `serve --audit-log` (repeatable; rotated files PATH.N..PATH.1 are read
+    /// too). Records of several logs are merged by time.
+    #[arg(long = "audit-log", required = true)]
+    pub audit_log: Vec<PathBuf>,
+    /// Policy directory: its MeshDefaults `detection:` thresholds, and which allow rules name an
+    /// exact host (a reviewed dependency; see the README). Default as for `serve`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Start from this first-seen history (the state file of `serve --detect-state`); read only.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Only signals of this kind (repeatable): beaconing, dns-tunnel, first-seen, rare,
+    /// large-upload, deny-burst.
+    #[arg(long)]
+    pub kind: Vec<String>,
+    /// Only signals about this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Labelled attacks (a JSON array of {kind, spiffe_id or service, destination}, as
+    /// examples/detect_corpus.rs writes): print precision and recall per detector.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Exit 3 when any signal fired (after the filters).
+    #[arg(long)]
+    pub fail_on_signal: bool,
 }
 
 #[derive(clap::Args)]

@@ -256,7 +256,8 @@ impl Detector {
                     let destination = format!("{}:{}", o.host, o.port);
                     out.extend(state.denies.observe(o.time_ms, &destination, config, (o.service, o.spiffe_id)));
                 }
-                if let Some(bytes) = body_bytes.filter(|&b| b > 0) {
+                // A denied request's body never left the gateway.
+                if let Some(bytes) = body_bytes.filter(|&b| b > 0 && admission != Admission::Denied) {
                     self.upload(o, identity, bytes, out);
                 }
                 self.names(o, subject, domain, out);

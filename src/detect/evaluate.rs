@@ -53,17 +53,17 @@ pub struct Score {
 
 /// Per kind: labels, how many were detected, distinct signals, how many were true.
 pub fn evaluate(labels: &[Label], signals: &[Signal]) -> BTreeMap<SignalKind, Score> {
-    let distinct: BTreeSet<(SignalKind, Option<&str>, Option<&str>, &str)> = signals
-        .iter()
-        .map(|s| (s.kind, s.spiffe_id.as_deref(), s.service.as_deref(), s.destination.as_str()))
-        .collect();
+    // A deny burst names how many destinations it saw, not one: who it is about is the signal.
+    let key = |s: &Signal| {
+        let destination = if s.kind == SignalKind::DenyBurst { "" } else { s.destination.as_str() };
+        (s.kind, s.spiffe_id.clone(), s.service.clone(), destination.to_string())
+    };
+    let distinct: BTreeSet<_> = signals.iter().map(key).collect();
     let mut out: BTreeMap<SignalKind, Score> = SignalKind::ALL.iter().map(|k| (*k, Score::default())).collect();
-    for key in &distinct {
-        let score = out.get_mut(&key.0).expect("every kind");
+    for k in &distinct {
+        let score = out.get_mut(&k.0).expect("every kind");
         score.signals += 1;
-        let first = signals
-            .iter()
-            .find(|s| (s.kind, s.spiffe_id.as_deref(), s.service.as_deref(), s.destination.as_str()) == *key);
+        let first = signals.iter().find(|s| key(s) == *k);
         if first.is_some_and(|s| labels.iter().any(|l| l.matches(s))) {
             score.true_signals += 1;
         }

@@ -117,7 +117,12 @@ impl Novelty {
         if r.admission == Admission::Exact {
             return;
         }
-        if new && r.time_ms - since_ms >= config.first_seen_learning_ms {
+        // Until the subject's history is a learning period old, neither its history nor the
+        // fleet's prevalence is mature: nothing is new or rare yet.
+        if r.time_ms - since_ms < config.first_seen_learning_ms {
+            return;
+        }
+        if new {
             out.push(self.first_seen(r, since_ms, known));
         }
         let (reaching, seen) = self.prevalence(r.domain);
