@@ -89,7 +89,7 @@ impl CheckState {
         let call = Call {
             metadata: Some(&metadata),
             gateway: GatewayCaps::from_metadata(&metadata),
-            capture: if self.telemetry.records_trace_context() {
+            capture: if self.telemetry.queues_decisions(&version.cache.policy) {
                 checker::Capture::Full
             } else if self.telemetry.flows().is_some() {
                 checker::Capture::Flows
@@ -136,9 +136,9 @@ impl CheckState {
         version.tally.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
-        // Decisions are queued for spans and the audit log; the flow table alone was fed by the
+        // Decisions are queued for spans, the audit log and the detectors; the flow table alone was fed by the
         // Check path itself (`Capture::Flows`), and a tunnel check is no flow of its own.
-        if self.telemetry.records_trace_context() {
+        if self.telemetry.queues_decisions(&version.cache.policy) {
             let start = crate::clock::wall_now() - duration;
             let policy = Arc::clone(&version.cache.policy);
             self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });

@@ -611,6 +611,16 @@ pub struct TelemetryArgs {
     /// recently seen are evicted and counted. 0 turns the table off.
     #[arg(long, default_value_t = egressd::flows::live::DEFAULT_CAPACITY, env = "EGRESSD_FLOW_TABLE_SIZE")]
     flow_table_size: usize,
+    /// Do not run the exfiltration and C2 detectors (GET /signals). They run on the telemetry
+    /// thread, off the Check path; the policy's MeshDefaults `detection: {enabled: false}` turns
+    /// them off too.
+    #[arg(long)]
+    no_detect: bool,
+    /// The detectors' first-seen history (which registrable domains each service has reached),
+    /// loaded at start and saved atomically every minute when changed. Without it, every start
+    /// begins a new learning period.
+    #[arg(long, env = "EGRESSD_DETECT_STATE")]
+    detect_state: Option<PathBuf>,
 }
 
 impl TelemetryArgs {
@@ -635,6 +645,10 @@ impl TelemetryArgs {
             sample_denies: self.sample_denies,
             queue_capacity: self.telemetry_queue.max(1),
             flows: (self.flow_table_size > 0).then(|| egressd::flows::live::LiveFlows::shared(self.flow_table_size)),
+            detect: (!self.no_detect).then(|| egressd::telemetry::signals::DetectSetup {
+                state_path: self.detect_state,
+                signals: Default::default(),
+            }),
         })
     }
 }

@@ -154,6 +154,7 @@ pub async fn serve(
         metrics: Arc::new(metrics),
         runtime: runtime.clone(),
         flows: config.telemetry.flows().cloned(),
+        signals: config.telemetry.signals().cloned(),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -16,6 +16,7 @@ mod flows;
 pub mod metrics;
 pub mod otlp;
 pub mod record;
+pub mod signals;
 pub mod spans;
 pub mod wire;
 
@@ -57,6 +58,8 @@ pub struct TelemetryConfig {
     pub queue_capacity: usize,
     /// The live flow table the telemetry thread feeds (`GET /flows`), if kept.
     pub flows: Option<SharedFlows>,
+    /// Run the detectors on every decision (`GET /signals`), with this state.
+    pub detect: Option<signals::DetectSetup>,
 }
 
 impl Default for TelemetryConfig {
@@ -68,6 +71,7 @@ impl Default for TelemetryConfig {
             sample_denies: false,
             queue_capacity: 16 * 1024,
             flows: None,
+            detect: None,
         }
     }
 }
@@ -96,7 +100,9 @@ pub struct Telemetry {
     queue: Option<SyncSender<Msg>>,
     spans_on: bool,
     audit_on: bool,
+    detect_on: bool,
     flows: Option<SharedFlows>,
+    signals: Option<signals::SharedSignals>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -122,7 +128,7 @@ impl Telemetry {
     /// Starts the telemetry thread (and, with OTLP, the export task on the current runtime).
     pub fn start(config: TelemetryConfig) -> Result<(Telemetry, TelemetryTasks), TelemetryError> {
         let metrics = Metrics::default();
-        if config.otlp.is_none() && config.audit.is_none() && config.flows.is_none() {
+        if config.otlp.is_none() && config.audit.is_none() && config.flows.is_none() && config.detect.is_none() {
             let tasks = TelemetryTasks { metrics: metrics.clone(), queue: None, worker: None, exporter: None };
             return Ok((Telemetry { metrics, ..Default::default() }, tasks));
         }
@@ -136,7 +142,8 @@ impl Telemetry {
             }
             None => (None, None),
         };
-        let (spans_on, audit_on) = (batches.is_some(), audit.is_some());
+        let (spans_on, audit_on, detect_on) = (batches.is_some(), audit.is_some(), config.detect.is_some());
+        let recent = config.detect.as_ref().map(|d| d.signals.clone());
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let worker = Worker {
             sampler: DecisionSampler::new(config.sampler, config.sample_denies),
@@ -146,12 +153,21 @@ impl Telemetry {
             metrics: metrics.clone(),
             audit_failures_logged: 0,
             flows: config.flows.clone(),
+            detect: config.detect.map(signals::DetectSink::new),
         };
         let handle = std::thread::Builder::new()
             .name("egressd-telemetry".into())
             .spawn(move || worker.run(rx))
             .map_err(TelemetryError::Thread)?;
-        let telemetry = Telemetry { metrics, queue: Some(tx.clone()), spans_on, audit_on, flows: config.flows };
+        let telemetry = Telemetry {
+            metrics,
+            queue: Some(tx.clone()),
+            spans_on,
+            audit_on,
+            detect_on,
+            flows: config.flows,
+            signals: recent,
+        };
         let tasks =
             TelemetryTasks { metrics: telemetry.metrics.clone(), queue: Some(tx), worker: Some(handle), exporter };
         Ok((telemetry, tasks))
@@ -162,11 +178,16 @@ impl Telemetry {
         self.flows.as_ref()
     }
 
-    /// Whether decisions are written as spans or audit records, which name their trace (else
-    /// only the flow table takes them, and trace context need not be copied).
+    /// The detectors' recent signals, when detection runs.
+    pub fn signals(&self) -> Option<&signals::SharedSignals> {
+        self.signals.as_ref()
+    }
+
+    /// Whether decisions of `policy` are queued for the telemetry thread: for spans, the audit
+    /// log, or the detectors (when the policy keeps them on).
     #[inline]
-    pub fn records_trace_context(&self) -> bool {
-        self.spans_on || self.audit_on
+    pub fn queues_decisions(&self, policy: &crate::policy::CompiledPolicy) -> bool {
+        self.spans_on || self.audit_on || (self.detect_on && policy.detection.enabled)
     }
 
     /// Queues one decision without waiting. A full queue drops it, counted.
@@ -229,6 +250,7 @@ struct Worker {
     metrics: Metrics,
     audit_failures_logged: u64,
     flows: Option<SharedFlows>,
+    detect: Option<signals::DetectSink>,
 }
 
 impl Worker {
@@ -245,6 +267,9 @@ impl Worker {
                     Ok(Msg::Decision(event)) => self.record(&event),
                     Ok(Msg::Shutdown(done)) => {
                         self.flush();
+                        if let Some(d) = &mut self.detect {
+                            d.save(true);
+                        }
                         if let Some(b) = self.batches.take() {
                             b.finish();
                         }
@@ -276,6 +301,9 @@ impl Worker {
         if let Some(table) = &self.flows {
             flows::record(table, event);
         }
+        if let Some(d) = &mut self.detect {
+            d.observe(event, &self.metrics);
+        }
         if self.audit.is_none() && self.batches.is_none() {
             return;
         }
@@ -302,6 +330,31 @@ impl Worker {
         {
             batches.push(&record, &ids);
         }
+        self.record_signals(&ids);
+    }
+
+    /// The signals the last decision raised: an audit record each, and a span in its trace.
+    fn record_signals(&mut self, ids: &spans::SpanIds) {
+        let Some(d) = &self.detect else { return };
+        for signal in &d.raised {
+            let span = opentelemetry_sdk::trace::IdGenerator::new_span_id(
+                &opentelemetry_sdk::trace::RandomIdGenerator::default(),
+            );
+            if let Some(audit) = &mut self.audit {
+                match audit.append_json(&signals::audit_record(signal, Some((ids, span)))) {
+                    Ok(()) => {
+                        self.metrics.audit_written.inc();
+                    }
+                    Err(e) => {
+                        self.metrics.audit_dropped.get_or_create(&DROP_WRITE_FAILED).inc();
+                        tracing::error!(error = %e, "signal audit record could not be written");
+                    }
+                }
+            }
+            if let Some(batches) = &mut self.batches {
+                batches.push_signal(signal, ids, span);
+            }
+        }
     }
 
     fn flush(&mut self) {
@@ -312,6 +365,9 @@ impl Worker {
         }
         if let Some(b) = &mut self.batches {
             b.flush();
+        }
+        if let Some(d) = &mut self.detect {
+            d.save(false);
         }
         // Take in what the Check path counted per thread, so its maps stay small between reads.
         if let Some(table) = &self.flows {

@@ -31,6 +31,8 @@ pub struct AdminState {
     pub runtime: Arc<crate::runtime::RuntimeOverrides>,
     /// The live flow table (`GET /flows`), when kept.
     pub flows: Option<crate::flows::live::SharedFlows>,
+    /// The detectors' recent signals (`GET /signals`), when detection runs.
+    pub signals: Option<crate::telemetry::signals::SharedSignals>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -42,6 +44,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/flows", get(flows))
         .route("/rules", get(rules))
+        .route("/signals", get(signals))
         .with_state(state)
 }
 
@@ -71,6 +74,25 @@ async fn flows(State(state): State<AdminState>, Query(q): Query<FlowsQuery>) -> 
     // Copy under the lock, serialize outside it: the telemetry thread waits on this lock.
     let doc = table.lock().document(since_ms);
     Json(doc).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SignalsQuery {
+    kind: Option<String>,
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The detectors' most recent signals, newest first (`?kind=`, `?service=`, `?limit=`).
+async fn signals(State(state): State<AdminState>, Query(q): Query<SignalsQuery>) -> axum::response::Response {
+    let Some(recent) = &state.signals else {
+        return (StatusCode::NOT_FOUND, "detection is off (serve --no-detect)\n").into_response();
+    };
+    let kind = match q.kind.as_deref().map(str::parse::<crate::detect::SignalKind>).transpose() {
+        Ok(k) => k,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("kind: {e}\n")).into_response(),
+    };
+    Json(recent.view(kind, q.service.as_deref(), q.limit.unwrap_or(usize::MAX))).into_response()
 }
 
 /// The live policy's rules with their hit counters (which restart with each policy version: ids

@@ -52,6 +52,9 @@ pub struct ReadReport {
     pub observed: u64,
     /// Tunnel checks: the second decision of a CONNECT already counted by its first.
     pub tunnel_checks: u64,
+    /// Records that are not decisions: detector signals (`egress.signal`), stream totals
+    /// (`egress.record`).
+    pub other_records: u64,
     /// Requests with no identity the policy accepts, or no destination: not anyone's flow.
     pub unattributed: u64,
     /// Older than `--since`.
@@ -68,6 +71,7 @@ impl ReadReport {
         self.records += other.records;
         self.observed += other.observed;
         self.tunnel_checks += other.tunnel_checks;
+        self.other_records += other.other_records;
         self.unattributed += other.unattributed;
         self.too_old += other.too_old;
         self.bad_lines += other.bad_lines;
@@ -136,7 +140,11 @@ fn read_from(
             Line::TooLong => Err(format!("longer than {} MiB: not a decision record", MAX_LINE >> 20)),
         };
         match parsed {
-            Ok(record) => {
+            Ok(None) => {
+                report.records += 1;
+                report.other_records += 1;
+            }
+            Ok(Some(record)) => {
                 report.records += 1;
                 match record.observation(since_ms) {
                     Ok(obs) => {
@@ -256,6 +264,8 @@ struct AuditLine<'a> {
     rule: Option<Cow<'a, str>>,
     grant: Option<Cow<'a, str>>,
     tunnel_start: Option<Cow<'a, str>>,
+    /// A signal or a stream-totals record, not a decision.
+    not_a_decision: bool,
 }
 
 /// The keys `AuditLine` reads. A record has some twenty keys and this is the reader's hottest
@@ -273,6 +283,8 @@ enum Key {
     Rule,
     Grant,
     TunnelStart,
+    /// `egress.signal`, `egress.record`: a record that is not a decision.
+    NotADecision,
     Other,
 }
 
@@ -282,6 +294,7 @@ impl Key {
             (4, b"time") => Key::Time,
             (11, b"server.port") => Key::Port,
             (13, b"egress.reason") => Key::Reason,
+            (13, b"egress.signal" | b"egress.record") => Key::NotADecision,
             (14, b"egress.service") => Key::Service,
             (14, b"server.address") => Key::Host,
             (14, b"egress.rule.id") => Key::Rule,
@@ -335,6 +348,10 @@ impl<'de> Deserialize<'de> for AuditLine<'de> {
                         Key::TunnelStart => line.tunnel_start = text(&mut map)?,
                         Key::Port => line.port = map.next_value()?,
                         Key::Protocol => line.protocol = map.next_value()?,
+                        Key::NotADecision => {
+                            line.not_a_decision = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
                         Key::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -364,8 +381,12 @@ enum Skip {
 /// request named no usable destination.
 const UNATTRIBUTED_REASONS: [&str; 3] = ["unauthenticated", "malformed-request", "unsupported-scheme"];
 
-fn parse_line(text: &[u8]) -> Result<Record<'_>, String> {
+/// A decision record; `None` for another record of the audit log (a signal, stream totals).
+fn parse_line(text: &[u8]) -> Result<Option<Record<'_>>, String> {
     let line: AuditLine<'_> = sonic_rs::from_slice(text).map_err(|e| format!("not a decision record: {e}"))?;
+    if line.not_a_decision {
+        return Ok(None);
+    }
     let time = line.time.as_deref().ok_or("not a decision record: no `time`")?;
     let time_ms = timestamp_ms(time).map_err(|e| format!("`time` is not an RFC 3339 timestamp: {e}"))?;
     let decision = line.decision.as_deref().ok_or("not a decision record: no `egress.decision`")?;
@@ -373,7 +394,7 @@ fn parse_line(text: &[u8]) -> Result<Record<'_>, String> {
     if line.reason.is_none() {
         return Err("not a decision record: no `egress.reason`".into());
     }
-    Ok(Record { line, time_ms, decision })
+    Ok(Some(Record { line, time_ms, decision }))
 }
 
 /// Unix milliseconds of an RFC 3339 timestamp. The audit log writes UTC as

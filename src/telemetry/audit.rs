@@ -73,6 +73,17 @@ impl AuditLog {
     pub fn append(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
         self.line.clear();
         encode(&mut self.line, record, ids)?;
+        self.write_line()
+    }
+
+    /// Appends one record already encoded as a JSON object (a detector signal).
+    pub fn append_json(&mut self, record: &serde_json::Value) -> io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.write_line()
+    }
+
+    fn write_line(&mut self) -> io::Result<()> {
         self.line.push(b'\n');
         if self.size > 0 && self.size + self.line.len() as u64 > self.config.max_bytes {
             self.rotate()?;

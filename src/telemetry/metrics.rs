@@ -30,6 +30,12 @@ pub struct ServiceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub kind: &'static str,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -45,6 +51,10 @@ pub struct Metrics {
     pub audit_dropped: Family<ReasonLabel, Counter>,
     pub rollback_guard_trips: Counter,
     pub break_glass_decisions: Family<ServiceLabel, Counter>,
+    /// Detector signals by kind and service.
+    pub signals: Family<SignalLabels, Counter>,
+    /// Identities and destinations the detectors dropped to stay within their limits.
+    pub detector_evictions: Counter,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -142,6 +152,16 @@ impl Metrics {
             "egressd_rollback_guard_trips",
             "Canary services put back in dry-run by their rollback guard",
             self.rollback_guard_trips.clone(),
+        );
+        r.register(
+            "egressd_signals",
+            "Exfiltration and C2 signals raised by the detectors, by kind and service",
+            self.signals.clone(),
+        );
+        r.register(
+            "egressd_detector_evictions",
+            "Identities and destinations the detectors dropped (least recently seen) to stay within their limits",
+            self.detector_evictions.clone(),
         );
         for c in extra {
             r.register_collector(c);

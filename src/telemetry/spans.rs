@@ -128,6 +128,14 @@ impl SpanBatcher {
         }
     }
 
+    /// Encodes the span of a detector signal raised by the decision `decision`.
+    pub fn push_signal(&mut self, signal: &crate::detect::Signal, decision: &SpanIds, span_id: SpanId) {
+        self.writer.append_signal(&mut self.batch, signal, decision, span_id);
+        if self.batch.count >= self.max_batch {
+            self.flush();
+        }
+    }
+
     /// Hands the current batch to the exporter without waiting; a full export queue (collector
     /// slow or down) drops the batch, counted.
     pub fn flush(&mut self) {

@@ -136,6 +136,66 @@ impl SpanWriter {
     }
 }
 
+/// `Span.kind` SPAN_KIND_INTERNAL.
+const KIND_INTERNAL: u64 = 1;
+/// The name of a detector signal's span.
+pub const SIGNAL_SPAN_NAME: &str = "egress signal";
+
+impl SpanWriter {
+    /// Appends the span of a detector signal: in the trace of the decision that raised it, a child
+    /// of that decision's span (`decision`), timed at the signal's last observation.
+    pub fn append_signal(
+        &mut self,
+        out: &mut EncodedSpans,
+        signal: &crate::detect::Signal,
+        decision: &SpanIds,
+        span_id: opentelemetry::trace::SpanId,
+    ) {
+        let s = &mut self.scratch;
+        s.clear();
+        len_field(s, field::SPAN_TRACE_ID, &decision.trace_id.to_bytes());
+        len_field(s, field::SPAN_SPAN_ID, &span_id.to_bytes());
+        len_field(s, field::SPAN_PARENT_SPAN_ID, &decision.span_id.to_bytes());
+        len_field(s, field::SPAN_NAME, SIGNAL_SPAN_NAME.as_bytes());
+        encode_key(field::SPAN_KIND, WireType::Varint, s);
+        encode_varint(KIND_INTERNAL, s);
+        let nanos = (signal.last.max(0) as u64).saturating_mul(1_000_000);
+        encode_key(field::SPAN_START_TIME, WireType::SixtyFourBit, s);
+        s.put_u64_le(nanos);
+        encode_key(field::SPAN_END_TIME, WireType::SixtyFourBit, s);
+        s.put_u64_le(nanos);
+        let score = format!("{:.3}", signal.score);
+        let mut attrs = vec![
+            ("egress.signal.kind", Value::Str(signal.kind.as_str())),
+            ("egress.signal.destination", Value::Str(&signal.destination)),
+            ("egress.signal.score", Value::Str(&score)),
+            ("egress.signal.summary", Value::Str(&signal.summary)),
+            ("egress.signal.context", Value::Str(&signal.context)),
+        ];
+        if let Some(svc) = &signal.service {
+            attrs.push(("egress.service", Value::Str(svc)));
+        }
+        if let Some(id) = &signal.spiffe_id {
+            attrs.push(("egress.spiffe_id", Value::Str(id)));
+        }
+        for (k, v) in attrs {
+            attribute(s, k, v);
+        }
+        for (k, v) in &signal.evidence {
+            let key = format!("egress.signal.evidence.{k}");
+            match v {
+                crate::detect::Evidence::Count(n) => attribute(s, &key, Value::Int(*n as i64)),
+                crate::detect::Evidence::Number(x) => attribute(s, &key, Value::Str(&x.to_string())),
+                crate::detect::Evidence::Text(t) => attribute(s, &key, Value::Str(t)),
+            }
+        }
+        encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, s);
+        s.put_u32_le(u32::from(TraceFlags::SAMPLED.to_u8()) | FLAGS_REMOTE_KNOWN);
+        len_field(&mut out.bytes, field::SCOPE_SPANS_SPANS, s);
+        out.count += 1;
+    }
+}
+
 /// Writes an `ExportTraceServiceRequest` with one `ResourceSpans` (`resource`: an encoded
 /// `Resource`) holding one `ScopeSpans` (`scope`: an encoded `InstrumentationScope`) and `spans`.
 pub fn export_request(buf: &mut impl BufMut, resource: &[u8], scope: &[u8], spans: &EncodedSpans) {

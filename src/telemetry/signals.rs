@@ -1,0 +1,213 @@
+//! The detectors on the telemetry thread: each decision becomes an observation (`detect`), and
+//! each signal goes to the audit log (`"egress.signal"` records), OTLP (a span in the raising
+//! decision's trace), `/metrics` and `GET /signals` (the most recent, bounded).
+//!
+//! Nothing here runs on the Check path: a decision reaches the detectors through the telemetry
+//! queue, whose bound already protects Checks (a full queue drops and counts).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::record::{CheckEvent, Fact};
+use crate::detect::{Admission, Detector, Event, Observation, Signal, history};
+
+/// How often a changed first-seen history is written to the state file.
+const SAVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The most recent signals, for `GET /signals`.
+#[derive(Debug)]
+pub struct RecentSignals {
+    inner: Mutex<Recent>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    signals: VecDeque<Signal>,
+    capacity: usize,
+    total: u64,
+    stats: crate::detect::DetectorStats,
+    identities: usize,
+}
+
+/// What `GET /signals` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalsView {
+    /// Signals raised since start (the list keeps the most recent `capacity`).
+    pub total: u64,
+    pub capacity: usize,
+    pub identities_tracked: usize,
+    pub detector: crate::detect::DetectorStats,
+    pub signals: Vec<serde_json::Value>,
+}
+
+pub type SharedSignals = Arc<RecentSignals>;
+
+impl Default for RecentSignals {
+    fn default() -> Self {
+        RecentSignals::new(1000)
+    }
+}
+
+impl RecentSignals {
+    pub fn new(capacity: usize) -> Self {
+        RecentSignals { inner: Mutex::new(Recent { capacity: capacity.max(1), ..Default::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // A panic while holding this lock cannot leave the list inconsistent: take it anyway.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, signal: &Signal, capacity: usize) {
+        let mut r = self.lock();
+        r.capacity = capacity.max(1);
+        r.total += 1;
+        r.signals.push_back(signal.clone());
+        while r.signals.len() > r.capacity {
+            r.signals.pop_front();
+        }
+    }
+
+    fn set_stats(&self, stats: crate::detect::DetectorStats, identities: usize) {
+        let mut r = self.lock();
+        r.stats = stats;
+        r.identities = identities;
+    }
+
+    /// Newest first, filtered, at most `limit`.
+    pub fn view(&self, kind: Option<crate::detect::SignalKind>, service: Option<&str>, limit: usize) -> SignalsView {
+        let r = self.lock();
+        let signals = r
+            .signals
+            .iter()
+            .rev()
+            .filter(|s| kind.is_none_or(|k| s.kind == k) && service.is_none_or(|svc| s.service.as_deref() == Some(svc)))
+            .take(limit)
+            .map(Signal::to_json)
+            .collect();
+        SignalsView {
+            total: r.total,
+            capacity: r.capacity,
+            identities_tracked: r.identities,
+            detector: r.stats,
+            signals,
+        }
+    }
+}
+
+/// Where detection keeps its state.
+#[derive(Debug, Clone, Default)]
+pub struct DetectSetup {
+    /// The first-seen history, loaded at start and saved every minute when changed (and at exit).
+    pub state_path: Option<PathBuf>,
+    pub signals: SharedSignals,
+}
+
+/// The detector as the telemetry worker runs it.
+pub(super) struct DetectSink {
+    detector: Detector,
+    setup: DetectSetup,
+    policy_version: String,
+    last_save: Instant,
+    evictions_reported: u64,
+    pub(super) raised: Vec<Signal>,
+}
+
+impl DetectSink {
+    pub(super) fn new(setup: DetectSetup) -> Self {
+        let mut detector = Detector::new(Default::default());
+        if let Some(path) = &setup.state_path {
+            match history::load(path) {
+                Ok(Some(h)) => {
+                    tracing::info!(path = %path.display(), subjects = h.subjects.len(), "detection state loaded");
+                    detector.restore_history(h);
+                }
+                Ok(None) => {}
+                // A bad state file costs the history, not the server: start learning again.
+                Err(e) => tracing::error!(error = %e, "detection state not loaded; first-seen starts learning again"),
+            }
+        }
+        DetectSink {
+            detector,
+            setup,
+            policy_version: String::new(),
+            last_save: Instant::now(),
+            evictions_reported: 0,
+            raised: Vec::new(),
+        }
+    }
+
+    /// Feeds one decision; the signals it raised are left in `raised`.
+    pub(super) fn observe(&mut self, event: &CheckEvent, metrics: &super::metrics::Metrics) {
+        self.raised.clear();
+        let policy = &event.policy;
+        if policy.version != self.policy_version {
+            self.detector.set_config(policy.detection.clone());
+            self.policy_version.clone_from(&policy.version);
+        }
+        // A tunnel's check repeats its CONNECT's destination: the CONNECT is the observation.
+        if event.facts.tunnel_start.is_some() {
+            return;
+        }
+        let facts = &event.facts;
+        let Some(host) = facts.get(Fact::Host) else { return };
+        let verdict = &event.verdict;
+        let observation = Observation {
+            time_ms: event.start.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            service: verdict.service.map(|s| policy.services[s.get()].name.as_str()),
+            spiffe_id: facts.get(Fact::Principal),
+            host,
+            port: facts.port.unwrap_or(0),
+            event: Event::Request { admission: Admission::of(verdict, policy), body_bytes: None },
+        };
+        self.detector.observe(&observation, &mut self.raised);
+        let stats = self.detector.stats();
+        let evictions = stats.evicted_identities + stats.evicted_destinations;
+        metrics.detector_evictions.inc_by(evictions - self.evictions_reported);
+        self.evictions_reported = evictions;
+        let capacity = policy.detection.recent_signals;
+        for s in &self.raised {
+            let labels =
+                super::metrics::SignalLabels { kind: s.kind.as_str(), service: s.service.clone().unwrap_or_default() };
+            metrics.signals.get_or_create(&labels).inc();
+            self.setup.signals.push(s, capacity);
+        }
+        if !self.raised.is_empty() {
+            self.setup.signals.set_stats(stats, self.detector.identities());
+        }
+    }
+
+    /// Saves the history when it changed and a save interval passed (or `now`).
+    pub(super) fn save(&mut self, force: bool) {
+        self.setup.signals.set_stats(self.detector.stats(), self.detector.identities());
+        let Some(path) = &self.setup.state_path else { return };
+        if !self.detector.history_dirty() || (!force && self.last_save.elapsed() < SAVE_INTERVAL) {
+            return;
+        }
+        self.last_save = Instant::now();
+        match history::save(path, &self.detector.history()) {
+            Ok(()) => self.detector.mark_saved(),
+            Err(e) => tracing::error!(error = %e, "detection state not saved"),
+        }
+    }
+}
+
+/// A signal as an audit record: `time` (its last observation), the ids of the decision that
+/// raised it (and of its own span), and the signal under `egress.signal`.
+pub(super) fn audit_record(
+    signal: &Signal,
+    decision: Option<(&super::spans::SpanIds, opentelemetry::trace::SpanId)>,
+) -> serde_json::Value {
+    let mut record = serde_json::Map::new();
+    record.insert("time".into(), crate::detect::signal::format_time(signal.last).into());
+    if let Some((ids, span)) = decision {
+        record.insert("trace_id".into(), ids.trace_id.to_string().into());
+        record.insert("span_id".into(), span.to_string().into());
+        record.insert("parent_span_id".into(), ids.span_id.to_string().into());
+    }
+    record.insert("egress.signal".into(), signal.to_json());
+    serde_json::Value::Object(record)
+}
