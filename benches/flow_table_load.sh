@@ -16,7 +16,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 start() { # name grpc admin args...
   local name=$1 grpc=$2 admin=$3; shift 3
-  "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" "$@" >"$tmp/$name.log" 2>&1 &
+  "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" --no-detect "$@" >"$tmp/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$name did not start"; cat "$tmp/$name.log"; exit 1

@@ -17,7 +17,7 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 start() { # name grpc admin args...
   local name=$1 grpc=$2 admin=$3; shift 3
   env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
-    "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" --flow-table-size 0 "$@" >"$tmp/$name.log" 2>&1 &
+    "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" --flow-table-size 0 --no-detect "$@" >"$tmp/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$name did not start"; cat "$tmp/$name.log"; exit 1

@@ -17,6 +17,8 @@
 
 pub mod audit;
 mod beacon;
+#[cfg(feature = "testing")]
+pub mod corpus;
 mod deny_burst;
 pub mod evaluate;
 pub mod history;
