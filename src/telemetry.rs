@@ -15,8 +15,10 @@ pub mod context;
 mod flows;
 pub mod metrics;
 pub mod otlp;
+mod recent;
 pub mod record;
 pub mod spans;
+pub mod totals;
 pub mod wire;
 
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
@@ -84,6 +86,8 @@ pub enum TelemetryError {
 
 enum Msg {
     Decision(Box<CheckEvent>),
+    /// A stream's totals from the gateway's access log (`accesslog`); see `totals`.
+    Totals(Box<crate::accesslog::StreamTotals>),
     /// Write out everything queued before this message, then stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
@@ -146,6 +150,7 @@ impl Telemetry {
             metrics: metrics.clone(),
             audit_failures_logged: 0,
             flows: config.flows.clone(),
+            recent: recent::RecentConnects::new(recent::CAPACITY, metrics.stream_ids_evicted.clone()),
         };
         let handle = std::thread::Builder::new()
             .name("egressd-telemetry".into())
@@ -181,6 +186,17 @@ impl Telemetry {
             if self.spans_on {
                 self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
             }
+        }
+    }
+}
+
+impl Telemetry {
+    /// Queues a stream's totals without waiting (the ALS stream never blocks). A full queue
+    /// drops them, counted as a lost audit record.
+    pub fn submit_totals(&self, totals: crate::accesslog::StreamTotals) {
+        let Some(queue) = &self.queue else { return };
+        if queue.try_send(Msg::Totals(Box::new(totals))).is_err() && self.audit_on {
+            self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
         }
     }
 }
@@ -229,6 +245,8 @@ struct Worker {
     metrics: Metrics,
     audit_failures_logged: u64,
     flows: Option<SharedFlows>,
+    /// Recent CONNECT decisions by request id, so a tunnel's totals name its trace.
+    recent: recent::RecentConnects,
 }
 
 impl Worker {
@@ -243,6 +261,7 @@ impl Worker {
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Decision(event)) => self.record(&event),
+                    Ok(Msg::Totals(totals)) => self.totals(&totals),
                     Ok(Msg::Shutdown(done)) => {
                         self.flush();
                         if let Some(b) = self.batches.take() {
@@ -282,6 +301,7 @@ impl Worker {
         let record = DecisionRecord::describe(event);
         let parent = self.propagators.parent(&event.facts);
         let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);
+        self.recent.remember(event, &ids);
         if let Some(audit) = &mut self.audit {
             match audit.append(&record, &ids) {
                 Ok(()) => {

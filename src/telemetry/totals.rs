@@ -1,0 +1,148 @@
+//! Stream totals (from the gateway's access log, `accesslog`) as audit records, on the telemetry
+//! thread. A record is told from a decision by `egress.record` (`stream-totals`, or
+//! `stream-progress` for a long stream's periodic report); decision records have no such key.
+//! A CONNECT tunnel's record names the trace and span of the decision that let it open (see
+//! `recent`); without a match (evicted, or decided before a restart) it names none.
+
+use std::io;
+
+use serde::ser::{SerializeMap, Serializer};
+
+use super::Worker;
+use super::metrics::DROP_WRITE_FAILED;
+use super::recent::ConnectIds;
+use crate::accesslog::{StreamPhase, StreamTotals};
+
+/// The key that tells audit records apart; decision records do not carry it.
+pub const RECORD_KEY: &str = "egress.record";
+
+impl Worker {
+    /// One stream's totals: joined to its CONNECT decision's ids, then written as an audit record.
+    pub(super) fn totals(&mut self, t: &StreamTotals) {
+        let ids = match (t.phase, t.request_id.as_deref()) {
+            (_, None) => None,
+            (StreamPhase::End, Some(id)) => self.recent.take(id),
+            (StreamPhase::Progress, Some(id)) => self.recent.get(id).cloned(),
+        };
+        let Some(audit) = &mut self.audit else { return };
+        match audit.append_with(|line| encode(line, t, ids.as_ref())) {
+            Ok(()) => {
+                self.metrics.audit_written.inc();
+            }
+            Err(e) => {
+                self.metrics.audit_dropped.get_or_create(&DROP_WRITE_FAILED).inc();
+                if self.audit_failures_logged.is_multiple_of(1000) {
+                    tracing::error!(error = %e, "stream totals record could not be written");
+                }
+                self.audit_failures_logged += 1;
+            }
+        }
+    }
+}
+
+/// One totals record (without the newline) into `out`. Absent values are left out.
+pub fn encode(out: &mut Vec<u8>, t: &StreamTotals, ids: Option<&ConnectIds>) -> io::Result<()> {
+    let mut ser = serde_json::Serializer::new(out);
+    let mut map = ser.serialize_map(None)?;
+    let time = jiff::Timestamp::try_from(t.start).map(|t| t.to_string()).unwrap_or_default();
+    map.serialize_entry("time", &time)?;
+    map.serialize_entry(RECORD_KEY, t.phase.record_kind())?;
+    if let Some(ids) = ids {
+        map.serialize_entry("trace_id", &ids.trace_id.to_string())?;
+        map.serialize_entry("span_id", &ids.span_id.to_string())?;
+    }
+    if let Some(d) = t.duration {
+        map.serialize_entry("duration_us", &(d.as_nanos() as f64 / 1e3))?;
+    }
+    let service = t.decision.service.as_deref().or(ids.and_then(|i| i.service.as_deref()));
+    let client = t.client.map(|c| c.ip().to_string());
+    let strings = [
+        ("egress.spiffe_id", t.spiffe_id.as_deref()),
+        ("egress.service", service),
+        ("client.address", client.as_deref()),
+        ("server.address", t.host.as_deref()),
+        ("http.request.method", t.method),
+        ("egress.request_id", t.request_id.as_deref()),
+        ("egress.stream.decision", t.decision.decision.as_deref()),
+        ("egress.rule.id", t.decision.rule.as_deref()),
+        ("egress.reason", t.decision.reason.as_deref()),
+    ];
+    for (key, value) in strings {
+        if let Some(v) = value {
+            map.serialize_entry(key, v)?;
+        }
+    }
+    if let Some(c) = t.client {
+        map.serialize_entry("client.port", &c.port())?;
+    }
+    if let Some(p) = t.port {
+        map.serialize_entry("server.port", &p)?;
+    }
+    if let Some(code) = t.response_code {
+        map.serialize_entry("http.response.status_code", &code)?;
+    }
+    map.serialize_entry("egress.bytes_sent", &t.bytes_sent)?;
+    map.serialize_entry("egress.bytes_received", &t.bytes_received)?;
+    map.end()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accesslog::StreamDecision;
+    use opentelemetry::trace::{SpanId, TraceId};
+    use std::time::{Duration, SystemTime};
+
+    fn tunnel() -> StreamTotals {
+        StreamTotals {
+            phase: StreamPhase::End,
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_250),
+            duration: Some(Duration::from_micros(2_500_000)),
+            method: Some("CONNECT"),
+            host: Some("api.stripe.com".into()),
+            port: Some(443),
+            spiffe_id: Some("spiffe://corp.example/ns/payments/sa/api".into()),
+            client: Some("10.1.2.3:40000".parse().unwrap()),
+            request_id: Some("r-1".into()),
+            bytes_sent: 3 << 20,
+            bytes_received: 4096,
+            response_code: Some(200),
+            decision: StreamDecision { decision: Some("allow".into()), ..Default::default() },
+        }
+    }
+
+    fn json(t: &StreamTotals, ids: Option<&ConnectIds>) -> serde_json::Value {
+        let mut out = vec![];
+        encode(&mut out, t, ids).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn a_tunnels_record_names_its_decisions_trace_and_the_bytes() {
+        let ids =
+            ConnectIds { trace_id: TraceId::from(7u128), span_id: SpanId::from(9u64), service: Some("pay".into()) };
+        let v = json(&tunnel(), Some(&ids));
+        assert_eq!(v["time"], "2027-01-15T08:00:00.25Z");
+        assert_eq!(v["egress.record"], "stream-totals");
+        assert_eq!(v["trace_id"], "00000000000000000000000000000007");
+        assert_eq!(v["span_id"], "0000000000000009");
+        assert_eq!(v["duration_us"], 2_500_000.0);
+        assert_eq!(v["egress.service"], "pay", "from the decision when the metadata has none");
+        assert_eq!(v["server.address"], "api.stripe.com");
+        assert_eq!(v["server.port"], 443);
+        assert_eq!(v["http.request.method"], "CONNECT");
+        assert_eq!(v["egress.bytes_sent"], 3 << 20);
+        assert_eq!(v["egress.bytes_received"], 4096);
+        assert_eq!(v["egress.stream.decision"], "allow");
+        assert!(v.get("egress.decision").is_none(), "not a decision record");
+    }
+
+    #[test]
+    fn without_a_matching_decision_the_record_names_no_trace() {
+        let t = StreamTotals { phase: StreamPhase::Progress, ..tunnel() };
+        let v = json(&t, None);
+        assert_eq!(v["egress.record"], "stream-progress");
+        assert!(v.get("trace_id").is_none() && v.get("span_id").is_none() && v.get("egress.service").is_none());
+    }
+}
