@@ -53,6 +53,7 @@ pub struct LabBuilder {
     plaintext: bool,
     upstream_tls: bool,
     traced: Option<(SocketAddr, Telemetry)>,
+    telemetry: Option<Telemetry>,
     names: Vec<(String, Ipv4Addr)>,
 }
 
@@ -85,6 +86,12 @@ impl LabBuilder {
     /// Envoy traces to `collector`; egressd sends its decisions to `telemetry`.
     pub fn traced(mut self, collector: SocketAddr, telemetry: Telemetry) -> Self {
         self.traced = Some((collector, telemetry));
+        self
+    }
+
+    /// egressd sends its decisions and stream totals to `telemetry` (e.g. an audit log).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -125,7 +132,7 @@ impl LabBuilder {
         spec.upstream_tls = self.upstream_tls.then(|| UpstreamTls { trust_bundle: path("bundle.pem") });
         let (collector, telemetry) = match self.traced {
             Some((collector, telemetry)) => (Some(collector), telemetry),
-            None => (None, Telemetry::metrics_only()),
+            None => (None, self.telemetry.unwrap_or_else(Telemetry::metrics_only)),
         };
         spec.tracing = collector.map(|collector| GatewayTracing {
             collector,

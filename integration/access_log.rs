@@ -1,0 +1,215 @@
+//! The gateway's access log over gRPC (ALS), through the real Envoy 1.40 configured only by
+//! egressd's ADS: a workload uploads through a CONNECT tunnel (TLS inside, to a loopback
+//! upstream) and through a plain HTTP POST; egressd's audit log then holds a `stream-totals`
+//! record per stream with the bytes each way, the caller, the destination and, for the tunnel,
+//! the trace of the CONNECT's decision; the POST's decision record carries its declared body size.
+//!
+//! The relation the test pins: a CONNECT's request body bytes are everything the client sent into
+//! the tunnel (here TLS records carrying the upload: at least the upload, plus handshake and
+//! record overhead); a plain request's are its body, exactly.
+
+mod support {
+    pub mod client;
+    pub mod dns;
+    pub mod envoy;
+    pub mod eventually;
+    pub mod lab;
+    pub mod pki;
+    pub mod server;
+    pub mod upstream;
+}
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
+use egressd::telemetry::{Telemetry, TelemetryConfig};
+use support::client::connect_tunnel;
+use support::eventually::eventually;
+use support::lab::{CHECKOUT, Lab};
+use support::pki::Issued;
+use support::server::http_get;
+use support::upstream::provider;
+
+const UPLOAD: usize = 3 << 20;
+const DOWNLOAD: usize = 1 << 20;
+const POST_BODY: usize = 12_345;
+
+/// Reads one request (head, then `content-length` bytes of body) and answers 200 with
+/// `x-download` bytes of body, then closes.
+async fn sink<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let field = |name: &str| -> usize {
+        head.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let (length, download) = (field("content-length:"), field("x-download:"));
+    let mut got = buf.len() - head_end;
+    while got < length {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got += n,
+        }
+    }
+    let head =
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {download}\r\nx-received: {got}\r\nconnection: close\r\n\r\n");
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(&vec![b'd'; download]).await;
+    let _ = s.shutdown().await;
+}
+
+/// A plaintext and a TLS sink on loopback (the TLS one proves `cert`).
+async fn start_sinks(cert: &Issued) -> (SocketAddr, SocketAddr) {
+    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = plain.accept().await {
+            tokio::spawn(sink(s));
+        }
+    });
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert_der.clone()], cert.key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = tls.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(s) = acceptor.accept(s).await {
+                    sink(s).await;
+                }
+            });
+        }
+    });
+    addrs
+}
+
+/// Sends a request with `body` bytes and reads the whole answer: (status, body length).
+async fn upload<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, head: &str, body: usize) -> (u16, usize) {
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'u'; body]).await.unwrap();
+    s.flush().await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    (status, raw.len() - head_end)
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l}: {e}")))
+        .collect()
+}
+
+/// The first record `pick` accepts, waiting for it (tunnels report when they close, and Envoy
+/// batches entries for a moment).
+async fn wait_record(path: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, Duration::from_secs(20), || async { records(path).into_iter().find(|r| pick(r)) }).await
+}
+
+fn is(r: &Value, key: &str, value: &str) -> bool {
+    r[key].as_str() == Some(value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_and_request_totals_become_audit_records_joined_to_their_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = TelemetryConfig {
+        audit: Some(AuditConfig { path: audit.clone(), max_bytes: 1 << 30, keep: 1, fsync: FsyncPolicy::Never }),
+        ..Default::default()
+    };
+    let (telemetry, _tasks) = Telemetry::start(config).unwrap();
+    let lab = Lab::builder().telemetry(telemetry).start().await;
+    let cert = lab.ca.issue(&["api.partner.test"], &[]);
+    let (plain_sink, tls_sink) = start_sinks(&cert).await;
+
+    // A CONNECT tunnel: TLS inside to the sink, 3 MiB up, 1 MiB down, then closed.
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let authority = format!("api.partner.test:{}", tls_sink.port());
+    let (status, head) = connect_tunnel(&mut conn, &authority).await.unwrap();
+    assert_eq!(status, 200, "{head}\n{}", lab.envoy.log());
+    let mut inner = lab.upstream_tls().connect(ServerName::try_from("api.partner.test").unwrap(), conn).await.unwrap();
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nhost: api.partner.test\r\ncontent-length: {UPLOAD}\r\nx-download: {DOWNLOAD}\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(upload(&mut inner, &request, UPLOAD).await, (200, DOWNLOAD));
+    drop(inner);
+
+    let connect = wait_record(&audit, "the CONNECT's decision", |r| {
+        is(r, "http.request.method", "CONNECT") && r.get("egress.decision").is_some()
+    })
+    .await;
+    let request_id = connect["egress.request_id"].as_str().expect("the gateway generated a request id").to_string();
+    let totals = wait_record(&audit, "the tunnel's totals", |r| {
+        is(r, "egress.record", "stream-totals") && is(r, "egress.request_id", &request_id)
+    })
+    .await;
+    assert!(is(&totals, "http.request.method", "CONNECT"), "{totals}");
+    assert!(is(&totals, "egress.spiffe_id", CHECKOUT) && is(&totals, "egress.service", "checkout"), "{totals}");
+    assert!(is(&totals, "server.address", "api.partner.test"), "{totals}");
+    assert_eq!(totals["server.port"], u64::from(tls_sink.port()), "{totals}");
+    let (sent, received) =
+        (totals["egress.bytes_sent"].as_u64().unwrap(), totals["egress.bytes_received"].as_u64().unwrap());
+    assert!(sent >= UPLOAD as u64, "the tunnel's upload, TLS records included: {totals}");
+    assert!(received >= DOWNLOAD as u64, "the tunnel's download: {totals}");
+    assert!(sent < (UPLOAD + UPLOAD / 10) as u64, "what the client sent, not more: {totals}");
+    assert_eq!(totals["trace_id"], connect["trace_id"], "the tunnel's totals join its decision's trace");
+    assert_eq!(totals["span_id"], connect["span_id"], "{totals}\n{connect}");
+    assert!(is(&totals, "egress.stream.decision", "allow") && totals.get("egress.decision").is_none(), "{totals}");
+    assert!(totals["duration_us"].as_f64().unwrap() > 0.0, "{totals}");
+
+    // A plain POST: its decision says the declared size, its totals the body bytes, exactly.
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let url = format!("http://api.partner.test:{}/upload", plain_sink.port());
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nhost: api.partner.test:{}\r\ncontent-length: {POST_BODY}\r\nx-download: 10\r\nconnection: close\r\n\r\n",
+        plain_sink.port()
+    );
+    assert_eq!(upload(&mut conn, &head, POST_BODY).await, (200, 10));
+    let decision = wait_record(&audit, "the POST's decision", |r| {
+        is(r, "http.request.method", "POST") && r.get("egress.decision").is_some()
+    })
+    .await;
+    assert_eq!(decision["http.request.body.size"], POST_BODY as u64, "{decision}");
+    let post_id = decision["egress.request_id"].as_str().unwrap().to_string();
+    let totals = wait_record(&audit, "the POST's totals", |r| {
+        is(r, "egress.record", "stream-totals") && is(r, "egress.request_id", &post_id)
+    })
+    .await;
+    assert_eq!(totals["egress.bytes_sent"], POST_BODY as u64, "{totals}");
+    assert_eq!(totals["egress.bytes_received"], 10, "{totals}");
+    assert_eq!(totals["http.response.status_code"], 200, "{totals}");
+    assert!(totals.get("trace_id").is_none(), "only CONNECT decisions are joined: {totals}");
+
+    let metrics = http_get(lab.egressd.admin, "/metrics").await.1;
+    let count = |name: &str| -> u64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert!(count("egressd_stream_totals_total ") >= 2, "{metrics}");
+    assert_eq!(count("egressd_access_log_entries_skipped_total{reason=\"malformed\"} "), 0, "{metrics}");
+}
