@@ -3,10 +3,11 @@
 //! uses (`egressd_authz`), so every request's and every CONNECT tunnel's byte totals reach egressd
 //! (`accesslog`) as they end.
 //!
+//! * On by default; a Gateway's `accessLog.grpc: false` leaves the stdout log alone.
 //! * Only what totals need: the stream's end (`DownstreamEnd`) and periodic reports
 //!   (`DownstreamPeriodic`); a log-type filter keeps any other entry off the wire.
 //! * Periodic reports: the connection manager's `access_log_flush_interval` makes Envoy log every
-//!   open stream every `PROGRESS_INTERVAL_MS` (cumulative bytes so far), so a tunnel open for hours
+//!   open stream every `accessLog.progressSeconds` (default 300; cumulative bytes so far), so a tunnel open for hours
 //!   is seen while it is open, not only when it closes. Short requests end before the first
 //!   report and cost nothing more. The stdout log filters periodic entries out: it stays one line
 //!   per request.
@@ -26,13 +27,12 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 
 use super::resources::{AUTHZ_CLUSTER, millis};
+use crate::policy::GatewaySpec;
 
 /// The `log_name` of the gateway's streams (the first message of each stream names it).
 pub const LOG_NAME: &str = "egressd";
 /// How long an entry may wait in Envoy's batch.
 pub const BUFFER_FLUSH_MS: u64 = 250;
-/// How often an open stream (a tunnel) is reported.
-pub const PROGRESS_INTERVAL_MS: u64 = 300_000;
 
 fn log_types(types: &[AccessLogType], exclude: bool) -> AccessLogFilter {
     AccessLogFilter {
@@ -78,16 +78,23 @@ pub fn grpc_access_log() -> AccessLog {
 }
 
 /// The HTTP listener's access logs: `stdout` (one line per request: periodic entries filtered
-/// out) and the gRPC log to egressd.
-pub fn http_access_logs(mut stdout: Vec<AccessLog>) -> Vec<AccessLog> {
-    for log in &mut stdout {
-        log.filter = Some(log_types(&[AccessLogType::DownstreamPeriodic], true));
+/// out) and, unless the Gateway turned it off, the gRPC log to egressd.
+pub fn http_access_logs(spec: &GatewaySpec, mut stdout: Vec<AccessLog>) -> Vec<AccessLog> {
+    if hcm_log_options(spec).is_some() {
+        for log in &mut stdout {
+            log.filter = Some(log_types(&[AccessLogType::DownstreamPeriodic], true));
+        }
     }
-    stdout.push(grpc_access_log());
+    if spec.access_log.grpc {
+        stdout.push(grpc_access_log());
+    }
     stdout
 }
 
-/// The connection manager's periodic flush (see the module comment).
-pub fn hcm_log_options() -> HcmAccessLogOptions {
-    HcmAccessLogOptions { access_log_flush_interval: Some(millis(PROGRESS_INTERVAL_MS)), ..Default::default() }
+/// The connection manager's periodic flush (see the module comment): only for the gRPC log, and
+/// only when the Gateway asks for progress reports.
+pub fn hcm_log_options(spec: &GatewaySpec) -> Option<HcmAccessLogOptions> {
+    let every = spec.access_log.progress_interval_ms;
+    (spec.access_log.grpc && every > 0)
+        .then(|| HcmAccessLogOptions { access_log_flush_interval: Some(millis(every)), ..Default::default() })
 }

@@ -426,8 +426,8 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         } else {
             http_connection_manager::ForwardClientCertDetails::Sanitize as i32
         },
-        access_log: super::als::http_access_logs(access_log(DECISION_METADATA_NAMESPACE, false)),
-        access_log_options: Some(super::als::hcm_log_options()),
+        access_log: super::als::http_access_logs(spec, access_log(DECISION_METADATA_NAMESPACE, false)),
+        access_log_options: super::als::hcm_log_options(spec),
         tracing: tracing(spec),
         // Every workload is an external client: the gateway generates each request's
         // x-request-id (canary shares hash it), so a client cannot choose its bucket. Envoy 1.33+
