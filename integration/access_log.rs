@@ -30,10 +30,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
-use egressd::telemetry::{Telemetry, TelemetryConfig};
+use egressd::telemetry::{Telemetry, TelemetryConfig, TelemetryTasks};
 use support::client::connect_tunnel;
 use support::eventually::eventually;
-use support::lab::{CHECKOUT, Lab};
+use support::lab::{CHECKOUT, Lab, LabBuilder};
 use support::pki::Issued;
 use support::server::http_get;
 use support::upstream::provider;
@@ -135,16 +135,26 @@ fn is(r: &Value, key: &str, value: &str) -> bool {
     r[key].as_str() == Some(value)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tunnel_and_request_totals_become_audit_records_joined_to_their_decisions() {
+/// egressd with an audit log, the gateway lab in front (`tune` picks its options).
+async fn lab_with_audit(tune: impl FnOnce(LabBuilder) -> LabBuilder) -> (Lab, tempfile::TempDir, TelemetryTasks) {
     let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit.jsonl");
     let config = TelemetryConfig {
-        audit: Some(AuditConfig { path: audit.clone(), max_bytes: 1 << 30, keep: 1, fsync: FsyncPolicy::Never }),
+        audit: Some(AuditConfig {
+            path: dir.path().join("audit.jsonl"),
+            max_bytes: 1 << 30,
+            keep: 1,
+            fsync: FsyncPolicy::Never,
+        }),
         ..Default::default()
     };
-    let (telemetry, _tasks) = Telemetry::start(config).unwrap();
-    let lab = Lab::builder().telemetry(telemetry).start().await;
+    let (telemetry, tasks) = Telemetry::start(config).unwrap();
+    (tune(Lab::builder().telemetry(telemetry)).start().await, dir, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_and_request_totals_become_audit_records_joined_to_their_decisions() {
+    let (lab, dir, _tasks) = lab_with_audit(|b| b).await;
+    let audit = dir.path().join("audit.jsonl");
     let cert = lab.ca.issue(&["api.partner.test"], &[]);
     let (plain_sink, tls_sink) = start_sinks(&cert).await;
 
@@ -212,4 +222,54 @@ async fn tunnel_and_request_totals_become_audit_records_joined_to_their_decision
     };
     assert!(count("egressd_stream_totals_total ") >= 2, "{metrics}");
     assert_eq!(count("egressd_access_log_entries_skipped_total{reason=\"malformed\"} "), 0, "{metrics}");
+}
+
+/// A tunnel still open is reported while it is open (cumulative bytes so far, the decision's
+/// trace), then once more when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_reports_progress_before_its_totals() {
+    let (lab, dir, _tasks) = lab_with_audit(|b| b.progress_every(200)).await;
+    let audit = dir.path().join("audit.jsonl");
+    let cert = lab.ca.issue(&["api.partner.test"], &[]);
+    let (_, tls_sink) = start_sinks(&cert).await;
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let (status, head) = connect_tunnel(&mut conn, &format!("api.partner.test:{}", tls_sink.port())).await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    let mut inner = lab.upstream_tls().connect(ServerName::try_from("api.partner.test").unwrap(), conn).await.unwrap();
+    let half = UPLOAD / 2;
+    let head =
+        format!("POST / HTTP/1.1\r\nhost: api.partner.test\r\ncontent-length: {UPLOAD}\r\nx-download: 10\r\n\r\n");
+    inner.write_all(head.as_bytes()).await.unwrap();
+    inner.write_all(&vec![b'u'; half]).await.unwrap();
+    inner.flush().await.unwrap();
+
+    let progress = wait_record(&audit, "a progress report of the open tunnel", |r| {
+        is(r, "egress.record", "stream-progress") && r["egress.bytes_sent"].as_u64().is_some_and(|b| b >= half as u64)
+    })
+    .await;
+    let connect = records(&audit)
+        .into_iter()
+        .find(|r| is(r, "http.request.method", "CONNECT") && r.get("egress.decision").is_some())
+        .expect("the CONNECT's decision was written before the tunnel carried bytes");
+    assert_eq!(progress["egress.request_id"], connect["egress.request_id"], "{progress}");
+    assert_eq!(progress["trace_id"], connect["trace_id"], "{progress}");
+    assert!(is(&progress, "egress.spiffe_id", CHECKOUT), "{progress}");
+
+    // The rest of the upload, then the answer; the tunnel closes and its totals follow.
+    inner.write_all(&vec![b'u'; UPLOAD - half]).await.unwrap();
+    let mut raw = Vec::new();
+    inner.read_to_end(&mut raw).await.unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    drop(inner);
+    let request_id = connect["egress.request_id"].as_str().unwrap().to_string();
+    let totals = wait_record(&audit, "the tunnel's totals", |r| {
+        is(r, "egress.record", "stream-totals") && is(r, "egress.request_id", &request_id)
+    })
+    .await;
+    assert!(totals["egress.bytes_sent"].as_u64().unwrap() >= UPLOAD as u64, "{totals}");
+    assert_eq!(totals["trace_id"], connect["trace_id"], "a progress report does not use up the join");
+    // Only the stdout log of the stream's end, however many progress reports went to egressd.
+    lab.wait_for_log("CONNECT api.partner.test").await;
+    let lines = lab.envoy.log().lines().filter(|l| l.contains("CONNECT api.partner.test")).count();
+    assert_eq!(lines, 1, "{}", lab.envoy.log());
 }

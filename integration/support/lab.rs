@@ -54,6 +54,7 @@ pub struct LabBuilder {
     upstream_tls: bool,
     traced: Option<(SocketAddr, Telemetry)>,
     telemetry: Option<Telemetry>,
+    progress_ms: Option<u64>,
     names: Vec<(String, Ipv4Addr)>,
 }
 
@@ -95,6 +96,12 @@ impl LabBuilder {
         self
     }
 
+    /// The gateway reports open streams to egressd's access log service every `ms`.
+    pub fn progress_every(mut self, ms: u64) -> Self {
+        self.progress_ms = Some(ms);
+        self
+    }
+
     /// The DNS also answers `name` with `ip` (a loopback address of the test's own).
     pub fn name(mut self, name: &str, ip: Ipv4Addr) -> Self {
         self.names.push((name.to_string(), ip));
@@ -129,6 +136,9 @@ impl LabBuilder {
             private_key: path("gw.key"),
             trust_bundle: path("bundle.pem"),
         });
+        if let Some(ms) = self.progress_ms {
+            spec.access_log.progress_interval_ms = ms;
+        }
         spec.upstream_tls = self.upstream_tls.then(|| UpstreamTls { trust_bundle: path("bundle.pem") });
         let (collector, telemetry) = match self.traced {
             Some((collector, telemetry)) => (Some(collector), telemetry),
