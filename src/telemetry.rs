@@ -87,7 +87,7 @@ pub enum TelemetryError {
 enum Msg {
     Decision(Box<CheckEvent>),
     /// A stream's totals from the gateway's access log (`accesslog`); see `totals`.
-    Totals(Box<crate::accesslog::StreamTotals>),
+    Totals(Box<totals::StreamTotals>),
     /// Write out everything queued before this message, then stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
@@ -193,7 +193,7 @@ impl Telemetry {
 impl Telemetry {
     /// Queues a stream's totals without waiting (the ALS stream never blocks). A full queue
     /// drops them, counted as a lost audit record.
-    pub fn submit_totals(&self, totals: crate::accesslog::StreamTotals) {
+    pub fn submit_totals(&self, totals: totals::StreamTotals) {
         let Some(queue) = &self.queue else { return };
         if queue.try_send(Msg::Totals(Box::new(totals))).is_err() && self.audit_on {
             self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();

@@ -9,8 +9,8 @@ use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::certificate_pro
 use envoy_types::pb::envoy::data::accesslog::v3::{AccessLogCommon, AccessLogType, HttpAccessLogEntry};
 use envoy_types::pb::google::protobuf::{Struct, value};
 
-use super::{StreamDecision, StreamPhase, StreamTotals};
 use crate::contract::DECISION_METADATA_NAMESPACE;
+use crate::telemetry::totals::{StreamDecision, StreamPhase, StreamTotals};
 
 /// Why an entry did not become totals (label values of `egressd_access_log_entries_skipped_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

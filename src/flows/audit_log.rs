@@ -471,7 +471,7 @@ mod tests {
 
     /// A stream-totals record as the telemetry thread writes it (its own encoder), then progress.
     fn totals_lines() -> [String; 2] {
-        use crate::accesslog::{StreamDecision, StreamPhase, StreamTotals};
+        use crate::telemetry::totals::{StreamDecision, StreamPhase, StreamTotals};
         let t = StreamTotals {
             phase: StreamPhase::End,
             start: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000),

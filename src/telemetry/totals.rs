@@ -1,17 +1,81 @@
-//! Stream totals (from the gateway's access log, `accesslog`) as audit records, on the telemetry
-//! thread. A record is told from a decision by `egress.record` (`stream-totals`, or
+//! Stream totals: what the gateway's access log (`accesslog`) reports of a request or CONNECT
+//! tunnel (`StreamTotals`), and its audit record, written on the telemetry thread. A record is told from a decision by `egress.record` (`stream-totals`, or
 //! `stream-progress` for a long stream's periodic report); decision records have no such key.
 //! A CONNECT tunnel's record names the trace and span of the decision that let it open (see
 //! `recent`); without a match (evicted, or decided before a restart) it names none.
 
 use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
 
 use serde::ser::{SerializeMap, Serializer};
 
 use super::Worker;
 use super::metrics::DROP_WRITE_FAILED;
 use super::recent::ConnectIds;
-use crate::accesslog::{StreamPhase, StreamTotals};
+
+/// Which of a stream's access log entries this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPhase {
+    /// The stream ended: the totals are final.
+    End,
+    /// The stream is still open (a periodic entry, see `xds::als`): totals so far, cumulative.
+    Progress,
+}
+
+impl StreamPhase {
+    /// The audit record's `egress.record` discriminator.
+    pub fn record_kind(self) -> &'static str {
+        match self {
+            StreamPhase::End => "stream-totals",
+            StreamPhase::Progress => "stream-progress",
+        }
+    }
+}
+
+/// egressd's decision as the gateway carried it in the stream's dynamic metadata (what the
+/// ext_authz answer set; see `authz::response`). Absent for streams egressd never checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamDecision {
+    pub decision: Option<String>,
+    pub service: Option<String>,
+    pub rule: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One HTTP stream (a request, or a CONNECT tunnel) as the gateway reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTotals {
+    pub phase: StreamPhase,
+    /// When the stream started (its first byte from the client).
+    pub start: SystemTime,
+    /// How long it lasted (so far, for `Progress`), when Envoy said.
+    pub duration: Option<Duration>,
+    /// `CONNECT`, `GET`, ...; `None` when Envoy did not know the method.
+    pub method: Option<&'static str>,
+    /// The request's authority: host (lowercase; IPv6 without brackets) and port when it had one.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// The caller's SPIFFE ID: the URI SAN of its certificate on the gateway's mTLS.
+    pub spiffe_id: Option<String>,
+    pub client: Option<SocketAddr>,
+    /// The gateway-generated `x-request-id`: the same value egressd's decision record carries.
+    pub request_id: Option<String>,
+    /// Body bytes from the client toward the destination. For a CONNECT, the tunnel's payload
+    /// (everything the client sent through the tunnel, TLS records included).
+    pub bytes_sent: u64,
+    /// Body bytes from the destination back to the client (for a CONNECT, the tunnel's download).
+    pub bytes_received: u64,
+    /// The status the gateway answered (a CONNECT that opened a tunnel: 200).
+    pub response_code: Option<u16>,
+    pub decision: StreamDecision,
+}
+
+impl StreamTotals {
+    pub fn is_connect(&self) -> bool {
+        self.method == Some("CONNECT")
+    }
+}
 
 /// The key that tells audit records apart; decision records do not carry it.
 pub const RECORD_KEY: &str = "egress.record";
@@ -90,9 +154,7 @@ pub fn encode(out: &mut Vec<u8>, t: &StreamTotals, ids: Option<&ConnectIds>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accesslog::StreamDecision;
     use opentelemetry::trace::{SpanId, TraceId};
-    use std::time::{Duration, SystemTime};
 
     fn tunnel() -> StreamTotals {
         StreamTotals {

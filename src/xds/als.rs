@@ -61,7 +61,6 @@ pub fn grpc_access_log() -> AccessLog {
                 retry_back_off: Some(BackoffStrategy {
                     base_interval: Some(millis(100)),
                     max_interval: Some(millis(2000)),
-                    ..Default::default()
                 }),
                 num_retries: Some(UInt32Value { value: 5 }),
                 ..Default::default()
