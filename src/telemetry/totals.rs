@@ -200,6 +200,42 @@ mod tests {
         assert!(v.get("egress.decision").is_none(), "not a decision record");
     }
 
+    /// Through the telemetry thread: the CONNECT's decision, then its tunnel's progress and end.
+    #[tokio::test]
+    async fn the_worker_joins_a_tunnels_totals_to_its_connect_decision_once() {
+        use crate::policy::{PolicySource, compile};
+        use crate::telemetry::audit::{AuditConfig, FsyncPolicy};
+        use crate::telemetry::record::CheckEvent;
+        use crate::telemetry::{Telemetry, TelemetryConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = AuditConfig { path: path.clone(), max_bytes: 1 << 20, keep: 1, fsync: FsyncPolicy::Never };
+        let (telemetry, tasks) = Telemetry::start(TelemetryConfig { audit: Some(audit), ..Default::default() }).unwrap();
+        let text = include_str!("../../integration/fixtures/semantics.yaml");
+        let policy = std::sync::Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
+        let pay = "spiffe://corp.example/ns/payments/sa/api";
+        let req = crate::testing::http_check(pay, "CONNECT", "api.stripe.com:443", &[("x-request-id", "r-1")]);
+        let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
+        telemetry.submit(CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::ZERO });
+        let metadata_less = StreamTotals { decision: StreamDecision::default(), ..tunnel() };
+        telemetry.submit_totals(StreamTotals { phase: StreamPhase::Progress, ..metadata_less.clone() });
+        telemetry.submit_totals(metadata_less.clone());
+        telemetry.submit_totals(metadata_less);
+        tasks.shutdown(Duration::from_secs(1)).await;
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let (decision, progress, end, again) = (&lines[0], &lines[1], &lines[2], &lines[3]);
+        assert_eq!(decision["egress.decision"], "allow");
+        assert_eq!((&progress["trace_id"], &progress["span_id"]), (&decision["trace_id"], &decision["span_id"]));
+        assert_eq!((&end["trace_id"], &end["span_id"]), (&decision["trace_id"], &decision["span_id"]));
+        assert_eq!(end["egress.service"], "payments", "the decision's service when the metadata has none");
+        assert!(again.get("trace_id").is_none(), "the end used up the join: {again}");
+    }
+
     #[test]
     fn without_a_matching_decision_the_record_names_no_trace() {
         let t = StreamTotals { phase: StreamPhase::Progress, ..tunnel() };
