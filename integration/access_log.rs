@@ -9,6 +9,7 @@
 //! record overhead); a plain request's are its body, exactly.
 
 mod support {
+    pub mod check;
     pub mod client;
     pub mod dns;
     pub mod envoy;
@@ -272,4 +273,84 @@ async fn an_open_tunnel_reports_progress_before_its_totals() {
     lab.wait_for_log("CONNECT api.partner.test").await;
     let lines = lab.envoy.log().lines().filter(|l| l.contains("CONNECT api.partner.test")).count();
     assert_eq!(lines, 1, "{}", lab.envoy.log());
+}
+
+/// Bytes sent as one gRPC message as they are: lets the test send what no typed client would.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Raw(Vec<u8>);
+
+impl prost::Message for Raw {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Over real gRPC to egressd's port: the identifier, a good entry and a partial one, then a message
+/// that does not decode. The good entry counts, the others are skipped and counted, the stream
+/// ends with an error, and Check keeps answering.
+#[tokio::test]
+async fn malformed_access_log_messages_are_skipped_and_counted_and_check_keeps_serving() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::data::accesslog::v3::{AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties};
+    use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+        HttpAccessLogEntries, Identifier, LogEntries,
+    };
+    use envoy_types::pb::envoy::service::accesslog::v3::{StreamAccessLogsMessage, StreamAccessLogsResponse};
+    use envoy_types::pb::google::protobuf::Timestamp;
+    use prost::Message;
+
+    let server = support::server::TestServer::builder(support::server::mesh_without_gateway()).start().await;
+    let entry = |start: Option<Timestamp>| HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon { start_time: start, ..Default::default() }),
+        request: Some(HttpRequestProperties { authority: "api.partner.test:443".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let first = StreamAccessLogsMessage {
+        identifier: Some(Identifier {
+            node: Some(Node { id: "gw-test".into(), ..Default::default() }),
+            log_name: "egressd".into(),
+        }),
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: vec![entry(Some(Timestamp { seconds: 1_800_000_000, nanos: 0 })), entry(None)],
+        })),
+    };
+    // Field 1 (the identifier, a message) as a varint: no StreamAccessLogsMessage.
+    let garbage = Raw(vec![0x08, 0x01]);
+    let messages = tokio_stream::iter([Raw(first.encode_to_vec()), garbage]);
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs");
+    let codec = tonic_prost::ProstCodec::<Raw, StreamAccessLogsResponse>::default();
+    let ended = grpc.client_streaming(tonic::Request::new(messages), path, codec).await;
+    assert!(ended.is_err(), "an undecodable message ends the stream: {ended:?}");
+
+    let metrics = eventually("the skips counted", Duration::from_secs(5), || async {
+        let m = http_get(server.admin, "/metrics").await.1;
+        m.contains("egressd_access_log_entries_skipped_total{reason=\"undecodable\"} 1").then_some(m)
+    })
+    .await;
+    assert!(metrics.contains("egressd_stream_totals_total 1\n"), "{metrics}");
+    assert!(metrics.contains("egressd_access_log_entries_skipped_total{reason=\"malformed\"} 1"), "{metrics}");
+    let mut check = support::check::client(server.grpc).await;
+    let answer =
+        support::check::check(&mut check, egressd::testing::http_check(CHECKOUT, "GET", "api.partner.test", &[])).await;
+    assert_eq!(answer.status.map(|s| s.code), Some(0), "Check still answers");
 }

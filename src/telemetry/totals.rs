@@ -210,23 +210,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let audit = AuditConfig { path: path.clone(), max_bytes: 1 << 20, keep: 1, fsync: FsyncPolicy::Never };
-        let (telemetry, tasks) = Telemetry::start(TelemetryConfig { audit: Some(audit), ..Default::default() }).unwrap();
+        let (telemetry, tasks) =
+            Telemetry::start(TelemetryConfig { audit: Some(audit), ..Default::default() }).unwrap();
         let text = include_str!("../../integration/fixtures/semantics.yaml");
         let policy = std::sync::Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
         let pay = "spiffe://corp.example/ns/payments/sa/api";
         let req = crate::testing::http_check(pay, "CONNECT", "api.stripe.com:443", &[("x-request-id", "r-1")]);
         let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
-        telemetry.submit(CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::ZERO });
+        telemetry.submit(CheckEvent {
+            facts,
+            verdict,
+            policy,
+            start: crate::clock::wall_now(),
+            duration: Duration::ZERO,
+        });
         let metadata_less = StreamTotals { decision: StreamDecision::default(), ..tunnel() };
         telemetry.submit_totals(StreamTotals { phase: StreamPhase::Progress, ..metadata_less.clone() });
         telemetry.submit_totals(metadata_less.clone());
         telemetry.submit_totals(metadata_less);
         tasks.shutdown(Duration::from_secs(1)).await;
-        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4, "{lines:?}");
         let (decision, progress, end, again) = (&lines[0], &lines[1], &lines[2], &lines[3]);
         assert_eq!(decision["egress.decision"], "allow");
