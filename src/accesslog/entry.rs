@@ -100,7 +100,8 @@ fn start_time(common: &AccessLogCommon) -> Result<SystemTime, Skip> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos)).ok_or(Skip::Malformed)
 }
 
-/// `host`, `host:port`, `[v6]:port` or `[v6]`; an empty authority is no destination (allowed:
+/// `host`, `host:port`, `[v6]:port`, `[v6]` or a bare IPv6 address (more than one `:`, no port);
+/// an empty authority is no destination (allowed:
 /// a request Envoy answered itself may have none). A port that is not a port is malformed.
 fn authority(text: &str) -> Result<(Option<String>, Option<u16>), Skip> {
     if text.is_empty() {
@@ -117,6 +118,7 @@ fn authority(text: &str) -> Result<(Option<String>, Option<u16>), Skip> {
                 _ => (v6, Some(after.strip_prefix(':').ok_or(Skip::Malformed)?)),
             }
         }
+        None if text.bytes().filter(|b| *b == b':').count() > 1 => (text, None),
         None => match text.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (text, None),
@@ -301,8 +303,11 @@ mod tests {
         assert_eq!((t.spiffe_id, t.client, t.request_id, t.response_code, t.duration), (None, None, None, None, None));
         assert_eq!(t.decision, StreamDecision::default(), "no ext_authz metadata: egressd never checked it");
         let bare = HttpRequestProperties { authority: "example.test".into(), ..Default::default() };
-        let t = totals(&HttpAccessLogEntry { request: Some(bare), ..entry }).unwrap();
+        let t = totals(&HttpAccessLogEntry { request: Some(bare), ..entry.clone() }).unwrap();
         assert_eq!((t.method, t.host.as_deref(), t.port), (None, Some("example.test"), None));
+        let v6 = HttpRequestProperties { authority: "2001:db8::2".into(), ..Default::default() };
+        let t = totals(&HttpAccessLogEntry { request: Some(v6), ..entry }).unwrap();
+        assert_eq!((t.host.as_deref(), t.port), (Some("2001:db8::2"), None), "a bare IPv6 address has no port");
     }
 
     #[test]
