@@ -173,3 +173,49 @@ fn tls_originating_gateway_validates() {
     spec.upstream_tls = Some(egressd::policy::UpstreamTls { trust_bundle: bundle.display().to_string() });
     validate("upstream-tls", &spec);
 }
+
+/// The HTTP listener's connection manager, decoded.
+fn http_hcm(spec: &GatewaySpec) -> HttpConnectionManager {
+    let listener: Listener = decode(&resources::http_listener(spec));
+    let Some(filter::ConfigType::TypedConfig(any)) = &listener.filter_chains[0].filters[0].config_type else {
+        panic!("HCM has a typed config")
+    };
+    decode_any(any)
+}
+
+#[test]
+fn the_access_log_to_egressd_validates_on_off_and_ends_only() {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log;
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig;
+    let on = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    let hcm = http_hcm(&on);
+    let names: Vec<&str> = hcm.access_log.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["envoy.access_loggers.stdout", "envoy.access_loggers.http_grpc"]);
+    let Some(access_log::ConfigType::TypedConfig(any)) = &hcm.access_log[1].config_type else { panic!("typed") };
+    let grpc: HttpGrpcAccessLogConfig = decode_any(any);
+    let common = grpc.common_config.unwrap();
+    assert_eq!((common.log_name.as_str(), common.transport_api_version), ("egressd", ApiVersion::V3 as i32));
+    let Some(grpc_service::TargetSpecifier::EnvoyGrpc(target)) =
+        common.grpc_service.and_then(|g: GrpcService| g.target_specifier)
+    else {
+        panic!("an Envoy gRPC target")
+    };
+    assert_eq!(target.cluster_name, resources::AUTHZ_CLUSTER, "egressd's own port, as for ext_authz");
+    let every = hcm.access_log_options.and_then(|o| o.access_log_flush_interval).expect("progress reports");
+    assert_eq!(every.seconds, 300);
+    validate("access-log-on", &on);
+
+    let mut ends_only = on.clone();
+    ends_only.access_log.progress_interval_ms = 0;
+    let hcm = http_hcm(&ends_only);
+    assert!(hcm.access_log_options.is_none() && hcm.access_log[0].filter.is_none(), "no periodic entries to filter");
+    assert_eq!(hcm.access_log.len(), 2);
+    validate("access-log-ends-only", &ends_only);
+
+    let mut off = on.clone();
+    off.access_log.grpc = false;
+    let hcm = http_hcm(&off);
+    assert_eq!(hcm.access_log.len(), 1, "stdout only");
+    assert!(hcm.access_log_options.is_none());
+    validate("access-log-off", &off);
+}

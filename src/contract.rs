@@ -43,3 +43,7 @@ pub const GATEWAY_GENERATED: &str = "generated";
 /// send it in plaintext.
 pub const UPSTREAM_TLS_METADATA: &str = "x-egressd-upstream-tls";
 pub const UPSTREAM_TLS_ORIGINATE: &str = "originate";
+
+/// The dynamic metadata namespace egressd's HTTP ext_authz answers land in (the filter's name):
+/// the gateway's access logs read `decision`, `reason`, `rule`, `service`, `mode` from it.
+pub const DECISION_METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";

@@ -5,11 +5,13 @@
 //! `decide`) depend on nothing else here; `clock` is the one reader of the wall clock;
 //! `contract` is the wire contract with the gateway (headers, check metadata); `runtime` (rollback
 //! guard, break-glass grants, their counts) changes decisions at run time; `telemetry` (spans,
-//! metrics, audit log) consumes decision facts; `authz` (the ext_authz Check service: one
+//! metrics, audit log) consumes decision facts and stream totals; `accesslog` (the gateway's
+//! gRPC access log) turns Envoy's entries into those totals; `authz` (the ext_authz Check service: one
 //! `Checker`) and `xds` (the gateway's ADS control plane) build on those; `admin` (HTTP port,
 //! admin gRPC API), `reload`, `explain` and `server` (wiring) are the edges; `testing` is test
 //! support behind the `testing` feature.
 
+pub mod accesslog;
 pub mod admin;
 pub mod authz;
 pub mod clock;

@@ -30,7 +30,9 @@ pub use compiled::{Action, Canary, CompiledPolicy, GroupInfo, RollbackGuard, Rul
 pub use decide::Destination;
 pub use decision::{Decision, GrantRef, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
-pub use gateway::{GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults};
+pub use gateway::{
+    GatewayAccessLog, GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults,
+};
 pub use source::{PolicySource, SourceError};
 pub use terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};
 

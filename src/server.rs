@@ -1,4 +1,5 @@
-//! `egressd serve`: one gRPC port (ext_authz Check + gRPC health), one admin HTTP port.
+//! `egressd serve`: one gRPC port (ext_authz Check, ADS, the gateway's access log service, gRPC
+//! health, admin API), one admin HTTP port.
 
 mod io;
 
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::accesslog::AccessLogSink;
 use crate::admin::grpc::AdminApi;
 use crate::admin::http::{AdminState, router};
 use crate::admin::tokens::AdminTokens;
@@ -182,6 +184,7 @@ pub async fn serve(
         // failing every other Check on it closed. The limit stays finite against rapid-reset floods.
         .http2_max_pending_accept_reset_streams(Some(256))
         .add_service(health_service)
+        .add_service(AccessLogSink::new(config.telemetry.clone()).into_server())
         .add_service(CheckServer::new(policy, config.telemetry, runtime))
         .add_service(ads.into_server())
         .add_service(admin_api.into_server())

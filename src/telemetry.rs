@@ -15,9 +15,11 @@ pub mod context;
 mod flows;
 pub mod metrics;
 pub mod otlp;
+mod recent;
 pub mod record;
 pub mod signals;
 pub mod spans;
+pub mod totals;
 pub mod wire;
 
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
@@ -88,6 +90,8 @@ pub enum TelemetryError {
 
 enum Msg {
     Decision(Box<CheckEvent>),
+    /// A stream's totals from the gateway's access log (`accesslog`); see `totals`.
+    Totals(Box<totals::StreamTotals>),
     /// Write out everything queued before this message, then stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
@@ -154,6 +158,7 @@ impl Telemetry {
             audit_failures_logged: 0,
             flows: config.flows.clone(),
             detect: config.detect.map(signals::DetectSink::new),
+            recent: recent::RecentConnects::new(recent::CAPACITY, metrics.stream_ids_evicted.clone()),
         };
         let handle = std::thread::Builder::new()
             .name("egressd-telemetry".into())
@@ -206,6 +211,17 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    /// Queues a stream's totals without waiting (the ALS stream never blocks). A full queue
+    /// drops them, counted as a lost audit record.
+    pub fn submit_totals(&self, totals: totals::StreamTotals) {
+        let Some(queue) = &self.queue else { return };
+        if queue.try_send(Msg::Totals(Box::new(totals))).is_err() && self.audit_on {
+            self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
+        }
+    }
+}
+
 impl TelemetryTasks {
     /// Writes out every queued record (audit flushed and fsynced), exports the last spans (waiting
     /// at most `export_timeout` for the collector), and stops. Call after the gRPC server stopped.
@@ -251,6 +267,8 @@ struct Worker {
     audit_failures_logged: u64,
     flows: Option<SharedFlows>,
     detect: Option<signals::DetectSink>,
+    /// Recent CONNECT decisions by request id, so a tunnel's totals name its trace.
+    recent: recent::RecentConnects,
 }
 
 impl Worker {
@@ -265,6 +283,7 @@ impl Worker {
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Decision(event)) => self.record(&event),
+                    Ok(Msg::Totals(totals)) => self.totals(&totals),
                     Ok(Msg::Shutdown(done)) => {
                         self.flush();
                         if let Some(d) = &mut self.detect {
@@ -310,6 +329,7 @@ impl Worker {
         let record = DecisionRecord::describe(event);
         let parent = self.propagators.parent(&event.facts);
         let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);
+        self.recent.remember(event, &ids);
         if let Some(audit) = &mut self.audit {
             match audit.append(&record, &ids) {
                 Ok(()) => {
@@ -330,18 +350,17 @@ impl Worker {
         {
             batches.push(&record, &ids);
         }
-        self.record_signals(&ids);
+        self.record_signals(Some((ids.trace_id, ids.span_id)));
     }
 
     /// The signals the last decision raised: an audit record each, and a span in its trace.
-    fn record_signals(&mut self, ids: &spans::SpanIds) {
+    /// `parent`: the trace and span of what raised them, when known.
+    fn record_signals(&mut self, parent: Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>) {
         let Some(d) = &self.detect else { return };
         for signal in &d.raised {
-            let span = opentelemetry_sdk::trace::IdGenerator::new_span_id(
-                &opentelemetry_sdk::trace::RandomIdGenerator::default(),
-            );
+            let ids = parent.map(|(trace, span)| signals::SignalIds::child_of(trace, span));
             if let Some(audit) = &mut self.audit {
-                match audit.append_json(&signals::audit_record(signal, Some((ids, span)))) {
+                match audit.append_json(&signals::audit_record(signal, ids.as_ref())) {
                     Ok(()) => {
                         self.metrics.audit_written.inc();
                     }
@@ -351,8 +370,8 @@ impl Worker {
                     }
                 }
             }
-            if let Some(batches) = &mut self.batches {
-                batches.push_signal(signal, ids, span);
+            if let (Some(batches), Some(ids)) = (&mut self.batches, &ids) {
+                batches.push_signal(signal, ids);
             }
         }
     }

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         lines.pop();
     }
     let counted = lines.iter().filter(|l| l.len() > MAX_LINE || !l.iter().all(u8::is_ascii_whitespace)).count();
-    assert_eq!(report.records + report.bad_lines, counted as u64, "lines counted neither good nor bad: {report:?}");
+    assert_eq!(
+        report.records + report.other_records + report.bad_lines,
+        counted as u64,
+        "lines counted neither good nor bad: {report:?}"
+    );
     assert_eq!(
         report.records,
         report.observed + report.tunnel_checks + report.unattributed + report.too_old,

@@ -53,6 +53,8 @@ pub struct LabBuilder {
     plaintext: bool,
     upstream_tls: bool,
     traced: Option<(SocketAddr, Telemetry)>,
+    telemetry: Option<Telemetry>,
+    progress_ms: Option<u64>,
     names: Vec<(String, Ipv4Addr)>,
 }
 
@@ -85,6 +87,18 @@ impl LabBuilder {
     /// Envoy traces to `collector`; egressd sends its decisions to `telemetry`.
     pub fn traced(mut self, collector: SocketAddr, telemetry: Telemetry) -> Self {
         self.traced = Some((collector, telemetry));
+        self
+    }
+
+    /// egressd sends its decisions and stream totals to `telemetry` (e.g. an audit log).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The gateway reports open streams to egressd's access log service every `ms`.
+    pub fn progress_every(mut self, ms: u64) -> Self {
+        self.progress_ms = Some(ms);
         self
     }
 
@@ -122,10 +136,13 @@ impl LabBuilder {
             private_key: path("gw.key"),
             trust_bundle: path("bundle.pem"),
         });
+        if let Some(ms) = self.progress_ms {
+            spec.access_log.progress_interval_ms = ms;
+        }
         spec.upstream_tls = self.upstream_tls.then(|| UpstreamTls { trust_bundle: path("bundle.pem") });
         let (collector, telemetry) = match self.traced {
             Some((collector, telemetry)) => (Some(collector), telemetry),
-            None => (None, Telemetry::metrics_only()),
+            None => (None, self.telemetry.unwrap_or_else(Telemetry::metrics_only)),
         };
         spec.tracing = collector.map(|collector| GatewayTracing {
             collector,
@@ -147,7 +164,12 @@ impl LabBuilder {
                 }
                 std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
                 let source = PolicySource::from_dir(dir).unwrap();
-                TestServer::builder(source).grpc_listen(grpc).watch(dir.to_path_buf()).start().await
+                TestServer::builder(source)
+                    .grpc_listen(grpc)
+                    .watch(dir.to_path_buf())
+                    .telemetry(telemetry)
+                    .start()
+                    .await
             }
         };
         let envoy = start_ads_envoy(egressd.grpc);

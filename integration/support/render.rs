@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig;
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
 use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::ClusterConfig;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::FilterConfig as HttpDfp;
@@ -47,6 +48,7 @@ fn decoders() -> HashMap<String, Decoder> {
         RouteConfiguration,
         OpenTelemetryConfig,
         StdoutAccessLog,
+        HttpGrpcAccessLogConfig,
         ClusterConfig,
         HttpDfp,
         HttpExtAuthz,

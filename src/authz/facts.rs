@@ -53,6 +53,11 @@ pub fn from_view(
         }
     }
     let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+    // Parsed in place (no copy); a CONNECT's length, if any, says nothing of its tunnel.
+    let body_size = http
+        .filter(|h| is_http && !h.method.eq_ignore_ascii_case("CONNECT"))
+        .and_then(|h| header(h, "content-length"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if !trace {
         // The flow table only: no trace context.
     } else if CARRIERS.iter().any(|h| metadata.contains_key(*h)) {
@@ -72,6 +77,7 @@ pub fn from_view(
         .and_then(|s| socket_address(s.address.as_ref()))
         .map(|(ip, port)| SocketAddr::new(ip, port));
     (facts.port, facts.protocol, facts.is_http) = (port, protocol, is_http);
+    facts.body_size = body_size;
     facts
 }
 

@@ -54,7 +54,7 @@ fn read_audit_logs(paths: &[PathBuf], since_ms: Option<i64>) -> anyhow::Result<(
     if report.bad_lines > report.first_bad_lines.len() as u64 {
         eprintln!("egressd: ... and {} more bad line(s)", report.bad_lines - report.first_bad_lines.len() as u64);
     }
-    let summary = format!(
+    let mut summary = format!(
         "read {} record(s) from {} file(s): {} flow(s); skipped {} bad line(s), {} tunnel check(s), {} without an accepted identity or destination, {} older than --since",
         reports::thousands(report.records),
         report.files.len(),
@@ -64,6 +64,9 @@ fn read_audit_logs(paths: &[PathBuf], since_ms: Option<i64>) -> anyhow::Result<(
         report.unattributed,
         report.too_old
     );
+    if report.other_records > 0 {
+        summary += &format!(", {} stream total(s) (not decisions)", reports::thousands(report.other_records));
+    }
     Ok((table.into_sorted(), summary))
 }
 

@@ -131,7 +131,15 @@ impl AuditObservations {
         if r.signal || r.tunnel_start.is_some() {
             return Ok(false);
         }
-        let event = if r.record.as_deref() == Some("stream-totals") {
+        let mut time_ms = time_ms;
+        let event = if let Some(kind) = r.record.as_deref() {
+            // A tunnel's final totals (progress reports are running totals of the same bytes);
+            // a plain request's body was counted from its decision record's `content-length`.
+            if kind != "stream-totals" || r.method.as_deref() != Some("CONNECT") {
+                return Ok(false);
+            }
+            // `time` is the stream's start; the bytes were sent by its end.
+            time_ms += (r.duration_us.unwrap_or(0.0) / 1000.0) as i64;
             Event::StreamTotals { bytes_sent: r.bytes_sent.unwrap_or(0) }
         } else if let Some(decision) = r.decision.as_deref() {
             let outcome = decision.parse::<Outcome>().map_err(|e| format!("`egress.decision`: {e}"))?;
@@ -199,6 +207,8 @@ struct Line<'a> {
     body_size: Option<u64>,
     record: Option<Cow<'a, str>>,
     bytes_sent: Option<u64>,
+    method: Option<Cow<'a, str>>,
+    duration_us: Option<f64>,
     qname: Option<Cow<'a, str>>,
     signal: bool,
 }
@@ -228,6 +238,8 @@ impl<'de> Deserialize<'de> for Line<'de> {
                         "http.request.body.size" => l.body_size = map.next_value()?,
                         "egress.record" => l.record = text(&mut map)?,
                         "egress.bytes_sent" => l.bytes_sent = map.next_value()?,
+                        "http.request.method" => l.method = text(&mut map)?,
+                        "duration_us" => l.duration_us = map.next_value()?,
                         "dns.question.name" => l.qname = text(&mut map)?,
                         "egress.signal" => {
                             l.signal = true;

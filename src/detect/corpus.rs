@@ -62,6 +62,7 @@ enum What {
     /// A CONNECT tunnel's close, as the gateway's access log reports it.
     Totals {
         bytes_sent: u64,
+        duration_ms: i64,
     },
 }
 
@@ -299,7 +300,7 @@ impl Corpus {
         for k in 0..5i64 {
             let t = h(2.0) + k * 3_600_000;
             self.push(t, s, host, 443, What::Request { method: "CONNECT", body: None });
-            self.push(t + 3_500_000, s, host, 443, What::Totals { bytes_sent: 2048 * MIB / 5 });
+            self.push(t, s, host, 443, What::Totals { bytes_sent: 2048 * MIB / 5, duration_ms: 3_500_000 });
         }
         self.label(SignalKind::LargeUpload, s, host);
         // Deny bursts: probing for an open path.
@@ -335,11 +336,13 @@ fn write_log(path: &Path, corpus: &mut Corpus, policy: &crate::policy::CompiledP
         let id = spiffe(e.service);
         let name = service_name(e.service);
         match &e.what {
-            What::Totals { bytes_sent } => {
+            What::Totals { bytes_sent, duration_ms } => {
                 writeln!(
                     out,
-                    r#"{{"time":"{time:.3}","egress.record":"stream-totals","egress.spiffe_id":"{id}","egress.service":"{name}","server.address":"{}","server.port":{},"http.request.method":"CONNECT","egress.bytes_sent":{bytes_sent},"egress.bytes_received":4096}}"#,
-                    e.host, e.port
+                    r#"{{"time":"{time:.3}","egress.record":"stream-totals","egress.spiffe_id":"{id}","egress.service":"{name}","server.address":"{}","server.port":{},"http.request.method":"CONNECT","egress.bytes_sent":{bytes_sent},"egress.bytes_received":4096,"duration_us":{}}}"#,
+                    e.host,
+                    e.port,
+                    duration_ms * 1000
                 )?;
             }
             What::Request { method, body } => {

@@ -3,7 +3,8 @@
 //! A path names its rotated files too: `PATH.N` ... `PATH.1` (oldest first), then `PATH`. A line
 //! that is not a decision record (torn by a crash, edited by hand, another program's) is counted and
 //! reported with its file and line number, and reading goes on: one bad line must not hide a month
-//! of good ones.
+//! of good ones. Records of another kind (`egress.record` present and not `decision`: the stream
+//! totals the gateway's access log becomes) are counted apart and are neither flows nor bad.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -48,13 +49,13 @@ pub struct ReadReport {
     pub files: Vec<PathBuf>,
     /// Decision records read (good lines).
     pub records: u64,
+    /// Records that are not decisions (`egress.record`: stream totals and progress; `egress.signal`:
+    /// detector signals): not flows.
+    pub other_records: u64,
     /// Records that became observations of a flow.
     pub observed: u64,
     /// Tunnel checks: the second decision of a CONNECT already counted by its first.
     pub tunnel_checks: u64,
-    /// Records that are not decisions: detector signals (`egress.signal`), stream totals
-    /// (`egress.record`).
-    pub other_records: u64,
     /// Requests with no identity the policy accepts, or no destination: not anyone's flow.
     pub unattributed: u64,
     /// Older than `--since`.
@@ -69,9 +70,9 @@ impl ReadReport {
     fn add(&mut self, other: ReadReport) {
         self.files.extend(other.files);
         self.records += other.records;
+        self.other_records += other.other_records;
         self.observed += other.observed;
         self.tunnel_checks += other.tunnel_checks;
-        self.other_records += other.other_records;
         self.unattributed += other.unattributed;
         self.too_old += other.too_old;
         self.bad_lines += other.bad_lines;
@@ -140,10 +141,7 @@ fn read_from(
             Line::TooLong => Err(format!("longer than {} MiB: not a decision record", MAX_LINE >> 20)),
         };
         match parsed {
-            Ok(None) => {
-                report.records += 1;
-                report.other_records += 1;
-            }
+            Ok(None) => report.other_records += 1,
             Ok(Some(record)) => {
                 report.records += 1;
                 match record.observation(since_ms) {
@@ -266,6 +264,8 @@ struct AuditLine<'a> {
     tunnel_start: Option<Cow<'a, str>>,
     /// A signal or a stream-totals record, not a decision.
     not_a_decision: bool,
+    /// `egress.record`: absent on decision records.
+    kind: Option<Cow<'a, str>>,
 }
 
 /// The keys `AuditLine` reads. A record has some twenty keys and this is the reader's hottest
@@ -285,6 +285,7 @@ enum Key {
     TunnelStart,
     /// `egress.signal`, `egress.record`: a record that is not a decision.
     NotADecision,
+    Kind,
     Other,
 }
 
@@ -294,7 +295,8 @@ impl Key {
             (4, b"time") => Key::Time,
             (11, b"server.port") => Key::Port,
             (13, b"egress.reason") => Key::Reason,
-            (13, b"egress.signal" | b"egress.record") => Key::NotADecision,
+            (13, b"egress.signal") => Key::NotADecision,
+            (13, b"egress.record") => Key::Kind,
             (14, b"egress.service") => Key::Service,
             (14, b"server.address") => Key::Host,
             (14, b"egress.rule.id") => Key::Rule,
@@ -346,6 +348,7 @@ impl<'de> Deserialize<'de> for AuditLine<'de> {
                         Key::Rule => line.rule = text(&mut map)?,
                         Key::Grant => line.grant = text(&mut map)?,
                         Key::TunnelStart => line.tunnel_start = text(&mut map)?,
+                        Key::Kind => line.kind = text(&mut map)?,
                         Key::Port => line.port = map.next_value()?,
                         Key::Protocol => line.protocol = map.next_value()?,
                         Key::NotADecision => {
@@ -381,10 +384,10 @@ enum Skip {
 /// request named no usable destination.
 const UNATTRIBUTED_REASONS: [&str; 3] = ["unauthenticated", "malformed-request", "unsupported-scheme"];
 
-/// A decision record; `None` for another record of the audit log (a signal, stream totals).
+/// A decision record; `None` for a record of another kind (stream totals, a detector signal).
 fn parse_line(text: &[u8]) -> Result<Option<Record<'_>>, String> {
     let line: AuditLine<'_> = sonic_rs::from_slice(text).map_err(|e| format!("not a decision record: {e}"))?;
-    if line.not_a_decision {
+    if line.not_a_decision || line.kind.as_deref().is_some_and(|k| k != "decision") {
         return Ok(None);
     }
     let time = line.time.as_deref().ok_or("not a decision record: no `time`")?;
@@ -496,6 +499,55 @@ mod tests {
             writeln!(f, "{l}").unwrap();
         }
         f
+    }
+
+    /// A stream-totals record as the telemetry thread writes it (its own encoder), then progress.
+    fn totals_lines() -> [String; 2] {
+        use crate::telemetry::totals::{StreamDecision, StreamPhase, StreamTotals};
+        let t = StreamTotals {
+            phase: StreamPhase::End,
+            start: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000),
+            duration: Some(std::time::Duration::from_secs(3)),
+            method: Some("CONNECT"),
+            host: Some("api.stripe.com".into()),
+            port: Some(443),
+            spiffe_id: Some("spiffe://corp.example/ns/payments/sa/api".into()),
+            client: Some("10.1.2.3:40000".parse().unwrap()),
+            request_id: Some("r-1".into()),
+            bytes_sent: 3 << 20,
+            bytes_received: 10,
+            response_code: Some(200),
+            decision: StreamDecision {
+                decision: Some("allow".into()),
+                service: Some("payments".into()),
+                rule: Some("payments/allow/0".into()),
+                reason: Some("allowed".into()),
+            },
+        };
+        let line = |t: &StreamTotals| {
+            let mut out = vec![];
+            crate::telemetry::totals::encode(&mut out, t, None).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        [line(&t), line(&StreamTotals { phase: StreamPhase::Progress, ..t.clone() })]
+    }
+
+    #[test]
+    fn stream_totals_records_are_neither_flows_nor_bad_lines() {
+        let [end, progress] = totals_lines();
+        assert!(end.contains(r#""egress.record":"stream-totals""#), "{end}");
+        let f = write(&[ALLOW, &end, &progress, ALLOW]);
+        let mut table = FlowTable::default();
+        let report = read_file(f.path(), None, &mut table).unwrap();
+        assert_eq!((report.records, report.other_records, report.bad_lines), (2, 2, 0), "{report:?}");
+        assert_eq!(report.observed, 2);
+        let flows = table.into_sorted();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].stats.hits, 2, "the tunnel's totals are not another hit");
+        // An explicit decision kind is a decision record like any other.
+        let tagged = ALLOW.replacen('{', r#"{"egress.record":"decision","#, 1);
+        let report = read_file(write(&[&tagged]).path(), None, &mut FlowTable::default()).unwrap();
+        assert_eq!((report.records, report.observed, report.other_records), (1, 1, 0));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_saphyr::Spanned;
 
 use super::diagnostic::{Diagnostics, SourceLoc};
 use super::load::Located;
-use super::model::GatewayDoc;
+use super::model::{GatewayAccessLogDoc, GatewayDoc};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +45,8 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
     pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
     pub const TRACING_SAMPLING_PERCENT: u8 = 100;
+    /// How often the gateway reports a stream still open (a tunnel) to egressd.
+    pub const ACCESS_LOG_PROGRESS_SECONDS: u64 = 300;
     /// egressd's own default gRPC address (`serve --grpc-listen`).
     pub const AUTHZ_ADDRESS: SocketAddr = SocketAddr::new(LOOPBACK, 18000);
     /// The development gateway's listeners (`GatewaySpec::local`).
@@ -82,6 +84,8 @@ pub struct GatewaySpec {
     pub tracing: Option<GatewayTracing>,
     /// Originate TLS for `https://` proxy requests (verifying destinations against this bundle).
     pub upstream_tls: Option<UpstreamTls>,
+    /// The gateway's access log to egressd over gRPC (stream totals).
+    pub access_log: GatewayAccessLog,
     /// From MeshDefaults: sidecars terminate mTLS and forward x-forwarded-client-cert, so the
     /// listener passes a client's XFCC on to the check instead of stripping it (egressd removes it
     /// from every request it allows: it never leaves the gateway).
@@ -110,6 +114,7 @@ impl GatewaySpec {
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             tracing: None,
             upstream_tls: None,
+            access_log: GatewayAccessLog::default(),
             trust_forwarded_client_cert: false,
             loc: SourceLoc::default(),
         }
@@ -118,6 +123,23 @@ impl GatewaySpec {
     /// Where the gateway reaches egressd (egressd's default address when none is set).
     pub fn authz(&self) -> SocketAddr {
         self.authz_address.unwrap_or(defaults::AUTHZ_ADDRESS)
+    }
+}
+
+/// The gateway's access log to egressd over gRPC (`xds::als`, `accesslog`): every request's and
+/// CONNECT tunnel's totals, at its end and, while it stays open, every `progress_interval_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAccessLog {
+    /// Stream entries to egressd (default on); off: the stdout log only.
+    pub grpc: bool,
+    /// How often an open stream is reported (cumulative bytes so far); 0: only at its end.
+    pub progress_interval_ms: u64,
+}
+
+impl Default for GatewayAccessLog {
+    fn default() -> Self {
+        GatewayAccessLog { grpc: true, progress_interval_ms: defaults::ACCESS_LOG_PROGRESS_SECONDS * 1000 }
     }
 }
 
@@ -155,6 +177,24 @@ fn positive(
             default
         }
     }
+}
+
+/// `accessLog`: `progressSeconds` 0 turns periodic reports off.
+fn access_log(file: &Arc<str>, doc: Option<&GatewayAccessLogDoc>, diags: &mut Diagnostics) -> GatewayAccessLog {
+    let mut out = GatewayAccessLog::default();
+    let Some(doc) = doc else { return out };
+    if let Some(grpc) = &doc.grpc {
+        out.grpc = grpc.value;
+    }
+    match &doc.progress_seconds {
+        None => {}
+        Some(s) if s.value == 0 => out.progress_interval_ms = 0,
+        Some(s) => {
+            out.progress_interval_ms = 1000
+                * positive(file, Some(s), out.progress_interval_ms / 1000, 86_400, "accessLog.progressSeconds", diags)
+        }
+    }
+    out
 }
 
 /// Every Gateway document; `trust_forwarded_client_cert` is the mesh's (MeshDefaults).
@@ -294,6 +334,7 @@ pub fn compile_gateways(
                 }
                 Some(UpstreamTls { trust_bundle: path.to_string() })
             }),
+            access_log: access_log(file, d.access_log.as_ref(), diags),
             trust_forwarded_client_cert,
             loc: g.loc.clone(),
         });

@@ -138,6 +138,19 @@ pub struct GatewayDoc {
     pub tracing: Option<GatewayTracingDoc>,
     #[serde(default)]
     pub upstream_tls: Option<GatewayUpstreamTlsDoc>,
+    #[serde(default)]
+    pub access_log: Option<GatewayAccessLogDoc>,
+}
+
+/// The gateway's access log to egressd over gRPC.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAccessLogDoc {
+    #[serde(default)]
+    pub grpc: Option<Spanned<bool>>,
+    /// Seconds between reports of an open stream; 0: only at its end.
+    #[serde(default)]
+    pub progress_seconds: Option<Spanned<i64>>,
 }
 
 /// TLS the gateway originates for `https://` proxy requests.

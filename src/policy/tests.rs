@@ -353,6 +353,28 @@ fn gateway_documents_compile_and_validate_with_locations() {
     assert!(errors(node_twice).iter().any(|e| e.contains("node `n` is already served by Gateway `a`")));
 }
 
+#[test]
+fn a_gateways_access_log_to_egressd_is_on_by_default_and_can_be_tuned_or_turned_off() {
+    let gateway = |extra: &str| {
+        let text = format!(
+            "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: edge\nlisteners: {{http: 127.0.0.1:1}}\n{extra}"
+        );
+        compile(&PolicySource::from_text("g.yaml", &text), NOW).unwrap().gateways[0].access_log
+    };
+    let on = gateway("");
+    assert_eq!((on.grpc, on.progress_interval_ms), (true, 300_000));
+    let tuned = gateway("accessLog: {progressSeconds: 60}\n");
+    assert_eq!((tuned.grpc, tuned.progress_interval_ms), (true, 60_000));
+    let ends_only = gateway("accessLog: {progressSeconds: 0}\n");
+    assert_eq!(ends_only.progress_interval_ms, 0);
+    assert!(!gateway("accessLog: {grpc: false}\n").grpc);
+    assert_error(
+        "kind: Gateway\nname: x\nlisteners: {http: 127.0.0.1:1}\naccessLog: {progressSeconds: -1}\n",
+        "v.yaml:7:30:",
+        "accessLog.progressSeconds -1 is outside 1..=86400",
+    );
+}
+
 /// IPv6 policy CIDRs match the canonical (IPv4) form of the IPv4 addresses they hold.
 #[test]
 fn ipv6_cidrs_holding_ipv4_addresses_match_them_as_ipv4() {

@@ -71,19 +71,18 @@ impl AuditLog {
 
     /// Appends one record (buffered; `flush` writes it out).
     pub fn append(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
-        self.line.clear();
-        encode(&mut self.line, record, ids)?;
-        self.write_line()
+        self.append_with(|line| encode(line, record, ids))
     }
 
     /// Appends one record already encoded as a JSON object (a detector signal).
     pub fn append_json(&mut self, record: &serde_json::Value) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
-        self.write_line()
+        self.append_with(|line| serde_json::to_writer(line, record).map_err(io::Error::other))
     }
 
-    fn write_line(&mut self) -> io::Result<()> {
+    /// Appends the one line `write` encodes (without its newline): records other than decisions.
+    pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        self.line.clear();
+        write(&mut self.line)?;
         self.line.push(b'\n');
         if self.size > 0 && self.size + self.line.len() as u64 > self.config.max_bytes {
             self.rotate()?;

@@ -55,6 +55,11 @@ pub struct Metrics {
     pub signals: Family<SignalLabels, Counter>,
     /// Identities and destinations the detectors dropped to stay within their limits.
     pub detector_evictions: Counter,
+    /// The gateway's access log (ALS): entries that became stream totals, entries skipped by
+    /// reason, and CONNECT decisions forgotten before their tunnel's totals arrived.
+    pub stream_totals: Counter,
+    pub access_log_skipped: Family<ReasonLabel, Counter>,
+    pub stream_ids_evicted: Counter,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -162,6 +167,21 @@ impl Metrics {
             "egressd_detector_evictions",
             "Identities and destinations the detectors dropped (least recently seen) to stay within their limits",
             self.detector_evictions.clone(),
+        );
+        r.register(
+            "egressd_stream_totals",
+            "Gateway access log entries (ALS) that became stream totals: a closed request or tunnel, or a long one's progress",
+            self.stream_totals.clone(),
+        );
+        r.register(
+            "egressd_access_log_entries_skipped",
+            "Gateway access log entries not turned into totals: malformed, not-final, tcp, over-limit, undecodable",
+            self.access_log_skipped.clone(),
+        );
+        r.register(
+            "egressd_stream_ids_evicted",
+            "CONNECT decisions forgotten (bounded map) before their tunnel's totals arrived: those totals name no trace",
+            self.stream_ids_evicted.clone(),
         );
         for c in extra {
             r.register_collector(c);

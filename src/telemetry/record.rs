@@ -43,6 +43,9 @@ pub struct RequestFacts {
     pub preset_ids: Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>,
     /// For a tunnel check: what the tunnel started with (`tls` / `not-tls`).
     pub tunnel_start: Option<&'static str>,
+    /// An HTTP request's declared body size (its `content-length`); never set for CONNECT, whose
+    /// upload only the gateway's access log knows (see `accesslog`).
+    pub body_size: Option<u64>,
 }
 
 /// The strings of one request, by `Fact` and then the trace headers, while facts are built.
@@ -195,6 +198,9 @@ impl<'a> DecisionRecord<'a> {
         if let Some(port) = facts.port {
             f("server.port", Value::Int(i64::from(port)));
         }
+        if let Some(size) = facts.body_size {
+            f("http.request.body.size", Value::Int(i64::try_from(size).unwrap_or(i64::MAX)));
+        }
         f("egress.enforced", Value::Bool(verdict.enforced));
         if verdict.rolled_back {
             f("egress.rollback_guard_tripped", Value::Bool(true));
@@ -260,6 +266,17 @@ mod tests {
         assert!(matches!(get(&f, "egress.rule.location"), Some(Owned::Str(l)) if l.starts_with("f.yaml:")), "{f:?}");
         assert!(get(&f, "egress.rule.id").is_some());
         assert_eq!(get(&f, "egress.sni"), None);
+    }
+
+    #[test]
+    fn an_http_requests_declared_body_size_is_recorded_and_a_connects_is_not() {
+        let pay = "spiffe://corp.example/ns/payments/sa/api";
+        let post = fields(http_check(pay, "POST", "api.stripe.com", &[("content-length", "1048576")]));
+        assert_eq!(get(&post, "http.request.body.size"), Some(&Owned::Int(1 << 20)));
+        let bad = fields(http_check(pay, "POST", "api.stripe.com", &[("content-length", "lots")]));
+        assert_eq!(get(&bad, "http.request.body.size"), None, "not a number: not recorded");
+        let tunnel = fields(http_check(pay, "CONNECT", "api.stripe.com:443", &[("content-length", "5")]));
+        assert_eq!(get(&tunnel, "http.request.body.size"), None);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub(super) struct DetectSink {
     policy_version: String,
     last_save: Instant,
     evictions_reported: u64,
+    /// Bytes of open tunnels already counted from their progress reports, by request id.
+    tunnel_bytes: hashlink::LruCache<Box<str>, u64>,
     pub(super) raised: Vec<Signal>,
 }
 
@@ -136,6 +138,7 @@ impl DetectSink {
             policy_version: String::new(),
             last_save: Instant::now(),
             evictions_reported: 0,
+            tunnel_bytes: hashlink::LruCache::new(65_536),
             raised: Vec::new(),
         }
     }
@@ -161,14 +164,52 @@ impl DetectSink {
             spiffe_id: facts.get(Fact::Principal),
             host,
             port: facts.port.unwrap_or(0),
-            event: Event::Request { admission: Admission::of(verdict, policy), body_bytes: None },
+            event: Event::Request { admission: Admission::of(verdict, policy), body_bytes: facts.body_size },
         };
         self.detector.observe(&observation, &mut self.raised);
+        self.after_observe(metrics, policy.detection.recent_signals);
+    }
+
+    /// Feeds a CONNECT tunnel's bytes from the gateway's access log: the bytes sent since its last
+    /// report (progress reports carry running totals). Plain requests' bodies are counted from
+    /// their `content-length` at Check time instead, never twice.
+    pub(super) fn observe_totals(
+        &mut self,
+        t: &super::totals::StreamTotals,
+        service: Option<&str>,
+        metrics: &super::metrics::Metrics,
+    ) {
+        self.raised.clear();
+        let (Some(host), true) = (t.host.as_deref(), t.is_connect()) else { return };
+        let key = t.request_id.as_deref().unwrap_or_default();
+        let counted = match t.phase {
+            super::totals::StreamPhase::End => self.tunnel_bytes.remove(key),
+            super::totals::StreamPhase::Progress => self.tunnel_bytes.get(key).copied(),
+        }
+        .unwrap_or(0);
+        let delta = t.bytes_sent.saturating_sub(counted);
+        if t.phase == super::totals::StreamPhase::Progress && !key.is_empty() {
+            self.tunnel_bytes.insert(key.into(), t.bytes_sent);
+        }
+        let end = t.start + t.duration.unwrap_or_default();
+        let observation = Observation {
+            time_ms: end.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            service,
+            spiffe_id: t.spiffe_id.as_deref(),
+            host,
+            port: t.port.unwrap_or(0),
+            event: Event::StreamTotals { bytes_sent: delta },
+        };
+        self.detector.observe(&observation, &mut self.raised);
+        let capacity = self.detector.config().recent_signals;
+        self.after_observe(metrics, capacity);
+    }
+
+    fn after_observe(&mut self, metrics: &super::metrics::Metrics, capacity: usize) {
         let stats = self.detector.stats();
         let evictions = stats.evicted_identities + stats.evicted_destinations;
         metrics.detector_evictions.inc_by(evictions - self.evictions_reported);
         self.evictions_reported = evictions;
-        let capacity = policy.detection.recent_signals;
         for s in &self.raised {
             let labels =
                 super::metrics::SignalLabels { kind: s.kind.as_str(), service: s.service.clone().unwrap_or_default() };
@@ -195,18 +236,35 @@ impl DetectSink {
     }
 }
 
+/// Where a signal's span goes: the trace of what raised it (a decision, a tunnel's CONNECT), as a
+/// child of that span.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalIds {
+    pub trace_id: opentelemetry::trace::TraceId,
+    pub parent_span_id: opentelemetry::trace::SpanId,
+    pub span_id: opentelemetry::trace::SpanId,
+}
+
+impl SignalIds {
+    pub(super) fn child_of(
+        trace_id: opentelemetry::trace::TraceId,
+        parent_span_id: opentelemetry::trace::SpanId,
+    ) -> Self {
+        use opentelemetry_sdk::trace::IdGenerator;
+        let span_id = opentelemetry_sdk::trace::RandomIdGenerator::default().new_span_id();
+        SignalIds { trace_id, parent_span_id, span_id }
+    }
+}
+
 /// A signal as an audit record: `time` (its last observation), the ids of the decision that
 /// raised it (and of its own span), and the signal under `egress.signal`.
-pub(super) fn audit_record(
-    signal: &Signal,
-    decision: Option<(&super::spans::SpanIds, opentelemetry::trace::SpanId)>,
-) -> serde_json::Value {
+pub(super) fn audit_record(signal: &Signal, ids: Option<&SignalIds>) -> serde_json::Value {
     let mut record = serde_json::Map::new();
     record.insert("time".into(), crate::detect::signal::format_time(signal.last).into());
-    if let Some((ids, span)) = decision {
+    if let Some(ids) = ids {
         record.insert("trace_id".into(), ids.trace_id.to_string().into());
-        record.insert("span_id".into(), span.to_string().into());
-        record.insert("parent_span_id".into(), ids.span_id.to_string().into());
+        record.insert("span_id".into(), ids.span_id.to_string().into());
+        record.insert("parent_span_id".into(), ids.parent_span_id.to_string().into());
     }
     record.insert("egress.signal".into(), signal.to_json());
     serde_json::Value::Object(record)

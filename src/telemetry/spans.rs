@@ -128,9 +128,9 @@ impl SpanBatcher {
         }
     }
 
-    /// Encodes the span of a detector signal raised by the decision `decision`.
-    pub fn push_signal(&mut self, signal: &crate::detect::Signal, decision: &SpanIds, span_id: SpanId) {
-        self.writer.append_signal(&mut self.batch, signal, decision, span_id);
+    /// Encodes the span of a detector signal (in the trace `ids` names).
+    pub fn push_signal(&mut self, signal: &crate::detect::Signal, ids: &super::signals::SignalIds) {
+        self.writer.append_signal(&mut self.batch, signal, ids);
         if self.batch.count >= self.max_batch {
             self.flush();
         }

@@ -143,19 +143,18 @@ pub const SIGNAL_SPAN_NAME: &str = "egress signal";
 
 impl SpanWriter {
     /// Appends the span of a detector signal: in the trace of the decision that raised it, a child
-    /// of that decision's span (`decision`), timed at the signal's last observation.
+    /// of that decision's span, timed at the signal's last observation.
     pub fn append_signal(
         &mut self,
         out: &mut EncodedSpans,
         signal: &crate::detect::Signal,
-        decision: &SpanIds,
-        span_id: opentelemetry::trace::SpanId,
+        ids: &super::signals::SignalIds,
     ) {
         let s = &mut self.scratch;
         s.clear();
-        len_field(s, field::SPAN_TRACE_ID, &decision.trace_id.to_bytes());
-        len_field(s, field::SPAN_SPAN_ID, &span_id.to_bytes());
-        len_field(s, field::SPAN_PARENT_SPAN_ID, &decision.span_id.to_bytes());
+        len_field(s, field::SPAN_TRACE_ID, &ids.trace_id.to_bytes());
+        len_field(s, field::SPAN_SPAN_ID, &ids.span_id.to_bytes());
+        len_field(s, field::SPAN_PARENT_SPAN_ID, &ids.parent_span_id.to_bytes());
         len_field(s, field::SPAN_NAME, SIGNAL_SPAN_NAME.as_bytes());
         encode_key(field::SPAN_KIND, WireType::Varint, s);
         encode_varint(KIND_INTERNAL, s);

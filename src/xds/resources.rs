@@ -4,7 +4,8 @@
 //! * cluster `egressd_authz`: egressd's gRPC port over HTTP/2 (ext_authz checks).
 //! * cluster `egress_dfp`: dynamic forward proxy, DNS through c-ares at the configured resolvers.
 //! * listener `egress_http`: HTTP proxy + CONNECT (HTTP/1.1 and HTTP/2), ext_authz, DFP, router;
-//!   mTLS with a required, verified client certificate when the spec names certificate files.
+//!   mTLS with a required, verified client certificate when the spec names certificate files;
+//!   access logs to stdout and, over gRPC, to egressd (`als`).
 //! * cluster `egress_dfp_tls` (when the Gateway has `upstreamTls`): the same, with TLS originated
 //!   to the destination for `https://` proxy requests.
 //! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel (or, verified, through the
@@ -65,8 +66,8 @@ use envoy_types::util::pack_any;
 use prost::Name;
 
 use crate::contract::{
-    CORRELATION_HEADER, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS, TLS_NAME_HEADER, UPSTREAM_TLS_METADATA,
-    UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
+    CORRELATION_HEADER, DECISION_METADATA_NAMESPACE, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS,
+    TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
 };
 use crate::policy::GatewaySpec;
 
@@ -425,7 +426,8 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         } else {
             http_connection_manager::ForwardClientCertDetails::Sanitize as i32
         },
-        access_log: access_log("envoy.filters.http.ext_authz", false),
+        access_log: super::als::http_access_logs(spec, access_log(DECISION_METADATA_NAMESPACE, false)),
+        access_log_options: super::als::hcm_log_options(spec),
         tracing: tracing(spec),
         // Every workload is an external client: the gateway generates each request's
         // x-request-id (canary shares hash it), so a client cannot choose its bucket. Envoy 1.33+

@@ -1,0 +1,183 @@
+//! `envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs`: the gateway's access log
+//! streams (one per Envoy worker thread, open for the connection's life), read message by message.
+//! Envoy expects no answer and no acknowledgement: delivery is at most once.
+
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
+    AccessLogService, AccessLogServiceServer,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::LogEntries;
+use envoy_types::pb::envoy::service::accesslog::v3::{StreamAccessLogsMessage, StreamAccessLogsResponse};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::entry::{Skip, totals};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::ReasonLabel;
+
+/// Entries read from one message; the rest are skipped (`over-limit`). Envoy flushes a batch at
+/// `buffer_size_bytes` (16 KiB by default, a few dozen entries), so a message with more is not
+/// the gateway egressd configured; the bound keeps one message's work small either way (the
+/// message itself is bounded by tonic's 4 MiB decoding limit).
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 4096;
+
+/// The ALS server: each entry's totals go to the telemetry thread without waiting.
+#[derive(Debug, Clone)]
+pub struct AccessLogSink {
+    telemetry: Telemetry,
+}
+
+/// What one stream said about itself in its first message.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// `node.id` and `log_name` of the identifier, for the log line when the stream ends.
+    node: Option<(String, String)>,
+    entries: u64,
+}
+
+impl AccessLogSink {
+    pub fn new(telemetry: Telemetry) -> Self {
+        AccessLogSink { telemetry }
+    }
+
+    pub fn into_server(self) -> AccessLogServiceServer<Self> {
+        AccessLogServiceServer::new(self)
+    }
+
+    fn skipped(&self, why: Skip, n: u64) {
+        if n > 0 {
+            self.telemetry.metrics.access_log_skipped.get_or_create(&ReasonLabel { reason: why.as_str() }).inc_by(n);
+        }
+    }
+
+    /// One message: the identifier (first message only, by Envoy's contract; a later one just
+    /// replaces it), then at most `MAX_ENTRIES_PER_MESSAGE` HTTP entries.
+    fn handle(&self, state: &mut StreamState, msg: StreamAccessLogsMessage) {
+        if let Some(id) = msg.identifier {
+            let node = id.node.map(|n| n.id).unwrap_or_default();
+            tracing::debug!(node = %node, log_name = %id.log_name, "gateway access log stream opened");
+            state.node = Some((node, id.log_name));
+        }
+        match msg.log_entries {
+            None => {}
+            Some(LogEntries::TcpLogs(tcp)) => self.skipped(Skip::Tcp, tcp.log_entry.len() as u64),
+            Some(LogEntries::HttpLogs(http)) => {
+                let over = http.log_entry.len().saturating_sub(MAX_ENTRIES_PER_MESSAGE);
+                self.skipped(Skip::OverLimit, over as u64);
+                for entry in http.log_entry.iter().take(MAX_ENTRIES_PER_MESSAGE) {
+                    state.entries += 1;
+                    match totals(entry) {
+                        Ok(t) => {
+                            self.telemetry.metrics.stream_totals.inc();
+                            self.telemetry.submit_totals(t);
+                        }
+                        Err(why) => self.skipped(why, 1),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AccessLogService for AccessLogSink {
+    async fn stream_access_logs(
+        &self,
+        request: Request<Streaming<StreamAccessLogsMessage>>,
+    ) -> Result<Response<StreamAccessLogsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut state = StreamState::default();
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(msg)) => self.handle(&mut state, msg),
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            }
+        };
+        let (node, log_name) = state.node.unwrap_or_default();
+        match ended {
+            Ok(()) => {
+                tracing::debug!(node = %node, log_name = %log_name, entries = state.entries, "gateway access log stream closed");
+                Ok(Response::new(StreamAccessLogsResponse {}))
+            }
+            Err(status) => {
+                // A message that does not decode ends the stream (its framing cannot be trusted);
+                // Envoy opens a new one. A gateway going away is not counted.
+                if status.code() == tonic::Code::Internal {
+                    self.skipped(Skip::Undecodable, 1);
+                }
+                tracing::debug!(node = %node, error = %status.message(), entries = state.entries, "gateway access log stream ended");
+                Err(status)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::data::accesslog::v3::{
+        AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, TcpAccessLogEntry,
+    };
+    use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+        HttpAccessLogEntries, Identifier, TcpAccessLogEntries,
+    };
+    use envoy_types::pb::google::protobuf::Timestamp;
+
+    fn entry(ok: bool) -> HttpAccessLogEntry {
+        HttpAccessLogEntry {
+            common_properties: Some(AccessLogCommon {
+                start_time: ok.then_some(Timestamp { seconds: 1, nanos: 0 }),
+                ..Default::default()
+            }),
+            request: Some(HttpRequestProperties { authority: "a.test:443".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn skipped(sink: &AccessLogSink, reason: &'static str) -> u64 {
+        sink.telemetry.metrics.access_log_skipped.get_or_create(&ReasonLabel { reason }).get()
+    }
+
+    #[test]
+    fn the_identifier_is_kept_and_entries_are_counted_by_outcome() {
+        let sink = AccessLogSink::new(Telemetry::metrics_only());
+        let mut state = StreamState::default();
+        let first = StreamAccessLogsMessage {
+            identifier: Some(Identifier {
+                node: Some(Node { id: "gw-1".into(), ..Default::default() }),
+                log_name: "egressd".into(),
+            }),
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: vec![entry(true), entry(false), entry(true)],
+            })),
+        };
+        sink.handle(&mut state, first);
+        assert_eq!(state.node, Some(("gw-1".into(), "egressd".into())));
+        assert_eq!(sink.telemetry.metrics.stream_totals.get(), 2);
+        assert_eq!(skipped(&sink, "malformed"), 1);
+        let tcp = StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::TcpLogs(TcpAccessLogEntries {
+                log_entry: vec![TcpAccessLogEntry::default()],
+            })),
+        };
+        sink.handle(&mut state, tcp);
+        assert_eq!(skipped(&sink, "tcp"), 1);
+        sink.handle(&mut state, StreamAccessLogsMessage::default());
+        assert_eq!(state.entries, 3);
+    }
+
+    #[test]
+    fn one_message_does_bounded_work() {
+        let sink = AccessLogSink::new(Telemetry::metrics_only());
+        let mut state = StreamState::default();
+        let many = vec![entry(true); MAX_ENTRIES_PER_MESSAGE + 10];
+        let msg = StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries { log_entry: many })),
+        };
+        sink.handle(&mut state, msg);
+        assert_eq!(sink.telemetry.metrics.stream_totals.get(), MAX_ENTRIES_PER_MESSAGE as u64);
+        assert_eq!(skipped(&sink, "over-limit"), 10);
+    }
+}
