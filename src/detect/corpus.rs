@@ -89,13 +89,13 @@ fn spiffe(i: usize) -> String {
 }
 
 fn uses_cdn(i: usize) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 fn is_ci(i: usize) -> bool {
-    i % 5 == 0
+    i.is_multiple_of(5)
 }
 fn is_batch(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 fn dry_run(i: usize) -> bool {
     i % 10 == 9

@@ -220,7 +220,7 @@ impl<'d> Compiler<'d> {
                 .as_ref()
                 .map(|t| SourceLoc::of(&mesh.file, t)),
             unclaimed_identities_loc: mesh.doc.unclaimed_identities.as_ref().map(|u| SourceLoc::of(&mesh.file, u)),
-            detection: super::detection::compile(mesh.doc.detection.as_ref(), &mesh.file, &mut self.diags),
+            detection: super::detection::compile(mesh.doc.detection.as_ref(), &mesh.file, self.diags),
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
             rule_hits: super::hits::RuleHits::new(self.rules.len()),
