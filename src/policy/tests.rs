@@ -552,3 +552,25 @@ fn a_claim_inside_another_services_wildcard_claim_is_warned_and_a_sibling_prefix
     let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
     assert_eq!(inside, pairs(&[("builder", "ci"), ("builder", "runners"), ("runners", "ci")]), "{:?}", p.warnings);
 }
+
+#[test]
+fn detection_thresholds_are_read_and_bad_ones_located() {
+    let mesh = |block: &str| format!("kind: MeshDefaults\ntrustDomain: corp.example\ndetection:\n{block}");
+    let located = |block: &str, prefix: &str, text: &str| {
+        let errs = match compile(&PolicySource::from_text("v.yaml", &mesh(block)), NOW) {
+            Ok(_) => vec![],
+            Err(d) => d.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        };
+        assert!(errs.iter().any(|e| e.starts_with(prefix) && e.contains(text)), "`{prefix}…{text}` in {errs:#?}");
+    };
+    located("  beaconing:\n    threshold: 1.5\n", "v.yaml:5:16:", "between 0 and 1");
+    located("  largeUpload:\n    bytes: lots\n", "v.yaml:5:12:", "not a size");
+    located("  denyBurst:\n    window: 10 parsecs\n", "v.yaml:5:13:", "unit");
+    located("  rare:\n    maxServicePercent: 200\n", "v.yaml:5:24:", "between 0 and 100");
+    located("  beaconing:\n    jitter: 3\n", "v.yaml:5:5:", "unknown field `jitter`");
+    let text = mesh("  beaconing:\n    window: 12h\n    threshold: 0.8\n  largeUpload:\n    bytes: 500MiB\n");
+    let p = compile(&PolicySource::from_text("v.yaml", &text), 0).expect("valid");
+    assert_eq!((p.detection.beacon_window_ms, p.detection.beacon_threshold), (12 * 3_600_000, 0.8));
+    assert_eq!(p.detection.upload_bytes, 500 << 20);
+    assert_eq!(p.detection.deny_burst_destinations, 20, "defaults where nothing is written");
+}
