@@ -11,7 +11,19 @@ use egressd::detect::corpus::{CorpusSize, write};
 use egressd::detect::evaluate::{Label, evaluate};
 use egressd::detect::{Detector, SignalKind};
 
-const SIZE: CorpusSize = CorpusSize { services: 50, days: 2, metrics_interval: 60.0, seed: 7 };
+const SIZE: CorpusSize = CorpusSize { services: 50, days: 2, metrics_interval: 120.0, seed: 7 };
+
+/// The corpus, written once for both tests (it is the slow part).
+fn corpus() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write(dir.path(), SIZE).unwrap();
+        assert!(written.records > 100_000, "{written:?}");
+        dir
+    })
+    .path()
+}
 
 fn egressd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_egressd")).args(args).output().expect("run egressd")
@@ -23,16 +35,14 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn every_detector_finds_its_attacks_in_the_corpus_without_false_signals() {
-    let dir = tempfile::tempdir().unwrap();
-    let written = write(dir.path(), SIZE).unwrap();
-    assert!(written.records > 100_000, "{written:?}");
-    let policy = egressd::policy::load_dir(&dir.path().join("policy")).unwrap();
+    let dir = corpus();
+    let policy = egressd::policy::load_dir(&dir.join("policy")).unwrap();
     let mut input = AuditObservations::new(Some(&policy));
-    input.read_paths(&[dir.path().join("audit.log")]).unwrap();
+    input.read_paths(&[dir.join("audit.log")]).unwrap();
     let mut detector = Detector::new(policy.detection.clone());
     let (signals, report) = input.detect(&mut detector);
     assert_eq!(report.bad_lines, 0);
-    let labels: Vec<Label> = serde_json::from_slice(&std::fs::read(dir.path().join("labels.json")).unwrap()).unwrap();
+    let labels: Vec<Label> = serde_json::from_slice(&std::fs::read(dir.join("labels.json")).unwrap()).unwrap();
     let scores = evaluate(&labels, &signals);
     for kind in SignalKind::ALL {
         let s = &scores[&kind];

@@ -29,6 +29,7 @@ mod stats;
 mod upload;
 
 use hashlink::LruCache;
+use rustc_hash::FxBuildHasher;
 
 use crate::policy::detection::DetectionConfig;
 use crate::policy::fqdn::HostPattern;
@@ -111,6 +112,13 @@ pub struct Observation<'a> {
     pub event: Event,
 }
 
+/// A bounded map by string key with the fast hash (keys are names egressd already normalized).
+pub(crate) type Lru<V> = LruCache<Box<str>, V, FxBuildHasher>;
+
+pub(crate) fn lru<V>(capacity: usize) -> Lru<V> {
+    LruCache::with_hasher(capacity.max(1), FxBuildHasher)
+}
+
 /// Buffers reused between evaluations.
 #[derive(Debug, Default)]
 pub struct Scratch {
@@ -120,8 +128,7 @@ pub struct Scratch {
 
 #[derive(Debug, Default)]
 struct IdentityState {
-    beacons: Option<LruCache<Box<str>, beacon::BeaconSeries>>,
-    uploads: Option<LruCache<Box<str>, upload::UploadWindow>>,
+    uploads: Option<Lru<upload::UploadWindow>>,
     baseline: upload::Baseline,
     denies: deny_burst::DenyBurst,
 }
@@ -140,9 +147,13 @@ pub struct DetectorStats {
 
 pub struct Detector {
     config: DetectionConfig,
-    identities: LruCache<Box<str>, IdentityState>,
+    identities: Lru<IdentityState>,
+    /// Beacon series by `identity \x1f host`, for the whole mesh: the largest state (up to
+    /// `timestampsPerDestination` seconds each), so bounded as a whole (`limits.beaconSeries`).
+    beacons: Lru<beacon::BeaconSeries>,
+    beacon_key: String,
     /// Per subject: tunnel-like name statistics per registrable domain.
-    names: LruCache<Box<str>, LruCache<Box<str>, names::NameStats>>,
+    names: Lru<Lru<names::NameStats>>,
     novelty: novelty::Novelty,
     scratch: Scratch,
     stats: DetectorStats,
@@ -167,8 +178,10 @@ impl Detector {
     pub fn new(config: DetectionConfig) -> Self {
         let cap = config.max_identities.max(1);
         Detector {
-            identities: LruCache::new(cap),
-            names: LruCache::new(cap),
+            identities: lru(cap),
+            beacons: lru(config.max_beacon_series),
+            beacon_key: String::new(),
+            names: lru(cap),
             novelty: novelty::Novelty::new(cap),
             config,
             scratch: Scratch::default(),
@@ -193,7 +206,12 @@ impl Detector {
         while self.names.len() > cap {
             self.names.remove_lru();
         }
+        while self.beacons.len() > config.max_beacon_series.max(1) {
+            self.beacons.remove_lru();
+            self.stats.evicted_destinations += 1;
+        }
         self.identities.set_capacity(cap);
+        self.beacons.set_capacity(config.max_beacon_series.max(1));
         self.names.set_capacity(cap);
         self.novelty.set_capacity(cap);
         self.config = config;
@@ -214,19 +232,18 @@ impl Detector {
             .identities
             .iter()
             .map(|(k, s)| {
-                let beacons: usize =
-                    s.beacons.iter().flat_map(|m| m.iter()).map(|(k, b)| k.len() + 96 + b.heap_bytes()).sum();
                 let uploads: usize =
                     s.uploads.iter().flat_map(|m| m.iter()).map(|(k, u)| k.len() + 96 + u.heap_bytes()).sum();
-                k.len() + 256 + beacons + uploads + s.denies.heap_bytes()
+                k.len() + 256 + uploads + s.denies.heap_bytes()
             })
             .sum();
+        let beacons: usize = self.beacons.iter().map(|(k, b)| k.len() + 96 + b.heap_bytes()).sum();
         let names: usize = self
             .names
             .iter()
             .map(|(k, m)| k.len() + 96 + m.iter().map(|(d, n)| d.len() + 96 + n.heap_bytes()).sum::<usize>())
             .sum();
-        per_identity + names + self.novelty.heap_bytes()
+        per_identity + beacons + names + self.novelty.heap_bytes()
     }
 
     /// Takes one observation; appends the signals it raised to `out`.
@@ -242,10 +259,12 @@ impl Detector {
         match o.event {
             Event::Request { admission, body_bytes } => {
                 let prevalence = self.novelty.prevalence(domain);
-                let state = entry(&mut self.identities, identity, &mut self.stats.evicted_identities);
                 let config = &self.config;
-                let beacons = state.beacons.get_or_insert_with(|| LruCache::new(config.max_destinations_per_identity));
-                let series = entry(beacons, o.host, &mut self.stats.evicted_destinations);
+                self.beacon_key.clear();
+                self.beacon_key.push_str(identity);
+                self.beacon_key.push('\x1f');
+                self.beacon_key.push_str(o.host);
+                let series = entry(&mut self.beacons, &self.beacon_key, &mut self.stats.evicted_destinations);
                 let context = || beacon::Context {
                     admission,
                     prevalence,
@@ -254,9 +273,9 @@ impl Detector {
                     destination: o.host,
                 };
                 out.extend(series.observe(o.time_ms, body_bytes, config, &mut self.scratch, context));
+                let state = entry(&mut self.identities, identity, &mut self.stats.evicted_identities);
                 if !admission.is_allowed() {
-                    let destination = format!("{}:{}", o.host, o.port);
-                    out.extend(state.denies.observe(o.time_ms, &destination, config, (o.service, o.spiffe_id)));
+                    out.extend(state.denies.observe(o.time_ms, (o.host, o.port), config, (o.service, o.spiffe_id)));
                 }
                 // A denied request's body never left the gateway.
                 if let Some(bytes) = body_bytes.filter(|&b| b > 0 && admission != Admission::Denied) {
@@ -283,7 +302,7 @@ impl Detector {
     fn upload(&mut self, o: &Observation<'_>, identity: &str, bytes: u64, out: &mut Vec<Signal>) {
         let state = entry(&mut self.identities, identity, &mut self.stats.evicted_identities);
         let config = &self.config;
-        let uploads = state.uploads.get_or_insert_with(|| LruCache::new(config.max_destinations_per_identity));
+        let uploads = state.uploads.get_or_insert_with(|| lru(config.max_destinations_per_identity));
         let window = entry(uploads, o.host, &mut self.stats.evicted_destinations);
         out.extend(window.observe(o.time_ms, bytes, &mut state.baseline, config, (o.service, o.spiffe_id, o.host)));
     }
@@ -294,7 +313,7 @@ impl Detector {
             if self.names.len() >= self.names.capacity() {
                 self.names.remove_lru();
             }
-            self.names.insert(subject.into(), LruCache::new(self.config.max_destinations_per_identity));
+            self.names.insert(subject.into(), lru(self.config.max_destinations_per_identity));
         }
         let domains = self.names.get_mut(subject).expect("present: inserted above");
         let stats = entry(domains, domain, &mut self.stats.evicted_destinations);
@@ -321,7 +340,7 @@ impl Detector {
 }
 
 /// The value for `key`, inserted by default; a full map drops its least recently used, counted.
-fn entry<'m, V: Default>(map: &'m mut LruCache<Box<str>, V>, key: &str, evicted: &mut u64) -> &'m mut V {
+fn entry<'m, V: Default>(map: &'m mut Lru<V>, key: &str, evicted: &mut u64) -> &'m mut V {
     if !map.contains_key(key) {
         if map.len() >= map.capacity() {
             map.remove_lru();

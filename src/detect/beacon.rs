@@ -20,16 +20,18 @@ use super::stats::{bowley_skew, mad, quartiles};
 use super::{Admission, Scratch};
 use crate::policy::detection::DetectionConfig;
 
+/// A request without a known body size.
+const UNKNOWN: u32 = u32::MAX;
 /// Evaluate a series at most this often (event time).
 const EVALUATE_EVERY_MS: i64 = 5 * 60_000;
 
 /// The requests of one (identity, destination) over the window.
 #[derive(Debug, Default)]
 pub struct BeaconSeries {
-    /// Distinct request times, unix seconds, ascending.
-    times: VecDeque<i64>,
-    /// Body sizes of the requests at `times`, where known.
-    sizes: VecDeque<Option<u32>>,
+    /// Distinct request times, unix seconds, ascending (u32: seconds until 2106).
+    times: VecDeque<u32>,
+    /// Body sizes of the requests at `times`; `UNKNOWN` where not known.
+    sizes: VecDeque<u32>,
     requests: u64,
     last_evaluated_ms: i64,
     signaled_ms: Option<i64>,
@@ -48,7 +50,7 @@ pub struct Context<'a> {
 impl BeaconSeries {
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.times.capacity() * 8 + self.sizes.capacity() * 8
+        self.times.capacity() * 4 + self.sizes.capacity() * 4
     }
 
     /// Adds one request at `time_ms`; returns a signal when the series now scores as a beacon.
@@ -61,7 +63,7 @@ impl BeaconSeries {
         context: impl FnOnce() -> Context<'c>,
     ) -> Option<Signal> {
         self.push(time_ms, size, config);
-        let span_ms = (self.times.back().unwrap_or(&0) - self.times.front().unwrap_or(&0)) * 1000;
+        let span_ms = i64::from(self.times.back().unwrap_or(&0) - self.times.front().unwrap_or(&0)) * 1000;
         if self.times.len() < config.beacon_min_timestamps
             || span_ms < config.beacon_min_span_ms
             || time_ms - self.last_evaluated_ms < EVALUATE_EVERY_MS
@@ -83,15 +85,15 @@ impl BeaconSeries {
 
     fn push(&mut self, time_ms: i64, size: Option<u64>, config: &DetectionConfig) {
         self.requests += 1;
-        let t = time_ms.div_euclid(1000);
+        let t = time_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
         // Requests in the same second (or a little out of order) are one timestamp, as in RITA.
         if self.times.back().is_some_and(|&last| t <= last) {
             return;
         }
         self.times.push_back(t);
-        self.sizes.push_back(size.map(|s| s.min(u64::from(u32::MAX)) as u32));
-        let oldest = t - config.beacon_window_ms / 1000;
-        while self.times.front().is_some_and(|&f| f < oldest) || self.times.len() > config.max_timestamps {
+        self.sizes.push_back(size.map_or(UNKNOWN, |s| s.min(u64::from(UNKNOWN - 1)) as u32));
+        let oldest = i64::from(t) - config.beacon_window_ms / 1000;
+        while self.times.front().is_some_and(|&f| i64::from(f) < oldest) || self.times.len() > config.max_timestamps {
             self.times.pop_front();
             self.sizes.pop_front();
         }
@@ -101,13 +103,13 @@ impl BeaconSeries {
         let times = &self.times;
         let intervals = &mut scratch.a;
         intervals.clear();
-        intervals.extend(times.iter().zip(times.iter().skip(1)).map(|(a, b)| (b - a) as f64));
+        intervals.extend(times.iter().zip(times.iter().skip(1)).map(|(a, b)| f64::from(b - a)));
         let q = quartiles(intervals).unwrap_or_default();
         let skew = 1.0 - bowley_skew(q).abs();
         let median = q.1.max(1.0);
         let spread = mad(intervals, q.1, &mut scratch.b);
         let madm = 1.0 - (2.0 * spread / median).min(1.0);
-        let span = (times.back().unwrap_or(&0) - times.front().unwrap_or(&0)) as f64;
+        let span = f64::from(times.back().unwrap_or(&0) - times.front().unwrap_or(&0));
         // Regular series: the mean interval is the median. Random arrivals: ~1.44x; bursts with
         // long gaps: many times.
         let mean = span / intervals.len().max(1) as f64;
@@ -117,7 +119,7 @@ impl BeaconSeries {
 
         let sizes = &mut scratch.a;
         sizes.clear();
-        sizes.extend(self.sizes.iter().flatten().map(|&s| f64::from(s)));
+        sizes.extend(self.sizes.iter().filter(|&&s| s != UNKNOWN).map(|&s| f64::from(s)));
         let size = if sizes.len() * 2 >= self.sizes.len() && !sizes.is_empty() {
             let q = quartiles(sizes).unwrap_or_default();
             let skew = 1.0 - bowley_skew(q).abs();
@@ -172,8 +174,8 @@ impl BeaconSeries {
             spiffe_id: ctx.spiffe_id.map(str::to_string),
             destination: ctx.destination.to_string(),
             score: round3(total),
-            first: first * 1000,
-            last: last * 1000,
+            first: i64::from(first) * 1000,
+            last: i64::from(last) * 1000,
             summary,
             evidence,
             context: format!(
@@ -201,7 +203,7 @@ struct Score {
 
 /// Hours of the series' span with requests, times 1 - the coefficient of variation of the
 /// per-hour counts: 1 for requests spread evenly over every hour.
-fn hourly_spread(times: &VecDeque<i64>) -> f64 {
+fn hourly_spread(times: &VecDeque<u32>) -> f64 {
     let (Some(&first), Some(&last)) = (times.front(), times.back()) else { return 0.0 };
     let hours = ((last - first) / 3600 + 1) as usize;
     let mut counts = vec![0u32; hours.min(24 * 31)];

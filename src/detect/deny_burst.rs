@@ -13,28 +13,28 @@ const NAMED: usize = 5;
 
 #[derive(Debug, Default)]
 pub struct DenyBurst {
-    /// (time, destination `host:port`), oldest first; at most 4x the threshold.
-    recent: VecDeque<(i64, Box<str>)>,
+    /// (time, destination host, port), oldest first; at most 4x the threshold.
+    recent: VecDeque<(i64, Box<str>, u16)>,
     signaled_ms: Option<i64>,
 }
 
 impl DenyBurst {
     pub fn heap_bytes(&self) -> usize {
-        self.recent.iter().map(|(_, d)| d.len() + 24).sum()
+        self.recent.iter().map(|(_, d, _)| d.len() + 32).sum()
     }
 
     pub fn observe(
         &mut self,
         time_ms: i64,
-        destination: &str,
+        (host, port): (&str, u16),
         config: &DetectionConfig,
         (service, spiffe_id): (Option<&str>, Option<&str>),
     ) -> Option<Signal> {
-        while self.recent.front().is_some_and(|(t, _)| *t + config.deny_burst_window_ms <= time_ms) {
+        while self.recent.front().is_some_and(|(t, _, _)| *t + config.deny_burst_window_ms <= time_ms) {
             self.recent.pop_front();
         }
-        if !self.recent.iter().any(|(_, d)| &**d == destination) {
-            self.recent.push_back((time_ms, destination.into()));
+        if !self.recent.iter().any(|(_, h, p)| &**h == host && *p == port) {
+            self.recent.push_back((time_ms, host.into(), port));
             if self.recent.len() > config.deny_burst_destinations * 4 {
                 self.recent.pop_front();
             }
@@ -46,7 +46,7 @@ impl DenyBurst {
             return None;
         }
         self.signaled_ms = Some(time_ms);
-        let named: Vec<&str> = self.recent.iter().rev().take(NAMED).map(|(_, d)| &**d).collect();
+        let named: Vec<String> = self.recent.iter().rev().take(NAMED).map(|(_, h, p)| format!("{h}:{p}")).collect();
         let minutes = config.deny_burst_window_ms as f64 / 60_000.0;
         Some(Signal {
             kind: SignalKind::DenyBurst,
@@ -54,7 +54,7 @@ impl DenyBurst {
             spiffe_id: spiffe_id.map(str::to_string),
             destination: format!("{} destinations", distinct),
             score: round3(over_threshold(distinct as f64 / config.deny_burst_destinations as f64)),
-            first: self.recent.front().map(|(t, _)| *t).unwrap_or(time_ms),
+            first: self.recent.front().map(|(t, _, _)| *t).unwrap_or(time_ms),
             last: time_ms,
             summary: format!(
                 "{distinct} distinct destinations denied in {minutes:.0} min, latest: {}",
@@ -84,7 +84,7 @@ mod tests {
         let mut d = DenyBurst::default();
         let mut signals = Vec::new();
         for i in 0..40 {
-            signals.extend(d.observe(i * 10_000, &format!("h{i}.example:443"), &config, who()));
+            signals.extend(d.observe(i * 10_000, (&format!("h{i}.example"), 443), &config, who()));
         }
         assert_eq!(signals.len(), 1);
         assert!(signals[0].summary.starts_with("20 distinct destinations denied"), "{}", signals[0].summary);
@@ -95,12 +95,12 @@ mod tests {
         let config = DetectionConfig::default();
         let mut d = DenyBurst::default();
         for i in 0..1000 {
-            assert_eq!(d.observe(i * 1000, "legacy.example:443", &config, who()), None);
+            assert_eq!(d.observe(i * 1000, ("legacy.example", 443), &config, who()), None);
         }
         let mut d = DenyBurst::default();
         for i in 0..100 {
             // One new destination a minute: 10 in any 10 minutes.
-            assert_eq!(d.observe(i * 60_000, &format!("h{i}.example:443"), &config, who()), None);
+            assert_eq!(d.observe(i * 60_000, (&format!("h{i}.example"), 443), &config, who()), None);
         }
     }
 }

@@ -87,6 +87,7 @@ pub struct LimitsDoc {
     pub identities: Option<Spanned<i64>>,
     pub destinations_per_identity: Option<Spanned<i64>>,
     pub timestamps_per_destination: Option<Spanned<i64>>,
+    pub beacon_series: Option<Spanned<i64>>,
     pub recent_signals: Option<Spanned<i64>>,
 }
 
@@ -122,6 +123,8 @@ pub struct DetectionConfig {
     pub max_destinations_per_identity: usize,
     /// Request timestamps kept per (identity, destination) for beaconing.
     pub max_timestamps: usize,
+    /// (identity, destination) beacon series kept for the whole mesh.
+    pub max_beacon_series: usize,
     /// Signals kept for `GET /signals`.
     pub recent_signals: usize,
 }
@@ -154,6 +157,7 @@ impl Default for DetectionConfig {
             max_identities: 10_000,
             max_destinations_per_identity: 64,
             max_timestamps: 512,
+            max_beacon_series: 50_000,
             recent_signals: 1000,
         }
     }
@@ -211,6 +215,7 @@ pub(super) fn compile(doc: Option<&DetectionDoc>, file: &Arc<str>, diags: &mut D
         v.count(&l.identities, 1, &mut c.max_identities);
         v.count(&l.destinations_per_identity, 1, &mut c.max_destinations_per_identity);
         v.count(&l.timestamps_per_destination, 8, &mut c.max_timestamps);
+        v.count(&l.beacon_series, 1, &mut c.max_beacon_series);
         v.count(&l.recent_signals, 1, &mut c.recent_signals);
     }
     c
