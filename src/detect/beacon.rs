@@ -233,10 +233,9 @@ pub fn round3(x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ctx() -> Context<'static> {
+mod tests_support {
+    pub use super::*;
+    pub fn ctx() -> Context<'static> {
         Context {
             admission: Admission::Denied,
             prevalence: (1, 50),
@@ -245,9 +244,7 @@ mod tests {
             destination: "c2.example",
         }
     }
-
-    /// Feeds requests at the given offsets (seconds) and returns the first signal.
-    fn run(
+    pub fn run(
         offsets: impl IntoIterator<Item = f64>,
         size: Option<u64>,
         admission: Admission,
@@ -267,12 +264,15 @@ mod tests {
         }
         found
     }
-
-    /// A deterministic jitter in [-1, 1].
-    fn jitter(i: u64) -> f64 {
+    pub fn jitter(i: u64) -> f64 {
         let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
         (h % 20_001) as f64 / 10_000.0 - 1.0
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
 
     #[test]
     fn a_jittered_beacon_fires_and_says_why() {
@@ -328,5 +328,29 @@ mod tests {
         assert_eq!(context_weight(Admission::Denied, (50, 50)), 1.0);
         assert_eq!(context_weight(Admission::Exact, (0, 50)), 0.9);
         assert!((context_weight(Admission::Pattern, (5, 50)) - 0.5).abs() < 1e-9);
+    }
+}
+#[cfg(test)]
+mod jitter {
+    use super::tests_support::*;
+
+    /// Uniform jitter keeps intervals symmetric around the period: even +-80% scores as a beacon
+    /// (what RITA-style scoring sees); random arrivals (exponential intervals) do not (`tests`).
+    #[test]
+    fn beacons_with_uniform_jitter_up_to_80_percent_fire() {
+        for j in [0.0, 0.2, 0.4, 0.6, 0.8] {
+            for period in [60.0, 300.0] {
+                let mut t = 0.0;
+                let mut k = 0u64;
+                let beats: Vec<f64> = (0..600)
+                    .map(|_| {
+                        k += 1;
+                        t += period * (1.0 + j * jitter(k));
+                        t
+                    })
+                    .collect();
+                assert!(run(beats, None, Admission::Denied, (1, 50)).is_some(), "jitter {j}, period {period} s");
+            }
+        }
     }
 }
