@@ -6,7 +6,7 @@
 //! `contract` is the wire contract with the gateway (headers, check metadata); `runtime` (rollback
 //! guard, break-glass grants, their counts) changes decisions at run time; `telemetry` (spans,
 //! metrics, audit log) consumes decision facts; `authz` (the ext_authz Check service: one
-//! `Checker`) and `xds` (the gateway's ADS control plane) build on those; `admin` (HTTP port,
+//! `Checker`) and `xds` (the gateway's ADS control plane) and `dns` (the DNS firewall) build on those; `admin` (HTTP port,
 //! admin gRPC API), `reload`, `explain` and `server` (wiring) are the edges; `testing` is test
 //! support behind the `testing` feature.
 
@@ -15,6 +15,7 @@ pub mod authz;
 pub mod clock;
 pub mod contract;
 pub mod devpki;
+pub mod dns;
 pub mod explain;
 pub mod export;
 pub mod flows;

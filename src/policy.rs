@@ -10,6 +10,7 @@ mod compiled;
 mod decide;
 mod decision;
 pub mod diagnostic;
+pub mod dns;
 pub mod fqdn;
 mod gateway;
 pub mod hits;

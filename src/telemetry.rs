@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod context;
+pub mod dns;
 mod flows;
 pub mod metrics;
 pub mod otlp;
@@ -84,6 +85,7 @@ pub enum TelemetryError {
 
 enum Msg {
     Decision(Box<CheckEvent>),
+    Dns(Box<dns::DnsEvent>),
     /// Write out everything queued before this message, then stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
@@ -243,6 +245,7 @@ impl Worker {
             loop {
                 match rx.try_recv() {
                     Ok(Msg::Decision(event)) => self.record(&event),
+                    Ok(Msg::Dns(event)) => self.record_dns(&event),
                     Ok(Msg::Shutdown(done)) => {
                         self.flush();
                         if let Some(b) = self.batches.take() {
@@ -301,6 +304,12 @@ impl Worker {
             && let Some(batches) = &mut self.batches
         {
             batches.push(&record, &ids);
+        }
+    }
+
+    fn record_dns(&mut self, event: &dns::DnsEvent) {
+        if let Some(audit) = &mut self.audit {
+            dns::count_written(&self.metrics, audit.append_with(|line| dns::encode(line, event)));
         }
     }
 

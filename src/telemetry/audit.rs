@@ -71,8 +71,14 @@ impl AuditLog {
 
     /// Appends one record (buffered; `flush` writes it out).
     pub fn append(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
+        self.append_with(|line| encode(line, record, ids))
+    }
+
+    /// Appends the one line `write` encodes (without its newline): records of other kinds (DNS
+    /// queries) share the file, its rotation and its fsync policy.
+    pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
         self.line.clear();
-        encode(&mut self.line, record, ids)?;
+        write(&mut self.line)?;
         self.line.push(b'\n');
         if self.size > 0 && self.size + self.line.len() as u64 > self.config.max_bytes {
             self.rotate()?;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub audit_dropped: Family<ReasonLabel, Counter>,
     pub rollback_guard_trips: Counter,
     pub break_glass_decisions: Family<ServiceLabel, Counter>,
+    pub dns_queries: Family<super::dns::DnsQueryLabels, Counter>,
+    pub dns_dropped: Counter,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -142,6 +144,16 @@ impl Metrics {
             "egressd_rollback_guard_trips",
             "Canary services put back in dry-run by their rollback guard",
             self.rollback_guard_trips.clone(),
+        );
+        r.register(
+            "egressd_dns_queries",
+            "DNS firewall queries by decision (allow, deny, would-deny) and query type",
+            self.dns_queries.clone(),
+        );
+        r.register(
+            "egressd_dns_packets_dropped",
+            "DNS packets dropped unanswered: malformed, not a query, or over the in-flight limit",
+            self.dns_dropped.clone(),
         );
         for c in extra {
             r.register_collector(c);
