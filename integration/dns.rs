@@ -334,7 +334,13 @@ async fn a_policy_reload_changes_the_answers() {
     let version = s.egressd.policy.load().version.clone();
     std::fs::write(s.dir.path().join("dns.yaml"), "kind: DnsFirewall\nname: x\nlisten: nowhere\nupstreams: []\n")
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let error = eventually("the reload to be rejected", Duration::from_secs(15), || async {
+        let (_, body) = http_get(s.egressd.admin, "/policy").await;
+        let policy: serde_json::Value = serde_json::from_str(&body).unwrap();
+        policy["lastReloadError"]["errors"].as_array().map(|e| format!("{e:?}"))
+    })
+    .await;
+    assert!(error.contains("dns.yaml:3:9: listen `nowhere` is not IP:PORT"), "{error}");
     assert_eq!(s.egressd.policy.load().version, version, "the invalid set was not swapped in");
     assert_eq!(a_answers(&dig(s.dns, CI, &["allowed.test"]).await), vec!["192.0.2.10"]);
 }
