@@ -56,6 +56,7 @@ const PAY: &str = "127.0.0.7";
 fn records() -> Vec<TestRecord> {
     vec![
         TestRecord::A("allowed.test", Ipv4Addr::new(192, 0, 2, 10)),
+        TestRecord::A("sub.allowed.test", Ipv4Addr::new(192, 0, 2, 11)),
         TestRecord::A("pay.test", Ipv4Addr::new(192, 0, 2, 20)),
         TestRecord::A("dry.test", Ipv4Addr::new(192, 0, 2, 30)),
         TestRecord::A("leak.test", Ipv4Addr::new(192, 0, 2, 40)),
@@ -343,4 +344,73 @@ async fn a_policy_reload_changes_the_answers() {
     assert!(error.contains("dns.yaml:3:9: listen `nowhere` is not IP:PORT"), "{error}");
     assert_eq!(s.egressd.policy.load().version, version, "the invalid set was not swapped in");
     assert_eq!(a_answers(&dig(s.dns, CI, &["allowed.test"]).await), vec!["192.0.2.10"]);
+}
+
+/// `egressd export rpz` loaded into a real unbound (rpz module) that forwards to the same
+/// authoritative server: an allowed name resolves, another gets NXDOMAIN from the zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpz_export_makes_unbound_answer_as_egressd_does() {
+    let upstream = start_counting_dns(&records()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policy");
+    std::fs::create_dir(&policy_dir).unwrap();
+    write_policy(&policy_dir, upstream.addr, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["export", "rpz", "--zone", "rpz.test-mesh", "--policy"])
+        .arg(&policy_dir)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let zone_file = dir.path().join("rpz.test-mesh.rpz");
+    let zone = std::fs::read_to_string(&zone_file).unwrap();
+    assert!(zone.contains("allowed.test CNAME rpz-passthru."), "{zone}");
+    assert!(zone.contains("leak.test CNAME ."), "{zone}");
+
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.path().join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:\n  interface: 127.0.0.1@{port}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  do-not-query-localhost: no\n  module-config: \"respip iterator\"\n  domain-insecure: \"test\"\n  local-zone: \"test.\" nodefault\n  qname-minimisation: no\n  do-ip6: no\nrpz:\n  name: rpz.test-mesh\n  zonefile: \"{zone}\"\nforward-zone:\n  name: \"test.\"\n  forward-addr: 127.0.0.1@{up}\n",
+            d = dir.path().display(),
+            zone = zone_file.display(),
+            up = upstream.addr.port()
+        ),
+    )
+    .unwrap();
+    // unbound serves `test.` as NXDOMAIN by default (RFC 6761): `nodefault` lets it forward.
+    let unbound = Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("unbound (Debian) is installed");
+    let _unbound = KillOnDrop(unbound);
+    let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let allowed = eventually("unbound to answer", Duration::from_secs(20), || async {
+        let out = dig(server, "127.0.0.1", &["allowed.test", "A"]).await;
+        out.contains("status: NOERROR").then_some(out)
+    })
+    .await;
+    let blocked = dig(server, "127.0.0.1", &["blocked.test", "A"]).await;
+    let denied = dig(server, "127.0.0.1", &["leak.test", "A"]).await;
+    let below = dig(server, "127.0.0.1", &["sub.allowed.test", "A"]).await;
+    assert_eq!(a_answers(&allowed), vec!["192.0.2.10"], "{allowed}");
+    assert_eq!(status(&blocked), "NXDOMAIN", "{blocked}");
+    assert_eq!(status(&denied), "NXDOMAIN", "{denied}");
+    assert_eq!(status(&below), "NXDOMAIN", "an exact allow does not pass its subdomains: {below}");
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -310,9 +310,13 @@ pub struct ExportArgs {
     /// Policy directory. Default as for `serve`.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Write one file per object kind into this directory instead of one YAML stream on stdout.
+    /// Write one file per object kind into this directory instead of one YAML stream on stdout
+    /// (rpz: the zone file `<zone>.rpz` into it).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// rpz: the zone's name.
+    #[arg(long, value_name = "NAME", default_value = egressd::export::rpz::DEFAULT_ZONE)]
+    pub zone: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -323,6 +327,8 @@ pub enum ExportTarget {
     Istio,
     /// CiliumNetworkPolicy per service (toFQDNs, toPorts, toCIDR, egressDeny).
     Cilium,
+    /// A DNS Response Policy Zone (unbound, BIND): allowed names pass, every other name NXDOMAIN.
+    Rpz,
 }
 
 #[derive(clap::Args)]

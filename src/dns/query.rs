@@ -191,6 +191,19 @@ pub fn finish(
     }
 }
 
+/// `finish` with an upstream's raw bytes, as the fuzz target drives it (the forwarder checks id
+/// and question first; here any message that decodes is taken, the harder case).
+pub fn finish_raw(resolver: &Resolver, pending: Pending, upstream: &[u8], now: Instant) -> (Vec<u8>, Box<DnsEvent>) {
+    finish(resolver, pending, Message::from_vec(upstream).ok(), now)
+}
+
+impl Pending {
+    /// The decision that let this query go upstream (never a deny).
+    pub fn decision(&self) -> Outcome {
+        self.event.decision
+    }
+}
+
 fn reply(msg: Message, shape: &ClientShape, mut event: Box<DnsEvent>, arrival: Instant) -> Step {
     let (bytes, msg) = match answer::encode(&msg, shape) {
         Some(bytes) => (bytes, msg),

@@ -137,6 +137,14 @@ impl CompiledPolicy {
         self.matcher.lookup_name(table, path, |c| unexpired(c, now))
     }
 
+    /// The mesh-wide deny that blocks the name `qname` whole (no ports, no protocols), if any:
+    /// the floor of every DNS answer, with or without a DnsFirewall (the RPZ export reads it).
+    pub fn mesh_denied_name(&self, qname: &str, now: i64) -> Option<&RuleInfo> {
+        let path = self.matcher.host_path(qname);
+        let rule = self.matcher.lookup_name(self.mesh_deny_table, &path, |c| whole_name(c, now))?;
+        Some(&self.rules[rule as usize])
+    }
+
     /// The service a DNS client address maps to, if any (`sources`).
     pub fn dns_service_of(&self, client: IpAddr) -> Option<ServiceIdx> {
         self.dns.as_ref()?.sources.lookup(client)
