@@ -4,9 +4,14 @@
 //! sources. No timing assertions: every wait is bounded by a generous timeout.
 
 mod support {
+    pub mod client;
     pub mod dns;
+    pub mod envoy;
     pub mod eventually;
+    pub mod lab;
+    pub mod pki;
     pub mod server;
+    pub mod upstream;
 }
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -413,4 +418,31 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Real Envoy, configured by egressd's ADS: with a DnsFirewall in the policy, the gateway's
+/// dynamic forward proxy resolves destination names through egressd's DNS (the generated c-ares
+/// resolver), so an allowed name works through the gateway and the lookup is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_forward_proxy_resolves_through_egressd_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = TelemetryConfig {
+        audit: Some(AuditConfig { path: audit.clone(), max_bytes: 1 << 30, keep: 1, fsync: FsyncPolicy::Never }),
+        ..Default::default()
+    };
+    let (telemetry, _tasks) = Telemetry::start(config).unwrap();
+    let lab = support::lab::Lab::builder().dns_firewall().telemetry(telemetry).start().await;
+    let dns = lab.egressd.dns.expect("DNS served");
+    let (_, xds) = http_get(lab.egressd.admin, "/policy").await;
+    assert!(xds.contains("dnsFirewall"), "{xds}");
+    let mut conn = lab.as_workload(&lab.checkout).await;
+    let url = format!("http://api.partner.test:{}/v1/prices", lab.http_upstream.port());
+    let (status, resp) = support::client::proxy_get(&mut conn, &url).await.unwrap();
+    assert_eq!(status, 200, "{resp}\n{}", lab.envoy.log());
+    assert!(resp.contains("upstream http host api.partner.test"), "{resp}");
+    let record = &audit_records(&audit, "api.partner.test").await[0];
+    assert_eq!(record["egress.decision"], "allow", "{record}");
+    assert_eq!(record["dns.question.type"], "A");
+    assert_eq!(record["client.address"], "127.0.0.1", "the gateway asked egressd ({dns})");
 }

@@ -54,6 +54,8 @@ pub struct LabBuilder {
     upstream_tls: bool,
     traced: Option<(SocketAddr, Telemetry)>,
     names: Vec<(String, Ipv4Addr)>,
+    dns_firewall: bool,
+    telemetry: Option<Telemetry>,
 }
 
 impl LabBuilder {
@@ -88,6 +90,19 @@ impl LabBuilder {
         self
     }
 
+    /// The policy gets a DnsFirewall in front of the lab's DNS, and the gateway names no resolver
+    /// of its own: its forward proxy resolves through egressd (the default with a DnsFirewall).
+    pub fn dns_firewall(mut self) -> Self {
+        self.dns_firewall = true;
+        self
+    }
+
+    /// egressd's decisions (Checks and DNS queries) go to `telemetry` (an audit log, say).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// The DNS also answers `name` with `ip` (a loopback address of the test's own).
     pub fn name(mut self, name: &str, ip: Ipv4Addr) -> Self {
         self.names.push((name.to_string(), ip));
@@ -116,7 +131,7 @@ impl LabBuilder {
         spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
         // The SNI forward proxy dials the TLS upstream's port.
         spec.tls_upstream_port = tls_upstream.port();
-        spec.dns_resolvers = vec![dns.addr];
+        spec.dns_resolvers = if self.dns_firewall { Vec::new() } else { vec![dns.addr] };
         spec.mtls = (!self.plaintext).then(|| MtlsPaths {
             certificate_chain: path("gw.pem"),
             private_key: path("gw.key"),
@@ -125,7 +140,7 @@ impl LabBuilder {
         spec.upstream_tls = self.upstream_tls.then(|| UpstreamTls { trust_bundle: path("bundle.pem") });
         let (collector, telemetry) = match self.traced {
             Some((collector, telemetry)) => (Some(collector), telemetry),
-            None => (None, Telemetry::metrics_only()),
+            None => (None, self.telemetry.unwrap_or_else(Telemetry::metrics_only)),
         };
         spec.tracing = collector.map(|collector| GatewayTracing {
             collector,
@@ -134,7 +149,16 @@ impl LabBuilder {
         });
         let egressd = match &self.policy_dir {
             None => {
-                TestServer::builder(mesh_without_gateway())
+                let mut source = mesh_without_gateway();
+                if self.dns_firewall {
+                    let firewall = format!(
+                        "kind: DnsFirewall\nname: lab\nlisten: 127.0.0.1:{}\nupstreams: [{}]\n",
+                        free_port(),
+                        dns.addr
+                    );
+                    source.files.extend(PolicySource::from_text("dns.yaml", &firewall).files);
+                }
+                TestServer::builder(source)
                     .gateway(spec.clone())
                     .grpc_listen(grpc)
                     .telemetry(telemetry)
