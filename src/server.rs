@@ -115,7 +115,11 @@ pub async fn serve(
     let grpc_addr = grpc.local_addr().expect("bound");
     let admin_addr = admin.local_addr().expect("bound");
 
-    let gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
+    let dns = start_dns(config.dns_listen, &config.telemetry, &policy).await?;
+    let mut gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
+    // The gateway resolves through the address the DNS firewall is bound to, not only the one
+    // its document names (`--dns-listen`, port 0).
+    gateway.dns_firewall_address = gateway.dns_firewall_address.or(dns.as_ref().map(|d| d.0));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
     let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
@@ -133,7 +137,6 @@ pub async fn serve(
         }
         None => None,
     };
-    let dns = start_dns(config.dns_listen, &config.telemetry, &policy).await?;
     let bound = Bound { grpc: grpc_addr, admin: admin_addr, dns: dns.as_ref().map(|d| d.0), xds: xds.clone() };
     let runtime = Arc::new(RuntimeOverrides::new(
         config.admin_api.grants.clone(),

@@ -151,14 +151,14 @@ impl LabBuilder {
             None => {
                 let mut source = mesh_without_gateway();
                 if self.dns_firewall {
-                    let firewall = format!(
-                        "kind: DnsFirewall\nname: lab\nlisten: 127.0.0.1:{}\nupstreams: [{}]\n",
-                        free_port(),
-                        dns.addr
-                    );
+                    // The document's port is never bound: `--dns-listen 127.0.0.1:0` overrides it,
+                    // and the generated resolver must follow the bound address.
+                    let firewall =
+                        format!("kind: DnsFirewall\nname: lab\nlisten: 127.0.0.1:9\nupstreams: [{}]\n", dns.addr);
                     source.files.extend(PolicySource::from_text("dns.yaml", &firewall).files);
                 }
                 TestServer::builder(source)
+                    .dns_listen("127.0.0.1:0".parse().unwrap())
                     .gateway(spec.clone())
                     .grpc_listen(grpc)
                     .telemetry(telemetry)

@@ -79,6 +79,10 @@ pub struct GatewaySpec {
     /// Resolve through egressd's DnsFirewall: `None` means yes when the policy has one and
     /// `dns_resolvers` is empty (explicit resolvers win).
     pub use_dns_firewall: Option<bool>,
+    /// Where egressd's DNS firewall is bound (`serve --dns-listen`, a port 0 resolved); `None`:
+    /// the DnsFirewall document's `listen`.
+    #[serde(skip)]
+    pub dns_firewall_address: Option<SocketAddr>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     /// Envoy's own tracing (OpenTelemetry tracer to an OTLP collector), if configured.
@@ -110,6 +114,7 @@ impl GatewaySpec {
             dns_host_ttl_ms: defaults::DNS_HOST_TTL_SECONDS * 1000,
             dns_max_hosts: defaults::DNS_MAX_HOSTS,
             use_dns_firewall: None,
+            dns_firewall_address: None,
             connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             tracing: None,
@@ -132,8 +137,9 @@ impl GatewaySpec {
             && self.dns_resolvers.is_empty()
             && self.use_dns_firewall != Some(false)
         {
-            let ip = if dns.listen.ip().is_unspecified() { self.authz().ip() } else { dns.listen.ip() };
-            self.dns_resolvers = vec![SocketAddr::new(ip, dns.listen.port())];
+            let listen = self.dns_firewall_address.unwrap_or(dns.listen);
+            let ip = if listen.ip().is_unspecified() { self.authz().ip() } else { listen.ip() };
+            self.dns_resolvers = vec![SocketAddr::new(ip, listen.port())];
         }
         self
     }
@@ -271,6 +277,7 @@ pub fn compile_gateways(
                 diags,
             ) as u32,
             use_dns_firewall: dns.and_then(|d| d.use_dns_firewall.as_ref()).map(|u| u.value),
+            dns_firewall_address: None,
             connect_timeout_ms: positive(
                 file,
                 timeouts.and_then(|t| t.connect_ms.as_ref()),

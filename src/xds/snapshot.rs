@@ -148,8 +148,12 @@ impl SnapshotSet {
         let mut by_node = std::collections::HashMap::new();
         for cfg in &policy.gateways {
             // A Gateway that names no authz address reaches egressd where the fallback does.
-            let spec = GatewaySpec { authz_address: cfg.authz_address.or(fallback.authz_address), ..cfg.clone() }
-                .with_dns_firewall(policy.dns.as_ref());
+            let spec = GatewaySpec {
+                authz_address: cfg.authz_address.or(fallback.authz_address),
+                dns_firewall_address: cfg.dns_firewall_address.or(fallback.dns_firewall_address),
+                ..cfg.clone()
+            }
+            .with_dns_firewall(policy.dns.as_ref());
             let snap = Arc::new(Snapshot::for_gateway(&spec, &policy.version));
             if cfg.nodes.is_empty() {
                 default = Some(snap.clone());

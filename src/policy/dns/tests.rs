@@ -267,3 +267,23 @@ fn a_malformed_dns_firewall_is_reported_at_its_location() {
         errors(&format!("{POLICY}---\nkind: DnsFirewall\nname: b\nlisten: 127.0.0.1:53\nupstreams: [10.0.0.2:53]\n"));
     assert!(two.iter().any(|e| e.contains("a second DnsFirewall document")), "{two:?}");
 }
+
+#[test]
+fn the_gateway_resolves_through_the_firewall_unless_it_names_resolvers_or_opts_out() {
+    let p = policy(POLICY);
+    let dns = p.dns.as_ref();
+    let local = crate::policy::GatewaySpec::local("10.0.0.5:18000".parse().unwrap());
+    assert_eq!(local.clone().with_dns_firewall(dns).dns_resolvers, vec!["127.0.0.1:15053".parse().unwrap()]);
+    let bound =
+        crate::policy::GatewaySpec { dns_firewall_address: Some("0.0.0.0:5353".parse().unwrap()), ..local.clone() };
+    assert_eq!(
+        bound.with_dns_firewall(dns).dns_resolvers,
+        vec!["10.0.0.5:5353".parse().unwrap()],
+        "unspecified: egressd's IP"
+    );
+    let own = crate::policy::GatewaySpec { dns_resolvers: vec!["10.9.9.9:53".parse().unwrap()], ..local.clone() };
+    assert_eq!(own.with_dns_firewall(dns).dns_resolvers, vec!["10.9.9.9:53".parse().unwrap()], "explicit wins");
+    let out = crate::policy::GatewaySpec { use_dns_firewall: Some(false), ..local.clone() };
+    assert!(out.with_dns_firewall(dns).dns_resolvers.is_empty(), "opted out");
+    assert!(local.with_dns_firewall(None).dns_resolvers.is_empty(), "no firewall");
+}
