@@ -79,13 +79,14 @@ impl super::Telemetry {
 /// Counts an audit write of a DNS record as the Check records' are counted.
 pub(super) fn count_written(metrics: &super::metrics::Metrics, written: std::io::Result<()>) {
     match written {
-        Ok(()) => metrics.audit_written.inc(),
+        Ok(()) => {
+            metrics.audit_written.inc();
+        }
         Err(e) => {
             metrics.audit_dropped.get_or_create(&super::metrics::DROP_WRITE_FAILED).inc();
             tracing::debug!(error = %e, "DNS audit record could not be written");
-            return;
         }
-    };
+    }
 }
 
 /// One audit line (without the newline) for a DNS query.
