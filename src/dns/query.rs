@@ -150,7 +150,7 @@ pub fn handle(
     };
     if let Some(cached) = resolver.cache.get(&key, arrival.at) {
         event.cached = true;
-        let msg = from_upstream(&query, &shape, &cached);
+        let msg = from_upstream(&query, &shape, cached);
         return reply(msg, &shape, event, arrival.at);
     }
     Step::Forward(Box::new(Pending {
@@ -180,8 +180,7 @@ pub fn finish(
     let msg = match upstream {
         Some(upstream) => {
             resolver.cache.put(key, &upstream, now);
-            let answer = CachedAnswer::from_message(&upstream);
-            from_upstream(&query, &shape, &answer)
+            from_upstream(&query, &shape, CachedAnswer::from_message(&upstream))
         }
         None => answer::response(&query, &shape, ResponseCode::ServFail),
     };
@@ -224,12 +223,12 @@ fn reply(msg: Message, shape: &ClientShape, mut event: Box<DnsEvent>, arrival: I
 }
 
 /// The client's answer from an upstream's (or the cache's) records.
-fn from_upstream(query: &Message, shape: &ClientShape, upstream: &CachedAnswer) -> Message {
+fn from_upstream(query: &Message, shape: &ClientShape, upstream: CachedAnswer) -> Message {
     let mut msg = answer::response(query, shape, upstream.rcode);
     msg.metadata.authentic_data = upstream.authentic_data;
-    msg.answers.clone_from(&upstream.answers);
-    msg.authorities.clone_from(&upstream.authorities);
-    msg.additionals.clone_from(&upstream.additionals);
+    msg.answers = upstream.answers;
+    msg.authorities = upstream.authorities;
+    msg.additionals = upstream.additionals;
     msg
 }
 
