@@ -108,7 +108,7 @@ pub fn handle(
         truncated: false,
     });
     if let Some(q) = query.queries.first() {
-        event.qname = normalized(q);
+        event.qname = policy_name(q).unwrap_or_else(|| q.name().to_lowercase().to_ascii());
         event.qtype = q.query_type().to_string();
     }
     if !resolver.limiter.allow(client.ip(), arrival.at) {
@@ -131,6 +131,13 @@ pub fn handle(
     let Some(fw) = &policy.dns else {
         return refuse(ResponseCode::Refused, "no-dns-firewall", event);
     };
+    if policy_name(question).is_none() {
+        // A label with a dot or a byte outside letters, digits, `-`, `_` spells a name the policy
+        // cannot: `x\.allowed.test` is one label under `test`, not a child of `allowed.test`.
+        event.reason = "malformed-name";
+        let msg = answer::blocked(&query, &shape, blocked_rcode(fw.blocked), EDE_PROHIBITED, "egressd malformed-name");
+        return reply(msg, &shape, event, arrival.at);
+    }
     let decision = policy.decide_dns(client.ip(), &event.qname, kind_of(question.query_type()), arrival.unix);
     note_decision(&mut event, &decision);
     if !decision.forwards() {
@@ -240,21 +247,33 @@ fn note_decision(event: &mut DnsEvent, decision: &DnsDecision<'_>) {
 }
 
 fn blocked_answer(blocked: BlockedAnswer, decision: &DnsDecision<'_>) -> (ResponseCode, u16) {
-    let rcode = match blocked {
-        BlockedAnswer::Nxdomain => ResponseCode::NXDomain,
-        BlockedAnswer::Refused => ResponseCode::Refused,
-    };
     let ede = if decision.reason.is_explicit_deny() { EDE_BLOCKED } else { EDE_PROHIBITED };
-    (rcode, ede)
+    (blocked_rcode(blocked), ede)
 }
 
-/// The question's name as the policy spells names: lowercase ASCII, no trailing dot.
-fn normalized(q: &Query) -> String {
-    let mut name = q.name().to_lowercase().to_ascii();
-    if name.ends_with('.') {
-        name.pop();
+fn blocked_rcode(blocked: BlockedAnswer) -> ResponseCode {
+    match blocked {
+        BlockedAnswer::Nxdomain => ResponseCode::NXDomain,
+        BlockedAnswer::Refused => ResponseCode::Refused,
     }
-    name
+}
+
+/// The question's name as the policy spells names (lowercase, no trailing dot), or `None` when a
+/// label holds a byte a host name cannot (the policy's names are letters, digits, `-` and `_`;
+/// internationalized names arrive as `xn--` labels).
+fn policy_name(q: &Query) -> Option<String> {
+    let mut name = String::with_capacity(q.name().len());
+    for label in q.name().iter() {
+        let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+        if label.is_empty() || !label.iter().all(plain) {
+            return None;
+        }
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    Some(name)
 }
 
 fn kind_of(qtype: RecordType) -> QueryKind {

@@ -310,3 +310,18 @@ fn an_upstream_answer_must_match_the_query() {
     let other = Query::query(Name::from_ascii("evil.test.").unwrap(), RecordType::A);
     assert!(forward::accept(&bytes, 9, &other).is_none(), "another question");
 }
+
+#[test]
+fn a_label_with_a_dot_inside_is_not_a_subdomain_and_is_never_forwarded() {
+    let (policy, resolver) = setup();
+    // One label `x.y` under `big.test`: matched naively as text it would be `x.y.big.test`.
+    let name = Name::from_labels(vec![&b"x.y"[..], b"big", b"test"]).unwrap();
+    let mut msg = Message::new(1, MessageType::Query, OpCode::Query);
+    msg.add_query(Query::query(name, RecordType::A));
+    msg.set_edns(Edns::new());
+    let step = handle(&resolver, &policy, &msg.to_vec().unwrap(), client(), Transport::Udp, arrival(Instant::now()));
+    let (answer, event) = reply(step);
+    assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!((event.decision, event.reason), (Outcome::Deny, "malformed-name"));
+    assert_eq!(ede(&answer), Some(18));
+}
