@@ -17,7 +17,11 @@ const MAX_CONNECTIONS: usize = 512;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, most likely: give the open connections time to finish.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else { continue }; // full: close it
         let shared = shared.clone();
         tokio::spawn(async move {
