@@ -15,7 +15,7 @@ case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target_dir=${CARGO_TARGET_DIR:-$root/fuzz/target}
-read -r -a targets <<<"${FUZZ_TARGETS:-policy_load host_normalize xfcc check_request ads_request audit_log}"
+read -r -a targets <<<"${FUZZ_TARGETS:-policy_load host_normalize xfcc check_request ads_request audit_log dns_packet}"
 cargo_fuzz=(nice -n 19 cargo +nightly fuzz)
 
 mkdir -p fuzz/work

@@ -41,8 +41,9 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { policy, grpc_listen, admin_listen, telemetry, admin } => {
-            local::serve(policy, grpc_listen, admin_listen, telemetry.config()?, admin.config()?)
+        Command::Serve { policy, grpc_listen, admin_listen, dns_listen, telemetry, admin } => {
+            let listen = local::Listen { grpc: grpc_listen, admin: admin_listen, dns: dns_listen };
+            local::serve(policy, listen, telemetry.config()?, admin.config()?)
         }
         Command::Validate { dir, strict } => {
             local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
@@ -149,6 +150,10 @@ pub enum Command {
         /// Admin HTTP listen address (/healthz, /readyz, /policy).
         #[arg(long, default_value = "127.0.0.1:18001", env = "EGRESSD_ADMIN_LISTEN")]
         admin_listen: SocketAddr,
+        /// DNS firewall listen address (UDP and TCP), overriding the DnsFirewall document's
+        /// `listen`. Without a DnsFirewall document no DNS is served.
+        #[arg(long, env = "EGRESSD_DNS_LISTEN")]
+        dns_listen: Option<SocketAddr>,
         #[command(flatten)]
         telemetry: TelemetryArgs,
         #[command(flatten)]
@@ -343,9 +348,13 @@ pub struct ExportArgs {
     /// Policy directory. Default as for `serve`.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Write one file per object kind into this directory instead of one YAML stream on stdout.
+    /// Write one file per object kind into this directory instead of one YAML stream on stdout
+    /// (rpz: the zone file `<zone>.rpz` into it).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// rpz: the zone's name.
+    #[arg(long, value_name = "NAME", default_value = egressd::export::rpz::DEFAULT_ZONE)]
+    pub zone: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -356,6 +365,8 @@ pub enum ExportTarget {
     Istio,
     /// CiliumNetworkPolicy per service (toFQDNs, toPorts, toCIDR, egressDeny).
     Cilium,
+    /// A DNS Response Policy Zone (unbound, BIND): allowed names pass, every other name NXDOMAIN.
+    Rpz,
 }
 
 #[derive(clap::Args)]

@@ -107,6 +107,8 @@ pub struct Observation<'a> {
     pub time_ms: i64,
     pub service: Option<&'a str>,
     pub spiffe_id: Option<&'a str>,
+    /// Who asked when neither is known: a DNS client's address (unmapped sources).
+    pub source: Option<&'a str>,
     pub host: &'a str,
     pub port: u16,
     pub event: Event,
@@ -251,7 +253,7 @@ impl Detector {
         if !self.config.enabled || o.host.is_empty() {
             return;
         }
-        let Some(identity) = o.spiffe_id.or(o.service) else { return };
+        let Some(identity) = o.spiffe_id.or(o.service).or(o.source) else { return };
         let subject = o.service.unwrap_or(identity);
         self.stats.observations += 1;
         let before = out.len();
@@ -317,7 +319,14 @@ impl Detector {
         }
         let domains = self.names.get_mut(subject).expect("present: inserted above");
         let stats = entry(domains, domain, &mut self.stats.evicted_destinations);
-        out.extend(stats.observe(o.time_ms, o.host, sub, &self.config, (o.service, o.spiffe_id), domain));
+        let mut signal = stats.observe(o.time_ms, o.host, sub, &self.config, (o.service, o.spiffe_id), domain);
+        if let Some(s) = &mut signal
+            && s.service.is_none()
+            && s.spiffe_id.is_none()
+        {
+            s.source = o.source.map(str::to_string);
+        }
+        out.extend(signal);
     }
 
     /// The first-seen history, for the state file.

@@ -21,6 +21,7 @@ mod istio;
 mod names;
 mod networkpolicy;
 mod ports;
+pub mod rpz;
 #[cfg(test)]
 mod tests;
 

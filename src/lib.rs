@@ -7,7 +7,7 @@
 //! guard, break-glass grants, their counts) changes decisions at run time; `telemetry` (spans,
 //! metrics, audit log) consumes decision facts and stream totals; `accesslog` (the gateway's
 //! gRPC access log) turns Envoy's entries into those totals; `authz` (the ext_authz Check service: one
-//! `Checker`) and `xds` (the gateway's ADS control plane) build on those; `admin` (HTTP port,
+//! `Checker`), `xds` (the gateway's ADS control plane) and `dns` (the DNS firewall) build on those; `admin` (HTTP port,
 //! admin gRPC API), `reload`, `explain` and `server` (wiring) are the edges; `testing` is test
 //! support behind the `testing` feature.
 
@@ -18,6 +18,7 @@ pub mod clock;
 pub mod contract;
 pub mod detect;
 pub mod devpki;
+pub mod dns;
 pub mod explain;
 pub mod export;
 pub mod flows;

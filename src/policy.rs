@@ -11,6 +11,7 @@ mod decide;
 mod decision;
 pub mod detection;
 pub mod diagnostic;
+pub mod dns;
 pub mod fqdn;
 mod gateway;
 pub mod hits;

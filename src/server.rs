@@ -32,6 +32,9 @@ const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct ServeConfig {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Where the DNS firewall listens, overriding the DnsFirewall document's `listen` (no DNS is
+    /// served without a DnsFirewall document).
+    pub dns_listen: Option<SocketAddr>,
     /// The default gateway served over ADS when the policy has no default `kind: Gateway`. Its
     /// `authz_address` is where Envoy reaches egressd; when unset, the bound gRPC address is used.
     pub gateway: Option<GatewaySpec>,
@@ -77,6 +80,8 @@ pub enum ServeError {
     Admin(std::io::Error),
     #[error("cannot watch policy directory {0}: {1}")]
     Watch(String, String),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsBindError),
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -92,6 +97,8 @@ impl Drop for AbortOnDrop {
 pub struct Bound {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The DNS firewall's address (UDP and TCP), when the policy has one.
+    pub dns: Option<SocketAddr>,
     pub xds: XdsHandle,
 }
 
@@ -110,7 +117,11 @@ pub async fn serve(
     let grpc_addr = grpc.local_addr().expect("bound");
     let admin_addr = admin.local_addr().expect("bound");
 
-    let gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
+    let dns = start_dns(config.dns_listen, &config.telemetry, &policy).await?;
+    let mut gateway = config.gateway.unwrap_or_else(|| GatewaySpec::local(grpc_addr));
+    // The gateway resolves through the address the DNS firewall is bound to, not only the one
+    // its document names (`--dns-listen`, port 0).
+    gateway.dns_firewall_address = gateway.dns_firewall_address.or(dns.as_ref().map(|d| d.0));
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
     let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
@@ -128,7 +139,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let bound = Bound { grpc: grpc_addr, admin: admin_addr, xds: xds.clone() };
+    let bound = Bound { grpc: grpc_addr, admin: admin_addr, dns: dns.as_ref().map(|d| d.0), xds: xds.clone() };
     let runtime = Arc::new(RuntimeOverrides::new(
         config.admin_api.grants.clone(),
         config.admin_api.rollout_window_seconds,
@@ -213,4 +224,19 @@ pub async fn serve(
         Ok(Err(e)) => Err(ServeError::Admin(e)),
         Err(e) => Err(ServeError::Admin(std::io::Error::other(e))),
     }
+}
+
+/// Binds the DNS firewall when the policy has one. Its listen address is read once: a reload that
+/// moves it takes effect at the next start (every other DnsFirewall setting is read per query).
+async fn start_dns(
+    listen: Option<SocketAddr>,
+    telemetry: &Telemetry,
+    policy: &SharedPolicy,
+) -> Result<Option<(SocketAddr, AbortOnDrop)>, ServeError> {
+    let Some(spec) = policy.load().dns.clone() else { return Ok(None) };
+    let listen = listen.unwrap_or(spec.listen);
+    let server = crate::dns::DnsServer::bind(listen, &spec, policy.clone(), telemetry.clone()).await?;
+    let addr = server.local_addr();
+    tracing::info!(dns = %addr, upstreams = ?spec.upstreams, "DNS firewall serving");
+    Ok(Some((addr, AbortOnDrop(tokio::spawn(server.run())))))
 }

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod context;
+pub mod dns;
 mod flows;
 pub mod metrics;
 pub mod otlp;
@@ -92,6 +93,8 @@ enum Msg {
     Decision(Box<CheckEvent>),
     /// A stream's totals from the gateway's access log (`accesslog`); see `totals`.
     Totals(Box<totals::StreamTotals>),
+    /// A DNS firewall query (`dns`).
+    Dns(Box<dns::DnsEvent>),
     /// Write out everything queued before this message, then stop.
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
@@ -284,6 +287,7 @@ impl Worker {
                 match rx.try_recv() {
                     Ok(Msg::Decision(event)) => self.record(&event),
                     Ok(Msg::Totals(totals)) => self.totals(&totals),
+                    Ok(Msg::Dns(event)) => self.record_dns(&event),
                     Ok(Msg::Shutdown(done)) => {
                         self.flush();
                         if let Some(d) = &mut self.detect {
@@ -373,6 +377,16 @@ impl Worker {
             if let (Some(batches), Some(ids)) = (&mut self.batches, &ids) {
                 batches.push_signal(signal, ids);
             }
+        }
+    }
+
+    fn record_dns(&mut self, event: &dns::DnsEvent) {
+        if let Some(audit) = &mut self.audit {
+            dns::count_written(&self.metrics, audit.append_with(|line| dns::encode(line, event)));
+        }
+        if let Some(d) = &mut self.detect {
+            d.observe_dns(event, &self.metrics);
+            self.record_signals(None);
         }
     }
 

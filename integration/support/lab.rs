@@ -56,6 +56,7 @@ pub struct LabBuilder {
     telemetry: Option<Telemetry>,
     progress_ms: Option<u64>,
     names: Vec<(String, Ipv4Addr)>,
+    dns_firewall: bool,
 }
 
 impl LabBuilder {
@@ -90,7 +91,14 @@ impl LabBuilder {
         self
     }
 
-    /// egressd sends its decisions and stream totals to `telemetry` (e.g. an audit log).
+    /// The policy gets a DnsFirewall in front of the lab's DNS, and the gateway names no resolver
+    /// of its own: its forward proxy resolves through egressd (the default with a DnsFirewall).
+    pub fn dns_firewall(mut self) -> Self {
+        self.dns_firewall = true;
+        self
+    }
+
+    /// egressd's decisions (Checks and DNS queries) and stream totals go to `telemetry` (an audit log, say).
     pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = Some(telemetry);
         self
@@ -130,7 +138,7 @@ impl LabBuilder {
         spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
         // The SNI forward proxy dials the TLS upstream's port.
         spec.tls_upstream_port = tls_upstream.port();
-        spec.dns_resolvers = vec![dns.addr];
+        spec.dns_resolvers = if self.dns_firewall { Vec::new() } else { vec![dns.addr] };
         spec.mtls = (!self.plaintext).then(|| MtlsPaths {
             certificate_chain: path("gw.pem"),
             private_key: path("gw.key"),
@@ -151,7 +159,16 @@ impl LabBuilder {
         });
         let egressd = match &self.policy_dir {
             None => {
-                TestServer::builder(mesh_without_gateway())
+                let mut source = mesh_without_gateway();
+                if self.dns_firewall {
+                    // The document's port is never bound: `--dns-listen 127.0.0.1:0` overrides it,
+                    // and the generated resolver must follow the bound address.
+                    let firewall =
+                        format!("kind: DnsFirewall\nname: lab\nlisten: 127.0.0.1:9\nupstreams: [{}]\n", dns.addr);
+                    source.files.extend(PolicySource::from_text("dns.yaml", &firewall).files);
+                }
+                TestServer::builder(source)
+                    .dns_listen("127.0.0.1:0".parse().unwrap())
                     .gateway(spec.clone())
                     .grpc_listen(grpc)
                     .telemetry(telemetry)

@@ -14,6 +14,8 @@ use egressd::telemetry::Telemetry;
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The DNS firewall's address, when the policy has a DnsFirewall.
+    pub dns: Option<SocketAddr>,
     pub xds: XdsHandle,
     /// The live policy the server decides with (tests may swap it as a reload would).
     pub policy: policy::SharedPolicy,
@@ -38,6 +40,7 @@ impl TestServer {
             watch_dir: None,
             telemetry: Telemetry::metrics_only(),
             admin_api: AdminApiConfig::default(),
+            dns_listen: None,
         }
     }
 }
@@ -50,6 +53,7 @@ pub struct TestServerBuilder {
     watch_dir: Option<PathBuf>,
     telemetry: Telemetry,
     admin_api: AdminApiConfig,
+    dns_listen: Option<SocketAddr>,
 }
 
 impl TestServerBuilder {
@@ -83,16 +87,22 @@ impl TestServerBuilder {
         self
     }
 
+    /// The DNS firewall on this address instead of the DnsFirewall's `listen` (`serve --dns-listen`).
+    pub fn dns_listen(mut self, addr: SocketAddr) -> Self {
+        self.dns_listen = Some(addr);
+        self
+    }
+
     /// Starts egressd; the server stops when the returned value is dropped.
     pub async fn start(self) -> TestServer {
-        let TestServerBuilder { source, gateway, grpc_listen, watch_dir, telemetry, admin_api } = self;
+        let TestServerBuilder { source, gateway, grpc_listen, watch_dir, telemetry, admin_api, dns_listen } = self;
         let compiled = policy::compile(&source, egressd::clock::unix_now()).expect("test policy is valid");
         let shared = Arc::new(ArcSwap::from_pointee(compiled));
         let live = shared.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let admin_listen = "127.0.0.1:0".parse().unwrap();
-        let config = ServeConfig { grpc_listen, admin_listen, gateway, watch_dir, telemetry, admin_api };
+        let config = ServeConfig { grpc_listen, admin_listen, dns_listen, gateway, watch_dir, telemetry, admin_api };
         tokio::spawn(async move {
             let on_bound = move |b| {
                 let _ = bound_tx.send(b);
@@ -104,7 +114,14 @@ impl TestServerBuilder {
             .expect("server runs");
         });
         let bound = bound_rx.await.expect("server bound its ports");
-        TestServer { grpc: bound.grpc, admin: bound.admin, xds: bound.xds, policy: live, _stop: stop_tx }
+        TestServer {
+            grpc: bound.grpc,
+            admin: bound.admin,
+            dns: bound.dns,
+            xds: bound.xds,
+            policy: live,
+            _stop: stop_tx,
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         ExportTarget::Networkpolicy => Target::NetworkPolicy,
         ExportTarget::Istio => Target::Istio,
         ExportTarget::Cilium => Target::Cilium,
+        ExportTarget::Rpz => return rpz(&policy, &args.zone, args.out.as_deref()),
     };
     let options = Options { now: Some(egressd::clock::unix_now()), ..Options::default() };
     let exported = export::export_with_source(&policy, &source, target, &options);
@@ -57,4 +58,30 @@ fn text_objects(exported: &export::Export, name: &str) -> usize {
         .iter()
         .filter(|o| o["kind"].as_str().is_some_and(|k| format!("{}.yaml", k.to_ascii_lowercase()) == name))
         .count()
+}
+
+/// `egressd export rpz`: the zone file on standard output, or `<zone>rpz` in `--out`.
+fn rpz(
+    policy: &egressd::policy::CompiledPolicy,
+    zone: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let exported = export::rpz::rpz(policy, zone, egressd::clock::unix_now());
+    for w in &policy.warnings {
+        eprintln!("egressd: warning: {}: {}", w.loc, w.message);
+    }
+    for w in &exported.warnings {
+        eprintln!("egressd: warning: {w}");
+    }
+    match out {
+        None => out!("{}", exported.text),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+            let path = dir.join(format!("{}rpz", exported.zone));
+            std::fs::write(&path, &exported.text).with_context(|| format!("{}: cannot write", path.display()))?;
+            outln!("wrote {}", path.display());
+        }
+    }
+    eprintln!("egressd: export rpz: zone {} (policy {}, {})", exported.zone, policy.version, policy.origin);
+    Ok(ExitCode::SUCCESS)
 }

@@ -54,10 +54,17 @@ pub fn init(dir: &Path, trust_domain: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `serve` listens.
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    /// Overrides the DnsFirewall's `listen`.
+    pub dns: Option<SocketAddr>,
+}
+
 pub fn serve(
     dir: Option<PathBuf>,
-    grpc_listen: SocketAddr,
-    admin_listen: SocketAddr,
+    listen: Listen,
     telemetry: TelemetryConfig,
     admin_api: server::AdminApiConfig,
 ) -> anyhow::Result<ExitCode> {
@@ -88,7 +95,15 @@ pub fn serve(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let (telemetry, tasks) = Telemetry::start(telemetry).context("starting telemetry")?;
-        let config = server::ServeConfig { grpc_listen, admin_listen, gateway: None, watch_dir, telemetry, admin_api };
+        let config = server::ServeConfig {
+            grpc_listen: listen.grpc,
+            admin_listen: listen.admin,
+            dns_listen: listen.dns,
+            gateway: None,
+            watch_dir,
+            telemetry,
+            admin_api,
+        };
         let served = server::serve(config, shared, |_| {}, shutdown_signal()).await;
         // Every decision answered before the server stopped is in the audit log after this.
         tasks.shutdown(std::time::Duration::from_secs(5)).await;

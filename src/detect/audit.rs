@@ -40,6 +40,7 @@ struct Stored {
     time_ms: i64,
     service: Option<u32>,
     spiffe_id: Option<u32>,
+    source: Option<u32>,
     host: u32,
     port: u16,
     event: Event,
@@ -156,7 +157,9 @@ impl AuditObservations {
             return Ok(false);
         };
         let host = r.qname.as_deref().or(r.host.as_deref()).unwrap_or_default();
-        if host.is_empty() || (r.service.is_none() && r.spiffe_id.is_none()) {
+        if host.is_empty()
+            || (r.service.is_none() && r.spiffe_id.is_none() && (r.qname.is_none() || r.client.is_none()))
+        {
             return Ok(false);
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -164,6 +167,7 @@ impl AuditObservations {
             time_ms,
             service: r.service.as_deref().map(|s| self.strings.id(s)),
             spiffe_id: r.spiffe_id.as_deref().map(|s| self.strings.id(s)),
+            source: r.client.as_deref().map(|s| self.strings.id(s)),
             host: self.strings.id(&host),
             port: r.port.unwrap_or(0),
             event,
@@ -182,6 +186,7 @@ impl AuditObservations {
                 time_ms: s.time_ms,
                 service: s.service.map(name),
                 spiffe_id: s.spiffe_id.map(name),
+                source: s.source.map(name),
                 host: name(s.host),
                 port: s.port,
                 event: s.event,
@@ -210,6 +215,7 @@ struct Line<'a> {
     method: Option<Cow<'a, str>>,
     duration_us: Option<f64>,
     qname: Option<Cow<'a, str>>,
+    client: Option<Cow<'a, str>>,
     signal: bool,
 }
 
@@ -241,6 +247,7 @@ impl<'de> Deserialize<'de> for Line<'de> {
                         "http.request.method" => l.method = text(&mut map)?,
                         "duration_us" => l.duration_us = map.next_value()?,
                         "dns.question.name" => l.qname = text(&mut map)?,
+                        "client.address" => l.client = text(&mut map)?,
                         "egress.signal" => {
                             l.signal = true;
                             map.next_value::<serde::de::IgnoredAny>()?;

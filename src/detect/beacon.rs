@@ -172,6 +172,7 @@ impl BeaconSeries {
             kind: SignalKind::Beaconing,
             service: ctx.service.map(str::to_string),
             spiffe_id: ctx.spiffe_id.map(str::to_string),
+            source: None,
             destination: ctx.destination.to_string(),
             score: round3(total),
             first: i64::from(first) * 1000,

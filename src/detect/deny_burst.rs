@@ -52,6 +52,7 @@ impl DenyBurst {
             kind: SignalKind::DenyBurst,
             service: service.map(str::to_string),
             spiffe_id: spiffe_id.map(str::to_string),
+            source: None,
             destination: format!("{} destinations", distinct),
             score: round3(over_threshold(distinct as f64 / config.deny_burst_destinations as f64)),
             first: self.recent.front().map(|(t, _, _)| *t).unwrap_or(time_ms),

@@ -153,6 +153,7 @@ impl NameStats {
             kind: SignalKind::DnsTunnel,
             service: service.map(str::to_string),
             spiffe_id: spiffe_id.map(str::to_string),
+            source: None,
             destination: registrable.to_string(),
             score: round3(score),
             first: self.first_ms,

@@ -94,6 +94,9 @@ pub struct Signal {
     pub service: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spiffe_id: Option<String>,
+    /// Who asked, when no service or identity is known (an unmapped DNS client's address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// A host, an IP address, or a registrable domain (`dns-tunnel`, `first-seen`, `rare`).
     pub destination: String,
     /// 0..1; the detector's threshold was met.
@@ -143,7 +146,8 @@ impl Signal {
 
     /// One line for people: `beaconing payments -> c2.example (0.91): 212 requests every ~60 s ...`.
     pub fn text(&self) -> String {
-        let who = self.service.as_deref().or(self.spiffe_id.as_deref()).unwrap_or("(unknown)");
+        let who =
+            self.service.as_deref().or(self.spiffe_id.as_deref()).or(self.source.as_deref()).unwrap_or("(unknown)");
         format!(
             "{} {} {who} -> {} score {:.2}: {} [{}]",
             format_time(self.last),

@@ -9,6 +9,7 @@ fn request(t: i64, host: &str, admission: Admission, body: Option<u64>) -> Obser
         time_ms: t,
         service: Some("etl"),
         spiffe_id: Some(ID),
+        source: None,
         host,
         port: 443,
         event: Event::Request { admission, body_bytes: body },

@@ -146,6 +146,7 @@ impl UploadWindow {
             kind: SignalKind::LargeUpload,
             service: service.map(str::to_string),
             spiffe_id: spiffe_id.map(str::to_string),
+            source: None,
             destination: destination.to_string(),
             score: round3(over_threshold(sum as f64 / limit as f64)),
             first: self.first_ms.max(time_ms - config.upload_window_ms),

@@ -204,6 +204,7 @@ impl<'d> Compiler<'d> {
             }
         }
         self.warn_overlapping_claims(&claims, &services);
+        let dns = super::dns::compile_dns_firewall(docs.dns_firewalls, &services, &mut self.matcher, self.diags);
         let service_by_name = services.iter().map(|s| (s.name.clone(), s.index)).collect();
 
         Some(CompiledPolicy {
@@ -229,6 +230,7 @@ impl<'d> Compiler<'d> {
             mesh_deny_table,
             mesh_deny_rules,
             gateways,
+            dns,
             warnings: Vec::new(),
             identities,
             exact_principals,

@@ -194,6 +194,8 @@ pub struct CompiledPolicy {
     pub mesh_deny_rules: usize,
     /// `kind: Gateway` documents: how the gateways egressd configures over xDS are built.
     pub gateways: Vec<super::gateway::GatewaySpec>,
+    /// `kind: DnsFirewall`, if the policy has one: egressd answers DNS from this policy.
+    pub dns: Option<super::dns::DnsFirewallSpec>,
     /// Findings that did not stop the load (expired allows, overlapping identities).
     pub warnings: Vec<Diagnostic>,
     pub(crate) identities: IdentityIndex,

@@ -78,6 +78,13 @@ pub struct GatewaySpec {
     pub dns_resolvers: Vec<SocketAddr>,
     pub dns_host_ttl_ms: u64,
     pub dns_max_hosts: u32,
+    /// Resolve through egressd's DnsFirewall: `None` means yes when the policy has one and
+    /// `dns_resolvers` is empty (explicit resolvers win).
+    pub use_dns_firewall: Option<bool>,
+    /// Where egressd's DNS firewall is bound (`serve --dns-listen`, a port 0 resolved); `None`:
+    /// the DnsFirewall document's `listen`.
+    #[serde(skip)]
+    pub dns_firewall_address: Option<SocketAddr>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     /// Envoy's own tracing (OpenTelemetry tracer to an OTLP collector), if configured.
@@ -110,6 +117,8 @@ impl GatewaySpec {
             dns_resolvers: Vec::new(),
             dns_host_ttl_ms: defaults::DNS_HOST_TTL_SECONDS * 1000,
             dns_max_hosts: defaults::DNS_MAX_HOSTS,
+            use_dns_firewall: None,
+            dns_firewall_address: None,
             connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             tracing: None,
@@ -123,6 +132,21 @@ impl GatewaySpec {
     /// Where the gateway reaches egressd (egressd's default address when none is set).
     pub fn authz(&self) -> SocketAddr {
         self.authz_address.unwrap_or(defaults::AUTHZ_ADDRESS)
+    }
+
+    /// This gateway with its DNS resolvers settled: egressd's DnsFirewall when the policy has one,
+    /// the gateway does not opt out and names no resolvers of its own. A firewall listening on an
+    /// unspecified address (`0.0.0.0`) is reached at the IP the gateway reaches egressd's gRPC on.
+    pub fn with_dns_firewall(mut self, dns: Option<&super::dns::DnsFirewallSpec>) -> Self {
+        if let Some(dns) = dns
+            && self.dns_resolvers.is_empty()
+            && self.use_dns_firewall != Some(false)
+        {
+            let listen = self.dns_firewall_address.unwrap_or(dns.listen);
+            let ip = if listen.ip().is_unspecified() { self.authz().ip() } else { listen.ip() };
+            self.dns_resolvers = vec![SocketAddr::new(ip, listen.port())];
+        }
+        self
     }
 }
 
@@ -292,6 +316,8 @@ pub fn compile_gateways(
                 "dns.maxHosts",
                 diags,
             ) as u32,
+            use_dns_firewall: dns.and_then(|d| d.use_dns_firewall.as_ref()).map(|u| u.value),
+            dns_firewall_address: None,
             connect_timeout_ms: positive(
                 file,
                 timeouts.and_then(|t| t.connect_ms.as_ref()),

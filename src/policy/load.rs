@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use super::diagnostic::{Diagnostics, SourceLoc};
-use super::model::{DestinationGroupDoc, GatewayDoc, KindProbe, MeshDefaultsDoc, ServicePolicyDoc};
+use super::model::{DestinationGroupDoc, DnsFirewallDoc, GatewayDoc, KindProbe, MeshDefaultsDoc, ServicePolicyDoc};
 use super::source::PolicySource;
 
 /// A parsed document and the file it came from.
@@ -28,11 +28,12 @@ pub struct ParsedDocs {
     pub groups: Vec<Located<DestinationGroupDoc>>,
     pub services: Vec<Located<ServicePolicyDoc>>,
     pub gateways: Vec<Located<GatewayDoc>>,
+    pub dns_firewalls: Vec<Located<DnsFirewallDoc>>,
     /// A MeshDefaults document was present but failed to parse (already reported).
     pub mesh_defaults_failed: bool,
 }
 
-pub const KINDS: &str = "MeshDefaults, DestinationGroup, ServicePolicy or Gateway";
+pub const KINDS: &str = "MeshDefaults, DestinationGroup, ServicePolicy, Gateway or DnsFirewall";
 
 /// Parses every document of every file. Problems go to `diags`; documents that parse are returned
 /// even when others fail, so later checks can still report what they find.
@@ -112,6 +113,7 @@ fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &
         "DestinationGroup" => out.groups.extend(parse_located(file, doc, &start, diags)),
         "ServicePolicy" => out.services.extend(parse_located(file, doc, &start, diags)),
         "Gateway" => out.gateways.extend(parse_located(file, doc, &start, diags)),
+        "DnsFirewall" => out.dns_firewalls.extend(parse_located(file, doc, &start, diags)),
         other => diags.error(SourceLoc::of(file, &kind), format!("unknown kind `{other}`: expected {KINDS}")),
     }
 }

@@ -16,6 +16,8 @@ use rustc_hash::FxHashMap;
 
 use super::fqdn::HostPattern;
 
+mod names;
+
 pub type RuleIdx = u32;
 pub type TableId = u32;
 type NodeId = u32;
@@ -91,6 +93,9 @@ pub struct Matcher {
     hosts: FxHashMap<HostKey, Vec<RuleIdx>>,
     cidrs: FxHashMap<CidrKey, Vec<RuleIdx>>,
     pub constraints: Vec<RuleConstraints>,
+    /// (table, node) pairs at or above a host rule of the table: the zones its names live in (DNS
+    /// SOA/NS queries, `names`). Empty unless a DnsFirewall asked for them.
+    zones: rustc_hash::FxHashSet<(TableId, NodeId)>,
 }
 
 /// A destination as the matcher sees it.

@@ -195,6 +195,9 @@ pub struct GatewayDnsDoc {
     pub host_ttl_seconds: Option<Spanned<i64>>,
     #[serde(default)]
     pub max_hosts: Option<Spanned<i64>>,
+    /// Resolve through egressd's DnsFirewall (default: on when the policy has one).
+    #[serde(default)]
+    pub use_dns_firewall: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,4 +229,57 @@ pub struct RollbackGuardDoc {
     pub window_seconds: Option<Spanned<i64>>,
     #[serde(default)]
     pub min_checks: Option<Spanned<i64>>,
+}
+
+/// `kind: DnsFirewall`: egressd answers the fleet's DNS from the same policy (at most one).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsFirewallDoc {
+    #[allow(dead_code)]
+    pub kind: String,
+    pub name: Spanned<String>,
+    /// IP:PORT, served over UDP and TCP.
+    pub listen: Spanned<String>,
+    pub upstreams: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub blocked: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub attempts: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub cache: Option<DnsCacheDoc>,
+    #[serde(default)]
+    pub rate_limit: Option<DnsRateLimitDoc>,
+    #[serde(default)]
+    pub sources: Vec<Spanned<DnsSourceDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsSourceDoc {
+    pub cidr: Spanned<String>,
+    pub service: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsCacheDoc {
+    #[serde(default)]
+    pub max_entries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_ttl_seconds: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub negative_ttl_seconds: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsRateLimitDoc {
+    #[serde(default)]
+    pub queries_per_second: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub clients: Option<Spanned<i64>>,
 }

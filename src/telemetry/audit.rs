@@ -79,7 +79,8 @@ impl AuditLog {
         self.append_with(|line| serde_json::to_writer(line, record).map_err(io::Error::other))
     }
 
-    /// Appends the one line `write` encodes (without its newline): records other than decisions.
+    /// Appends the one line `write` encodes (without its newline): records of other kinds (stream
+    /// totals, DNS queries) share the file, its rotation and its fsync policy.
     pub fn append_with(&mut self, write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
         self.line.clear();
         write(&mut self.line)?;

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub stream_totals: Counter,
     pub access_log_skipped: Family<ReasonLabel, Counter>,
     pub stream_ids_evicted: Counter,
+    pub dns_queries: Family<super::dns::DnsQueryLabels, Counter>,
+    pub dns_dropped: Counter,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -182,6 +184,16 @@ impl Metrics {
             "egressd_stream_ids_evicted",
             "CONNECT decisions forgotten (bounded map) before their tunnel's totals arrived: those totals name no trace",
             self.stream_ids_evicted.clone(),
+        );
+        r.register(
+            "egressd_dns_queries",
+            "DNS firewall queries by decision (allow, deny, would-deny) and query type",
+            self.dns_queries.clone(),
+        );
+        r.register(
+            "egressd_dns_packets_dropped",
+            "DNS packets dropped unanswered: malformed, not a query, or over the in-flight limit",
+            self.dns_dropped.clone(),
         );
         for c in extra {
             r.register_collector(c);

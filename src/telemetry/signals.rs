@@ -162,6 +162,7 @@ impl DetectSink {
             time_ms: event.start.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
             service: verdict.service.map(|s| policy.services[s.get()].name.as_str()),
             spiffe_id: facts.get(Fact::Principal),
+            source: None,
             host,
             port: facts.port.unwrap_or(0),
             event: Event::Request { admission: Admission::of(verdict, policy), body_bytes: facts.body_size },
@@ -196,9 +197,34 @@ impl DetectSink {
             time_ms: end.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
             service,
             spiffe_id: t.spiffe_id.as_deref(),
+            source: None,
             host,
             port: t.port.unwrap_or(0),
             event: Event::StreamTotals { bytes_sent: delta },
+        };
+        self.detector.observe(&observation, &mut self.raised);
+        let capacity = self.detector.config().recent_signals;
+        self.after_observe(metrics, capacity);
+    }
+
+    /// Feeds a DNS firewall query: where tunnels really live. The querier is its mapped service,
+    /// else its address.
+    pub(super) fn observe_dns(&mut self, e: &super::dns::DnsEvent, metrics: &super::metrics::Metrics) {
+        self.raised.clear();
+        let source = e.client.ip().to_string();
+        let admission = match e.decision {
+            crate::policy::Outcome::Allow => Admission::Pattern,
+            crate::policy::Outcome::WouldDeny => Admission::WouldDeny,
+            crate::policy::Outcome::Deny => Admission::Denied,
+        };
+        let observation = Observation {
+            time_ms: e.time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            service: e.service.as_deref(),
+            spiffe_id: None,
+            source: Some(&source),
+            host: &e.qname,
+            port: 53,
+            event: Event::DnsQuery { admission },
         };
         self.detector.observe(&observation, &mut self.raised);
         let capacity = self.detector.config().recent_signals;

@@ -148,7 +148,12 @@ impl SnapshotSet {
         let mut by_node = std::collections::HashMap::new();
         for cfg in &policy.gateways {
             // A Gateway that names no authz address reaches egressd where the fallback does.
-            let spec = GatewaySpec { authz_address: cfg.authz_address.or(fallback.authz_address), ..cfg.clone() };
+            let spec = GatewaySpec {
+                authz_address: cfg.authz_address.or(fallback.authz_address),
+                dns_firewall_address: cfg.dns_firewall_address.or(fallback.dns_firewall_address),
+                ..cfg.clone()
+            }
+            .with_dns_firewall(policy.dns.as_ref());
             let snap = Arc::new(Snapshot::for_gateway(&spec, &policy.version));
             if cfg.nodes.is_empty() {
                 default = Some(snap.clone());
@@ -159,7 +164,8 @@ impl SnapshotSet {
         }
         let default = default.unwrap_or_else(|| {
             let spec =
-                GatewaySpec { trust_forwarded_client_cert: policy.trust_forwarded_client_cert, ..fallback.clone() };
+                GatewaySpec { trust_forwarded_client_cert: policy.trust_forwarded_client_cert, ..fallback.clone() }
+                    .with_dns_firewall(policy.dns.as_ref());
             Arc::new(Snapshot::for_gateway(&spec, &policy.version))
         });
         SnapshotSet { default, by_node }
