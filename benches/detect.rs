@@ -42,7 +42,7 @@ fn observation(s: &Stream, i: usize) -> Observation<'_> {
         source: None,
         host,
         port: 443,
-        event: Event::Request { admission, body_bytes: (i % 3 == 0).then_some(2048) },
+        event: Event::Request { admission, body_bytes: i.is_multiple_of(3).then_some(2048) },
     }
 }
 
