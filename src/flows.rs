@@ -250,22 +250,8 @@ pub fn destination_host(host: &str) -> Result<crate::policy::fqdn::Host<'_>, cra
     }
 }
 
-/// Parses an age such as `7d`, `12h`, `30m`, `90s` or `2w` into seconds.
-pub fn parse_age(s: &str) -> Result<i64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: i64 = digits.parse().map_err(|_| format!("`{s}` is not an age such as 7d, 12h, 30m"))?;
-    let unit_seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("`{s}`: the unit must be s, m, h, d or w (as in 7d)")),
-    };
-    n.checked_mul(unit_seconds).ok_or_else(|| format!("`{s}` is too long an age"))
-}
+/// `7d`, `12h`, `30m`: an age in seconds (defined with the policy, which reads windows too).
+pub use crate::policy::detection::parse_age;
 
 #[cfg(test)]
 mod tests {

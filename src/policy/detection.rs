@@ -233,7 +233,7 @@ impl Values<'_> {
 
     fn duration(&mut self, value: &Option<Spanned<String>>, out: &mut i64) {
         let Some(v) = value else { return };
-        match crate::flows::parse_age(&v.value) {
+        match parse_age(&v.value) {
             Ok(s) if s > 0 => *out = s * 1000,
             Ok(_) => self.error(v, "a window must be longer than zero"),
             Err(e) => self.error(v, &e),
@@ -264,6 +264,23 @@ impl Values<'_> {
             Err(e) => self.error(v, &e),
         }
     }
+}
+
+/// Parses an age such as `7d`, `12h`, `30m`, `90s` or `2w` into seconds.
+pub fn parse_age(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: i64 = digits.parse().map_err(|_| format!("`{s}` is not an age such as 7d, 12h, 30m"))?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h, d or w (as in 7d)")),
+    };
+    n.checked_mul(unit_seconds).ok_or_else(|| format!("`{s}` is too long an age"))
 }
 
 /// `1GiB`, `500 MiB`, `2GB`, `1048576`: a size in bytes (binary units as IEC, decimal as SI).
