@@ -66,27 +66,25 @@ impl Admission {
     /// How the live policy admitted a decision's destination.
     pub fn of(verdict: &Verdict, policy: &CompiledPolicy) -> Admission {
         Admission::from_parts(verdict.outcome, matches!(verdict.reason, Reason::BreakGlass(_)), || {
-            verdict.rule.and_then(|r| policy.rules.get(r as usize)).map(|r| r.host.clone())
+            verdict.rule.and_then(|r| policy.rules.get(r as usize)).is_some_and(|r| names_exact_host(r.host.as_ref()))
         })
     }
 
-    /// From a decision's outcome, whether a grant made it, and (lazily) its rule's host pattern
-    /// (`None`: no rule; `Some(None)`: a CIDR rule).
-    pub fn from_parts(
-        outcome: Outcome,
-        break_glass: bool,
-        host: impl FnOnce() -> Option<Option<HostPattern>>,
-    ) -> Admission {
+    /// From a decision's outcome, whether a grant made it, and (lazily) whether its rule names an
+    /// exact host.
+    pub fn from_parts(outcome: Outcome, break_glass: bool, exact_rule: impl FnOnce() -> bool) -> Admission {
         match outcome {
             Outcome::Deny => Admission::Denied,
             Outcome::WouldDeny => Admission::WouldDeny,
-            Outcome::Allow if break_glass => Admission::Pattern,
-            Outcome::Allow => match host() {
-                Some(Some(HostPattern::Exact(_))) => Admission::Exact,
-                _ => Admission::Pattern,
-            },
+            Outcome::Allow if !break_glass && exact_rule() => Admission::Exact,
+            Outcome::Allow => Admission::Pattern,
         }
     }
+}
+
+/// Whether a rule's host pattern is an exact host (`None`: a CIDR rule).
+pub fn names_exact_host(host: Option<&HostPattern>) -> bool {
+    matches!(host, Some(HostPattern::Exact(_)))
 }
 
 /// What happened, for the detectors.

@@ -9,12 +9,11 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 
 use super::{Admission, Detector, Event, Observation, Signal};
 use crate::flows::audit_log::{BadLine, ReadError, files_of, for_each_line, record_time_ms};
-use crate::policy::fqdn::HostPattern;
 use crate::policy::{CompiledPolicy, Outcome};
 
 const MAX_REPORTED_BAD_LINES: usize = 20;
@@ -69,16 +68,19 @@ impl Strings {
 pub struct AuditObservations {
     stored: Vec<Stored>,
     strings: Strings,
-    /// Rule id -> its host pattern (`None`: a CIDR rule), from the policy given.
-    rules: FxHashMap<String, Option<HostPattern>>,
+    /// Ids of the given policy's rules that name an exact host.
+    exact_rules: FxHashSet<String>,
     pub report: DetectReport,
 }
 
 impl AuditObservations {
     pub fn new(policy: Option<&CompiledPolicy>) -> Self {
-        let rules =
-            policy.map(|p| p.rules.iter().map(|r| (r.id.clone(), r.host.clone())).collect()).unwrap_or_default();
-        AuditObservations { rules, ..Default::default() }
+        let exact_rules = policy
+            .map(|p| {
+                p.rules.iter().filter(|r| super::names_exact_host(r.host.as_ref())).map(|r| r.id.clone()).collect()
+            })
+            .unwrap_or_default();
+        AuditObservations { exact_rules, ..Default::default() }
     }
 
     /// Reads every file of every path (with rotations, oldest first).
@@ -146,7 +148,7 @@ impl AuditObservations {
             let outcome = decision.parse::<Outcome>().map_err(|e| format!("`egress.decision`: {e}"))?;
             let break_glass = r.reason.as_deref() == Some("break-glass");
             let admission = Admission::from_parts(outcome, break_glass, || {
-                r.rule.as_deref().and_then(|id| self.rules.get(id).cloned())
+                r.rule.as_deref().is_some_and(|id| self.exact_rules.contains(id))
             });
             if r.qname.is_some() {
                 Event::DnsQuery { admission }
