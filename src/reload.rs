@@ -20,6 +20,9 @@ pub struct ReloadStatus {
     pub reloads: AtomicU64,
     pub failures: AtomicU64,
     pub last_error: Mutex<Option<ReloadError>>,
+    /// The version of the last source that did not compile. One edit (or one ConfigMap swap) can
+    /// raise several file events; reading the same broken files again is not a second failure.
+    rejected_version: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +65,22 @@ pub fn reload_once(
         }
     };
     let current = policy.load();
-    if source.version() == current.version {
+    let version = source.version();
+    if version == current.version {
         return Outcome::Unchanged;
+    }
+    let mut rejected = status.rejected_version.lock().expect("status lock");
+    if rejected.as_deref() == Some(version.as_str()) {
+        tracing::warn!(version = %version, "policy unchanged since it was rejected; still serving {}", current.version);
+        return Outcome::Rejected;
     }
     match policy::compile(&source, crate::clock::unix_now()) {
         Err(diags) => {
+            *rejected = Some(version);
             reject(diags.iter().filter(|d| d.severity == policy::Severity::Error).map(|d| d.to_string()).collect())
         }
         Ok(compiled) => {
+            *rejected = None;
             let from = current.version.clone();
             let compiled = Arc::new(compiled);
             policy.store(compiled.clone());
@@ -179,6 +190,14 @@ mod tests {
         assert!(err.errors[0].contains("p.yaml:3:7: unknown variant `sometimes`"), "{:?}", err.errors);
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert_eq!((status.reloads.load(Ordering::Relaxed), status.failures.load(Ordering::Relaxed)), (1, 1));
+
+        // The same broken files read again (a second event of one edit): still rejected, not a new failure.
+        assert_eq!(reload_once(dir.path(), &shared, &status, &on_new), Outcome::Rejected);
+        assert_eq!(status.failures.load(Ordering::Relaxed), 1);
+        // A different broken edit is.
+        std::fs::write(dir.path().join("p.yaml"), format!("{MESH}mode: never\n")).unwrap();
+        assert_eq!(reload_once(dir.path(), &shared, &status, &on_new), Outcome::Rejected);
+        assert_eq!(status.failures.load(Ordering::Relaxed), 2);
     }
 
     /// A ConfigMap generation `stamp` of `dir`: `..<stamp>/p.yaml`, `..data -> ..<stamp>`, `p.yaml ->
