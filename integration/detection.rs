@@ -13,6 +13,7 @@ use egressd::testing::http_check;
 
 mod support {
     pub mod check;
+    pub mod envoy;
     pub mod eventually;
     pub mod otlp;
     pub mod server;
@@ -57,7 +58,7 @@ fn telemetry(dir: &std::path::Path, collector: &Collector) -> TelemetryConfig {
             keep: 1,
             fsync: FsyncPolicy::Batch,
         }),
-        detect: Some(DetectSetup { state_path: Some(dir.join("detect.json")), signals: Default::default() }),
+        detect: Some(DetectSetup { state_path: Some(dir.join("detect.json")), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -175,4 +176,90 @@ async fn a_restarted_server_remembers_what_services_reached_and_signals_only_new
     assert_eq!(status, 400);
     drop(server);
     tasks.shutdown(WAIT).await;
+}
+
+/// `egressd serve` as the binary runs by default (no audit log, no OTLP): decisions are not
+/// queued; the Check path notes each flow's seconds and bodies in the flow table, and the
+/// detectors read them there.
+struct DefaultServe {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl Drop for DefaultServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve_default(dir: &std::path::Path, policy: &str) -> DefaultServe {
+    std::fs::create_dir_all(dir.join("policy")).unwrap();
+    std::fs::write(dir.join("policy/p.yaml"), policy).unwrap();
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], support::envoy::free_port()));
+    let (grpc, admin) = (port(), port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .current_dir(dir)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .args(["serve", "--policy", dir.join("policy").to_str().unwrap()])
+        .args(["--grpc-listen", &grpc.to_string(), "--admin-listen", &admin.to_string()])
+        .args(["--break-glass-state", dir.join("grants.json").to_str().unwrap()])
+        .stdout(std::fs::File::create(dir.join("serve.log")).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("egressd serve starts");
+    let serve = DefaultServe { child, grpc, admin };
+    support::eventually::eventually("egressd ready", WAIT, || async {
+        matches!(support::server::try_http_get(admin, "/readyz").await, Ok((200, _))).then_some(())
+    })
+    .await;
+    serve
+}
+
+async fn signal_of(admin: std::net::SocketAddr, kind: &str) -> serde_json::Value {
+    support::eventually::eventually(&format!("a {kind} signal"), WAIT, || async {
+        let (_, body) = http_get(admin, &format!("/signals?kind={kind}")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["signals"].as_array().unwrap().first().cloned()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_server_detects_from_the_flow_tables_timelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        format!("{POLICY}  - host: upload.partner.test\n    ports: [80]\n    justification: partner uploads\n");
+    let serve = serve_default(dir.path(), &policy).await;
+    let mut c = client(serve.grpc).await;
+
+    // Probes, with a read of the flow table between them: that read takes the flows in and holds
+    // their timelines for the detectors.
+    for i in 0..10 {
+        assert_eq!(check(&mut c, http_check(PROBER, "CONNECT", &format!("10.0.0.{i}:22"), &[])).await.code(), 7);
+    }
+    let (status, flows) = http_get(serve.admin, "/flows").await;
+    assert_eq!(status, 200);
+    assert!(flows.contains("10.0.0.9"), "{flows}");
+    for i in 10..25 {
+        assert_eq!(check(&mut c, http_check(PROBER, "CONNECT", &format!("10.0.0.{i}:22"), &[])).await.code(), 7);
+    }
+    let burst = signal_of(serve.admin, "deny-burst").await;
+    assert_eq!(burst["spiffe_id"], PROBER);
+    assert_eq!(burst["evidence"]["distinct_denied"], 20);
+
+    // Two 600 MiB bodies to one allowed host in the same second: one flow, their bytes summed.
+    let post = || http_check(PROBER, "POST", "upload.partner.test", &[("content-length", "629145600")]);
+    assert_eq!(check(&mut c, post()).await.code(), 0);
+    assert_eq!(check(&mut c, post()).await.code(), 0);
+    let upload = signal_of(serve.admin, "large-upload").await;
+    assert_eq!(upload["destination"], "upload.partner.test");
+    assert_eq!(upload["service"], "web");
+    let (_, metrics) = http_get(serve.admin, "/metrics").await;
+    assert!(metrics.contains(r#"egressd_signals_total{kind="large-upload",service="web"} 1"#), "{metrics}");
+    let (_, body) = http_get(serve.admin, "/signals").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["detector"]["observations"].as_u64().unwrap() >= 27, "every check observed: {v}");
 }

@@ -97,6 +97,7 @@ impl CheckState {
                 checker::Capture::Nothing
             },
             flows: self.telemetry.flows().map(|f| &**f),
+            timeline: self.telemetry.notes_timelines(&version.cache.policy),
         };
         let checker = Checker::serving(&version.cache, &self.runtime, &self.tunnels, &self.propagators);
         let checked = checker.check(&req, call, now);
@@ -136,8 +137,9 @@ impl CheckState {
         version.tally.count(&verdict);
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
-        // Decisions are queued for spans, the audit log and the detectors; the flow table alone was fed by the
-        // Check path itself (`Capture::Flows`), and a tunnel check is no flow of its own.
+        // Decisions are queued for spans, the audit log and (without a flow table) the detectors; the flow
+        // table and its timelines for the detectors were fed by the Check path itself (`Capture::Flows`),
+        // and a tunnel check is no flow of its own.
         if self.telemetry.queues_decisions(&version.cache.policy) {
             let start = crate::clock::wall_now() - duration;
             let policy = Arc::clone(&version.cache.policy);

@@ -659,6 +659,7 @@ impl TelemetryArgs {
             detect: (!self.no_detect).then(|| egressd::telemetry::signals::DetectSetup {
                 state_path: self.detect_state,
                 signals: Default::default(),
+                policy: None,
             }),
         })
     }

@@ -248,23 +248,44 @@ impl Detector {
 
     /// Takes one observation; appends the signals it raised to `out`.
     pub fn observe(&mut self, o: &Observation<'_>, out: &mut Vec<Signal>) {
+        self.observe_requests(o, 1, out);
+    }
+
+    /// Takes one observation that stands for `requests` requests made in its second (a flow's
+    /// requests counted per second on the Check path); appends the signals it raised to `out`.
+    ///
+    /// A request that repeats its (identity, destination)'s last one in the same second, to the
+    /// same port and admitted the same way, is counted and otherwise skipped: every detector keys
+    /// on distinct seconds, names or destinations, so only its body bytes (if any) still count.
+    /// That keeps a busy flow's cost per request at one lookup. (Name statistics therefore count
+    /// distinct (name, second) lookups as their queries.)
+    pub fn observe_requests(&mut self, o: &Observation<'_>, requests: u64, out: &mut Vec<Signal>) {
         if !self.config.enabled || o.host.is_empty() {
             return;
         }
         let Some(identity) = o.spiffe_id.or(o.service).or(o.source) else { return };
         let subject = o.service.unwrap_or(identity);
-        self.stats.observations += 1;
+        self.stats.observations += requests;
         let before = out.len();
-        let domain = registrable(o.host);
         match o.event {
             Event::Request { admission, body_bytes } => {
-                let prevalence = self.novelty.prevalence(domain);
-                let config = &self.config;
                 self.beacon_key.clear();
                 self.beacon_key.push_str(identity);
                 self.beacon_key.push('\x1f');
                 self.beacon_key.push_str(o.host);
                 let series = entry(&mut self.beacons, &self.beacon_key, &mut self.stats.evicted_destinations);
+                // A denied request's body never left the gateway.
+                let uploaded = body_bytes.filter(|&b| b > 0 && admission != Admission::Denied);
+                if series.repeats(o.time_ms, o.port, admission, requests) {
+                    if let Some(bytes) = uploaded {
+                        self.upload(o, identity, bytes, out);
+                    }
+                    self.stats.signals += (out.len() - before) as u64;
+                    return;
+                }
+                let domain = registrable(o.host);
+                let prevalence = self.novelty.prevalence(domain);
+                let config = &self.config;
                 let context = || beacon::Context {
                     admission,
                     prevalence,
@@ -272,13 +293,12 @@ impl Detector {
                     spiffe_id: o.spiffe_id,
                     destination: o.host,
                 };
-                out.extend(series.observe(o.time_ms, body_bytes, config, &mut self.scratch, context));
+                out.extend(series.observe(o.time_ms, requests, body_bytes, config, &mut self.scratch, context));
                 let state = entry(&mut self.identities, identity, &mut self.stats.evicted_identities);
                 if !admission.is_allowed() {
                     out.extend(state.denies.observe(o.time_ms, (o.host, o.port), config, (o.service, o.spiffe_id)));
                 }
-                // A denied request's body never left the gateway.
-                if let Some(bytes) = body_bytes.filter(|&b| b > 0 && admission != Admission::Denied) {
+                if let Some(bytes) = uploaded {
                     self.upload(o, identity, bytes, out);
                 }
                 self.names(o, subject, domain, out);
@@ -294,7 +314,7 @@ impl Detector {
                 self.novelty.observe(&reach, &self.config, out);
             }
             Event::StreamTotals { bytes_sent } => self.upload(o, identity, bytes_sent, out),
-            Event::DnsQuery { .. } => self.names(o, subject, domain, out),
+            Event::DnsQuery { .. } => self.names(o, subject, registrable(o.host), out),
         }
         self.stats.signals += (out.len() - before) as u64;
     }

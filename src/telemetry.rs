@@ -108,6 +108,10 @@ pub struct Telemetry {
     spans_on: bool,
     audit_on: bool,
     detect_on: bool,
+    /// The detectors read the flow table's timelines (the Check path notes them per thread)
+    /// rather than queued decisions: when there is a flow table and a policy to read thresholds
+    /// from, and decisions are not queued anyway.
+    detect_via_flows: bool,
     flows: Option<SharedFlows>,
     signals: Option<signals::SharedSignals>,
 }
@@ -150,6 +154,11 @@ impl Telemetry {
             None => (None, None),
         };
         let (spans_on, audit_on, detect_on) = (batches.is_some(), audit.is_some(), config.detect.is_some());
+        let detect_via_flows = detect_on
+            && !spans_on
+            && !audit_on
+            && config.flows.is_some()
+            && config.detect.as_ref().is_some_and(|d| d.policy.is_some());
         let recent = config.detect.as_ref().map(|d| d.signals.clone());
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let worker = Worker {
@@ -173,6 +182,7 @@ impl Telemetry {
             spans_on,
             audit_on,
             detect_on,
+            detect_via_flows,
             flows: config.flows,
             signals: recent,
         };
@@ -195,7 +205,15 @@ impl Telemetry {
     /// log, or the detectors (when the policy keeps them on).
     #[inline]
     pub fn queues_decisions(&self, policy: &crate::policy::CompiledPolicy) -> bool {
-        self.spans_on || self.audit_on || (self.detect_on && policy.detection.enabled)
+        self.spans_on || self.audit_on || (self.detect_on && !self.detect_via_flows && policy.detection.enabled)
+    }
+
+    /// Whether checks of `policy` note their second and body in the flow table for the detectors
+    /// (`flows::pending::Timeline`): cheaper than queueing every decision, and nothing else
+    /// needs them queued.
+    #[inline]
+    pub fn notes_timelines(&self, policy: &crate::policy::CompiledPolicy) -> bool {
+        self.detect_via_flows && policy.detection.enabled
     }
 
     /// Queues one decision without waiting. A full queue drops it, counted.
@@ -402,9 +420,17 @@ impl Worker {
         if let Some(d) = &mut self.detect {
             d.save(false);
         }
-        // Take in what the Check path counted per thread, so its maps stay small between reads.
+        // Take in what the Check path counted per thread, so its maps stay small between reads;
+        // the detectors read the timelines it noted.
         if let Some(table) = &self.flows {
-            drop(table.lock());
+            match &mut self.detect {
+                Some(d) if d.reads_timelines() => {
+                    d.refresh_config();
+                    let metrics = &self.metrics;
+                    table.take_in_with_timelines(|obs, timeline| d.observe_timeline(obs, timeline, metrics));
+                }
+                _ => drop(table.lock()),
+            }
         }
     }
 }

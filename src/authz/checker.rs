@@ -57,6 +57,9 @@ pub struct Call<'m> {
     pub capture: Capture,
     /// Where a `Capture::Flows` check counts its flow.
     pub flows: Option<&'m crate::flows::live::LiveFlowTable>,
+    /// A `Capture::Flows` check also notes its second and body for the detectors, which then
+    /// read the flow table's timelines instead of queued decisions.
+    pub timeline: bool,
 }
 
 /// What of a request the Check path copies for telemetry.
@@ -80,9 +83,19 @@ impl Capture {
 
 /// Counts a decision in the live flow table, where it was made: borrowed strings, no copy for a
 /// flow this thread saw since the last drain (`flows::pending`).
-fn note_flow(table: &crate::flows::live::LiveFlowTable, view: &CheckView<'_>, decision: &Decision<'_>, now: i64) {
+fn note_flow(
+    table: &crate::flows::live::LiveFlowTable,
+    view: &CheckView<'_>,
+    decision: &Decision<'_>,
+    now: i64,
+    timeline: Option<&CheckRequest>,
+) {
     use crate::flows::{Observation, SubjectRef, rule_of_decision};
     let Ok(dest) = &view.destination else { return };
+    let timeline = timeline.map(|req| crate::flows::pending::TimelineNote {
+        exact_host: decision.rule.is_some_and(|r| crate::detect::names_exact_host(r.host.as_ref())),
+        body_bytes: super::facts::body_size(req, view.is_http).unwrap_or(0),
+    });
     let principal = view.principal.as_ref().ok().and_then(|p| p.as_deref());
     let service = decision.service.map(|s| s.name.as_str());
     let Some(subject) = SubjectRef::of_decision(service, principal, &decision.reason) else { return };
@@ -94,17 +107,20 @@ fn note_flow(table: &crate::flows::live::LiveFlowTable, view: &CheckView<'_>, de
             ip_text.as_str()
         }
     };
-    table.note(&Observation {
-        time_ms: now.saturating_mul(1000),
-        subject,
-        workload: principal,
-        host,
-        port: dest.port,
-        protocol: dest.protocol,
-        decision: decision.outcome,
-        reason: decision.reason.code(),
-        rule: rule_of_decision(&decision.reason, decision.rule.map(|r| r.id.as_str())),
-    });
+    table.note(
+        &Observation {
+            time_ms: now.saturating_mul(1000),
+            subject,
+            workload: principal,
+            host,
+            port: dest.port,
+            protocol: dest.protocol,
+            decision: decision.outcome,
+            reason: decision.reason.code(),
+            rule: rule_of_decision(&decision.reason, decision.rule.map(|r| r.id.as_str())),
+        },
+        timeline,
+    );
 }
 
 /// The outcome of one check.
@@ -194,7 +210,7 @@ impl<'a> Checker<'a> {
         let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
         let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
         if let (Capture::Flows, Some(table)) = (call.capture, call.flows) {
-            note_flow(table, &view, &decision, now);
+            note_flow(table, &view, &decision, now, call.timeline.then_some(req));
         }
         let mut facts = call.capture.trace().then(|| super::facts::from_view(Some(&view), req, metadata, true));
         let Ok(dest) = &view.destination else {

@@ -53,11 +53,7 @@ pub fn from_view(
         }
     }
     let http = attrs.and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-    // Parsed in place (no copy); a CONNECT's length, if any, says nothing of its tunnel.
-    let body_size = http
-        .filter(|h| is_http && !h.method.eq_ignore_ascii_case("CONNECT"))
-        .and_then(|h| header(h, "content-length"))
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body_size = body_size(req, is_http);
     if !trace {
         // The flow table only: no trace context.
     } else if CARRIERS.iter().any(|h| metadata.contains_key(*h)) {
@@ -79,6 +75,16 @@ pub fn from_view(
     (facts.port, facts.protocol, facts.is_http) = (port, protocol, is_http);
     facts.body_size = body_size;
     facts
+}
+
+/// The body size an HTTP request declares (`content-length`), parsed in place (no copy). A
+/// CONNECT's length, if any, says nothing of its tunnel.
+pub fn body_size(req: &CheckRequest, is_http: bool) -> Option<u64> {
+    let http = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref())?;
+    if !is_http || http.method.eq_ignore_ascii_case("CONNECT") {
+        return None;
+    }
+    header(http, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Reads `req` as `policy` would (from the generated gateway) and takes its facts: for tests and

@@ -92,6 +92,11 @@ pub fn serve(
         "policy loaded"
     );
     let shared = Arc::new(ArcSwap::from_pointee(compiled));
+    let mut telemetry = telemetry;
+    if let Some(detect) = &mut telemetry.detect {
+        // The detectors read their thresholds from the live policy (see `DetectSetup::policy`).
+        detect.policy = Some(shared.clone());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let (telemetry, tasks) = Telemetry::start(telemetry).context("starting telemetry")?;

@@ -33,6 +33,8 @@ pub struct BeaconSeries {
     /// Body sizes of the requests at `times`; `UNKNOWN` where not known.
     sizes: VecDeque<u32>,
     requests: u64,
+    /// The last request's second, port and admission: a repeat of it adds nothing but a count.
+    last: Option<(u32, u16, Admission)>,
     last_evaluated_ms: i64,
     signaled_ms: Option<i64>,
 }
@@ -47,22 +49,42 @@ pub struct Context<'a> {
     pub destination: &'a str,
 }
 
+/// Unix seconds of unix milliseconds, as a series keeps them.
+fn second(time_ms: i64) -> u32 {
+    time_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32
+}
+
 impl BeaconSeries {
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.times.capacity() * 4 + self.sizes.capacity() * 4
     }
 
-    /// Adds one request at `time_ms`; returns a signal when the series now scores as a beacon.
+    /// Whether `requests` requests at `time_ms` to `port` repeat the series' last request (same
+    /// second, port and admission): counted, and nothing else to do for any detector, since each
+    /// keys on distinct seconds, names or destinations. Otherwise remembered as the last.
+    pub fn repeats(&mut self, time_ms: i64, port: u16, admission: Admission, requests: u64) -> bool {
+        let now = (second(time_ms), port, admission);
+        if self.last == Some(now) {
+            self.requests += requests;
+            return true;
+        }
+        self.last = Some(now);
+        false
+    }
+
+    /// Adds `requests` requests at `time_ms` (one second); returns a signal when the series now
+    /// scores as a beacon.
     pub fn observe<'c>(
         &mut self,
         time_ms: i64,
+        requests: u64,
         size: Option<u64>,
         config: &DetectionConfig,
         scratch: &mut Scratch,
         context: impl FnOnce() -> Context<'c>,
     ) -> Option<Signal> {
-        self.push(time_ms, size, config);
+        self.push(time_ms, requests, size, config);
         let span_ms = i64::from(self.times.back().unwrap_or(&0) - self.times.front().unwrap_or(&0)) * 1000;
         if self.times.len() < config.beacon_min_timestamps
             || span_ms < config.beacon_min_span_ms
@@ -83,9 +105,9 @@ impl BeaconSeries {
         Some(self.signal(&score, weight, total, &ctx))
     }
 
-    fn push(&mut self, time_ms: i64, size: Option<u64>, config: &DetectionConfig) {
-        self.requests += 1;
-        let t = time_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32;
+    fn push(&mut self, time_ms: i64, requests: u64, size: Option<u64>, config: &DetectionConfig) {
+        self.requests += requests;
+        let t = second(time_ms);
         // Requests in the same second (or a little out of order) are one timestamp, as in RITA.
         if self.times.back().is_some_and(|&last| t <= last) {
             return;
@@ -259,7 +281,7 @@ mod tests_support {
         for off in offsets {
             let t = start + (off * 1000.0) as i64;
             let c = move || Context { admission, prevalence, ..ctx() };
-            if let Some(s) = series.observe(t, size, &config, &mut scratch, c) {
+            if let Some(s) = series.observe(t, 1, size, &config, &mut scratch, c) {
                 found.get_or_insert(s);
             }
         }

@@ -104,3 +104,48 @@ fn registrable_domains_follow_the_public_suffix_list() {
     assert_eq!(registrable("10.1.2.3"), "10.1.2.3");
     assert_eq!(registrable("localhost"), "localhost");
 }
+
+#[test]
+fn repeats_within_a_second_are_counted_and_change_no_verdict_but_their_bodies_count() {
+    // Each beacon request five times in its second: the same signal as once, five times the count.
+    let (mut once, mut five) = (Detector::new(DetectionConfig::default()), Detector::new(DetectionConfig::default()));
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        once.observe(&request(i * 60_000, "c2.example", Admission::Denied, None), &mut a);
+        for r in 0..5 {
+            five.observe(&request(i * 60_000 + r * 100, "c2.example", Admission::Denied, None), &mut b);
+        }
+    }
+    assert_eq!(kinds(&a), kinds(&b));
+    assert!(kinds(&b).contains(&SignalKind::Beaconing), "{b:?}");
+    assert_eq!(five.stats().observations, 1000);
+
+    // Bodies of repeated requests still leave: 24 x 50 MiB in three seconds is a large upload.
+    let mut d = Detector::new(DetectionConfig::default());
+    let mut out = Vec::new();
+    for i in 0..24 {
+        d.observe(&request(i / 8 * 1000, "drop.example", Admission::Exact, Some(50 << 20)), &mut out);
+    }
+    assert_eq!(kinds(&out), vec![SignalKind::LargeUpload], "{out:?}");
+
+    // Another port is another destination, even in the same second: probing ports is a deny burst.
+    let mut d = Detector::new(DetectionConfig::default());
+    let mut out = Vec::new();
+    for port in 0..25 {
+        d.observe(&Observation { port: 8000 + port, ..request(0, "10.0.0.1", Admission::Denied, None) }, &mut out);
+    }
+    assert!(kinds(&out).contains(&SignalKind::DenyBurst), "{out:?}");
+}
+
+#[test]
+fn an_observation_of_many_requests_counts_them_all() {
+    let mut d = Detector::new(DetectionConfig::default());
+    let mut out = Vec::new();
+    for i in 0..200 {
+        d.observe_requests(&request(i * 60_000, "c2.example", Admission::Denied, None), 3, &mut out);
+    }
+    assert!(kinds(&out).contains(&SignalKind::Beaconing), "{out:?}");
+    assert_eq!(d.stats().observations, 600);
+    let beacon = out.iter().find(|s| s.kind == SignalKind::Beaconing).unwrap();
+    assert!(beacon.to_json().to_string().contains("\"requests\":"), "{}", beacon.to_json());
+}

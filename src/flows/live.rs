@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashlink::LruCache;
 
 use super::json::{FlowJson, FlowsDocument};
-use super::pending::Pending;
+use super::pending::{Pending, Timeline};
 use super::table::fill_scratch;
 use super::{Flow, FlowKey, FlowStats, Observation};
 
@@ -46,8 +46,8 @@ pub struct LiveFlowTable {
 
 impl LiveFlowTable {
     /// Counts one observation where it was made (the Check path): no lock but this thread's own.
-    pub fn note(&self, obs: &Observation<'_>) {
-        self.pending.note(obs);
+    pub fn note(&self, obs: &Observation<'_>, timeline: Option<super::pending::TimelineNote>) {
+        self.pending.note(obs, timeline);
     }
 
     /// Records one observation straight into the table (the telemetry thread, for decisions it
@@ -56,13 +56,24 @@ impl LiveFlowTable {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).record(obs);
     }
 
-    /// The table, with every pending observation taken in first.
+    /// The table, with every pending observation taken in first (their timelines are held for
+    /// `take_in_with_timelines`).
     pub fn lock(&self) -> MutexGuard<'_, LiveFlows> {
         // A poisoned table (a panic while recording) is still a table of counts.
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let dropped = self.pending.drain(|obs, c| table.record_counted(obs, c.hits, c.first_ms, c.last_ms));
         table.dropped += dropped;
         table
+    }
+
+    /// Takes every pending observation in, and hands each flow's timeline (its hits by second,
+    /// noted for the detectors) to `timeline`: the telemetry thread's drain.
+    pub fn take_in_with_timelines(&self, timeline: impl FnMut(&Observation<'_>, &Timeline)) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = self
+            .pending
+            .drain_with_timelines(|obs, c| table.record_counted(obs, c.hits, c.first_ms, c.last_ms), timeline);
+        table.dropped += dropped;
     }
 }
 

@@ -7,6 +7,10 @@
 //! lookup on borrowed strings and three integer updates, no allocation. The map's mutex is the
 //! thread's own; only a drain (when the live table is read or the telemetry thread flushes)
 //! ever waits on it, for the time of a `mem::take`.
+//!
+//! The detectors read the same maps: with detection on and nothing queued, each observation also
+//! keeps a `Timeline` (its hits and body bytes per second), handed to them when the telemetry
+//! thread drains (a drain for a read of the table holds timelines back for that one).
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
@@ -132,6 +136,72 @@ pub struct Counted {
     pub hits: u64,
     pub first_ms: i64,
     pub last_ms: i64,
+    /// The seconds of those hits, when the Check path noted them (`TimelineNote`).
+    pub timeline: Option<Timeline>,
+}
+
+/// What the Check path adds to an observation for the detectors (`detect`), which need the
+/// seconds of a flow's requests and their bodies, not just the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineNote {
+    /// Admitted by an exact-host rule: the same for every hit, the rule being part of the flow.
+    pub exact_host: bool,
+    /// The request's body size (`content-length`), 0 when none or unknown.
+    pub body_bytes: u64,
+}
+
+/// Distinct seconds one thread holds for one flow between two drains. Drains come every 200 ms,
+/// so two are the usual most; should the telemetry thread fall behind, later hits count in the
+/// last second held (counts and bytes kept, their times coarsened).
+pub const TIMELINE_SECONDS: usize = 4;
+
+/// A flow's hits by second (between two drains), with their body bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeline {
+    pub exact_host: bool,
+    seconds: [Second; TIMELINE_SECONDS],
+    len: u8,
+}
+
+/// One second of a flow's hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Second {
+    /// Unix seconds.
+    pub unix: i64,
+    pub hits: u64,
+    pub body_bytes: u64,
+}
+
+impl Timeline {
+    fn new(note: TimelineNote, unix: i64) -> Self {
+        let mut t = Timeline { exact_host: note.exact_host, seconds: Default::default(), len: 0 };
+        t.add(unix, note.body_bytes);
+        t
+    }
+
+    fn add(&mut self, unix: i64, body_bytes: u64) {
+        let len = usize::from(self.len);
+        match self.seconds[..len].iter_mut().find(|s| s.unix == unix) {
+            Some(s) => {
+                s.hits += 1;
+                s.body_bytes += body_bytes;
+            }
+            None if len < TIMELINE_SECONDS => {
+                self.seconds[len] = Second { unix, hits: 1, body_bytes };
+                self.len += 1;
+            }
+            None => {
+                let last = &mut self.seconds[TIMELINE_SECONDS - 1];
+                (last.unix, last.hits, last.body_bytes) =
+                    (last.unix.max(unix), last.hits + 1, last.body_bytes + body_bytes);
+            }
+        }
+    }
+
+    /// The seconds held, in the order first seen.
+    pub fn seconds(&self) -> &[Second] {
+        &self.seconds[..usize::from(self.len)]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -140,15 +210,22 @@ struct Shard {
     dropped: u64,
 }
 
+/// What reads the timelines a drain takes (`drain_with_timelines`).
+type TimelineReader<'f> = dyn FnMut(&Observation<'_>, &Timeline) + 'f;
+
 /// Every thread's pending observations.
 #[derive(Debug, Default)]
 pub struct Pending {
     shards: ThreadLocal<Mutex<Shard>>,
+    /// Timelines drained for the flow table (`drain`) that the detectors have not read yet
+    /// (`drain_with_timelines`), bounded like one thread's map.
+    held: Mutex<Vec<(Key, Timeline)>>,
 }
 
 impl Pending {
-    /// Counts `obs` in this thread's map (the Check path).
-    pub fn note(&self, obs: &Observation<'_>) {
+    /// Counts `obs` in this thread's map (the Check path), with its second and body for the
+    /// detectors when `timeline` is given.
+    pub fn note(&self, obs: &Observation<'_>, timeline: Option<TimelineNote>) {
         let shard = self.shards.get_or_default();
         // A poisoned shard (a panic mid-update) is still a map of counts.
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,18 +238,49 @@ impl Pending {
                 c.hits += 1;
                 c.first_ms = c.first_ms.min(obs.time_ms);
                 c.last_ms = c.last_ms.max(obs.time_ms);
+                if let Some(note) = timeline {
+                    let unix = obs.time_ms.div_euclid(1000);
+                    match &mut c.timeline {
+                        Some(t) => t.add(unix, note.body_bytes),
+                        None => c.timeline = Some(Timeline::new(note, unix)),
+                    }
+                }
             }
             hashbrown::hash_map::RawEntryMut::Vacant(_) if full => shard.dropped += 1,
             hashbrown::hash_map::RawEntryMut::Vacant(e) => {
-                let counted = Counted { hits: 1, first_ms: obs.time_ms, last_ms: obs.time_ms };
+                let timeline = timeline.map(|note| Timeline::new(note, obs.time_ms.div_euclid(1000)));
+                let counted = Counted { hits: 1, first_ms: obs.time_ms, last_ms: obs.time_ms, timeline };
                 e.insert_hashed_nocheck(hash, Key::of(obs), counted);
             }
         }
     }
 
     /// Takes every thread's pending observations: `each` sees every distinct observation once
-    /// with its counts (at its last time). Returns the observations dropped for lack of room.
-    pub fn drain(&self, mut each: impl FnMut(&Observation<'_>, Counted)) -> u64 {
+    /// with its counts (at its last time). Timelines are held back for the detectors
+    /// (`drain_with_timelines`). Returns the observations dropped for lack of room.
+    pub fn drain(&self, each: impl FnMut(&Observation<'_>, Counted)) -> u64 {
+        self.drain_inner(each, None)
+    }
+
+    /// Like `drain`, and `timeline` then sees every timeline: the ones held back by earlier
+    /// drains first, then those of this one.
+    pub fn drain_with_timelines(
+        &self,
+        each: impl FnMut(&Observation<'_>, Counted),
+        mut timeline: impl FnMut(&Observation<'_>, &Timeline),
+    ) -> u64 {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        for (key, t) in &held {
+            timeline(&key.observation(t.seconds().last().map_or(0, |s| s.unix * 1000)), t);
+        }
+        self.drain_inner(each, Some(&mut timeline))
+    }
+
+    fn drain_inner(
+        &self,
+        mut each: impl FnMut(&Observation<'_>, Counted),
+        mut timeline: Option<&mut TimelineReader<'_>>,
+    ) -> u64 {
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let taken = {
@@ -180,8 +288,21 @@ impl Pending {
                 dropped += std::mem::take(&mut shard.dropped);
                 std::mem::take(&mut shard.observations)
             };
-            for (key, counted) in &taken {
-                each(&key.observation(counted.last_ms), *counted);
+            let mut held = Vec::new();
+            for (key, counted) in taken {
+                let obs = key.observation(counted.last_ms);
+                each(&obs, counted);
+                match (counted.timeline, timeline.as_mut()) {
+                    (Some(t), Some(f)) => f(&obs, &t),
+                    (Some(t), None) => held.push((key, t)),
+                    (None, _) => {}
+                }
+            }
+            if !held.is_empty() {
+                let mut all = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                let room = MAX_PENDING_PER_THREAD.saturating_sub(all.len());
+                dropped += held.len().saturating_sub(room) as u64;
+                all.extend(held.into_iter().take(room));
             }
         }
         dropped
@@ -216,14 +337,14 @@ mod tests {
     #[test]
     fn repeats_are_counted_once_per_distinct_observation_with_their_times() {
         let p = Pending::default();
-        p.note(&obs("a.test", "w1", 20));
-        p.note(&obs("a.test", "w1", 10));
-        p.note(&obs("a.test", "w1", 30));
-        p.note(&obs("a.test", "w2", 15));
-        p.note(&obs("b.test", "w1", 40));
+        p.note(&obs("a.test", "w1", 20), None);
+        p.note(&obs("a.test", "w1", 10), None);
+        p.note(&obs("a.test", "w1", 30), None);
+        p.note(&obs("a.test", "w2", 15), None);
+        p.note(&obs("b.test", "w1", 40), None);
         let got = drained(&p);
         assert_eq!(got.len(), 3);
-        assert_eq!(got[0].2, Counted { hits: 3, first_ms: 10, last_ms: 30 });
+        assert_eq!(got[0].2, Counted { hits: 3, first_ms: 10, last_ms: 30, timeline: None });
         assert_eq!(got[1].2.hits, 1);
         assert!(drained(&p).is_empty(), "a drain takes everything");
     }
@@ -243,8 +364,8 @@ mod tests {
             Observation { workload: None, ..base },
         ];
         for v in &variants {
-            p.note(v);
-            p.note(v);
+            p.note(v, None);
+            p.note(v, None);
         }
         let mut n = 0;
         p.drain(|_, c| {
@@ -259,9 +380,9 @@ mod tests {
         let p = Pending::default();
         let hosts: Vec<String> = (0..=MAX_PENDING_PER_THREAD).map(|i| format!("h{i}.test")).collect();
         for h in &hosts {
-            p.note(&obs(h, "w1", 1));
+            p.note(&obs(h, "w1", 1), None);
         }
-        p.note(&obs(&hosts[0], "w1", 2)); // known: counted
+        p.note(&obs(&hosts[0], "w1", 2), None); // known: counted
         let mut distinct = 0;
         let mut first_hits = 0;
         let dropped = p.drain(|o, c| {
@@ -271,7 +392,7 @@ mod tests {
             }
         });
         assert_eq!((distinct, dropped, first_hits), (MAX_PENDING_PER_THREAD, 1, 2));
-        p.note(&obs(&hosts[MAX_PENDING_PER_THREAD], "w1", 3));
+        p.note(&obs(&hosts[MAX_PENDING_PER_THREAD], "w1", 3), None);
         assert_eq!(p.drain(|_, _| {}), 0, "room again after a drain");
     }
 
@@ -281,12 +402,63 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let p = p.clone();
-                std::thread::spawn(move || (0..1000).for_each(|i| p.note(&obs("a.test", "w1", i))))
+                std::thread::spawn(move || (0..1000).for_each(|i| p.note(&obs("a.test", "w1", i), None)))
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
         let mut hits = 0;
         p.drain(|_, c| hits += c.hits);
         assert_eq!(hits, 4000);
+    }
+
+    #[test]
+    fn timelines_count_hits_and_bytes_per_second_and_wait_for_the_detectors() {
+        let p = Pending::default();
+        let note = |bytes| Some(TimelineNote { exact_host: true, body_bytes: bytes });
+        p.note(&obs("a.test", "w1", 1_000), note(10));
+        p.note(&obs("a.test", "w1", 1_500), note(5));
+        p.note(&obs("a.test", "w1", 2_000), note(0));
+        p.note(&obs("b.test", "w1", 2_000), None);
+        // A drain for the flow table holds the timeline back; the next one with timelines gets it.
+        let mut flows = 0;
+        p.drain(|_, c| {
+            flows += 1;
+            assert_eq!(c.hits, if c.timeline.is_some() { 3 } else { 1 });
+        });
+        assert_eq!(flows, 2);
+        p.note(&obs("a.test", "w1", 9_000), note(7));
+        let mut seen = Vec::new();
+        p.drain_with_timelines(
+            |_, _| {},
+            |o, t| {
+                assert!(t.exact_host);
+                seen.push((o.host.to_string(), t.seconds().to_vec()));
+            },
+        );
+        let second = |unix, hits, body_bytes| Second { unix, hits, body_bytes };
+        assert_eq!(
+            seen,
+            vec![
+                ("a.test".to_string(), vec![second(1, 2, 15), second(2, 1, 0)]),
+                ("a.test".to_string(), vec![second(9, 1, 7)]),
+            ]
+        );
+        let mut again = 0;
+        p.drain_with_timelines(|_, _| {}, |_, _| again += 1);
+        assert_eq!(again, 0, "each timeline is read once");
+    }
+
+    #[test]
+    fn a_timeline_past_its_seconds_counts_late_hits_in_its_last() {
+        let p = Pending::default();
+        for s in 0..10 {
+            p.note(&obs("a.test", "w1", s * 1000), Some(TimelineNote { exact_host: false, body_bytes: 1 }));
+        }
+        let mut seconds = Vec::new();
+        p.drain_with_timelines(|_, _| {}, |_, t| seconds = t.seconds().to_vec());
+        assert_eq!(seconds.len(), TIMELINE_SECONDS);
+        let last = seconds[TIMELINE_SECONDS - 1];
+        assert_eq!((last.unix, last.hits, last.body_bytes), (9, 7, 7));
+        assert_eq!(seconds.iter().map(|s| s.hits).sum::<u64>(), 10);
     }
 }

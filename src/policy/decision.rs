@@ -115,6 +115,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The code of a break-glass grant's allow (what readers of recorded codes compare with).
+    pub const BREAK_GLASS: &'static str = "break-glass";
+
     /// Stable machine-readable code (header `x-egressd-reason`, metadata, logs).
     pub fn code(&self) -> &'static str {
         match self {
@@ -126,7 +129,7 @@ impl Reason {
             Reason::UnknownService => "unknown-service",
             Reason::Malformed(Malformed::HttpsNotOriginated | Malformed::UnknownScheme(_)) => "unsupported-scheme",
             Reason::Malformed(_) => "malformed-request",
-            Reason::BreakGlass(_) => "break-glass",
+            Reason::BreakGlass(_) => Reason::BREAK_GLASS,
             Reason::SniMismatch { .. } => "sni-mismatch",
             Reason::SniMissing => "sni-missing",
             Reason::NotTls => "not-tls",

@@ -104,6 +104,9 @@ pub struct DetectSetup {
     /// The first-seen history, loaded at start and saved every minute when changed (and at exit).
     pub state_path: Option<PathBuf>,
     pub signals: SharedSignals,
+    /// The live policy, for its thresholds when the detectors read the flow table's timelines
+    /// (no decision, hence no policy, comes with them). Without it, decisions are queued.
+    pub policy: Option<crate::policy::SharedPolicy>,
 }
 
 /// The detector as the telemetry worker runs it.
@@ -169,6 +172,56 @@ impl DetectSink {
         };
         self.detector.observe(&observation, &mut self.raised);
         self.after_observe(metrics, policy.detection.recent_signals);
+    }
+
+    /// Whether this sink reads the flow table's timelines (it knows the live policy).
+    pub(super) fn reads_timelines(&self) -> bool {
+        self.setup.policy.is_some()
+    }
+
+    /// Takes the live policy's thresholds, if it changed (before reading timelines).
+    pub(super) fn refresh_config(&mut self) {
+        let Some(shared) = &self.setup.policy else { return };
+        let policy = shared.load();
+        if policy.version != self.policy_version {
+            self.detector.set_config(policy.detection.clone());
+            self.policy_version.clone_from(&policy.version);
+        }
+    }
+
+    /// Feeds one flow's requests as the Check path noted them between two drains: an
+    /// observation per second, standing for that second's requests and bodies.
+    pub(super) fn observe_timeline(
+        &mut self,
+        obs: &crate::flows::Observation<'_>,
+        timeline: &crate::flows::pending::Timeline,
+        metrics: &super::metrics::Metrics,
+    ) {
+        self.raised.clear();
+        let service = match obs.subject {
+            crate::flows::SubjectRef::Service(s) => Some(s),
+            crate::flows::SubjectRef::Unclaimed(_) => None,
+        };
+        let break_glass = obs.reason == crate::policy::Reason::BREAK_GLASS;
+        let admission = Admission::from_parts(obs.decision, break_glass, || timeline.exact_host);
+        for second in timeline.seconds() {
+            let body_bytes = (second.body_bytes > 0).then_some(second.body_bytes);
+            let observation = Observation {
+                time_ms: second.unix.saturating_mul(1000),
+                service,
+                spiffe_id: obs.workload.or(match obs.subject {
+                    crate::flows::SubjectRef::Unclaimed(id) => Some(id),
+                    crate::flows::SubjectRef::Service(_) => None,
+                }),
+                source: None,
+                host: obs.host,
+                port: obs.port,
+                event: Event::Request { admission, body_bytes },
+            };
+            self.detector.observe_requests(&observation, second.hits, &mut self.raised);
+        }
+        let capacity = self.detector.config().recent_signals;
+        self.after_observe(metrics, capacity);
     }
 
     /// Feeds a CONNECT tunnel's bytes from the gateway's access log: the bytes sent since its last
