@@ -58,15 +58,14 @@ fn every_detector_finds_its_attacks_in_the_corpus_without_false_signals() {
 
 #[test]
 fn the_command_writes_json_lines_filters_evaluates_and_exits_as_documented() {
+    // The corpus's log copied, to tear one of its lines.
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), SIZE).unwrap();
-    let (policy, log, labels) =
-        (dir.path().join("policy"), dir.path().join("audit.log"), dir.path().join("labels.json"));
+    let (policy, log, labels) = (corpus().join("policy"), dir.path().join("audit.log"), corpus().join("labels.json"));
     // A torn line in the middle of the log is reported with its position and skipped.
-    let mut text = std::fs::read_to_string(&log).unwrap();
+    let mut text = std::fs::read_to_string(corpus().join("audit.log")).unwrap();
     let cut = text.find('\n').unwrap() + 1;
     text.insert_str(cut, "{\"time\":\"2026-12-01T00:0\n");
-    std::fs::write(&log, text).unwrap();
+    std::fs::write(&log, &text).unwrap();
 
     let out = egressd(&[
         "detect",
@@ -99,12 +98,17 @@ fn the_command_writes_json_lines_filters_evaluates_and_exits_as_documented() {
     let beacon = signals.iter().find(|s| s["kind"] == "beaconing").expect("a beacon");
     assert!(beacon["evidence"]["median_interval_s"].as_f64().unwrap() > 0.0, "{beacon}");
 
+    // The filter over the corpus's bodies and tunnel totals alone (what uploads are made of).
+    let uploads = dir.path().join("uploads.log");
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.contains("http.request.body.size") || l.contains("stream-totals")).collect();
+    std::fs::write(&uploads, lines.join("\n")).unwrap();
     let only = egressd(&[
         "detect",
         "--policy",
         path(&policy),
         "--audit-log",
-        path(&log),
+        path(&uploads),
         "--kind",
         "large-upload",
         "--fail-on-signal",
