@@ -34,6 +34,7 @@ use rustc_hash::FxBuildHasher;
 use crate::policy::detection::DetectionConfig;
 use crate::policy::fqdn::HostPattern;
 use crate::policy::{CompiledPolicy, Outcome, Reason, Verdict};
+pub use names::DnsFacts;
 pub use novelty::HistoryFile;
 pub use signal::{Evidence, Signal, SignalKind};
 
@@ -94,8 +95,13 @@ pub enum Event {
     Request { admission: Admission, body_bytes: Option<u64> },
     /// A request or tunnel closed at the gateway: the bytes its client sent.
     StreamTotals { bytes_sent: u64 },
-    /// A DNS query for `host`.
-    DnsQuery { admission: Admission },
+    /// A DNS query for `host`: its type and answer size.
+    DnsQuery { admission: Admission, facts: DnsFacts },
+}
+
+/// Whether a DNS query type is one tunnels carry data in (TXT, NULL).
+pub fn is_txt_null(qtype: &str) -> bool {
+    qtype.eq_ignore_ascii_case("TXT") || qtype.eq_ignore_ascii_case("NULL")
 }
 
 /// One observation. `host` is the normalized destination (a name or an IP address).
@@ -301,7 +307,7 @@ impl Detector {
                 if let Some(bytes) = uploaded {
                     self.upload(o, identity, bytes, out);
                 }
-                self.names(o, subject, domain, out);
+                self.names(o, subject, domain, None, out);
                 let reach = novelty::Reach {
                     time_ms: o.time_ms,
                     subject,
@@ -314,7 +320,7 @@ impl Detector {
                 self.novelty.observe(&reach, &self.config, out);
             }
             Event::StreamTotals { bytes_sent } => self.upload(o, identity, bytes_sent, out),
-            Event::DnsQuery { .. } => self.names(o, subject, registrable(o.host), out),
+            Event::DnsQuery { facts, .. } => self.names(o, subject, registrable(o.host), Some(facts), out),
         }
         self.stats.signals += (out.len() - before) as u64;
     }
@@ -327,7 +333,14 @@ impl Detector {
         out.extend(window.observe(o.time_ms, bytes, &mut state.baseline, config, (o.service, o.spiffe_id, o.host)));
     }
 
-    fn names(&mut self, o: &Observation<'_>, subject: &str, domain: &str, out: &mut Vec<Signal>) {
+    fn names(
+        &mut self,
+        o: &Observation<'_>,
+        subject: &str,
+        domain: &str,
+        dns: Option<DnsFacts>,
+        out: &mut Vec<Signal>,
+    ) {
         let Some(sub) = names::subdomain(o.host, domain) else { return };
         if !self.names.contains_key(subject) {
             if self.names.len() >= self.names.capacity() {
@@ -337,7 +350,7 @@ impl Detector {
         }
         let domains = self.names.get_mut(subject).expect("present: inserted above");
         let stats = entry(domains, domain, &mut self.stats.evicted_destinations);
-        let mut signal = stats.observe(o.time_ms, o.host, sub, &self.config, (o.service, o.spiffe_id), domain);
+        let mut signal = stats.observe(o.time_ms, o.host, sub, dns, &self.config, (o.service, o.spiffe_id), domain);
         if let Some(s) = &mut signal
             && s.service.is_none()
             && s.spiffe_id.is_none()

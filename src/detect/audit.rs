@@ -151,7 +151,11 @@ impl AuditObservations {
                 r.rule.as_deref().is_some_and(|id| self.exact_rules.contains(id))
             });
             if r.qname.is_some() {
-                Event::DnsQuery { admission }
+                let facts = crate::detect::DnsFacts {
+                    txt_null: crate::detect::is_txt_null(r.qtype.as_deref().unwrap_or_default()),
+                    answer_bytes: r.answer_bytes.unwrap_or(0),
+                };
+                Event::DnsQuery { admission, facts }
             } else {
                 Event::Request { admission, body_bytes: r.body_size }
             }
@@ -217,6 +221,8 @@ struct Line<'a> {
     method: Option<Cow<'a, str>>,
     duration_us: Option<f64>,
     qname: Option<Cow<'a, str>>,
+    qtype: Option<Cow<'a, str>>,
+    answer_bytes: Option<u64>,
     client: Option<Cow<'a, str>>,
     signal: bool,
 }
@@ -249,6 +255,8 @@ impl<'de> Deserialize<'de> for Line<'de> {
                         "http.request.method" => l.method = text(&mut map)?,
                         "duration_us" => l.duration_us = map.next_value()?,
                         "dns.question.name" => l.qname = text(&mut map)?,
+                        "dns.question.type" => l.qtype = text(&mut map)?,
+                        "dns.answer_bytes" => l.answer_bytes = map.next_value()?,
                         "client.address" => l.client = text(&mut map)?,
                         "egress.signal" => {
                             l.signal = true;

@@ -43,7 +43,10 @@ fn dns_queries_feed_the_tunnel_detector_and_stream_totals_the_upload_detector() 
     for i in 0..120i64 {
         let name = format!("{:x}.t.exfil.example", xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()));
         let o = Observation {
-            event: Event::DnsQuery { admission: Admission::Denied },
+            event: Event::DnsQuery {
+                admission: Admission::Denied,
+                facts: DnsFacts { txt_null: false, answer_bytes: 40 },
+            },
             ..request(i * 1000, &name, Admission::Denied, None)
         };
         d.observe(&o, &mut out);

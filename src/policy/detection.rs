@@ -50,6 +50,10 @@ pub struct TunnelNamesDoc {
     pub long_label: Option<Spanned<i64>>,
     pub long_names: Option<Spanned<i64>>,
     pub long_window: Option<Spanned<String>>,
+    pub txt_null_queries: Option<Spanned<i64>>,
+    pub txt_null_share: Option<Spanned<f64>>,
+    pub large_answer: Option<Spanned<String>>,
+    pub large_answers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +110,14 @@ pub struct DetectionConfig {
     pub names_long_label: usize,
     pub names_long: usize,
     pub names_long_window_ms: i64,
+    /// DNS queries of type TXT or NULL (what tunnels carry data in) under one registrable domain
+    /// in the names window, when they also make `names_txt_null_share` of its queries there.
+    pub names_txt_null: u64,
+    pub names_txt_null_share: f64,
+    /// A DNS answer of at least this many bytes is large (tunnels' downstream).
+    pub names_large_answer_bytes: u64,
+    /// Large answers under one registrable domain in the names window.
+    pub names_large_answers: u64,
     pub first_seen_learning_ms: i64,
     pub rare_max_service_percent: f64,
     /// Fewer services than this seen: too few to call anything rare.
@@ -145,6 +157,10 @@ impl Default for DetectionConfig {
             names_long_label: 50,
             names_long: 15,
             names_long_window_ms: 5 * MINUTE,
+            names_txt_null: 50,
+            names_txt_null_share: 0.5,
+            names_large_answer_bytes: 1024,
+            names_large_answers: 20,
             first_seen_learning_ms: 24 * HOUR,
             rare_max_service_percent: 2.0,
             rare_min_services: 20,
@@ -183,6 +199,15 @@ pub(super) fn compile(doc: Option<&DetectionDoc>, file: &Arc<str>, diags: &mut D
         v.count(&n.long_label, 1, &mut c.names_long_label);
         v.count(&n.long_names, 1, &mut c.names_long);
         v.duration(&n.long_window, &mut c.names_long_window_ms);
+        v.count(&n.txt_null_queries, 1, &mut c.names_txt_null);
+        if let Some(share) = &n.txt_null_share {
+            match share.value {
+                x if x > 0.0 && x <= 1.0 => c.names_txt_null_share = x,
+                x => v.error(share, &format!("txtNullShare is a fraction above 0 and at most 1, not {x}")),
+            }
+        }
+        v.bytes(&n.large_answer, &mut c.names_large_answer_bytes);
+        v.count(&n.large_answers, 1, &mut c.names_large_answers);
     }
     if let Some(f) = &doc.first_seen {
         v.duration(&f.learning, &mut c.first_seen_learning_ms);

@@ -568,9 +568,14 @@ fn detection_thresholds_are_read_and_bad_ones_located() {
     located("  denyBurst:\n    window: 10 parsecs\n", "v.yaml:5:13:", "unit");
     located("  rare:\n    maxServicePercent: 200\n", "v.yaml:5:24:", "between 0 and 100");
     located("  beaconing:\n    jitter: 3\n", "v.yaml:5:5:", "unknown field `jitter`");
-    let text = mesh("  beaconing:\n    window: 12h\n    threshold: 0.8\n  largeUpload:\n    bytes: 500MiB\n");
+    located("  tunnelNames:\n    txtNullShare: 1.5\n", "v.yaml:5:19:", "fraction above 0");
+    located("  tunnelNames:\n    largeAnswer: huge\n", "v.yaml:5:18:", "not a size");
+    let text = mesh(
+        "  beaconing:\n    window: 12h\n    threshold: 0.8\n  largeUpload:\n    bytes: 500MiB\n  tunnelNames:\n    txtNullQueries: 30\n    largeAnswer: 2KiB\n",
+    );
     let p = compile(&PolicySource::from_text("v.yaml", &text), 0).expect("valid");
     assert_eq!((p.detection.beacon_window_ms, p.detection.beacon_threshold), (12 * 3_600_000, 0.8));
     assert_eq!(p.detection.upload_bytes, 500 << 20);
+    assert_eq!((p.detection.names_txt_null, p.detection.names_large_answer_bytes), (30, 2048));
     assert_eq!(p.detection.deny_burst_destinations, 20, "defaults where nothing is written");
 }

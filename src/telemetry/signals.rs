@@ -277,7 +277,13 @@ impl DetectSink {
             source: Some(&source),
             host: &e.qname,
             port: 53,
-            event: Event::DnsQuery { admission },
+            event: Event::DnsQuery {
+                admission,
+                facts: crate::detect::DnsFacts {
+                    txt_null: crate::detect::is_txt_null(&e.qtype),
+                    answer_bytes: e.answer_bytes as u64,
+                },
+            },
         };
         self.detector.observe(&observation, &mut self.raised);
         let capacity = self.detector.config().recent_signals;
