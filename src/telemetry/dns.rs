@@ -47,6 +47,9 @@ pub struct DnsEvent {
     pub truncated: bool,
 }
 
+/// The reason of a query refused by the per-client rate limit.
+pub const RATE_LIMITED: &str = "rate-limited";
+
 /// Labels of `egressd_dns_queries_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsQueryLabels {
@@ -71,6 +74,9 @@ impl super::Telemetry {
     /// detector) without waiting (a full queue drops it, counted).
     pub fn submit_dns(&self, event: DnsEvent) {
         self.metrics.dns_queries.get_or_create(&event.labels()).inc();
+        if event.reason == RATE_LIMITED {
+            self.metrics.dns_rate_limited.inc();
+        }
         let Some(queue) = &self.queue else { return };
         if (self.audit_on || self.spans_on || self.detect_on)
             && queue.try_send(super::Msg::Dns(Box::new(event))).is_err()
