@@ -599,3 +599,43 @@ async fn with_spans_alone_an_allowed_query_is_a_span_too() {
     assert_eq!(span.attr("egress.rule.id").as_deref(), Some("ci-runners/allow/0"));
     assert_eq!(span.span.status, None, "an allow is not an error");
 }
+
+/// PTR, SOA and NS through dig, in the order README "What a query gets" gives: a mesh-wide deny is
+/// the floor (a private PTR under it is blocked, never forwarded); a private PTR otherwise goes
+/// upstream (`private-ptr`); SOA and NS of an allowed name's zone go upstream (`zone-of-allowed`);
+/// the zone of a name only another service may reach does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infrastructure_queries_follow_the_documented_order() {
+    let s = setup("").await;
+    // An operator adds a mesh-wide deny of one private reverse name.
+    std::fs::write(s.dir.path().join("mesh.yaml"), format!("{MESH}  - host: 9.0.0.127.in-addr.arpa\n")).unwrap();
+    eventually("the reverse-name deny in the live policy", Duration::from_secs(15), || async {
+        let now = egressd::clock::coarse_unix_now();
+        s.egressd.policy.load().mesh_denied_name("9.0.0.127.in-addr.arpa", now).map(|_| ())
+    })
+    .await;
+    // (dig arguments, audited name, reason, forwarded)
+    let cases: [(&[&str], &str, &str, bool); 6] = [
+        (&["-x", "127.0.0.9"], "9.0.0.127.in-addr.arpa", "mesh-deny", false),
+        (&["-x", "127.0.0.1"], "1.0.0.127.in-addr.arpa", "private-ptr", true),
+        (&["test", "SOA"], "test", "zone-of-allowed", true),
+        (&["big.test", "NS"], "big.test", "zone-of-allowed", true),
+        (&["pay.test", "SOA"], "pay.test", "no-matching-allow", false),
+        (&["leak.test", "NS"], "leak.test", "mesh-deny", false),
+    ];
+    for (args, name, reason, forwarded) in cases {
+        let before = s.upstream.queries();
+        let out = dig(s.dns, CI, args).await;
+        let record = &audit_records(&s.audit, name).await[0];
+        assert_eq!(record["egress.reason"], reason, "{args:?}: {record}\n{out}");
+        assert_eq!(s.upstream.queries() > before, forwarded, "{args:?} forwarded: {out}");
+        if !forwarded {
+            assert_eq!(status(&out), "NXDOMAIN", "{out}");
+            let ede = if reason == "mesh-deny" { "EDE: 15 (Blocked)" } else { "EDE: 18 (Prohibited)" };
+            assert!(out.contains(ede), "{out}");
+        }
+    }
+    let soa = dig(s.dns, CI, &["test", "SOA"]).await;
+    assert_eq!(status(&soa), "NOERROR", "the upstream's SOA of the allowed zone: {soa}");
+    assert!(soa.lines().any(|l| !l.starts_with(';') && l.contains("\tSOA\t")), "{soa}");
+}
