@@ -9,6 +9,7 @@ mod support {
     pub mod envoy;
     pub mod eventually;
     pub mod lab;
+    pub mod otlp;
     pub mod pki;
     pub mod server;
     pub mod upstream;
@@ -17,17 +18,19 @@ mod support {
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egressd::policy::PolicySource;
 use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
-use egressd::telemetry::{Telemetry, TelemetryConfig};
+use egressd::telemetry::spans::parse_sampler;
+use egressd::telemetry::{OtlpConfig, Telemetry, TelemetryConfig};
 use hickory_server::net::client::{Client, ClientHandle};
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::udp::UdpClientStream;
 use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use support::dns::{CountingDns, TestRecord, start_counting_dns};
 use support::eventually::eventually;
+use support::otlp::Collector;
 use support::server::{TestServer, http_get};
 
 const MESH: &str = "kind: MeshDefaults\ntrustDomain: corp.example\nmode: enforce\ndeny:\n  - host: leak.test\n";
@@ -99,15 +102,21 @@ async fn setup(extra: &str) -> Setup {
 }
 
 async fn setup_with_upstream(upstream: CountingDns, extra: &str) -> Setup {
+    setup_with(upstream, extra, |_| {}).await
+}
+
+/// As `setup`, with the telemetry changed by `configure` (spans, samplers).
+async fn setup_with(upstream: CountingDns, extra: &str, configure: impl FnOnce(&mut TelemetryConfig)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     write_policy(dir.path(), upstream.addr, extra);
     let audit = dir.path().join("audit.jsonl");
-    let config = TelemetryConfig {
+    let mut config = TelemetryConfig {
         audit: Some(AuditConfig { path: audit.clone(), max_bytes: 1 << 30, keep: 1, fsync: FsyncPolicy::Never }),
         // As `serve` runs by default: the detectors see every query.
         detect: Some(egressd::telemetry::signals::DetectSetup::default()),
         ..Default::default()
     };
+    configure(&mut config);
     let (telemetry, tasks) = Telemetry::start(config).unwrap();
     let egressd = TestServer::builder(PolicySource::from_dir(dir.path()).unwrap())
         .watch(dir.path().to_path_buf())
@@ -177,6 +186,12 @@ async fn audit_records(path: &Path, qname: &str) -> Vec<serde_json::Value> {
         (!found.is_empty()).then_some(found)
     })
     .await
+}
+
+/// The value of the metric sample `line_start` (name and labels) on `/metrics`, 0 when absent.
+async fn metric(admin: SocketAddr, line_start: &str) -> u64 {
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    metrics.lines().find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,13 +332,7 @@ async fn malformed_packets_are_dropped_and_the_server_answers_afterwards() {
     }
     let out = dig(s.dns, CI, &["allowed.test"]).await;
     assert_eq!(a_answers(&out), vec!["192.0.2.10"], "{out}");
-    let (_, metrics) = http_get(s.egressd.admin, "/metrics").await;
-    let dropped: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("egressd_dns_packets_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(dropped > 0, "garbage was dropped, counted");
+    assert!(metric(s.egressd.admin, "egressd_dns_packets_dropped_total").await > 0, "garbage was dropped, counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,4 +486,156 @@ async fn tunnel_like_query_names_raise_a_dns_tunnel_signal_per_querier() {
     let unmapped = signals.iter().find(|x| x.get("service").is_none()).expect("the unmapped client's signal");
     assert_eq!(unmapped["source"], "127.0.0.9", "{unmapped}");
     assert_eq!(s.upstream.queries(), before, "no blocked name was forwarded");
+}
+
+/// With an OTLP endpoint, every query is a span `egress dns` (kind SERVER, the audit line's
+/// fields), sampled as Checks are: under `always_off` an allow is not exported and a deny is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_query_is_an_otlp_span_and_denies_are_kept_by_the_sampler() {
+    use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+    let collector = Collector::start().await;
+    let s = setup_with(start_counting_dns(&records()).await, "", |c| {
+        c.otlp = Some(OtlpConfig::new(collector.endpoint(), "egressd-dns"));
+        c.sampler = parse_sampler("always_off", None).unwrap();
+    })
+    .await;
+    assert_eq!(a_answers(&dig(s.dns, CI, &["allowed.test"]).await), vec!["192.0.2.10"]);
+    // The telemetry thread writes a query's audit record and samples its span in one step, and
+    // exports batches in order: once this record is written, the allow's span, had it been
+    // sampled, would reach the collector before the deny's.
+    audit_records(&s.audit, "allowed.test").await;
+    let out = dig(s.dns, CI, &["leak.test", "TXT"]).await;
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    let is_leak = |r: &support::otlp::Received| r.attr("dns.question.name").as_deref() == Some("leak.test");
+    let spans = collector.wait_for(Duration::from_secs(15), |spans| spans.iter().any(is_leak)).await;
+    let dns: Vec<_> = spans.iter().filter(|r| r.span.name == "egress dns").collect();
+    assert_eq!(dns.len(), 1, "the deny's span only, not the allow's: {dns:?}");
+    let span = dns[0];
+    assert!(is_leak(span), "{span:?}");
+    assert_eq!(span.service, "egressd-dns");
+    assert_eq!(span.span.kind, SpanKind::Server as i32);
+    assert!(span.parent_span_id().is_empty(), "a query starts its trace");
+    assert_eq!(span.trace_id().len(), 32);
+    let status = span.span.status.clone().expect("a deny has a status");
+    assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "mesh-deny"));
+    for (key, value) in [
+        ("dns.question.type", "TXT"),
+        ("dns.response_code", "NXDOMAIN"),
+        ("client.address", CI),
+        ("network.transport", "udp"),
+        ("egress.service", "ci-runners"),
+        ("egress.rule.id", "mesh/deny/0"),
+        ("egress.decision", "deny"),
+        ("egress.reason", "mesh-deny"),
+        ("egress.policy_version", s.egressd.policy.load().version.as_str()),
+        ("dns.cached", "false"),
+        ("dns.truncated", "false"),
+    ] {
+        assert_eq!(span.attr(key).as_deref(), Some(value), "{key} of {span:?}");
+    }
+    assert!(span.span.end_time_unix_nano >= span.span.start_time_unix_nano);
+}
+
+/// `rateLimit` is a token bucket per client address: one dig process asking 12 names in a row
+/// from one address gets the burst answered and then REFUSED (never forwarded), counted on
+/// `/metrics` and audited as `rate-limited`; another address has its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_a_sources_rate_limit_are_refused_counted_and_other_sources_unaffected() {
+    let s = setup("rateLimit:\n  queriesPerSecond: 1\n  burst: 3\n").await;
+    let before = s.upstream.queries();
+    // Distinct allowed names (under *.big.test, absent from the zone): none is in the cache, so
+    // every query that passes the limit is forwarded.
+    let names: Vec<String> = (0..12).map(|i| format!("n{i}.big.test")).collect();
+    let args: Vec<&str> = names.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let out = dig(s.dns, CI, &args).await;
+    let elapsed = started.elapsed();
+    let statuses: Vec<&str> = out.match_indices("status: ").map(|(i, _)| status(&out[i..])).collect();
+    assert_eq!(statuses.len(), 12, "{out}");
+    assert_eq!(statuses[..3], ["NXDOMAIN"; 3], "the burst is answered (by the upstream): {out}");
+    let refused = statuses.iter().filter(|s| **s == "REFUSED").count();
+    let answered = statuses.len() - refused;
+    // The bucket refills one token a second: no more than that was answered past the burst.
+    let refills = elapsed.as_secs() as usize + 1;
+    assert!(answered <= 3 + refills, "{answered} answered in {elapsed:?}: {out}");
+    assert!(refused >= 12 - 3 - refills && refused > 0, "{out}");
+    assert_eq!(s.upstream.queries() - before, answered, "refused queries were not forwarded");
+    // Another source is not limited by the first one's bucket.
+    let pay = dig(s.dns, PAY, &["pay.test"]).await;
+    assert_eq!(a_answers(&pay), vec!["192.0.2.20"], "{pay}");
+    assert_eq!(hickory_a(s.dns, PAY, "pay.test.").await, Ok(vec![Ipv4Addr::new(192, 0, 2, 20)]));
+    // Counted and audited.
+    assert_eq!(metric(s.egressd.admin, "egressd_dns_rate_limited_total").await, refused as u64);
+    let mut limited = 0;
+    for name in &names {
+        let records = audit_records(&s.audit, name).await;
+        let r = &records[0];
+        if r["egress.reason"] == "rate-limited" {
+            limited += 1;
+            assert_eq!((&r["egress.decision"], &r["dns.response_code"]), (&"deny".into(), &"REFUSED".into()));
+            assert_eq!(r["client.address"], CI);
+        }
+    }
+    assert_eq!(limited, refused, "one rate-limited record per refused query");
+}
+
+/// Spans alone (no audit log, no detectors) are reason enough to queue a query: an allowed TCP
+/// query under the default sampler is a span without an error status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_spans_alone_an_allowed_query_is_a_span_too() {
+    let collector = Collector::start().await;
+    let s = setup_with(start_counting_dns(&records()).await, "", |c| {
+        c.otlp = Some(OtlpConfig::new(collector.endpoint(), "egressd-dns"));
+        (c.audit, c.detect) = (None, None);
+    })
+    .await;
+    assert_eq!(a_answers(&dig(s.dns, CI, &["+tcp", "allowed.test"]).await), vec!["192.0.2.10"]);
+    let is_dns = |r: &support::otlp::Received| r.span.name == "egress dns";
+    let spans = collector.wait_for(Duration::from_secs(15), |spans| spans.iter().any(is_dns)).await;
+    let span = spans.iter().find(|r| is_dns(r)).unwrap_or_else(|| panic!("no DNS span in {spans:?}"));
+    assert_eq!(span.attr("dns.question.name").as_deref(), Some("allowed.test"));
+    assert_eq!(span.attr("network.transport").as_deref(), Some("tcp"));
+    assert_eq!(span.attr("egress.decision").as_deref(), Some("allow"));
+    assert_eq!(span.attr("egress.rule.id").as_deref(), Some("ci-runners/allow/0"));
+    assert_eq!(span.span.status, None, "an allow is not an error");
+}
+
+/// PTR, SOA and NS through dig, in the order README "What a query gets" gives: a mesh-wide deny is
+/// the floor (a private PTR under it is blocked, never forwarded); a private PTR otherwise goes
+/// upstream (`private-ptr`); SOA and NS of an allowed name's zone go upstream (`zone-of-allowed`);
+/// the zone of a name only another service may reach does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infrastructure_queries_follow_the_documented_order() {
+    let s = setup("").await;
+    // An operator adds a mesh-wide deny of one private reverse name.
+    std::fs::write(s.dir.path().join("mesh.yaml"), format!("{MESH}  - host: 9.0.0.127.in-addr.arpa\n")).unwrap();
+    eventually("the reverse-name deny in the live policy", Duration::from_secs(15), || async {
+        let now = egressd::clock::coarse_unix_now();
+        s.egressd.policy.load().mesh_denied_name("9.0.0.127.in-addr.arpa", now).map(|_| ())
+    })
+    .await;
+    // (dig arguments, audited name, reason, forwarded)
+    let cases: [(&[&str], &str, &str, bool); 6] = [
+        (&["-x", "127.0.0.9"], "9.0.0.127.in-addr.arpa", "mesh-deny", false),
+        (&["-x", "127.0.0.1"], "1.0.0.127.in-addr.arpa", "private-ptr", true),
+        (&["test", "SOA"], "test", "zone-of-allowed", true),
+        (&["big.test", "NS"], "big.test", "zone-of-allowed", true),
+        (&["pay.test", "SOA"], "pay.test", "no-matching-allow", false),
+        (&["leak.test", "NS"], "leak.test", "mesh-deny", false),
+    ];
+    for (args, name, reason, forwarded) in cases {
+        let before = s.upstream.queries();
+        let out = dig(s.dns, CI, args).await;
+        let record = &audit_records(&s.audit, name).await[0];
+        assert_eq!(record["egress.reason"], reason, "{args:?}: {record}\n{out}");
+        assert_eq!(s.upstream.queries() > before, forwarded, "{args:?} forwarded: {out}");
+        if !forwarded {
+            assert_eq!(status(&out), "NXDOMAIN", "{out}");
+            let ede = if reason == "mesh-deny" { "EDE: 15 (Blocked)" } else { "EDE: 18 (Prohibited)" };
+            assert!(out.contains(ede), "{out}");
+        }
+    }
+    let soa = dig(s.dns, CI, &["test", "SOA"]).await;
+    assert_eq!(status(&soa), "NOERROR", "the upstream's SOA of the allowed zone: {soa}");
+    assert!(soa.lines().any(|l| !l.starts_with(';') && l.contains("\tSOA\t")), "{soa}");
 }

@@ -5,7 +5,7 @@
 //! UDP/TCP :listen ──▶ query::handle (parse, rate limit, decide, blocked → answered here,
 //!                     cache hit → answered here) ──▶ forward (upstreams in order, retries)
 //!                     ──▶ query::finish (cache, encode, truncate) ──▶ client
-//!                     every query ──▶ telemetry (DnsEvent: audit record, metric)
+//!                     every query ──▶ telemetry (DnsEvent: audit record, metric, span)
 //! ```
 //! The policy is read per query through `SharedPolicy`, so a reload changes answers at once; the
 //! listen address, cache size and rate-limit table are fixed when the server starts.

@@ -222,12 +222,17 @@ impl Telemetry {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
             queue.try_send(Msg::Decision(Box::new(event)))
         {
-            if self.audit_on {
-                self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
-            }
-            if self.spans_on {
-                self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
-            }
+            self.count_queue_full();
+        }
+    }
+
+    /// A record the queue had no room for: lost to the audit log and to the spans, where on.
+    fn count_queue_full(&self) {
+        if self.audit_on {
+            self.metrics.audit_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
+        }
+        if self.spans_on {
+            self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
         }
     }
 }
@@ -402,9 +407,19 @@ impl Worker {
         if let Some(audit) = &mut self.audit {
             dns::count_written(&self.metrics, audit.append_with(|line| dns::encode(line, event)));
         }
+        // A query carries no trace context: its span starts a trace, sampled as a Check's is
+        // (denies kept unless `sample_denies`).
+        let ids = self.batches.as_mut().map(|batches| {
+            let ids = self.sampler.sample(None, event.decision);
+            if ids.sampled {
+                batches.push_dns(event, &ids);
+            }
+            (ids.trace_id, ids.span_id)
+        });
         if let Some(d) = &mut self.detect {
             d.observe_dns(event, &self.metrics);
-            self.record_signals(None);
+            // A tunnel-like-name signal is a child of the query that raised it.
+            self.record_signals(ids);
         }
     }
 

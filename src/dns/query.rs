@@ -17,7 +17,7 @@ use super::cache::{AnswerCache, CacheKey, CachedAnswer};
 use super::ratelimit::RateLimiter;
 use crate::policy::dns::{BlockedAnswer, DnsDecision, QueryKind};
 use crate::policy::{CompiledPolicy, Outcome};
-use crate::telemetry::dns::DnsEvent;
+use crate::telemetry::dns::{DnsEvent, RATE_LIMITED};
 
 /// The state queries share: answers and rate-limit buckets (sized when the server starts).
 pub struct Resolver {
@@ -112,7 +112,7 @@ pub fn handle(
         event.qtype = q.query_type().to_string();
     }
     if !resolver.limiter.allow(client.ip(), arrival.at) {
-        event.reason = "rate-limited";
+        event.reason = RATE_LIMITED;
         return reply(answer::response(&query, &shape, ResponseCode::Refused), &shape, event, arrival.at);
     }
     let refuse = |rcode, reason, mut event: Box<DnsEvent>| {

@@ -145,8 +145,19 @@ pub fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> 
     }
     map.serialize_entry("sampled", &ids.sampled)?;
     map.serialize_entry("duration_us", &(record.event.duration.as_nanos() as f64 / 1e3))?;
+    serialize_fields(&mut map, |f| record.visit(f))?;
+    map.end()?;
+    Ok(())
+}
+
+/// Serializes into `map` every field `visit` names (records of every kind list their fields
+/// through a visitor, shared with their spans); the first error stops it.
+pub(super) fn serialize_fields<M: SerializeMap>(
+    map: &mut M,
+    visit: impl FnOnce(&mut dyn FnMut(&'static str, Value<'_>)),
+) -> Result<(), M::Error> {
     let mut result = Ok(());
-    record.visit(&mut |key, value| {
+    visit(&mut |key, value| {
         if result.is_ok() {
             result = match value {
                 Value::Str(s) => map.serialize_entry(key, s),
@@ -155,9 +166,7 @@ pub fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> 
             };
         }
     });
-    result?;
-    map.end()?;
-    Ok(())
+    result
 }
 
 #[cfg(test)]

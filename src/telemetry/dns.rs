@@ -1,5 +1,6 @@
-//! DNS queries as telemetry: the `DnsEvent` every query produces (an audit record, a metric; the
-//! event is also what a detector of tunnel-like names reads), and its audit-log line.
+//! DNS queries as telemetry: the `DnsEvent` every query produces (an audit record, a metric, a
+//! span when spans are on; the event is also what a detector of tunnel-like names reads), and its
+//! fields (`visit`), which the audit line and the span (`wire::SpanWriter::append_dns`) share.
 //!
 //! The line shares the Check records' keys where they mean the same (`egress.decision`,
 //! `egress.reason`, `egress.service`, `egress.rule.id`, `egress.policy_version`) and marks itself
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::encoding::EncodeLabelSet;
 use serde::ser::{SerializeMap, Serializer};
 
+use super::record::Value;
 use crate::policy::Outcome;
 
 /// One DNS query, decided and answered (or dropped by the rate limit).
@@ -45,6 +47,9 @@ pub struct DnsEvent {
     pub truncated: bool,
 }
 
+/// The reason of a query refused by the per-client rate limit.
+pub const RATE_LIMITED: &str = "rate-limited";
+
 /// Labels of `egressd_dns_queries_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsQueryLabels {
@@ -65,13 +70,18 @@ impl DnsEvent {
 }
 
 impl super::Telemetry {
-    /// Counts one DNS query and queues it (for the audit log and the tunnel-like-name detector)
-    /// without waiting (a full queue drops it, counted).
+    /// Counts one DNS query and queues it (for the audit log, its span and the tunnel-like-name
+    /// detector) without waiting (a full queue drops it, counted).
     pub fn submit_dns(&self, event: DnsEvent) {
         self.metrics.dns_queries.get_or_create(&event.labels()).inc();
+        if event.reason == RATE_LIMITED {
+            self.metrics.dns_rate_limited.inc();
+        }
         let Some(queue) = &self.queue else { return };
-        if (self.audit_on || self.detect_on) && queue.try_send(super::Msg::Dns(Box::new(event))).is_err() {
-            self.metrics.audit_dropped.get_or_create(&super::metrics::DROP_QUEUE_FULL).inc();
+        if (self.audit_on || self.spans_on || self.detect_on)
+            && queue.try_send(super::Msg::Dns(Box::new(event))).is_err()
+        {
+            self.count_queue_full();
         }
     }
 }
@@ -89,6 +99,35 @@ pub(super) fn count_written(metrics: &super::metrics::Metrics, written: std::io:
     }
 }
 
+impl DnsEvent {
+    /// Every field but the times, in a stable order, under its audit key and span attribute name
+    /// (the audit line and the span list the same fields). The service and rule are skipped when
+    /// absent.
+    pub fn visit(&self, f: &mut dyn FnMut(&'static str, Value<'_>)) {
+        let int = |n: usize| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
+        f("egress.check", Value::Str("dns"));
+        f("dns.question.name", Value::Str(&self.qname));
+        f("dns.question.type", Value::Str(&self.qtype));
+        f("dns.response_code", Value::Str(self.rcode));
+        f("dns.answers", int(self.answers.into()));
+        f("dns.answer_bytes", int(self.answer_bytes));
+        f("dns.cached", Value::Bool(self.cached));
+        f("dns.truncated", Value::Bool(self.truncated));
+        f("network.transport", Value::Str(self.transport));
+        f("client.address", Value::Str(&self.client.ip().to_string()));
+        f("client.port", int(self.client.port().into()));
+        if let Some(service) = &self.service {
+            f("egress.service", Value::Str(service));
+        }
+        if let Some(rule) = &self.rule {
+            f("egress.rule.id", Value::Str(rule));
+        }
+        f("egress.decision", Value::Str(self.decision.as_str()));
+        f("egress.reason", Value::Str(self.reason));
+        f("egress.policy_version", Value::Str(&self.policy_version));
+    }
+}
+
 /// One audit line (without the newline) for a DNS query.
 pub fn encode(out: &mut Vec<u8>, e: &DnsEvent) -> std::io::Result<()> {
     let mut ser = serde_json::Serializer::new(out);
@@ -96,37 +135,18 @@ pub fn encode(out: &mut Vec<u8>, e: &DnsEvent) -> std::io::Result<()> {
     let time = jiff::Timestamp::try_from(e.time).map(|t| t.to_string()).unwrap_or_default();
     map.serialize_entry("time", &time)?;
     map.serialize_entry("duration_us", &(e.duration.as_nanos() as f64 / 1e3))?;
-    map.serialize_entry("egress.check", "dns")?;
-    map.serialize_entry("dns.question.name", &e.qname)?;
-    map.serialize_entry("dns.question.type", &e.qtype)?;
-    map.serialize_entry("dns.response_code", e.rcode)?;
-    map.serialize_entry("dns.answers", &e.answers)?;
-    map.serialize_entry("dns.answer_bytes", &e.answer_bytes)?;
-    map.serialize_entry("dns.cached", &e.cached)?;
-    map.serialize_entry("dns.truncated", &e.truncated)?;
-    map.serialize_entry("network.transport", e.transport)?;
-    map.serialize_entry("client.address", &e.client.ip().to_string())?;
-    map.serialize_entry("client.port", &e.client.port())?;
-    if let Some(service) = &e.service {
-        map.serialize_entry("egress.service", service)?;
-    }
-    if let Some(rule) = &e.rule {
-        map.serialize_entry("egress.rule.id", rule)?;
-    }
-    map.serialize_entry("egress.decision", e.decision.as_str())?;
-    map.serialize_entry("egress.reason", e.reason)?;
-    map.serialize_entry("egress.policy_version", &e.policy_version)?;
+    super::audit::serialize_fields(&mut map, |f| e.visit(f))?;
     map.end()?;
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn the_audit_line_names_the_query_and_the_decision() {
-        let event = DnsEvent {
+    /// A denied TXT query of ci-runners (tests of the line and of the span share it).
+    pub(crate) fn denied_query() -> DnsEvent {
+        DnsEvent {
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             duration: Duration::from_micros(12),
             client: "127.0.0.5:5353".parse().unwrap(),
@@ -143,7 +163,12 @@ mod tests {
             answers: 0,
             cached: false,
             truncated: false,
-        };
+        }
+    }
+
+    #[test]
+    fn the_audit_line_names_the_query_and_the_decision() {
+        let event = denied_query();
         let mut line = Vec::new();
         encode(&mut line, &event).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub stream_ids_evicted: Counter,
     pub dns_queries: Family<super::dns::DnsQueryLabels, Counter>,
     pub dns_dropped: Counter,
+    /// DNS queries refused by the per-client rate limit (also in `dns_queries` as denies).
+    pub dns_rate_limited: Counter,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -194,6 +196,11 @@ impl Metrics {
             "egressd_dns_packets_dropped",
             "DNS packets dropped unanswered: malformed, not a query, or over the in-flight limit",
             self.dns_dropped.clone(),
+        );
+        r.register(
+            "egressd_dns_rate_limited",
+            "DNS queries answered REFUSED because their client address was over its rate limit",
+            self.dns_rate_limited.clone(),
         );
         for c in extra {
             r.register_collector(c);

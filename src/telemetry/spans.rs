@@ -123,14 +123,22 @@ impl SpanBatcher {
     /// Encodes the span of one decision into the current batch.
     pub fn push(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) {
         self.writer.append(&mut self.batch, record, ids);
-        if self.batch.count >= self.max_batch {
-            self.flush();
-        }
+        self.flush_if_full();
     }
 
     /// Encodes the span of a detector signal (in the trace `ids` names).
     pub fn push_signal(&mut self, signal: &crate::detect::Signal, ids: &super::signals::SignalIds) {
         self.writer.append_signal(&mut self.batch, signal, ids);
+        self.flush_if_full();
+    }
+
+    /// Encodes the span of a DNS firewall query.
+    pub fn push_dns(&mut self, event: &super::dns::DnsEvent, ids: &SpanIds) {
+        self.writer.append_dns(&mut self.batch, event, ids);
+        self.flush_if_full();
+    }
+
+    fn flush_if_full(&mut self) {
         if self.batch.count >= self.max_batch {
             self.flush();
         }

@@ -1,4 +1,4 @@
-//! Decision spans written straight into OTLP protobuf wire format.
+//! Decision, signal and DNS query spans written straight into OTLP protobuf wire format.
 //!
 //! Building `opentelemetry_proto` messages first cost two allocations per attribute (~25 per
 //! span), freed on another thread after export, plus prost encoding into a growing buffer on the
@@ -8,14 +8,16 @@
 //! `ScopeSpans.spans`; the exporter only adds the request's envelope. Tests decode the output with
 //! the generated OTLP types and compare it with the same span built as messages.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
-use opentelemetry::trace::TraceFlags;
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
+use super::dns::DnsEvent;
 use super::record::{DecisionRecord, Value};
 use super::spans::{SPAN_NAME, SpanIds};
+use crate::policy::Outcome;
 
 /// Spans of one export batch, each framed as field 2 (`spans`) of `ScopeSpans`.
 #[derive(Debug, Default)]
@@ -41,7 +43,10 @@ mod field {
     pub const SPAN_START_TIME: u32 = 7;
     pub const SPAN_END_TIME: u32 = 8;
     pub const SPAN_ATTRIBUTES: u32 = 9;
+    pub const SPAN_STATUS: u32 = 15;
     pub const SPAN_FLAGS: u32 = 16;
+    pub const STATUS_MESSAGE: u32 = 2;
+    pub const STATUS_CODE: u32 = 3;
     pub const KEY_VALUE_KEY: u32 = 1;
     pub const KEY_VALUE_VALUE: u32 = 2;
     pub const ANY_VALUE_STRING: u32 = 1;
@@ -54,6 +59,8 @@ const KIND_SERVER: u64 = 2;
 /// `Span.flags`: W3C flags in the low byte; bit 8 "parent remoteness known", bit 9 "parent remote".
 const FLAGS_REMOTE_KNOWN: u32 = 0x100;
 const FLAGS_REMOTE: u32 = 0x200;
+/// `Status.code` STATUS_CODE_ERROR.
+const STATUS_ERROR: u64 = 2;
 
 fn len_field(buf: &mut impl BufMut, tag: u32, bytes: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, buf);
@@ -101,38 +108,74 @@ pub struct SpanWriter {
     scratch: Vec<u8>,
 }
 
+/// What every span starts with: its ids, name, kind and times (unix nanoseconds).
+struct Head<'a> {
+    trace_id: TraceId,
+    span_id: SpanId,
+    trace_state: &'a str,
+    parent: Option<SpanId>,
+    name: &'a str,
+    kind: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Head<'_> {
+    fn write(&self, s: &mut Vec<u8>) {
+        len_field(s, field::SPAN_TRACE_ID, &self.trace_id.to_bytes());
+        len_field(s, field::SPAN_SPAN_ID, &self.span_id.to_bytes());
+        if !self.trace_state.is_empty() {
+            len_field(s, field::SPAN_TRACE_STATE, self.trace_state.as_bytes());
+        }
+        if let Some(parent) = self.parent {
+            len_field(s, field::SPAN_PARENT_SPAN_ID, &parent.to_bytes());
+        }
+        len_field(s, field::SPAN_NAME, self.name.as_bytes());
+        encode_key(field::SPAN_KIND, WireType::Varint, s);
+        encode_varint(self.kind, s);
+        encode_key(field::SPAN_START_TIME, WireType::SixtyFourBit, s);
+        s.put_u64_le(self.start);
+        encode_key(field::SPAN_END_TIME, WireType::SixtyFourBit, s);
+        s.put_u64_le(self.end);
+    }
+}
+
+/// Ends the span in `s` with its flags (sampled; `remote`: its parent came from another process)
+/// and frames it into `out`.
+fn close(out: &mut EncodedSpans, s: &mut Vec<u8>, remote: bool) {
+    let remote = if remote { FLAGS_REMOTE } else { 0 };
+    encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, s);
+    s.put_u32_le(u32::from(TraceFlags::SAMPLED.to_u8()) | FLAGS_REMOTE_KNOWN | remote);
+    len_field(&mut out.bytes, field::SCOPE_SPANS_SPANS, s);
+    out.count += 1;
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
 impl SpanWriter {
     /// Appends the span of one decision to `out`.
     pub fn append(&mut self, out: &mut EncodedSpans, record: &DecisionRecord<'_>, ids: &SpanIds) {
         let s = &mut self.scratch;
         s.clear();
-        len_field(s, field::SPAN_TRACE_ID, &ids.trace_id.to_bytes());
-        len_field(s, field::SPAN_SPAN_ID, &ids.span_id.to_bytes());
-        let trace_state = ids.trace_state.header();
-        if !trace_state.is_empty() {
-            len_field(s, field::SPAN_TRACE_STATE, trace_state.as_bytes());
-        }
-        if let Some(parent) = &ids.parent {
-            len_field(s, field::SPAN_PARENT_SPAN_ID, &parent.span_id().to_bytes());
-        }
-        len_field(s, field::SPAN_NAME, SPAN_NAME.as_bytes());
-        encode_key(field::SPAN_KIND, WireType::Varint, s);
-        encode_varint(KIND_SERVER, s);
-        let nanos = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let event = record.event;
-        encode_key(field::SPAN_START_TIME, WireType::SixtyFourBit, s);
-        s.put_u64_le(nanos(event.start));
-        encode_key(field::SPAN_END_TIME, WireType::SixtyFourBit, s);
-        s.put_u64_le(nanos(event.start + event.duration));
+        Head {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            trace_state: &ids.trace_state.header(),
+            parent: ids.parent.as_ref().map(|p| p.span_id()),
+            name: SPAN_NAME,
+            kind: KIND_SERVER,
+            start: unix_nanos(event.start),
+            end: unix_nanos(event.start + event.duration),
+        }
+        .write(s);
         for (k, v) in RPC_ATTRIBUTES {
             attribute(s, k, Value::Str(v));
         }
         record.visit(&mut |k, v| attribute(s, k, v));
-        let remote = if ids.parent.is_some() { FLAGS_REMOTE } else { 0 };
-        encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, s);
-        s.put_u32_le(u32::from(TraceFlags::SAMPLED.to_u8()) | FLAGS_REMOTE_KNOWN | remote);
-        len_field(&mut out.bytes, field::SCOPE_SPANS_SPANS, s);
-        out.count += 1;
+        close(out, s, ids.parent.is_some());
     }
 }
 
@@ -152,17 +195,18 @@ impl SpanWriter {
     ) {
         let s = &mut self.scratch;
         s.clear();
-        len_field(s, field::SPAN_TRACE_ID, &ids.trace_id.to_bytes());
-        len_field(s, field::SPAN_SPAN_ID, &ids.span_id.to_bytes());
-        len_field(s, field::SPAN_PARENT_SPAN_ID, &ids.parent_span_id.to_bytes());
-        len_field(s, field::SPAN_NAME, SIGNAL_SPAN_NAME.as_bytes());
-        encode_key(field::SPAN_KIND, WireType::Varint, s);
-        encode_varint(KIND_INTERNAL, s);
         let nanos = (signal.last.max(0) as u64).saturating_mul(1_000_000);
-        encode_key(field::SPAN_START_TIME, WireType::SixtyFourBit, s);
-        s.put_u64_le(nanos);
-        encode_key(field::SPAN_END_TIME, WireType::SixtyFourBit, s);
-        s.put_u64_le(nanos);
+        Head {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            trace_state: "",
+            parent: Some(ids.parent_span_id),
+            name: SIGNAL_SPAN_NAME,
+            kind: KIND_INTERNAL,
+            start: nanos,
+            end: nanos,
+        }
+        .write(s);
         let score = format!("{:.3}", signal.score);
         let mut attrs = vec![
             ("egress.signal.kind", Value::Str(signal.kind.as_str())),
@@ -188,11 +232,49 @@ impl SpanWriter {
                 crate::detect::Evidence::Text(t) => attribute(s, &key, Value::Str(t)),
             }
         }
-        encode_key(field::SPAN_FLAGS, WireType::ThirtyTwoBit, s);
-        s.put_u32_le(u32::from(TraceFlags::SAMPLED.to_u8()) | FLAGS_REMOTE_KNOWN);
-        len_field(&mut out.bytes, field::SCOPE_SPANS_SPANS, s);
-        out.count += 1;
+        close(out, s, false);
     }
+}
+
+/// The name of a DNS query's span.
+pub const DNS_SPAN_NAME: &str = "egress dns";
+
+impl SpanWriter {
+    /// Appends the span of one DNS firewall query: kind SERVER (egressd answered it), from its
+    /// arrival to its answer, the audit line's fields as attributes. A deny has status ERROR with
+    /// its reason, so trace backends can find blocked names without knowing egressd's attributes.
+    pub fn append_dns(&mut self, out: &mut EncodedSpans, event: &DnsEvent, ids: &SpanIds) {
+        let s = &mut self.scratch;
+        s.clear();
+        Head {
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            trace_state: &ids.trace_state.header(),
+            parent: None,
+            name: DNS_SPAN_NAME,
+            kind: KIND_SERVER,
+            start: unix_nanos(event.time),
+            end: unix_nanos(event.time + event.duration),
+        }
+        .write(s);
+        event.visit(&mut |k, v| attribute(s, k, v));
+        if event.decision == Outcome::Deny {
+            status_error(s, event.reason);
+        }
+        close(out, s, false);
+    }
+}
+
+/// Appends `Span.status` with code ERROR and `message`.
+fn status_error(s: &mut Vec<u8>, message: &str) {
+    let len = len_field_len(field::STATUS_MESSAGE, message.len())
+        + prost::encoding::key_len(field::STATUS_CODE)
+        + encoded_len_varint(STATUS_ERROR);
+    encode_key(field::SPAN_STATUS, WireType::LengthDelimited, s);
+    encode_varint(len as u64, s);
+    len_field(s, field::STATUS_MESSAGE, message.as_bytes());
+    encode_key(field::STATUS_CODE, WireType::Varint, s);
+    encode_varint(STATUS_ERROR, s);
 }
 
 /// Writes an `ExportTraceServiceRequest` with one `ResourceSpans` (`resource`: an encoded
@@ -211,104 +293,4 @@ pub fn export_request(buf: &mut impl BufMut, resource: &[u8], scope: &[u8], span
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{PolicySource, compile};
-    use crate::telemetry::record::CheckEvent;
-    use crate::telemetry::spans::{DecisionSampler, parse_sampler};
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
-    use prost::Message;
-    use std::sync::Arc;
-    use std::time::{Duration, SystemTime};
-
-    /// The reference: the same span built as generated OTLP messages.
-    fn span_message(record: &DecisionRecord<'_>, ids: &SpanIds) -> Span {
-        let kv = |k: &str, v: any_value::Value| KeyValue {
-            key: k.to_string(),
-            value: Some(AnyValue { value: Some(v) }),
-            ..Default::default()
-        };
-        let mut attributes: Vec<KeyValue> =
-            RPC_ATTRIBUTES.iter().map(|(k, v)| kv(k, any_value::Value::StringValue(v.to_string()))).collect();
-        record.visit(&mut |k, v| {
-            attributes.push(kv(
-                k,
-                match v {
-                    Value::Str(s) => any_value::Value::StringValue(s.to_string()),
-                    Value::Int(i) => any_value::Value::IntValue(i),
-                    Value::Bool(b) => any_value::Value::BoolValue(b),
-                },
-            ))
-        });
-        let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
-        Span {
-            trace_id: ids.trace_id.to_bytes().to_vec(),
-            span_id: ids.span_id.to_bytes().to_vec(),
-            trace_state: ids.trace_state.header(),
-            parent_span_id: ids.parent.as_ref().map(|p| p.span_id().to_bytes().to_vec()).unwrap_or_default(),
-            flags: 0x01 | FLAGS_REMOTE_KNOWN | if ids.parent.is_some() { FLAGS_REMOTE } else { 0 },
-            name: SPAN_NAME.to_string(),
-            kind: span::SpanKind::Server as i32,
-            start_time_unix_nano: nanos(record.event.start),
-            end_time_unix_nano: nanos(record.event.start + record.event.duration),
-            attributes,
-            ..Default::default()
-        }
-    }
-
-    fn event(req: envoy_types::pb::envoy::service::auth::v3::CheckRequest) -> CheckEvent {
-        let text = include_str!("../../integration/fixtures/semantics.yaml");
-        let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
-        let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
-        CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::from_nanos(1234) }
-    }
-
-    #[test]
-    fn written_bytes_decode_to_the_same_spans_as_built_messages() {
-        let pay = "spiffe://corp.example/ns/payments/sa/api";
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let events = [
-            event(crate::testing::http_check(pay, "CONNECT", "api.stripe.com:443", &[("traceparent", tp)])),
-            event(crate::testing::http_check(pay, "GET", "evil.example.org", &[("x-request-id", "é-ü")])),
-            event(crate::testing::network_check(pay, "api.stripe.com", "127.0.0.1", 443)),
-            event(Default::default()),
-        ];
-        let sampler = DecisionSampler::new(parse_sampler("always_on", None).unwrap(), false);
-        let propagators = crate::telemetry::context::Propagators::default();
-        let (mut writer, mut out, mut expected) = (SpanWriter::default(), EncodedSpans::default(), vec![]);
-        for e in &events {
-            let record = DecisionRecord::describe(e);
-            let ids = sampler.sample(propagators.parent(&e.facts), e.verdict.outcome);
-            writer.append(&mut out, &record, &ids);
-            expected.push(span_message(&record, &ids));
-        }
-        let resource = Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue { value: Some(any_value::Value::StringValue("egressd".into())) }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let scope = InstrumentationScope { name: "egressd".into(), version: "1".into(), ..Default::default() };
-        let mut wire = Vec::new();
-        export_request(&mut wire, &resource.encode_to_vec(), &scope.encode_to_vec(), &out);
-        let decoded = ExportTraceServiceRequest::decode(wire.as_slice()).expect("valid OTLP");
-        let reference = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource),
-                scope_spans: vec![ScopeSpans { scope: Some(scope), spans: expected, ..Default::default() }],
-                ..Default::default()
-            }],
-        };
-        assert_eq!(out.count, 4);
-        assert_eq!(decoded, reference);
-        // The reference really carries what it should (a parent, attributes).
-        let spans = &decoded.resource_spans[0].scope_spans[0].spans;
-        assert_eq!(spans[0].parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
-        assert!(spans[0].attributes.len() > 15);
-    }
-}
+mod tests;

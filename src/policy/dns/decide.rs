@@ -9,8 +9,9 @@
 //!
 //! Infrastructure queries: a PTR query for a private address (`reverse::is_private`) goes to the
 //! upstream; SOA, NS and DS of a name at or above an allowed name (its zone) are allowed, since
-//! resolvers and TLS libraries ask them and they carry no data. Everything else follows the name
-//! rule.
+//! resolvers and TLS libraries ask them and they carry no data. Both come after the denies (mesh,
+//! then the service's): a denied name stays denied whatever the query type. Everything else
+//! follows the name rule.
 
 use std::net::IpAddr;
 
@@ -110,9 +111,6 @@ impl CompiledPolicy {
         if let Some(rule) = denied(self.mesh_deny_table) {
             return decided(Outcome::Deny, DnsReason::MeshDeny, Some(rule));
         }
-        if kind == QueryKind::Ptr && reverse::reverse_address(qname).is_some_and(reverse::is_private) {
-            return decided(Outcome::Allow, DnsReason::PrivatePtr, None);
-        }
         // What the client may resolve, and whether a deny of it is enforced.
         let (allow_table, enforced) = match service {
             Some(svc) => {
@@ -124,6 +122,10 @@ impl CompiledPolicy {
             }
             None => (fw.union_table, self.unclaimed_identities != UnclaimedIdentities::Observe),
         };
+        // After the service's denies: an operator who denies a reverse name means it.
+        if kind == QueryKind::Ptr && reverse::reverse_address(qname).is_some_and(reverse::is_private) {
+            return decided(Outcome::Allow, DnsReason::PrivatePtr, None);
+        }
         if let Some(rule) = self.allowed(allow_table, &path, now) {
             return decided(Outcome::Allow, DnsReason::Allowed, Some(rule));
         }

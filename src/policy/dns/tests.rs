@@ -205,6 +205,44 @@ fn soa_and_ns_of_an_allowed_names_zone_are_allowed() {
     assert_eq!(decide(&p, PAYMENTS, "x.stripe.com", QueryKind::Zone).0, Outcome::Deny, "below, not above");
 }
 
+/// The order README "What a query gets" gives infrastructure queries: a mesh-wide deny is the floor
+/// (a private PTR or a zone of an allowed name does not get past it), then the service's own
+/// denies, then the private-PTR and zone-of-allowed allowances.
+#[test]
+fn infrastructure_queries_give_way_to_mesh_and_service_denies() {
+    let p = policy(
+        &POLICY
+            .replace(
+                "  - host: pastebin.com\n",
+                "  - host: pastebin.com\n  - host: 9.0.0.127.in-addr.arpa\n  - host: \"*.168.192.in-addr.arpa\"\n  - host: stripe.com\n",
+            )
+            .replace("  - host: uploads.stripe.com\n", "  - host: uploads.stripe.com\n  - host: 7.0.1.10.in-addr.arpa\n"),
+    );
+    for client in [PAYMENTS, SEARCH, UNMAPPED] {
+        assert_eq!(
+            decide(&p, client, "9.0.0.127.in-addr.arpa", QueryKind::Ptr),
+            (Outcome::Deny, DnsReason::MeshDeny, Some("mesh/deny/1".into())),
+            "a private PTR under a mesh deny, from {client} (dry-run too)"
+        );
+        assert_eq!(decide(&p, client, "1.1.168.192.in-addr.arpa", QueryKind::Ptr).1, DnsReason::MeshDeny, "{client}");
+        assert_eq!(decide(&p, client, "1.0.0.127.in-addr.arpa", QueryKind::Ptr).1, DnsReason::PrivatePtr, "{client}");
+    }
+    // SOA/NS of a zone of an allowed name, itself denied mesh-wide: the floor wins.
+    assert_eq!(
+        decide(&p, PAYMENTS, "stripe.com", QueryKind::Zone),
+        (Outcome::Deny, DnsReason::MeshDeny, Some("mesh/deny/3".into()))
+    );
+    assert_eq!(decide(&p, PAYMENTS, "com", QueryKind::Zone).1, DnsReason::ZoneOfAllowed, "its parent is not denied");
+    assert_eq!(decide(&p, PAYMENTS, "api.stripe.com", QueryKind::Name).1, DnsReason::Allowed, "an exact deny");
+    // The service's own deny of a private reverse name holds for it, not for others.
+    assert_eq!(
+        decide(&p, PAYMENTS, "7.0.1.10.in-addr.arpa", QueryKind::Ptr),
+        (Outcome::Deny, DnsReason::ServiceDeny, Some("payments/deny/1".into()))
+    );
+    assert_eq!(decide(&p, SEARCH, "7.0.1.10.in-addr.arpa", QueryKind::Ptr).1, DnsReason::PrivatePtr);
+    assert_eq!(decide(&p, UNMAPPED, "7.0.1.10.in-addr.arpa", QueryKind::Ptr).1, DnsReason::PrivatePtr);
+}
+
 #[test]
 fn longest_source_prefix_wins_and_mapped_ipv6_is_ipv4() {
     let text = POLICY.replace(
