@@ -209,7 +209,7 @@ async fn an_allowed_name_answers_with_the_upstreams_records_for_dig_and_hickory(
     assert_eq!(record["client.address"], CI);
     assert_eq!(record["dns.question.type"], "A");
     assert_eq!(record["dns.response_code"], "NOERROR");
-    assert_eq!(record["egress.policy_version"], s.egressd.policy.load().version.as_str());
+    assert_eq!(record["egress.policy.version"], s.egressd.policy.load().version.as_str());
     let (_, metrics) = http_get(s.egressd.admin, "/metrics").await;
     assert!(metrics.contains("egressd_dns_queries_total{decision=\"allow\",qtype=\"A\"}"), "{metrics}");
 }
@@ -488,6 +488,32 @@ async fn tunnel_like_query_names_raise_a_dns_tunnel_signal_per_querier() {
     assert_eq!(s.upstream.queries(), before, "no blocked name was forwarded");
 }
 
+/// Short names, too few for the distinct-names rule, but asked as TXT: the record type tunnels
+/// carry data in, making most of the domain's queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txt_heavy_query_mix_under_one_domain_raises_a_dns_tunnel_signal() {
+    let s = setup("").await;
+    let names: Vec<String> = (0..30).map(|i| format!("c{i}.mix.test")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for i in 0..55 {
+        args.extend([names[i % names.len()].as_str(), "TXT"]);
+    }
+    args.extend(["a0.mix.test", "A"]);
+    let out = dig(s.dns, CI, &args).await;
+    assert_eq!(out.matches("status: NXDOMAIN").count(), 56, "{out}");
+    let signal = eventually("a dns-tunnel signal", Duration::from_secs(10), || async {
+        let (_, body) = http_get(s.egressd.admin, "/signals?kind=dns-tunnel").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["signals"].as_array().unwrap().first().cloned()
+    })
+    .await;
+    assert_eq!(signal["destination"], "mix.test");
+    assert_eq!(signal["service"], "ci-runners");
+    let summary = signal["summary"].as_str().unwrap();
+    assert!(summary.contains("50 of 50 DNS queries under mix.test") && summary.contains("TXT or NULL"), "{signal}");
+    assert_eq!(signal["evidence"]["txt_null_queries"], 50);
+}
+
 /// With an OTLP endpoint, every query is a span `egress dns` (kind SERVER, the audit line's
 /// fields), sampled as Checks are: under `always_off` an allow is not exported and a deny is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,7 +553,7 @@ async fn a_blocked_query_is_an_otlp_span_and_denies_are_kept_by_the_sampler() {
         ("egress.rule.id", "mesh/deny/0"),
         ("egress.decision", "deny"),
         ("egress.reason", "mesh-deny"),
-        ("egress.policy_version", s.egressd.policy.load().version.as_str()),
+        ("egress.policy.version", s.egressd.policy.load().version.as_str()),
         ("dns.cached", "false"),
         ("dns.truncated", "false"),
     ] {

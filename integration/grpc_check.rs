@@ -119,6 +119,31 @@ async fn requests_without_attributes_are_denied_not_errors() {
     assert_eq!(resp.code(), 7);
 }
 
+/// The hard limits of a Check (`authz::limits`): more headers than egressd reads is a
+/// malformed-request deny; a message over the size limit is refused before it is parsed, and the
+/// connection serves the next Check.
+#[tokio::test]
+async fn requests_past_the_hard_limits_are_denied_or_refused() {
+    use egressd::authz::limits::{MAX_CHECK_REQUEST_BYTES, MAX_HEADERS};
+    let (_s, mut c) = fixture().await;
+    let names: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let ok = "api.stripe.com:443";
+    let resp = check(&mut c, http_check(PAY, "CONNECT", ok, &headers)).await;
+    assert_eq!(summary(&resp), denied("malformed-request", ""));
+    let Some(check_response::HttpResponse::DeniedResponse(d)) = &resp.http_response else { panic!() };
+    assert!(d.body.contains(&format!("more than the {MAX_HEADERS} egressd reads")), "{}", d.body);
+    // At the limit: decided as usual.
+    let resp = check(&mut c, http_check(PAY, "CONNECT", ok, &headers[..MAX_HEADERS])).await;
+    assert_eq!(summary(&resp), allowed("payments/allow/0"));
+
+    let big = "x".repeat(MAX_CHECK_REQUEST_BYTES);
+    let err = c.check(http_check(PAY, "CONNECT", ok, &[("x-big", &big)])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("decoded message length too large"), "{err:?}");
+    assert_eq!(summary(&check(&mut c, http_check(PAY, "CONNECT", ok, &[])).await), allowed("payments/allow/0"));
+}
+
 #[tokio::test]
 async fn wildcards_ports_and_scheme_defaults() {
     let (_s, mut c) = fixture().await;

@@ -344,3 +344,40 @@ async fn half_sotw_half_delta_all_receive_a_change() {
         assert_eq!(d.recv().await.system_version_info, snap.type_version(&cds));
     }
 }
+
+/// Streams past `xds::ads::MAX_STREAMS` are refused with RESOURCE_EXHAUSTED (Envoy retries with
+/// backoff); a closed stream's place is taken by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_limit_are_refused_until_one_closes() {
+    use egressd::xds::ads::MAX_STREAMS;
+    let s = server().await;
+    // Several connections: a connection carries at most a few hundred concurrent streams.
+    const PER_CONNECTION: usize = 100;
+    let mut open = Vec::new();
+    let mut clients = Vec::new();
+    while open.len() < MAX_STREAMS {
+        let client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", s.grpc)).await.unwrap();
+        for _ in 0..PER_CONNECTION.min(MAX_STREAMS - open.len()) {
+            let (tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+            let stream = client.clone().stream_aggregated_resources(ReceiverStream::new(rx)).await.expect("admitted");
+            open.push((tx, stream.into_inner()));
+        }
+        clients.push(client);
+    }
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let refused = clients[0].clone().stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains(&format!("at most {MAX_STREAMS} xDS streams")), "{refused:?}");
+
+    // One stream ends (the client closes it): the next is admitted.
+    drop(open.pop());
+    eventually("a stream admitted again", Duration::from_secs(5), || {
+        let mut client = clients[0].clone();
+        async move {
+            let (tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+            let admitted = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.ok()?;
+            Some((tx, admitted))
+        }
+    })
+    .await;
+}

@@ -11,6 +11,7 @@ pub mod checker;
 pub mod codec;
 pub mod facts;
 pub mod forward;
+pub mod limits;
 pub mod request;
 pub mod response;
 pub mod tunnel;
@@ -198,7 +199,11 @@ where
             });
         }
         let state = self.state.clone();
-        Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(CheckMethod(state), req).await) })
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(CheckCodec).max_decoding_message_size(limits::MAX_CHECK_REQUEST_BYTES);
+            Ok(grpc.unary(CheckMethod(state), req).await)
+        })
     }
 }
 

@@ -39,6 +39,12 @@ pub fn view<'a>(
     let trust_xfcc = policy.trust_forwarded_client_cert;
     let attrs = req.attributes.as_ref().ok_or(Malformed::NoAttributes)?;
     let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
+    if let Some(http) = http {
+        let count = http.headers.len() + http.header_map.as_ref().map_or(0, |m| m.headers.len());
+        if count > super::limits::MAX_HEADERS {
+            return Err(Malformed::TooManyHeaders(count));
+        }
+    }
     let source_principal = attrs.source.as_ref().map(|s| s.principal.as_str()).filter(|p| !p.is_empty());
     let principal = match (source_principal, http) {
         (Some(p), _) => Ok(Some(Cow::Borrowed(p))),

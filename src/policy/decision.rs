@@ -65,6 +65,10 @@ pub enum Malformed {
     HttpsNotOriginated,
     #[error("scheme `{0}` is not http or https")]
     UnknownScheme(String),
+    /// More headers than any gateway sends (Envoy's own limit is 100 by default): a request built
+    /// to make each check expensive.
+    #[error("the request has {0} headers, more than the {max} egressd reads", max = crate::authz::limits::MAX_HEADERS)]
+    TooManyHeaders(usize),
     #[error("{0}")]
     Host(#[from] HostError),
 }

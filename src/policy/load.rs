@@ -35,32 +35,93 @@ pub struct ParsedDocs {
 
 pub const KINDS: &str = "MeshDefaults, DestinationGroup, ServicePolicy, Gateway or DnsFirewall";
 
+/// How much policy egressd reads: limits a policy set written by people never nears, which keep
+/// a generated or hostile one from costing unbounded memory and time (each document is parsed
+/// behind its file's earlier lines, as blank lines, so its line numbers are the file's).
+pub mod limits {
+    /// Bytes per policy file.
+    pub const MAX_FILE_BYTES: usize = 4 << 20;
+    /// Bytes of all files together.
+    pub const MAX_POLICY_BYTES: usize = 64 << 20;
+    /// Documents per file.
+    pub const MAX_DOCUMENTS_PER_FILE: usize = 1_000;
+    /// Documents of all files together.
+    pub const MAX_DOCUMENTS: usize = 100_000;
+}
+
 /// Parses every document of every file. Problems go to `diags`; documents that parse are returned
-/// even when others fail, so later checks can still report what they find.
+/// even when others fail, so later checks can still report what they find. A file past the limits
+/// (`limits`) is an error at its first line (or at the first document too many) and is not read.
 pub fn parse_documents(source: &PolicySource, diags: &mut Diagnostics) -> ParsedDocs {
+    use limits::*;
     let mut out = ParsedDocs::default();
+    let (mut bytes, mut documents) = (0usize, 0usize);
     for file in &source.files {
-        for doc in split_documents(&file.text) {
+        let at = |line| SourceLoc::new(&file.name, line, 1);
+        let size = file.text.len();
+        bytes += size;
+        if size > MAX_FILE_BYTES {
+            diags.error(
+                at(1),
+                format!(
+                    "the file is {size} bytes, more than the {MAX_FILE_BYTES} egressd reads per policy file: split it"
+                ),
+            );
+            continue;
+        }
+        if bytes > MAX_POLICY_BYTES {
+            diags.error(
+                at(1),
+                format!("the policy is more than {MAX_POLICY_BYTES} bytes in all files: not read past here"),
+            );
+            break;
+        }
+        let docs = split_documents(&file.text);
+        if let Some(extra) = docs.get(MAX_DOCUMENTS_PER_FILE) {
+            let message = format!("more than {MAX_DOCUMENTS_PER_FILE} documents in one file: split it");
+            diags.error(at(extra.first_line), message);
+            continue;
+        }
+        documents += docs.len();
+        if documents > MAX_DOCUMENTS {
+            diags.error(at(1), format!("the policy has more than {MAX_DOCUMENTS} documents: not read past here"));
+            break;
+        }
+        for doc in docs {
             parse_document(&file.name, &doc, &mut out, diags);
         }
     }
     out
 }
 
-/// One YAML document, padded with blank lines so parser line numbers are the file's line numbers.
+/// One YAML document: its lines, and how many blank lines put them where they are in the file
+/// (added when it is parsed, so parser line numbers are the file's line numbers).
 struct DocText {
     first_line: u32,
-    padded: String,
+    lines_before: usize,
+    body: String,
+}
+
+impl DocText {
+    /// The text the parser reads; made per parse and dropped after it, so a file of many
+    /// documents never holds all of them padded at once.
+    fn padded(&self) -> String {
+        let mut text = String::with_capacity(self.lines_before + self.body.len());
+        text.extend(std::iter::repeat_n('\n', self.lines_before));
+        text.push_str(&self.body);
+        text
+    }
 }
 
 fn split_documents(text: &str) -> Vec<DocText> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut first_line = 1;
+    let mut lines_before = 0;
     let mut has_content = false;
-    let mut flush = |current: &mut String, first_line: u32, has_content: &mut bool| {
+    let mut flush = |current: &mut String, first_line: u32, lines_before: usize, has_content: &mut bool| {
         if *has_content {
-            docs.push(DocText { first_line, padded: std::mem::take(current) });
+            docs.push(DocText { first_line, lines_before, body: std::mem::take(current) });
         }
         current.clear();
         *has_content = false;
@@ -70,12 +131,12 @@ fn split_documents(text: &str) -> Vec<DocText> {
         let is_start = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         let is_end = line == "..." || line.starts_with("... ");
         if is_start || is_end {
-            flush(&mut current, first_line, &mut has_content);
-            // Blank lines for everything before the next document keep line numbers absolute.
-            current.extend(std::iter::repeat_n('\n', index + 1));
+            flush(&mut current, first_line, lines_before, &mut has_content);
+            // Everything before the next document becomes blank lines when it is parsed.
+            lines_before = index + 1;
             if is_start {
-                // Keep anything after the marker (a comment, say) at its column.
-                current.pop();
+                // Keep anything after the marker (a comment, say) at its column, on its line.
+                lines_before = index;
                 current.push_str("   ");
                 current.push_str(&line[3..]);
                 current.push('\n');
@@ -91,13 +152,13 @@ fn split_documents(text: &str) -> Vec<DocText> {
         current.push_str(line);
         current.push('\n');
     }
-    flush(&mut current, first_line, &mut has_content);
+    flush(&mut current, first_line, lines_before, &mut has_content);
     docs
 }
 
 fn parse_document(file: &Arc<str>, doc: &DocText, out: &mut ParsedDocs, diags: &mut Diagnostics) {
     let start = SourceLoc::new(file, doc.first_line, 1);
-    let probe: KindProbe = match parse_yaml(file, &doc.padded, &start, diags) {
+    let probe: KindProbe = match parse_yaml(file, &doc.padded(), &start, diags) {
         Some(p) => p,
         None => return,
     };
@@ -124,7 +185,7 @@ fn parse_located<T: DeserializeOwned>(
     start: &SourceLoc,
     diags: &mut Diagnostics,
 ) -> Option<Located<T>> {
-    let parsed = parse_yaml(file, &doc.padded, start, diags)?;
+    let parsed = parse_yaml(file, &doc.padded(), start, diags)?;
     Some(Located { file: file.clone(), loc: start.clone(), doc: parsed })
 }
 

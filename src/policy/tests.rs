@@ -579,3 +579,35 @@ fn detection_thresholds_are_read_and_bad_ones_located() {
     assert_eq!((p.detection.names_txt_null, p.detection.names_large_answer_bytes), (30, 2048));
     assert_eq!(p.detection.deny_burst_destinations, 20, "defaults where nothing is written");
 }
+
+#[test]
+fn policies_past_the_size_and_document_limits_are_errors_at_the_file() {
+    use super::load::limits::{MAX_DOCUMENTS_PER_FILE, MAX_FILE_BYTES};
+    let errors = |source: &PolicySource| match compile(source, NOW) {
+        Ok(_) => vec![],
+        Err(d) => d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect::<Vec<_>>(),
+    };
+    let group = "kind: DestinationGroup\nname: g\ndestinations: [{host: a.test}]\njustification: test\n";
+    let mut many = String::from("kind: MeshDefaults\ntrustDomain: corp.example\n");
+    for _ in 0..MAX_DOCUMENTS_PER_FILE {
+        many.push_str("---\n");
+        many.push_str(group);
+    }
+    // The mesh document (lines 1-2), then group i's `---` at line 5i - 2 and its text from 5i - 1:
+    // the 1,001st document is group 1,000.
+    let first_extra = 5 * MAX_DOCUMENTS_PER_FILE - 1;
+    let errs = errors(&PolicySource::from_text("many.yaml", &many));
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    let limit = format!("many.yaml:{first_extra}:1: more than 1000 documents in one file: split it");
+    assert!(errs.contains(&limit), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("no MeshDefaults")), "the file was not read: {errs:#?}");
+
+    let mut big = PolicySource::from_text("mesh.yaml", "kind: MeshDefaults\ntrustDomain: corp.example\n");
+    big.files.push(super::source::SourceFile {
+        name: "big.yaml".into(),
+        text: format!("# {}\n", "x".repeat(MAX_FILE_BYTES)),
+    });
+    let errs = errors(&big);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("big.yaml:1:1: the file is 4194307 bytes, more than the 4194304"), "{errs:#?}");
+}

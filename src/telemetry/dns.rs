@@ -3,7 +3,7 @@
 //! fields (`visit`), which the audit line and the span (`wire::SpanWriter::append_dns`) share.
 //!
 //! The line shares the Check records' keys where they mean the same (`egress.decision`,
-//! `egress.reason`, `egress.service`, `egress.rule.id`, `egress.policy_version`) and marks itself
+//! `egress.reason`, `egress.service`, `egress.rule.id`, `egress.policy.version`) and marks itself
 //! `egress.check: "dns"`. It names no `server.address`, so readers of flows (`learn`, `discover`)
 //! count it as unattributed, never as a connection.
 
@@ -124,7 +124,7 @@ impl DnsEvent {
         }
         f("egress.decision", Value::Str(self.decision.as_str()));
         f("egress.reason", Value::Str(self.reason));
-        f("egress.policy_version", Value::Str(&self.policy_version));
+        f("egress.policy.version", Value::Str(&self.policy_version));
     }
 }
 
@@ -180,7 +180,7 @@ pub(crate) mod tests {
         assert_eq!(v["client.address"], "127.0.0.5");
         assert_eq!(v["egress.service"], "ci-runners");
         assert_eq!(v["egress.decision"], "deny");
-        assert_eq!(v["egress.policy_version"], "v1");
+        assert_eq!(v["egress.policy.version"], "v1");
         assert!(v.get("server.address").is_none(), "not a connection: flow readers skip it");
         assert_eq!(event.labels(), DnsQueryLabels { decision: "deny", qtype: "TXT" });
     }

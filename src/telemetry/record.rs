@@ -109,7 +109,26 @@ impl RequestFacts {
 }
 
 /// The present values in one buffer, and where each is.
+/// The most of one request value (a request id, a method, a caller's identity, a trace header)
+/// telemetry keeps: the rest is cut (at a character boundary). A request may carry values of
+/// up to the CheckRequest limit; an audit line must stay far below what the readers of audit logs
+/// take (`flows::audit_log::MAX_LINE`, 1 MiB) and a span far below a collector's message limit.
+pub const MAX_FACT_BYTES: usize = 4096;
+
+/// `v`, cut to at most `MAX_FACT_BYTES`.
+fn bounded(v: &str) -> &str {
+    if v.len() <= MAX_FACT_BYTES {
+        return v;
+    }
+    let mut end = MAX_FACT_BYTES;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    &v[..end]
+}
+
 fn packed(values: [Option<&str>; SLOTS]) -> (String, [Range<u32>; SLOTS]) {
+    let values = values.map(|v| v.map(bounded));
     let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum());
     let mut slots: [Range<u32>; SLOTS] = Default::default();
     for (slot, value) in slots.iter_mut().zip(values) {
@@ -288,6 +307,24 @@ mod tests {
         assert_eq!(get(&f, "egress.decision"), Some(&s("deny")));
         assert_eq!(get(&f, "egress.reason"), Some(&s("malformed-request")));
         assert_eq!(get(&f, "server.address"), None);
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_request_value_is_cut_at_a_character_boundary() {
+        let huge = format!("{}é{}", "a".repeat(MAX_FACT_BYTES - 1), "b".repeat(1 << 20));
+        let mut values = FactValues::default();
+        values.set(Fact::RequestId, Some(&huge));
+        values.set(Fact::Method, Some("GET"));
+        let facts = RequestFacts::pack_from(values);
+        let id = facts.get(Fact::RequestId).unwrap();
+        assert_eq!(id.len(), MAX_FACT_BYTES - 1, "the two-byte character does not fit: cut before it");
+        assert!(huge.starts_with(id));
+        assert_eq!(facts.get(Fact::Method), Some("GET"), "short values are kept whole");
     }
 }
 

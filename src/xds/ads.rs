@@ -23,8 +23,15 @@ use tonic::{Request, Response, Status, Streaming};
 use super::registry::Registry;
 use super::snapshot::{Snapshot, SnapshotSet, is_wildcard_type, short_type, type_order};
 
+/// xDS streams served at once (SotW and delta together). A gateway fleet opens one per Envoy;
+/// beyond this, a new stream is refused with RESOURCE_EXHAUSTED (Envoy retries with backoff) rather
+/// than letting streams, each holding its snapshot state and a task, grow without bound.
+pub const MAX_STREAMS: usize = 1024;
+
 #[derive(Clone)]
 pub struct AdsService {
+    /// One permit per open stream (`MAX_STREAMS`).
+    streams: Arc<tokio::sync::Semaphore>,
     snapshots: watch::Receiver<Arc<SnapshotSet>>,
     registry: Arc<Registry>,
     nonces: Arc<AtomicU64>,
@@ -38,7 +45,16 @@ impl AdsService {
         registry: Arc<Registry>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        AdsService { snapshots, registry, nonces: Arc::new(AtomicU64::new(1)), stopping }
+        let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+        AdsService { streams, snapshots, registry, nonces: Arc::new(AtomicU64::new(1)), stopping }
+    }
+
+    /// A permit for one more stream, or the error that refuses it.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(max = MAX_STREAMS, "xDS stream refused: the stream limit is reached");
+            Status::resource_exhausted(format!("egressd serves at most {MAX_STREAMS} xDS streams at once"))
+        })
     }
 
     async fn stopped(&self) {
@@ -441,8 +457,13 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let permit = self.admit()?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(self.clone().run_sotw(request.into_inner(), tx));
+        let run = self.clone().run_sotw(request.into_inner(), tx);
+        tokio::spawn(async move {
+            run.await;
+            drop(permit);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -450,8 +471,13 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let permit = self.admit()?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(self.clone().run_delta(request.into_inner(), tx));
+        let run = self.clone().run_delta(request.into_inner(), tx);
+        tokio::spawn(async move {
+            run.await;
+            drop(permit);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -167,7 +167,7 @@ fn a_dns_query_span_decodes_with_the_audit_lines_fields_and_an_error_status_when
         ("egress.service", s("ci-runners")),
         ("egress.decision", s("deny")),
         ("egress.reason", s("no-matching-allow")),
-        ("egress.policy_version", s("v1")),
+        ("egress.policy.version", s("v1")),
     ];
     let expected: Vec<_> = expected.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert_eq!(attrs(&spans[0]), expected);
