@@ -11,6 +11,7 @@ mod support {
     pub mod lab;
     pub mod otlp;
     pub mod pki;
+    pub mod process;
     pub mod server;
     pub mod upstream;
 }

@@ -10,6 +10,7 @@ mod support {
     pub mod lab;
     pub mod otlp;
     pub mod pki;
+    pub mod process;
     pub mod server;
     pub mod upstream;
 }

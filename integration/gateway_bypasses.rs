@@ -9,6 +9,7 @@ mod support {
     pub mod eventually;
     pub mod lab;
     pub mod pki;
+    pub mod process;
     pub mod server;
     pub mod upstream;
 }

@@ -18,6 +18,7 @@ use super::dns::{TestDns, start_dns_at};
 use super::envoy::{RunningEnvoy, free_port, start_ads_envoy};
 use super::eventually::eventually;
 use super::pki::{Ca, Issued};
+use super::process::EgressdProcess;
 use super::server::{TestServer, http_get, mesh_without_gateway, try_http_get};
 use super::upstream::{start_http, start_tls};
 
@@ -38,11 +39,28 @@ pub struct Lab {
     pub checkout: Issued,
     pub search: Issued,
     pub envoy: RunningEnvoy,
-    pub egressd: TestServer,
+    pub egressd: LabEgressd,
     /// Whether workloads reach the gateway over mTLS (else plaintext, no identity of their own).
     pub mtls: bool,
     pub dir: tempfile::TempDir,
     _dns: TestDns,
+}
+
+/// The lab's egressd: in the test's process, or the real binary (`LabBuilder::egressd_binary`).
+pub struct LabEgressd {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub dns: Option<SocketAddr>,
+    /// Kept running while the lab lives.
+    _server: Option<TestServer>,
+    /// The binary, to kill and restart (`egressd_binary`).
+    pub process: Option<EgressdProcess>,
+}
+
+impl From<TestServer> for LabEgressd {
+    fn from(server: TestServer) -> Self {
+        LabEgressd { grpc: server.grpc, admin: server.admin, dns: server.dns, _server: Some(server), process: None }
+    }
 }
 
 /// How to build a lab.
@@ -57,6 +75,7 @@ pub struct LabBuilder {
     progress_ms: Option<u64>,
     names: Vec<(String, Ipv4Addr)>,
     dns_firewall: bool,
+    process: bool,
 }
 
 impl LabBuilder {
@@ -110,6 +129,13 @@ impl LabBuilder {
         self
     }
 
+    /// With `policy_dir`: egressd runs as the real binary (`serve --policy DIR`), which a test may
+    /// kill and restart (`lab.egressd.process`).
+    pub fn egressd_binary(mut self) -> Self {
+        self.process = true;
+        self
+    }
+
     /// The DNS also answers `name` with `ip` (a loopback address of the test's own).
     pub fn name(mut self, name: &str, ip: Ipv4Addr) -> Self {
         self.names.push((name.to_string(), ip));
@@ -157,6 +183,7 @@ impl LabBuilder {
             sampling_percent: 100,
             service_name: "egress-gateway".into(),
         });
+        let work = dir.path().to_path_buf();
         let egressd = match &self.policy_dir {
             None => {
                 let mut source = mesh_without_gateway();
@@ -174,19 +201,27 @@ impl LabBuilder {
                     .telemetry(telemetry)
                     .start()
                     .await
+                    .into()
             }
             Some(dir) => {
                 if !self.own_policy {
                     copy_mesh_config(dir);
                 }
                 std::fs::write(dir.join("gateway.yaml"), gateway_yaml(&spec, 30_000)).unwrap();
-                let source = PolicySource::from_dir(dir).unwrap();
-                TestServer::builder(source)
-                    .grpc_listen(grpc)
-                    .watch(dir.to_path_buf())
-                    .telemetry(telemetry)
-                    .start()
-                    .await
+                if self.process {
+                    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    let process = EgressdProcess::start(dir, &work, grpc, admin).await;
+                    LabEgressd { grpc, admin, dns: None, _server: None, process: Some(process) }
+                } else {
+                    let source = PolicySource::from_dir(dir).unwrap();
+                    TestServer::builder(source)
+                        .grpc_listen(grpc)
+                        .watch(dir.to_path_buf())
+                        .telemetry(telemetry)
+                        .start()
+                        .await
+                        .into()
+                }
             }
         };
         let envoy = start_ads_envoy(egressd.grpc);
