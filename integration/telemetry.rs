@@ -274,3 +274,67 @@ async fn every_decision_answered_before_sigterm_is_in_the_audit_log() {
     }
     assert_eq!(r["trace_id"].as_str().unwrap().len(), 32);
 }
+
+/// A tmpfs of the test's own, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", at.to_str().unwrap()])
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (the test runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The audit log's disk fills up: Checks go on, the records that do not fit are counted as
+/// `write-failed`, writing resumes when there is room again, and no line is torn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_never_fails_a_check_and_writing_resumes_with_no_torn_line() {
+    use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&tmp.path().join("disk"), "256k");
+    // Room for a few records only.
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 240 * 1024]).unwrap();
+    let log = disk.0.join("audit.log");
+    let audit = AuditConfig { path: log.clone(), max_bytes: 1 << 30, keep: 1, fsync: FsyncPolicy::Batch };
+    let (server, mut client, _tasks) = serve(TelemetryConfig { audit: Some(audit), ..Default::default() }).await;
+    for _ in 0..300 {
+        assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await.code(), 0);
+    }
+    let failed = r#"egressd_audit_records_dropped_total{reason="write-failed"}"#;
+    eventually("records counted as write-failed", WAIT, || async {
+        let (_, text) = http_get(server.admin, "/metrics").await;
+        (text.contains(failed) && metric(&text, failed) > 0.0).then_some(())
+    })
+    .await;
+
+    // Room again: what comes next is written.
+    std::fs::remove_file(&filler).unwrap();
+    let marker = "after.stripe.com";
+    eventually("a record written after the disk had room again", WAIT, || async {
+        let _ = check(&mut client.clone(), http_check(PAY, "GET", marker, &[])).await;
+        std::fs::read_to_string(&log).unwrap_or_default().contains(marker).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (n, line) in text.lines().enumerate() {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "line {} is torn: {line:?}", n + 1);
+    }
+    drop(server);
+    drop(disk);
+}
