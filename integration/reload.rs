@@ -168,3 +168,42 @@ async fn a_configmap_symlink_swap_is_reloaded_and_a_bad_one_is_rejected() {
     let errors = policy["lastReloadError"]["errors"].to_string();
     assert!(errors.contains("payments.yaml:3:7"), "{errors}");
 }
+
+/// The policy directory deleted, or a file in it that cannot be read: the reload is rejected and
+/// says why on /policy, the last good policy keeps deciding, and no Check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_unreadable_policy_keeps_the_last_good_one_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("policy");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), MESH).unwrap();
+    std::fs::write(dir.join("payments.yaml"), service(true, 1)).unwrap();
+    let server = TestServer::builder(PolicySource::from_dir(&dir).unwrap()).watch(dir.clone()).start().await;
+    let version = PolicySource::from_dir(&dir).unwrap().version();
+    let mut c = client(server.grpc).await;
+    let probe = || http_check(PAY, "GET", "probe.partner.test", &[]);
+    assert_eq!(check(&mut c, probe()).await.code(), 0);
+
+    // A file that cannot be read (a link to nowhere, as a half-synced checkout leaves).
+    std::os::unix::fs::symlink("/nonexistent/egressd/groups.yaml", dir.join("groups.yaml")).unwrap();
+    let policy =
+        wait_for_policy(server.admin, "an unreadable file rejected", |v| !v["lastReloadError"].is_null()).await;
+    let errors = policy["lastReloadError"]["errors"].to_string();
+    assert!(errors.contains("groups.yaml") && errors.contains("cannot read policy"), "{errors}");
+    assert_eq!(policy["version"], version.as_str(), "the last good policy serves: {policy}");
+    assert_eq!(check(&mut c, probe()).await.code(), 0, "and decides");
+    std::fs::remove_file(dir.join("groups.yaml")).unwrap();
+
+    // The whole directory deleted.
+    let failures = policy["reloadFailures"].as_u64().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let policy = wait_for_policy(server.admin, "a deleted directory rejected", |v| {
+        v["reloadFailures"].as_u64().unwrap() > failures
+    })
+    .await;
+    assert_eq!(policy["version"], version.as_str(), "the last good policy serves: {policy}");
+    assert!(policy["lastReloadError"]["errors"].to_string().contains("cannot read policy"), "{policy}");
+    for _ in 0..20 {
+        assert_eq!(check(&mut c, probe()).await.code(), 0, "no Check fails");
+    }
+}
