@@ -146,6 +146,8 @@ pub async fn serve(
         config.telemetry.metrics.rollback_guard_trips.clone(),
     ));
     let _sampler = AbortOnDrop(runtime.spawn_sampler(policy.clone()));
+    // Other replicas' grants and trips, applied in the background (shared stores only).
+    let _replication = runtime.spawn_replication().map(AbortOnDrop);
     let admin_api = AdminApi::new(policy.clone(), runtime.clone(), config.admin_api.tokens.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
