@@ -44,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { policy, grpc_listen, admin_listen, dns_listen, telemetry, admin } => {
             let listen = local::Listen { grpc: grpc_listen, admin: admin_listen, dns: dns_listen };
-            local::serve(policy, listen, telemetry.config()?, admin.config()?)
+            local::serve(policy, listen, telemetry.config()?, (*admin).config()?)
         }
         Command::Validate { dir, strict } => {
             local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
@@ -157,8 +157,9 @@ pub enum Command {
         dns_listen: Option<SocketAddr>,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+        // Boxed: the largest variant by far, and `Command` is moved around by value.
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: Box<AdminArgs>,
     },
     /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
     Validate {
@@ -579,7 +580,8 @@ pub struct AdminArgs {
     /// etcd members for --state etcd: URL[,URL...], e.g. http://10.0.0.5:2379.
     #[arg(long, value_delimiter = ',', value_name = "URL", env = "EGRESSD_ETCD_ENDPOINTS")]
     etcd_endpoints: Vec<String>,
-    /// Key prefix in etcd: PREFIX/grants/ID and PREFIX/guard-trips/SERVICE.
+    /// Key prefix in etcd (a trailing `/` is added if missing): keys are PREFIX + grants/ID and
+    /// PREFIX + guard-trips/SERVICE. Replicas sharing state share the prefix.
     #[arg(long, default_value = "/egressd/", value_name = "PREFIX", env = "EGRESSD_ETCD_PREFIX")]
     etcd_prefix: String,
     /// Longest break-glass grant allowed.
