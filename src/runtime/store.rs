@@ -45,6 +45,12 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Tells the other replicas that `service`'s guard was reset. Never blocks.
     fn share_reset(&self, _service: &str) {}
 
+    /// Becomes `true` once the shared state was first loaded; `None` for a one-process store
+    /// (loaded when opened).
+    fn synced(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
     /// Starts applying the other replicas' changes to `runtime`; `None` for a one-process store.
     fn spawn_replication(self: Arc<Self>, _runtime: Arc<RuntimeOverrides>) -> Option<tokio::task::JoinHandle<()>> {
         None

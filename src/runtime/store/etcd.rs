@@ -56,9 +56,13 @@ enum Entry {
 
 pub struct EtcdStore {
     config: EtcdConfig,
-    /// Connected at first use, inside the async runtime (the client spawns its own tasks); the
-    /// connection itself is lazy, so a store is made while etcd is down.
-    client: tokio::sync::OnceCell<Client>,
+    /// Made at first use, inside the async runtime (the client spawns its own tasks), and made
+    /// anew after a failure: a fresh client connects as soon as etcd is back, where the old one's
+    /// channel would wait out its reconnect backoff (seconds). Connecting is lazy, so a client is
+    /// made while etcd is down.
+    client: std::sync::Mutex<Option<Client>>,
+    /// Set once the prefix was first listed into the runtime.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -69,7 +73,7 @@ impl std::fmt::Debug for EtcdStore {
 
 impl EtcdStore {
     pub fn new(config: EtcdConfig) -> Self {
-        EtcdStore { config, client: tokio::sync::OnceCell::new() }
+        EtcdStore { config, client: Default::default(), synced: tokio::sync::watch::Sender::new(false) }
     }
 
     fn unavailable(&self, message: impl std::fmt::Display) -> StoreError {
@@ -77,14 +81,26 @@ impl EtcdStore {
     }
 
     async fn client(&self) -> Result<Client, etcd_client::Error> {
+        if let Some(client) = self.current_client() {
+            return Ok(client);
+        }
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             // Pings find a silently dead connection, so the watch breaks and is re-made.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true);
-        let client =
-            self.client.get_or_try_init(|| Client::connect(self.config.endpoints.clone(), Some(options))).await?;
-        Ok(client.clone())
+        let client = Client::connect(self.config.endpoints.clone(), Some(options)).await?;
+        *self.client.lock().expect("client lock") = Some(client.clone());
+        Ok(client)
+    }
+
+    fn current_client(&self) -> Option<Client> {
+        self.client.lock().expect("client lock").clone()
+    }
+
+    /// After a failure: the next call connects afresh.
+    fn forget_client(&self) {
+        *self.client.lock().expect("client lock") = None;
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -140,6 +156,7 @@ impl EtcdStore {
         for (service, trip) in trips {
             runtime.adopt_trip(&service, trip);
         }
+        self.synced.send_replace(true);
         let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let mut stream = client.watch(self.config.prefix.as_str(), Some(options)).await?;
         if !*reachable {
@@ -178,7 +195,11 @@ impl EtcdStore {
     async fn replicate(self: Arc<Self>, runtime: Arc<RuntimeOverrides>) {
         let mut reachable = true;
         loop {
-            match self.sync_and_watch(&runtime, &mut reachable).await {
+            let outcome = self.sync_and_watch(&runtime, &mut reachable).await;
+            if outcome.is_err() {
+                self.forget_client();
+            }
+            match outcome {
                 Ok(()) => tracing::warn!("etcd: watch ended; listing again"),
                 // Once per outage at warn: retries every RETRY would flood the log.
                 Err(e) if reachable => {
@@ -198,17 +219,19 @@ impl EtcdStore {
 impl StateStore for EtcdStore {
     fn save_grant(&self, grant: &Grant, _all: &[Arc<Grant>]) -> Result<(), StoreError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|e| self.unavailable(e))?;
-        match handle.block_on(tokio::time::timeout(WRITE_TIMEOUT, self.put_grant(grant))) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(self.unavailable(format_args!("no answer within {WRITE_TIMEOUT:?}"))),
-        }
+        let failure = match handle.block_on(tokio::time::timeout(WRITE_TIMEOUT, self.put_grant(grant))) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => self.unavailable(e),
+            Err(_) => self.unavailable(format_args!("no answer within {WRITE_TIMEOUT:?}")),
+        };
+        self.forget_client();
+        Err(failure)
     }
 
     fn share_trip(&self, service: &str, trip: &Tripped) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let (key, value) = (self.key(TRIPS, service), serde_json::to_vec(trip).expect("trips serialize"));
-        let client = self.client.get().cloned();
+        let client = self.current_client();
         let service = service.to_string();
         handle.spawn(async move {
             let put = async move { client?.put(key, value, None).await.ok() };
@@ -221,7 +244,7 @@ impl StateStore for EtcdStore {
     fn share_reset(&self, service: &str) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
         let key = self.key(TRIPS, service);
-        let client = self.client.get().cloned();
+        let client = self.current_client();
         let service = service.to_string();
         handle.spawn(async move {
             let delete = async move { client?.delete(key, None).await.ok() };
@@ -232,6 +255,10 @@ impl StateStore for EtcdStore {
                 );
             }
         });
+    }
+
+    fn synced(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.synced.subscribe())
     }
 
     fn spawn_replication(self: Arc<Self>, runtime: Arc<RuntimeOverrides>) -> Option<tokio::task::JoinHandle<()>> {
