@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 use egressd::admin::tokens::AdminTokens;
 use egressd::policy::Protocol;
 use egressd::runtime::breakglass::GrantStore;
+use egressd::runtime::store::etcd::{EtcdConfig, EtcdStore};
 use egressd::server;
 use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
 use egressd::telemetry::spans::parse_sampler;
@@ -43,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { policy, grpc_listen, admin_listen, dns_listen, telemetry, admin } => {
             let listen = local::Listen { grpc: grpc_listen, admin: admin_listen, dns: dns_listen };
-            local::serve(policy, listen, telemetry.config()?, admin.config()?)
+            local::serve(policy, listen, telemetry.config()?, (*admin).config()?)
         }
         Command::Validate { dir, strict } => {
             local::validate(&dir.unwrap_or_else(|| local::DEFAULT_POLICY_DIR.into()), strict)
@@ -156,8 +157,9 @@ pub enum Command {
         dns_listen: Option<SocketAddr>,
         #[command(flatten)]
         telemetry: TelemetryArgs,
+        // Boxed: the largest variant by far, and `Command` is moved around by value.
         #[command(flatten)]
-        admin: AdminArgs,
+        admin: Box<AdminArgs>,
     },
     /// Validate a policy directory: exit 0 if valid, else print FILE:LINE:COL: message and exit 1.
     Validate {
@@ -550,6 +552,15 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(d).map_err(|_| format!("`{s}` is negative"))
 }
 
+/// `--state`: where run-time state lives.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StateArg {
+    /// This process, grants in the --break-glass-state file.
+    File,
+    /// etcd, shared by replicas (--etcd-endpoints, --etcd-prefix).
+    Etcd,
+}
+
 /// The admin gRPC API (break-glass, Explain, rollout status) and its state.
 #[derive(clap::Args)]
 pub struct AdminArgs {
@@ -557,9 +568,22 @@ pub struct AdminArgs {
     /// recorded as grantor. Without this file the admin API refuses every call.
     #[arg(long, env = "EGRESSD_ADMIN_TOKENS")]
     admin_tokens: Option<PathBuf>,
-    /// Where break-glass grants are kept across restarts (written atomically).
+    /// Where break-glass grants are kept across restarts (written atomically). With --state file.
     #[arg(long, default_value = "egressd-break-glass.json", env = "EGRESSD_BREAK_GLASS_STATE")]
     break_glass_state: PathBuf,
+    /// Where run-time state (break-glass grants, rollback-guard trips) lives: `file` (this
+    /// process and --break-glass-state) or `etcd`, shared by every replica using the same
+    /// --etcd-endpoints and --etcd-prefix. With etcd away, replicas serve the last known state and
+    /// refuse new grants (UNAVAILABLE) until it is back.
+    #[arg(long, value_enum, default_value = "file", env = "EGRESSD_STATE")]
+    state: StateArg,
+    /// etcd members for --state etcd: URL[,URL...], e.g. http://10.0.0.5:2379.
+    #[arg(long, value_delimiter = ',', value_name = "URL", env = "EGRESSD_ETCD_ENDPOINTS")]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd (a trailing `/` is added if missing): keys are PREFIX + grants/ID and
+    /// PREFIX + guard-trips/SERVICE. Replicas sharing state share the prefix.
+    #[arg(long, default_value = "/egressd/", value_name = "PREFIX", env = "EGRESSD_ETCD_PREFIX")]
+    etcd_prefix: String,
     /// Longest break-glass grant allowed.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     max_grant_duration: std::time::Duration,
@@ -572,7 +596,16 @@ impl AdminArgs {
     pub fn config(self) -> anyhow::Result<server::AdminApiConfig> {
         let tokens = self.admin_tokens.map(|p| AdminTokens::load(&p)).transpose()?.map(Arc::new);
         let max = self.max_grant_duration.as_secs().max(1);
-        let grants = GrantStore::open(&self.break_glass_state, max, egressd::clock::unix_now())?;
+        let grants = match self.state {
+            StateArg::File => GrantStore::open(&self.break_glass_state, max, egressd::clock::unix_now())?,
+            StateArg::Etcd => {
+                let endpoints: Vec<String> =
+                    self.etcd_endpoints.into_iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+                anyhow::ensure!(!endpoints.is_empty(), "--state etcd needs --etcd-endpoints URL[,URL]");
+                let store = EtcdStore::new(EtcdConfig::new(endpoints, &self.etcd_prefix));
+                GrantStore::with_store(Arc::new(store), max)
+            }
+        };
         Ok(server::AdminApiConfig {
             tokens,
             grants: Arc::new(grants),

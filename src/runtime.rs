@@ -4,12 +4,14 @@
 //! then grant; the Check path and Explain both call it. The layer keeps its own per-service
 //! decision counts (`tally`), sampled once a second into `history` for the guard and for rollout
 //! status, and takes the time as a parameter everywhere, so its logic is tested with a clock of
-//! the test's choosing.
+//! the test's choosing. Where the grants and trips are kept, and whether other replicas share
+//! them, is the `store`'s business.
 
 pub mod breakglass;
 pub mod guard;
 pub mod history;
 pub mod status;
+pub mod store;
 pub mod tally;
 
 use std::collections::HashMap;
@@ -83,6 +85,7 @@ impl RuntimeOverrides {
                 "ROLLBACK GUARD TRIPPED: service falls back to dry-run until an operator resets it"
             );
             self.trips.inc();
+            self.grants.store().share_trip(&name, &t);
         }
     }
 
@@ -111,6 +114,32 @@ impl RuntimeOverrides {
         if was {
             tracing::warn!(service, by, "rollback guard reset: the service is back in its configured mode");
         }
+        self.grants.store().share_reset(service);
         was
+    }
+
+    /// Trips `service` because another replica's guard tripped it.
+    pub fn adopt_trip(&self, service: &str, trip: Tripped) {
+        if self.guards.adopt(service, trip) {
+            tracing::error!(
+                service,
+                "ROLLBACK GUARD TRIPPED on another replica: service falls back to dry-run here too"
+            );
+        }
+    }
+
+    /// Re-arms `service` because another replica reset it (only later traffic counts here too).
+    pub fn adopt_reset(&self, service: &str, now: i64) {
+        if self.guards.reset(service, now) {
+            tracing::warn!(
+                service,
+                "rollback guard reset on another replica: the service is back in its configured mode"
+            );
+        }
+    }
+
+    /// Starts applying other replicas' grants and trips, when the store is shared.
+    pub fn spawn_replication(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.grants.store().clone().spawn_replication(self.clone())
     }
 }

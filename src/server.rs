@@ -27,6 +27,8 @@ use crate::xds::snapshot::SnapshotSet;
 
 /// How long shutdown waits for open gRPC calls to finish.
 const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long start-up waits for a shared state store's first load before serving without it.
+const FIRST_SYNC: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -146,6 +148,15 @@ pub async fn serve(
         config.telemetry.metrics.rollback_guard_trips.clone(),
     ));
     let _sampler = AbortOnDrop(runtime.spawn_sampler(policy.clone()));
+    // Other replicas' grants and trips, applied in the background (shared stores only).
+    let _replication = runtime.spawn_replication().map(AbortOnDrop);
+    if let Some(mut synced) = runtime.grants.store().synced() {
+        // Ready with the replicas' grants and trips, not an empty set; with the store away,
+        // serve anyway (nothing better is known) and let replication catch up.
+        if tokio::time::timeout(FIRST_SYNC, synced.wait_for(|s| *s)).await.is_err() {
+            tracing::warn!("shared state not loaded within {FIRST_SYNC:?}; serving without it until it is");
+        }
+    }
     let admin_api = AdminApi::new(policy.clone(), runtime.clone(), config.admin_api.tokens.clone());
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -16,6 +16,7 @@ use crate::policy::{Protocol, SharedPolicy};
 use crate::runtime::RuntimeOverrides;
 use crate::runtime::breakglass::{Grant, GrantError, GrantRequest};
 use crate::runtime::status::{RolloutStatus, ServiceRollout};
+use crate::runtime::store::StoreError;
 
 /// The generated messages and service (tonic-prost-build); generated code keeps its own style.
 #[allow(unused_qualifications, rust_2018_idioms)]
@@ -96,7 +97,9 @@ fn grant_status(e: GrantError) -> Status {
     match e {
         GrantError::UnknownGrant(_) => Status::not_found(e.to_string()),
         GrantError::Inactive(_) => Status::failed_precondition(e.to_string()),
-        GrantError::State { .. } | GrantError::Corrupt { .. } => Status::internal(e.to_string()),
+        // A shared store that is away: the caller may retry (gRPC's 503).
+        GrantError::Store(StoreError::Unavailable { .. }) => Status::unavailable(e.to_string()),
+        GrantError::Store(_) => Status::internal(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }

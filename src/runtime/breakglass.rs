@@ -2,25 +2,30 @@
 //!
 //! A grant lets one service reach one destination (`HOST[:PORT]`) or anything, until it expires or
 //! is revoked. It overrides the service's own denies and the default deny, never a mesh-wide deny
-//! (the floor holds) nor an identity failure. Grants are persisted to a state file (written to a
-//! temporary file, fsynced, renamed over the old one) so they survive a restart; expired and
-//! revoked grants stay listed for a day, then are dropped.
+//! (the floor holds) nor an identity failure. Grants are saved through a `StateStore` before
+//! they apply (the state file by default, so they survive a restart; etcd to share them between
+//! replicas); expired and revoked grants stay listed for a day, then are dropped.
 //!
 //! The Check path reads the active grants through `arc-swap` and only looks when a request would
-//! be denied and some grant is active; admin calls (rare) take a mutex and publish a new set.
+//! be denied and some grant is active; admin calls and replication (rare) take a mutex and
+//! publish a new set. A grant ends by its own expiry time, whatever the store is doing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::store::file::FileStore;
+use super::store::{MemoryStore, StateStore, StoreError};
 use crate::policy::fqdn::{Host, parse_authority};
 use crate::policy::{Decision, Destination, GrantRef, Outcome, Reason};
 
+pub use super::store::file::read_state;
+
 /// How long an inactive grant stays listed.
-const KEEP_INACTIVE_SECONDS: i64 = 86_400;
+pub(crate) const KEEP_INACTIVE_SECONDS: i64 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,10 +97,8 @@ pub enum GrantError {
     UnknownGrant(String),
     #[error("grant `{0}` is already inactive")]
     Inactive(String),
-    #[error("break-glass state file {path}: {source}")]
-    State { path: String, source: std::io::Error },
-    #[error("break-glass state file {path} is not valid: {message}")]
-    Corrupt { path: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What an operator asks for.
@@ -105,11 +108,6 @@ pub struct GrantRequest {
     pub to: Option<String>,
     pub duration_seconds: u64,
     pub reason: String,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    grants: Vec<Grant>,
 }
 
 /// Active grants by service name, for the Check path, each with the reference its decisions
@@ -123,7 +121,7 @@ pub struct ActiveGrants {
 type ActiveGrant = (Arc<Grant>, Arc<GrantRef>);
 
 pub struct GrantStore {
-    path: Option<PathBuf>,
+    store: Arc<dyn StateStore>,
     max_seconds: u64,
     salt: u64,
     seq: std::sync::atomic::AtomicU64,
@@ -133,15 +131,20 @@ pub struct GrantStore {
 
 impl std::fmt::Debug for GrantStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrantStore").field("path", &self.path).field("max_seconds", &self.max_seconds).finish()
+        f.debug_struct("GrantStore").field("store", &self.store).field("max_seconds", &self.max_seconds).finish()
     }
 }
 
 impl GrantStore {
     /// A store kept only in memory (tests, tools).
     pub fn in_memory(max_seconds: u64) -> Self {
+        GrantStore::with_store(Arc::new(MemoryStore), max_seconds)
+    }
+
+    /// An empty store saving through `store` (etcd: its replication fills it).
+    pub fn with_store(store: Arc<dyn StateStore>, max_seconds: u64) -> Self {
         GrantStore {
-            path: None,
+            store,
             max_seconds,
             salt: random_salt(),
             seq: Default::default(),
@@ -154,7 +157,7 @@ impl GrantStore {
     pub fn open(path: &Path, max_seconds: u64, now: i64) -> Result<Self, GrantError> {
         let shown = path.display().to_string();
         let grants = read_state(path)?;
-        let store = GrantStore { path: Some(path.to_path_buf()), ..GrantStore::in_memory(max_seconds) };
+        let store = GrantStore::with_store(Arc::new(FileStore::new(path)), max_seconds);
         *store.all.lock().expect("grants lock") = grants.into_iter().map(Arc::new).collect();
         store.publish(now);
         let active = store.list(false, now).len();
@@ -207,7 +210,10 @@ impl GrantStore {
             revoked_unix: None,
             revoker: None,
         });
-        self.update(now, |all| all.push(grant.clone()))?;
+        self.update(now, |all| {
+            all.push(grant.clone());
+            Some(grant.clone())
+        })?;
         tracing::warn!(
             id = %grant.id, service = %grant.service, target = %grant.target(), grantor = %grant.grantor,
             expires_unix = grant.expires_unix, reason = %grant.reason, "BREAK-GLASS grant issued"
@@ -216,17 +222,22 @@ impl GrantStore {
     }
 
     pub fn revoke(&self, id: &str, revoker: &str, now: i64) -> Result<Arc<Grant>, GrantError> {
-        let mut revoked = None;
         let mut failure = None;
-        self.update(now, |all| match all.iter_mut().find(|g| g.id == id) {
-            None => failure = Some(GrantError::UnknownGrant(id.to_string())),
-            Some(g) if !g.is_active(now) => failure = Some(GrantError::Inactive(id.to_string())),
+        let revoked = self.update(now, |all| match all.iter_mut().find(|g| g.id == id) {
+            None => {
+                failure = Some(GrantError::UnknownGrant(id.to_string()));
+                None
+            }
+            Some(g) if !g.is_active(now) => {
+                failure = Some(GrantError::Inactive(id.to_string()));
+                None
+            }
             Some(g) => {
                 let mut updated = (**g).clone();
                 updated.revoked_unix = Some(now);
                 updated.revoker = Some(revoker.to_string());
                 *g = Arc::new(updated);
-                revoked = Some(g.clone());
+                Some(g.clone())
             }
         })?;
         if let Some(e) = failure {
@@ -272,19 +283,61 @@ impl GrantStore {
         }
     }
 
-    /// Changes the grant list, drops long-inactive grants, persists, and publishes the active set.
-    fn update(&self, now: i64, change: impl FnOnce(&mut Vec<Arc<Grant>>)) -> Result<(), GrantError> {
+    /// Changes the grant list, drops long-inactive grants, saves the changed grant (the one
+    /// `change` returns; none: nothing changed, nothing saved), and publishes the active set.
+    /// The lock is held while saving so that the file store writes the sets in order.
+    fn update(
+        &self,
+        now: i64,
+        change: impl FnOnce(&mut Vec<Arc<Grant>>) -> Option<Arc<Grant>>,
+    ) -> Result<Option<Arc<Grant>>, GrantError> {
         let mut all = self.all.lock().expect("grants lock");
         let mut next = all.clone();
-        change(&mut next);
+        let Some(changed) = change(&mut next) else { return Ok(None) };
         next.retain(|g| g.is_active(now) || now - g.revoked_unix.unwrap_or(g.expires_unix) < KEEP_INACTIVE_SECONDS);
-        if let Some(path) = &self.path {
-            persist(path, &next)?;
-        }
+        self.store.save_grant(&changed, &next)?;
         *all = next;
         drop(all);
         self.publish(now);
-        Ok(())
+        Ok(Some(changed))
+    }
+
+    /// Applies a grant another replica saved (or this one's own, echoed back). A grant only ever
+    /// changes by being revoked, so a revoked copy is never replaced by an older unrevoked one.
+    pub fn replicate_put(&self, grant: Grant, now: i64) {
+        {
+            let mut all = self.all.lock().expect("grants lock");
+            match all.iter_mut().find(|g| g.id == grant.id) {
+                Some(g) if g.revoked_unix.is_some() || **g == grant => return,
+                Some(g) => *g = Arc::new(grant),
+                None => all.push(Arc::new(grant)),
+            }
+        }
+        self.publish(now);
+    }
+
+    /// Forgets a grant that is gone from the shared store (its lease ran out a day after it ended).
+    pub fn replicate_delete(&self, id: &str, now: i64) {
+        let removed = {
+            let mut all = self.all.lock().expect("grants lock");
+            let before = all.len();
+            all.retain(|g| g.id != id);
+            all.len() != before
+        };
+        if removed {
+            self.publish(now);
+        }
+    }
+
+    /// Replaces every grant with the shared store's full set (after a re-list).
+    pub fn replicate_all(&self, grants: Vec<Grant>, now: i64) {
+        *self.all.lock().expect("grants lock") = grants.into_iter().map(Arc::new).collect();
+        self.publish(now);
+    }
+
+    /// The store grants are saved through.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
     }
 
     fn publish(&self, now: i64) {
@@ -307,39 +360,6 @@ fn new_id(now: i64, salt: u64, seq: u64) -> String {
 fn random_salt() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new().build_hasher().finish()
-}
-
-/// The grants of a state file, as written (a missing file has none); nothing is pruned or
-/// rewritten (`report stale` reads a running server's file).
-pub fn read_state(path: &Path) -> Result<Vec<Grant>, GrantError> {
-    let shown = || path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str::<StateFile>(&text)
-            .map(|state| state.grants)
-            .map_err(|e| GrantError::Corrupt { path: shown(), message: e.to_string() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(GrantError::State { path: shown(), source }),
-    }
-}
-
-/// Writes the state atomically: a temporary file in the same directory, fsynced, renamed over
-/// the old one, then the directory fsynced, so a crash leaves the old or the new file, whole.
-fn persist(path: &Path, grants: &[Arc<Grant>]) -> Result<(), GrantError> {
-    use std::io::Write;
-    let err = |source| GrantError::State { path: path.display().to_string(), source };
-    let state = StateFile { grants: grants.iter().map(|g| (**g).clone()).collect() };
-    let text = serde_json::to_vec_pretty(&state).expect("grants serialize");
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(&text).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -445,5 +465,42 @@ mod tests {
         std::fs::write(&path, "{ not json").unwrap();
         let err = GrantStore::open(&path, 3600, T0).unwrap_err().to_string();
         assert!(err.contains("grants.json") && err.contains("not valid"), "{err}");
+    }
+
+    /// A shared store that is away: etcd's refusal, without etcd.
+    #[derive(Debug)]
+    struct Away;
+
+    impl StateStore for Away {
+        fn save_grant(&self, _: &Grant, _: &[Arc<Grant>]) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable { endpoints: "http://etcd:2379".into(), message: "connection refused".into() })
+        }
+    }
+
+    #[test]
+    fn a_grant_the_store_refuses_applies_nowhere_and_says_why() {
+        let (store, p) = (GrantStore::with_store(Arc::new(Away), 3600), policy());
+        let err = store.grant(&request(Some("vendor.test"), 600), "alice", |_| true, T0).unwrap_err();
+        assert!(matches!(err, GrantError::Store(StoreError::Unavailable { .. })), "{err:?}");
+        assert!(err.to_string().contains("etcd (http://etcd:2379) is unavailable"), "{err}");
+        assert!(store.list(true, T0).is_empty());
+        assert_eq!(decided(&store, &p, "vendor.test:443", T0), (Outcome::Deny, "no-matching-allow"));
+    }
+
+    #[test]
+    fn replicated_grants_apply_and_a_revocation_is_never_undone_by_an_older_copy() {
+        let (ours, theirs, p) = (GrantStore::in_memory(3600), GrantStore::in_memory(3600), policy());
+        let g = theirs.grant(&request(Some("vendor.test"), 600), "alice", |_| true, T0).unwrap();
+        ours.replicate_put((*g).clone(), T0);
+        assert_eq!(decided(&ours, &p, "vendor.test:443", T0), (Outcome::Allow, "break-glass"));
+        let revoked = theirs.revoke(&g.id, "bob", T0 + 1).unwrap();
+        ours.replicate_put((*revoked).clone(), T0 + 1);
+        assert_eq!(decided(&ours, &p, "vendor.test:443", T0 + 1), (Outcome::Deny, "no-matching-allow"));
+        ours.replicate_put((*g).clone(), T0 + 2);
+        assert_eq!(decided(&ours, &p, "vendor.test:443", T0 + 2), (Outcome::Deny, "no-matching-allow"), "stale echo");
+        ours.replicate_delete(&g.id, T0 + 3);
+        assert!(ours.list(true, T0 + 3).is_empty());
+        ours.replicate_all(vec![(*g).clone()], T0 + 4);
+        assert_eq!(ours.list(false, T0 + 4).len(), 1, "a re-list is the whole truth");
     }
 }

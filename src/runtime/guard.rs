@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::history::History;
 use super::tally::Counts;
 use crate::policy::{CompiledPolicy, Decision, Mode, Outcome, Reason, RollbackGuard};
 
 /// Why a service is in dry-run against its configured mode.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Tripped {
     pub at_unix: i64,
@@ -98,6 +98,21 @@ impl Guards {
         }
     }
 
+    /// Trips `service` because another replica's guard did (its window was judged there).
+    /// Returns whether it was newly tripped here.
+    pub fn adopt(&self, service: &str, trip: Tripped) -> bool {
+        // Held as `check` holds it, so a local trip and an adopted one do not overwrite each other.
+        let _resets = self.resets.lock().expect("resets lock");
+        let current = self.tripped.load();
+        if current.contains_key(service) {
+            return false;
+        }
+        let mut next = (**current).clone();
+        next.insert(service.to_string(), trip);
+        self.tripped.store(Arc::new(next));
+        true
+    }
+
     /// Re-arms `service`'s guard: its window restarts at `now`. Returns whether it had tripped.
     pub fn reset(&self, service: &str, now: i64) -> bool {
         self.resets.lock().expect("resets lock").insert(service.to_string(), now);
@@ -171,5 +186,16 @@ mod tests {
         assert!(guards.check(&policy, &history, 10).is_empty(), "2 of 20 after the reset: 10% is not over 10%");
         history.push(11, at(90, 17), 60);
         assert_eq!(guards.check(&policy, &history, 11).len(), 1, "5 of 30 after the reset trips it again");
+    }
+
+    #[test]
+    fn a_trip_adopted_from_another_replica_applies_once_and_a_reset_ends_it() {
+        let guards = Guards::default();
+        let t = Tripped { at_unix: 5, deny_rate: 0.5, checks: 40, window_seconds: 60 };
+        assert!(guards.adopt("c", t.clone()));
+        assert!(!guards.adopt("c", t), "already tripped");
+        assert!(guards.is_tripped("c"));
+        assert!(guards.reset("c", 6));
+        assert!(!guards.is_tripped("c"));
     }
 }
