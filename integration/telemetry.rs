@@ -338,3 +338,48 @@ async fn a_full_audit_disk_never_fails_a_check_and_writing_resumes_with_no_torn_
     drop(server);
     drop(disk);
 }
+
+/// A collector that accepts connections and never answers (stalled), then a working one on the
+/// same port: no Check waits on either, what could not be exported is counted, and export resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_collector_never_slows_a_check_and_export_resumes_when_it_answers() {
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stall.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    let stalling = tokio::spawn(async move {
+        while let Ok((conn, _)) = stall.accept().await {
+            holder.lock().unwrap().push(conn); // accepted, never read
+        }
+    });
+    let mut otlp = OtlpConfig::new(format!("http://{addr}"), "egressd-test");
+    otlp.timeout = Duration::from_millis(300);
+    let (server, mut client, _tasks) = serve(TelemetryConfig { otlp: Some(otlp), ..Default::default() }).await;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(check(&mut client, http_check(PAY, "GET", "api.stripe.com", &[])).await.code(), 0);
+    }
+    let checks = started.elapsed();
+    let dropped = r#"egressd_spans_dropped_total{reason="export-failed"}"#;
+    eventually("spans counted as not exported", WAIT, || async {
+        let (_, text) = http_get(server.admin, "/metrics").await;
+        (text.contains(dropped) && metric(&text, dropped) > 0.0).then_some(())
+    })
+    .await;
+
+    // The stalled collector goes; a working one takes its port. Export resumes.
+    stalling.abort();
+    held.lock().unwrap().clear();
+    let collector =
+        eventually("the port free again", WAIT, || async { Collector::try_start_at(addr).await.ok() }).await;
+    eventually("spans exported again", Duration::from_secs(30), || async {
+        let _ = check(&mut client.clone(), http_check(PAY, "GET", "resumed.stripe.com", &[])).await;
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.attr("server.address").as_deref() == Some("resumed.stripe.com"))
+            .then_some(())
+    })
+    .await;
+    eprintln!("200 checks against a stalled collector took {checks:?}");
+}

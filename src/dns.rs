@@ -70,9 +70,20 @@ impl DnsServer {
         telemetry: Telemetry,
     ) -> Result<Self, DnsBindError> {
         let err = |transport, source| DnsBindError { addr: listen, transport, source };
-        let udp = tokio::net::UdpSocket::bind(listen).await.map_err(|e| err("udp", e))?;
-        let bound = udp.local_addr().map_err(|e| err("udp", e))?;
-        let tcp = tokio::net::TcpListener::bind(bound).await.map_err(|e| err("tcp", e))?;
+        // With port 0 the OS picks UDP's port, which TCP may already have in use elsewhere: pick
+        // again a few times rather than fail on a coincidence.
+        let attempts = if listen.port() == 0 { 8 } else { 1 };
+        let mut attempt = 0;
+        let (udp, tcp) = loop {
+            attempt += 1;
+            let udp = tokio::net::UdpSocket::bind(listen).await.map_err(|e| err("udp", e))?;
+            let bound = udp.local_addr().map_err(|e| err("udp", e))?;
+            match tokio::net::TcpListener::bind(bound).await {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if attempt < attempts && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(err("tcp", e)),
+            }
+        };
         let shared = Arc::new(Shared { policy, resolver: Resolver::new(spec), telemetry });
         Ok(DnsServer { udp: Arc::new(udp), tcp, shared })
     }

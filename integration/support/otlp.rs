@@ -86,8 +86,18 @@ pub struct Collector {
 impl Collector {
     /// Starts a collector on a free loopback port.
     pub async fn start() -> Collector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        Collector::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a collector on `addr` (a port a test freed for it).
+    pub async fn start_at(addr: SocketAddr) -> Collector {
+        Collector::try_start_at(addr).await.unwrap()
+    }
+
+    /// As `start_at`, or the error binding `addr`.
+    pub async fn try_start_at(addr: SocketAddr) -> std::io::Result<Collector> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let sink = Sink::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = TraceServiceServer::new(sink.clone());
@@ -100,7 +110,7 @@ impl Collector {
                 .await
                 .unwrap();
         });
-        Collector { addr, sink, _stop: stop }
+        Ok(Collector { addr, sink, _stop: stop })
     }
 
     pub fn endpoint(&self) -> String {
