@@ -543,6 +543,11 @@ async fn a_blocked_query_is_an_otlp_span_and_denies_are_kept_by_the_sampler() {
     assert_eq!(span.span.kind, SpanKind::Server as i32);
     assert!(span.parent_span_id().is_empty(), "a query starts its trace");
     assert_eq!(span.trace_id().len(), 32);
+    // The query's audit line names the same span.
+    let record = audit_records(&s.audit, "leak.test").await.remove(0);
+    assert_eq!(record["trace_id"].as_str().map(str::len), Some(32), "{record}");
+    assert_eq!(span.trace_id(), record["trace_id"].as_str().unwrap());
+    assert_eq!(span.span_id(), record["span_id"].as_str().unwrap());
     let status = span.span.status.clone().expect("a deny has a status");
     assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "mesh-deny"));
     for (key, value) in [

@@ -404,22 +404,21 @@ impl Worker {
     }
 
     fn record_dns(&mut self, event: &dns::DnsEvent) {
-        if let Some(audit) = &mut self.audit {
-            dns::count_written(&self.metrics, audit.append_with(|line| dns::encode(line, event)));
-        }
         // A query carries no trace context: its span starts a trace, sampled as a Check's is
-        // (denies kept unless `sample_denies`).
-        let ids = self.batches.as_mut().map(|batches| {
-            let ids = self.sampler.sample(None, event.decision);
-            if ids.sampled {
-                batches.push_dns(event, &ids);
-            }
-            (ids.trace_id, ids.span_id)
-        });
+        // (denies kept unless `sample_denies`); its audit line names that span, as a Check's does.
+        let ids = self.sampler.sample(None, event.decision);
+        if let Some(audit) = &mut self.audit {
+            dns::count_written(&self.metrics, audit.append_with(|line| dns::encode(line, event, &ids)));
+        }
+        if ids.sampled
+            && let Some(batches) = &mut self.batches
+        {
+            batches.push_dns(event, &ids);
+        }
         if let Some(d) = &mut self.detect {
             d.observe_dns(event, &self.metrics);
             // A tunnel-like-name signal is a child of the query that raised it.
-            self.record_signals(ids);
+            self.record_signals(Some((ids.trace_id, ids.span_id)));
         }
     }
 

@@ -129,11 +129,15 @@ impl DnsEvent {
 }
 
 /// One audit line (without the newline) for a DNS query.
-pub fn encode(out: &mut Vec<u8>, e: &DnsEvent) -> std::io::Result<()> {
+/// With the ids of the query's span (`trace_id`, `span_id`, `sampled`), as a Check record has.
+pub fn encode(out: &mut Vec<u8>, e: &DnsEvent, ids: &super::spans::SpanIds) -> std::io::Result<()> {
     let mut ser = serde_json::Serializer::new(out);
     let mut map = ser.serialize_map(None)?;
     let time = jiff::Timestamp::try_from(e.time).map(|t| t.to_string()).unwrap_or_default();
     map.serialize_entry("time", &time)?;
+    map.serialize_entry("trace_id", &ids.trace_id.to_string())?;
+    map.serialize_entry("span_id", &ids.span_id.to_string())?;
+    map.serialize_entry("sampled", &ids.sampled)?;
     map.serialize_entry("duration_us", &(e.duration.as_nanos() as f64 / 1e3))?;
     super::audit::serialize_fields(&mut map, |f| e.visit(f))?;
     map.end()?;
@@ -170,9 +174,14 @@ pub(crate) mod tests {
     fn the_audit_line_names_the_query_and_the_decision() {
         let event = denied_query();
         let mut line = Vec::new();
-        encode(&mut line, &event).unwrap();
+        let ids = crate::telemetry::spans::DecisionSampler::new(opentelemetry_sdk::trace::Sampler::AlwaysOn, false)
+            .sample(None, event.decision);
+        encode(&mut line, &event, &ids).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["time"], "2027-01-15T08:00:00Z");
+        assert_eq!(v["trace_id"], ids.trace_id.to_string(), "the line names its span");
+        assert_eq!(v["span_id"], ids.span_id.to_string());
+        assert_eq!(v["sampled"], true);
         assert_eq!(v["egress.check"], "dns");
         assert_eq!(v["dns.question.name"], "exfil.example.com");
         assert_eq!(v["dns.question.type"], "TXT");
