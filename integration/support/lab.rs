@@ -76,6 +76,7 @@ pub struct LabBuilder {
     names: Vec<(String, Ipv4Addr)>,
     dns_firewall: bool,
     process: bool,
+    listen_ip: Option<Ipv4Addr>,
 }
 
 impl LabBuilder {
@@ -136,6 +137,13 @@ impl LabBuilder {
         self
     }
 
+    /// The gateway's listeners on `ip` instead of 127.0.0.1 (an address of a veth the test made,
+    /// so a network namespace can reach the gateway).
+    pub fn listen_on(mut self, ip: Ipv4Addr) -> Self {
+        self.listen_ip = Some(ip);
+        self
+    }
+
     /// The DNS also answers `name` with `ip` (a loopback address of the test's own).
     pub fn name(mut self, name: &str, ip: Ipv4Addr) -> Self {
         self.names.push((name.to_string(), ip));
@@ -160,8 +168,9 @@ impl LabBuilder {
 
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut spec = GatewaySpec::local(grpc);
-        spec.http_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        spec.tls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let listen_ip = self.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST);
+        spec.http_listen = SocketAddr::from((listen_ip, free_port()));
+        spec.tls_listen = Some(SocketAddr::from((listen_ip, free_port())));
         // The SNI forward proxy dials the TLS upstream's port.
         spec.tls_upstream_port = tls_upstream.port();
         spec.dns_resolvers = if self.dns_firewall { Vec::new() } else { vec![dns.addr] };
