@@ -82,17 +82,18 @@ impl Capture {
 }
 
 /// Counts a decision in the live flow table, where it was made: borrowed strings, no copy for a
-/// flow this thread saw since the last drain (`flows::pending`).
+/// flow this thread saw since the last drain (`flows::pending`). With `detected` (the request,
+/// when the detectors read the table), also its second and body size.
 fn note_flow(
     table: &crate::flows::live::LiveFlowTable,
     view: &CheckView<'_>,
     decision: &Decision<'_>,
     now: i64,
-    timeline: Option<&CheckRequest>,
+    detected: Option<&CheckRequest>,
 ) {
     use crate::flows::{Observation, SubjectRef, rule_of_decision};
     let Ok(dest) = &view.destination else { return };
-    let timeline = timeline.map(|req| crate::flows::pending::TimelineNote {
+    let timeline = detected.map(|req| crate::flows::pending::TimelineNote {
         exact_host: decision.rule.is_some_and(|r| crate::detect::names_exact_host(r.host.as_ref())),
         body_bytes: super::facts::body_size(req, view.is_http).unwrap_or(0),
     });
