@@ -2,33 +2,18 @@
 //! The ratio is the claim (cost independent of rule count); absolute times drift on shared VMs.
 //! Run: cargo bench --bench decide
 
-use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use egressd::policy::fqdn::parse_authority;
-use egressd::policy::{CompiledPolicy, Destination, PolicySource, Protocol, compile};
+use egressd::policy::{CompiledPolicy, Destination, Protocol, compile};
 
-/// A synthetic mesh: per service, exact hosts, wildcards and CIDRs in a 3:1:1 mix.
+const MESH: &str = "kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - ports: [22]\n";
+
+/// A synthetic mesh (`egressd::testing::synthetic_mesh`): per service, exact hosts, wildcards and
+/// CIDRs in a 3:1:1 mix, a file per service.
 fn generate(services: usize, rules: usize) -> CompiledPolicy {
-    let mut y = String::from("kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - ports: [22]\n");
-    for s in 0..services {
-        write!(
-            y,
-            "---\nkind: ServicePolicy\nservice: svc{s}\nidentities: [spiffe://corp.example/ns/svc{s}/sa/api]\nallow:\n"
-        )
-        .unwrap();
-        for r in 0..rules {
-            match r % 5 {
-                3 => writeln!(y, "  - host: \"*.s{s}r{r}.vendor{}.com\"", r % 97),
-                4 => writeln!(y, "  - cidr: 10.{}.{}.0/24\n    ports: [5432]", s % 256, r % 256),
-                _ => writeln!(y, "  - host: api{r}.svc{s}.vendor{}.com\n    ports: [443]", r % 97),
-            }
-            .unwrap();
-            y.push_str("    justification: generated\n");
-        }
-    }
-    compile(&PolicySource::from_text("bench.yaml", &y), 0).expect("generated policy is valid")
+    compile(&egressd::testing::synthetic_mesh(MESH, services, rules), 0).expect("generated policy is valid")
 }
 
 fn dest(authority: &str) -> Destination<'static> {

@@ -11,30 +11,18 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use egressd::policy::dns::QueryKind;
 use egressd::policy::{CompiledPolicy, PolicySource, compile};
 
-/// A synthetic mesh as in `benches/decide.rs`, with a DnsFirewall mapping one /24 per service.
+const MESH: &str = "kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - host: pastebin.com\n";
+
+/// The synthetic mesh of `benches/decide.rs`, with a DnsFirewall mapping one /24 per service.
 fn generate(services: usize, rules: usize) -> CompiledPolicy {
-    let mut y = String::from("kind: MeshDefaults\ntrustDomain: corp.example\ndeny:\n  - host: pastebin.com\n");
-    for s in 0..services {
-        write!(
-            y,
-            "---\nkind: ServicePolicy\nservice: svc{s}\nidentities: [spiffe://corp.example/ns/svc{s}/sa/api]\nallow:\n"
-        )
-        .unwrap();
-        for r in 0..rules {
-            match r % 5 {
-                3 => writeln!(y, "  - host: \"*.s{s}r{r}.vendor{}.com\"", r % 97),
-                4 => writeln!(y, "  - cidr: 10.{}.{}.0/24\n    ports: [5432]", s % 256, r % 256),
-                _ => writeln!(y, "  - host: api{r}.svc{s}.vendor{}.com\n    ports: [443]", r % 97),
-            }
-            .unwrap();
-            y.push_str("    justification: generated\n");
-        }
-    }
-    y.push_str("---\nkind: DnsFirewall\nname: bench\nlisten: 127.0.0.1:15053\nupstreams: [127.0.0.1:53]\nsources:\n");
+    let mut source = egressd::testing::synthetic_mesh(MESH, services, rules);
+    let mut y =
+        String::from("kind: DnsFirewall\nname: bench\nlisten: 127.0.0.1:15053\nupstreams: [127.0.0.1:53]\nsources:\n");
     for s in 0..services {
         writeln!(y, "  - cidr: 10.{}.{}.0/24\n    service: svc{s}", s / 256, s % 256).unwrap();
     }
-    compile(&PolicySource::from_text("bench.yaml", &y), 0).expect("generated policy is valid")
+    source.files.extend(PolicySource::from_text("dns.yaml", &y).files);
+    compile(&source, 0).expect("generated policy is valid")
 }
 
 fn bench(c: &mut Criterion) {

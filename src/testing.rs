@@ -112,3 +112,38 @@ pub fn checked(
 fn generated_gateway_call() -> Call<'static> {
     Call { gateway: GatewayCaps { originates_tls: true, removes_headers: true }, ..Default::default() }
 }
+
+/// A synthetic mesh for benchmarks of policy size: `services` services of `rules` allows each,
+/// exact hosts, wildcards and CIDRs in a 3:1:1 mix, one file per service (as teams lay policies
+/// out, and within the loader's per-file limits), after `mesh` (the MeshDefaults document).
+pub fn synthetic_mesh(mesh: &str, services: usize, rules: usize) -> crate::policy::PolicySource {
+    use std::fmt::Write as _;
+    let mut source = crate::policy::PolicySource::from_text("mesh.yaml", mesh);
+    for s in 0..services {
+        let mut y = format!(
+            "kind: ServicePolicy\nservice: svc{s}\nidentities: [spiffe://corp.example/ns/svc{s}/sa/api]\nallow:\n"
+        );
+        for r in 0..rules {
+            let _ = match r % 5 {
+                3 => writeln!(y, "  - host: \"*.s{s}r{r}.vendor{}.com\"", r % 97),
+                4 => writeln!(y, "  - cidr: 10.{}.{}.0/24\n    ports: [5432]", s % 256, r % 256),
+                _ => writeln!(y, "  - host: api{r}.svc{s}.vendor{}.com\n    ports: [443]", r % 97),
+            };
+            y.push_str("    justification: generated\n");
+        }
+        source.files.extend(crate::policy::PolicySource::from_text(&format!("services/svc{s}.yaml"), &y).files);
+    }
+    source
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_synthetic_mesh_compiles_past_one_files_document_limit() {
+        // More services than one file may hold documents (1,000).
+        let services = 1_200;
+        let source = super::synthetic_mesh("kind: MeshDefaults\ntrustDomain: corp.example\n", services, 5);
+        let policy = crate::policy::compile(&source, 0).expect("a file per service stays within the limits");
+        assert_eq!(policy.services.len(), services);
+    }
+}

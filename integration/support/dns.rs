@@ -17,14 +17,8 @@ pub struct TestDns {
     _server: Server<Catalog>,
 }
 
-/// Serves zone `test.` with an A record 127.0.0.1 for each of `names`.
-pub async fn start_dns(names: &[&str]) -> TestDns {
-    let names: Vec<(String, Ipv4Addr)> = names.iter().map(|n| (n.to_string(), Ipv4Addr::LOCALHOST)).collect();
-    start_dns_at(&names).await
-}
-
-/// Serves zone `test.` with an A record for each (name, address).
-pub async fn start_dns_at(names: &[(String, Ipv4Addr)]) -> TestDns {
+/// The zone `test.` with its SOA and nothing else.
+fn test_zone() -> (Name, InMemoryZoneHandler<TokioRuntimeProvider>) {
     let origin = Name::from_ascii("test.").unwrap();
     let mut zone =
         InMemoryZoneHandler::<TokioRuntimeProvider>::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
@@ -38,6 +32,18 @@ pub async fn start_dns_at(names: &[(String, Ipv4Addr)]) -> TestDns {
         5,
     );
     zone.upsert_mut(Record::from_rdata(origin.clone(), 5, RData::SOA(soa)), 1);
+    (origin, zone)
+}
+
+/// Serves zone `test.` with an A record 127.0.0.1 for each of `names`.
+pub async fn start_dns(names: &[&str]) -> TestDns {
+    let names: Vec<(String, Ipv4Addr)> = names.iter().map(|n| (n.to_string(), Ipv4Addr::LOCALHOST)).collect();
+    start_dns_at(&names).await
+}
+
+/// Serves zone `test.` with an A record for each (name, address).
+pub async fn start_dns_at(names: &[(String, Ipv4Addr)]) -> TestDns {
+    let (origin, mut zone) = test_zone();
     for (name, ip) in names {
         let fqdn = Name::from_ascii(format!("{name}.")).unwrap();
         zone.upsert_mut(Record::from_rdata(fqdn, 5, RData::A(A(*ip))), 1);
@@ -92,19 +98,7 @@ pub enum TestRecord {
 /// Serves zone `test.` with `records` over UDP and TCP on `127.0.0.1:0`.
 pub async fn start_counting_dns(records: &[TestRecord]) -> CountingDns {
     use hickory_server::proto::rr::rdata::TXT;
-    let origin = Name::from_ascii("test.").unwrap();
-    let mut zone =
-        InMemoryZoneHandler::<TokioRuntimeProvider>::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-    let soa = SOA::new(
-        Name::from_ascii("ns.test.").unwrap(),
-        Name::from_ascii("admin.test.").unwrap(),
-        1,
-        3600,
-        600,
-        86400,
-        5,
-    );
-    zone.upsert_mut(Record::from_rdata(origin.clone(), 5, RData::SOA(soa)), 1);
+    let (origin, mut zone) = test_zone();
     for record in records {
         match record {
             TestRecord::A(name, ip) => {
