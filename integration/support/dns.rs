@@ -17,6 +17,17 @@ pub struct TestDns {
     _server: Server<Catalog>,
 }
 
+/// A UDP socket and a TCP listener on one loopback port the OS picks: UDP's port may be taken on
+/// TCP by someone else, so pick again until both are free.
+async fn udp_and_tcp() -> (tokio::net::UdpSocket, tokio::net::TcpListener) {
+    loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+}
+
 /// The zone `test.` with its SOA and nothing else.
 fn test_zone() -> (Name, InMemoryZoneHandler<TokioRuntimeProvider>) {
     let origin = Name::from_ascii("test.").unwrap();
@@ -120,9 +131,8 @@ pub async fn start_counting_dns(records: &[TestRecord]) -> CountingDns {
     catalog.upsert(LowerName::from(&origin), vec![Arc::new(zone)]);
     let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut server = Server::new(Counting { catalog, queries: queries.clone() });
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (socket, tcp) = udp_and_tcp().await;
     let addr = socket.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
     server.register_socket(socket);
     server.register_listener(tcp, std::time::Duration::from_secs(5), 64 * 1024);
     CountingDns { addr, queries, _server: server }
