@@ -174,6 +174,28 @@ fn tls_originating_gateway_validates() {
     validate("upstream-tls", &spec);
 }
 
+#[test]
+fn a_gateway_reaching_egressd_over_tls_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["egressd.corp.example".into()]).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let bundle = write("ca.pem", &ca.cert.pem());
+    let (cert, key) = (write("gw.pem", &ca.cert.pem()), write("gw-key.pem", &ca.signing_key.serialize_pem()));
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    for (name, client) in [("authz-tls", None), ("authz-mtls", Some((cert, key)))] {
+        spec.authz_tls = Some(egressd::policy::AuthzTls {
+            trust_bundle: bundle.clone(),
+            server_name: Some("egressd.corp.example".into()),
+            client_certificate: client,
+        });
+        validate(name, &spec);
+    }
+}
+
 /// The HTTP listener's connection manager, decoded.
 fn http_hcm(spec: &GatewaySpec) -> HttpConnectionManager {
     let listener: Listener = decode(&resources::http_listener(spec));

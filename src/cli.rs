@@ -42,8 +42,8 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { policy, grpc_listen, admin_listen, dns_listen, telemetry, admin } => {
-            let listen = local::Listen { grpc: grpc_listen, admin: admin_listen, dns: dns_listen };
+        Command::Serve { policy, grpc_listen, admin_listen, dns_listen, tls, telemetry, admin } => {
+            let listen = local::Listen { grpc: grpc_listen, admin: admin_listen, dns: dns_listen, tls: tls.config() };
             local::serve(policy, listen, telemetry.config()?, (*admin).config()?)
         }
         Command::Validate { dir, strict } => {
@@ -55,7 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             local::check(policy, &from, &to, protocol.map(Into::into), request_id.as_deref(), json)
         }
         Command::Check { from, to, protocol, request_id, json, server: Some(server), auth, .. } => {
-            remote::check(&server, auth.token.as_deref(), &from, &to, protocol.map(Into::into), request_id, json)
+            remote::check(&server, &auth, &from, &to, protocol.map(Into::into), request_id, json)
         }
         Command::BreakGlass(cmd) => remote::break_glass(cmd),
         Command::Rollout(cmd) => remote::rollout(cmd),
@@ -155,6 +155,8 @@ pub enum Command {
         /// `listen`. Without a DnsFirewall document no DNS is served.
         #[arg(long, env = "EGRESSD_DNS_LISTEN")]
         dns_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        tls: GrpcTlsArgs,
         #[command(flatten)]
         telemetry: TelemetryArgs,
         // Boxed: the largest variant by far, and `Command` is moved around by value.
@@ -471,12 +473,66 @@ pub enum FailOn {
     Warning,
 }
 
+/// The gRPC port over TLS.
+#[derive(clap::Args)]
+pub struct GrpcTlsArgs {
+    /// Serve the gRPC port (Check, ADS, access log, health, admin API) over TLS with this
+    /// certificate chain (PEM). Gateways then reach egressd with TLS: set the Gateway document's
+    /// `authz.tls`.
+    #[arg(long, requires = "tls_key", env = "EGRESSD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "EGRESSD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that signs callers' client certificates. A certificate is optional; the
+    /// admin API accepts one whose SPIFFE ID MeshDefaults `adminIdentities` lists.
+    #[arg(long, requires = "tls_cert", env = "EGRESSD_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+}
+
+impl GrpcTlsArgs {
+    fn config(self) -> Option<server::tls::GrpcTls> {
+        let (cert, key) = (self.tls_cert?, self.tls_key?);
+        Some(server::tls::GrpcTls { cert, key, client_ca: self.client_ca })
+    }
+}
+
 /// How CLI commands reach and authenticate to a running egressd's admin API.
 #[derive(clap::Args)]
 pub struct AdminAuth {
     /// Bearer token of the admin API (one of `serve --admin-tokens`).
     #[arg(long, env = "EGRESSD_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA bundle (PEM) that signed the server's certificate: connect over TLS (a server started
+    /// with --tls-cert). An `https://` --server needs it.
+    #[arg(long, env = "EGRESSD_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present over TLS, e.g. an SVID listed in adminIdentities.
+    #[arg(long, requires_all = ["key", "ca"], env = "EGRESSD_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert", env = "EGRESSD_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl AdminAuth {
+    /// The TLS settings these flags name, read from their files.
+    pub fn tls(&self, server: &str) -> anyhow::Result<Option<egressd::admin::grpc::ClientTls>> {
+        use anyhow::Context as _;
+        let read = |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+        let Some(ca) = &self.ca else {
+            anyhow::ensure!(
+                !server.starts_with("https://"),
+                "--server {server} is TLS: name the CA that signed its certificate with --ca PATH"
+            );
+            return Ok(None);
+        };
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read("--cert", c)?, read("--key", k)?)),
+            _ => None,
+        };
+        Ok(Some(egressd::admin::grpc::ClientTls { ca_pem: read("--ca", ca)?, identity }))
+    }
 }
 
 #[derive(clap::Args)]

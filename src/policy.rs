@@ -32,7 +32,7 @@ pub use decide::Destination;
 pub use decision::{Decision, GrantRef, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{
-    GatewayAccessLog, GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults,
+    AuthzTls, GatewayAccessLog, GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults,
 };
 pub use source::{PolicySource, SourceError};
 pub use terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};

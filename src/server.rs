@@ -2,6 +2,7 @@
 //! health, admin API), one admin HTTP port.
 
 mod io;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     /// Metrics, and where decision spans and audit records go.
     pub telemetry: Telemetry,
     pub admin_api: AdminApiConfig,
+    /// The gRPC port over TLS (None: plaintext, for loopback and development).
+    pub tls: Option<tls::GrpcTls>,
 }
 
 /// The admin gRPC API and the run-time overrides it manages.
@@ -78,12 +81,27 @@ pub enum ServeError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
     #[error("cannot watch policy directory {0}: {1}")]
     Watch(String, String),
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsBindError),
+}
+
+/// With the gRPC port on TLS, a gateway told to reach egressd in plaintext fails every check
+/// closed: say which, at start-up.
+fn warn_plaintext_gateways(policy: &crate::policy::CompiledPolicy, fallback: &GatewaySpec) {
+    let has_default = policy.gateways.iter().any(|g| g.nodes.is_empty());
+    let served = policy.gateways.iter().chain((!has_default).then_some(fallback));
+    for g in served.filter(|g| g.authz_tls.is_none()) {
+        tracing::warn!(
+            gateway = %g.name,
+            "the gRPC port serves TLS but this gateway reaches egressd in plaintext: set its authz.tls, or its checks fail (closed)"
+        );
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -124,6 +142,9 @@ pub async fn serve(
     // The gateway resolves through the address the DNS firewall is bound to, not only the one
     // its document names (`--dns-listen`, port 0).
     gateway.dns_firewall_address = gateway.dns_firewall_address.or(dns.as_ref().map(|d| d.0));
+    if config.tls.is_some() {
+        warn_plaintext_gateways(&policy.load(), &gateway);
+    }
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
     let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
@@ -157,7 +178,12 @@ pub async fn serve(
             tracing::warn!("shared state not loaded within {FIRST_SYNC:?}; serving without it until it is");
         }
     }
-    let admin_api = AdminApi::new(policy.clone(), runtime.clone(), config.admin_api.tokens.clone());
+    let admin_auth = crate::admin::auth::AdminAuth::new(
+        config.admin_api.tokens.clone(),
+        policy.clone(),
+        config.telemetry.metrics.admin_auth_failures.clone(),
+    );
+    let admin_api = AdminApi::new(policy.clone(), runtime.clone(), admin_auth);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CheckServer>().await;
@@ -199,7 +225,11 @@ pub async fn serve(
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
     on_bound(bound);
     grpc_ready.store(true, Ordering::Release);
-    let grpc_server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config()?).map_err(|e| tls::TlsError::config(&e))?;
+    }
+    let grpc_server = builder
         // When many gateway clients disconnect at once, Envoy cancels their in-flight Checks
         // (RST_STREAM) before egressd has picked them up; h2's default of 20 such resets per
         // connection then GOAWAYs the gateway's whole connection (seen under benches/gateway_bench.sh),

@@ -113,6 +113,49 @@ pub fn start_ads_envoy(xds: std::net::SocketAddr) -> RunningEnvoy {
     spawn(dir, admin, &config)
 }
 
+/// As `start_ads_envoy`, reaching egressd's gRPC port over TLS (`serve --tls-cert`): egressd's
+/// certificate verified against `ca` (PEM file) for `server_name`, the client certificate
+/// `cert`/`key` presented.
+pub fn start_ads_envoy_tls(
+    xds: std::net::SocketAddr,
+    ca: &Path,
+    server_name: &str,
+    cert: &Path,
+    key: &Path,
+) -> RunningEnvoy {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/envoy-bootstrap.yaml")).unwrap();
+    let socket = format!(
+        "    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {server_name}
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates:
+          - certificate_chain: {{ filename: {cert} }}
+            private_key: {{ filename: {key} }}
+          validation_context:
+            trusted_ca: {{ filename: {ca} }}
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: {{ exact: {server_name} }}
+",
+        cert = cert.display(),
+        key = key.display(),
+        ca = ca.display()
+    );
+    let config = template
+        .replace("port_value: 9901", &format!("port_value: {}", admin.port()))
+        .replace("port_value: 18000", &format!("port_value: {}", xds.port()))
+        .replace("    connect_timeout: 1s\n", &format!("    connect_timeout: 1s\n{socket}"));
+    assert!(config.contains("UpstreamTlsContext"), "the bootstrap's xDS cluster got its TLS");
+    spawn(dir, admin, &config)
+}
+
 /// Writes `config` into `dir` and starts Envoy on it, logging to `dir/log`.
 fn spawn(dir: tempfile::TempDir, admin: std::net::SocketAddr, config: &str) -> RunningEnvoy {
     let path = dir.path().join("envoy.yaml");

@@ -22,13 +22,25 @@ pub struct EgressdProcess {
 impl EgressdProcess {
     /// `egressd serve --policy DIR` on the given ports (break-glass state in `work`), ready.
     pub async fn start(policy: &Path, work: &Path, grpc: SocketAddr, admin: SocketAddr) -> EgressdProcess {
-        let args = vec![
+        Self::start_with(policy, work, grpc, admin, &[]).await
+    }
+
+    /// As `start`, with more `serve` arguments.
+    pub async fn start_with(
+        policy: &Path,
+        work: &Path,
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        extra: &[String],
+    ) -> EgressdProcess {
+        let mut args = vec![
             "serve".to_string(),
             format!("--policy={}", policy.display()),
             format!("--grpc-listen={grpc}"),
             format!("--admin-listen={admin}"),
             format!("--break-glass-state={}", work.join("break-glass.json").display()),
         ];
+        args.extend(extra.iter().cloned());
         let mut p = EgressdProcess { child: None, args, grpc, admin, log: work.join("egressd.log"), starts: 0 };
         p.spawn_ready().await;
         p

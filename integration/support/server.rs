@@ -102,7 +102,8 @@ impl TestServerBuilder {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let admin_listen = "127.0.0.1:0".parse().unwrap();
-        let config = ServeConfig { grpc_listen, admin_listen, dns_listen, gateway, watch_dir, telemetry, admin_api };
+        let config =
+            ServeConfig { grpc_listen, admin_listen, dns_listen, gateway, watch_dir, telemetry, admin_api, tls: None };
         tokio::spawn(async move {
             let on_bound = move |b| {
                 let _ = bound_tx.send(b);

@@ -2,14 +2,17 @@
 //! grants, Explain against the live policy and grants, rollout status.
 //!
 //! Every call must carry `authorization: Bearer <token>` with a token of the `--admin-tokens`
-//! file; the token's name is the caller, recorded as a grant's grantor or revoker. Without a
-//! tokens file the API refuses every call (fail closed), as it does a missing or unknown token.
+//! file, or come over TLS with a client certificate whose SPIFFE ID MeshDefaults
+//! `adminIdentities` lists (`auth`); the token's name or the SPIFFE ID is the caller, recorded as
+//! a grant's grantor or revoker. Without tokens or admin identities the API refuses every call
+//! (fail closed), as it does missing or unknown credentials.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::tokens::{AdminTokens, BearerToken};
+use super::auth::AdminAuth;
+use super::tokens::BearerToken;
 use crate::clock::unix_now;
 use crate::explain;
 use crate::policy::{Protocol, SharedPolicy};
@@ -30,30 +33,21 @@ use pb::admin_server::{Admin, AdminServer};
 pub struct AdminApi {
     policy: SharedPolicy,
     runtime: Arc<RuntimeOverrides>,
-    tokens: Option<Arc<AdminTokens>>,
+    auth: AdminAuth,
 }
 
 impl AdminApi {
-    pub fn new(policy: SharedPolicy, runtime: Arc<RuntimeOverrides>, tokens: Option<Arc<AdminTokens>>) -> Self {
-        AdminApi { policy, runtime, tokens }
+    pub fn new(policy: SharedPolicy, runtime: Arc<RuntimeOverrides>, auth: AdminAuth) -> Self {
+        AdminApi { policy, runtime, auth }
     }
 
     pub fn into_server(self) -> AdminServer<Self> {
         AdminServer::new(self)
     }
 
-    /// The authenticated caller, or UNAUTHENTICATED.
+    /// The authenticated caller (see `auth`), or UNAUTHENTICATED.
     fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let Some(tokens) = &self.tokens else {
-            return Err(Status::unauthenticated("the admin API is disabled: start egressd with --admin-tokens FILE"));
-        };
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
-        tokens.caller(presented.trim()).map(str::to_string).ok_or_else(|| Status::unauthenticated("unknown token"))
+        self.auth.caller(req)
     }
 }
 
@@ -204,7 +198,39 @@ pub async fn connect(
     >,
     Box<dyn std::error::Error + Send + Sync>,
 > {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let channel = tonic::transport::Channel::from_shared(url)?.connect().await?;
+    connect_with(addr, token, None).await
+}
+
+/// TLS to a gRPC port served with `--tls-cert`: the CA bundle (PEM) that signed its certificate
+/// and, optionally, a client certificate and key (PEM) to present, such as an admin's SVID.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// As `connect`, over TLS when `tls` is given (`addr` without a scheme then means https).
+pub async fn connect_with(
+    addr: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<
+    pb::admin_client::AdminClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+    >,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };
+    let mut endpoint = tonic::transport::Channel::from_shared(url)?;
+    if let Some(tls) = tls {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    let channel = endpoint.connect().await?;
     Ok(pb::admin_client::AdminClient::with_interceptor(channel, BearerToken::new(token)?))
 }

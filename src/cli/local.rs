@@ -60,6 +60,8 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// Overrides the DnsFirewall's `listen`.
     pub dns: Option<SocketAddr>,
+    /// The gRPC port over TLS.
+    pub tls: Option<server::tls::GrpcTls>,
 }
 
 pub fn serve(
@@ -108,6 +110,7 @@ pub fn serve(
             watch_dir,
             telemetry,
             admin_api,
+            tls: listen.tls,
         };
         let served = server::serve(config, shared, |_| {}, shutdown_signal()).await;
         // Every decision answered before the server stopped is in the audit log after this.

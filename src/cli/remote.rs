@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use egressd::admin::grpc::{connect, pb};
+use egressd::admin::grpc::{connect_with, pb};
 use egressd::admin::tokens::BearerToken;
 use egressd::policy::Protocol;
 
-use super::{BreakGlassCommand, RemoteArgs, RolloutCommand};
+use super::{AdminAuth, BreakGlassCommand, RemoteArgs, RolloutCommand};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
@@ -16,13 +16,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn client(
     server: &str,
-    token: Option<&str>,
+    auth: &AdminAuth,
 ) -> anyhow::Result<
     pb::admin_client::AdminClient<
         tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
     >,
 > {
-    connect(server, token).await.map_err(|e| anyhow::anyhow!("cannot reach egressd at {server}: {e}"))
+    let tls = auth.tls(server)?;
+    connect_with(server, auth.token.as_deref(), tls.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach egressd at {server}: {e}"))
 }
 
 fn status_error(server: &str) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
@@ -35,7 +38,7 @@ fn when(unix: i64) -> String {
 
 pub fn check(
     server: &str,
-    token: Option<&str>,
+    auth: &AdminAuth,
     from: &str,
     to: &str,
     protocol: Option<Protocol>,
@@ -43,7 +46,7 @@ pub fn check(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let answer = runtime()?.block_on(async {
-        let mut c = client(server, token).await?;
+        let mut c = client(server, auth).await?;
         let req = pb::ExplainRequest {
             from: from.to_string(),
             to: to.to_string(),
@@ -103,7 +106,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
         BreakGlassCommand::Grant { service, to, all, duration, reason, remote } => {
             let RemoteArgs { server, auth } = remote;
             let g = rt.block_on(async {
-                let mut c = client(&server, auth.token.as_deref()).await?;
+                let mut c = client(&server, &auth).await?;
                 let req = pb::GrantBreakGlassRequest {
                     service,
                     to: to.unwrap_or_default(),
@@ -118,7 +121,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
         BreakGlassCommand::List { all, json, remote } => {
             let RemoteArgs { server, auth } = remote;
             let grants = rt.block_on(async {
-                let mut c = client(&server, auth.token.as_deref()).await?;
+                let mut c = client(&server, &auth).await?;
                 let req = pb::ListGrantsRequest { include_inactive: all };
                 c.list_grants(req).await.map(|r| r.into_inner().grants).map_err(status_error(&server))
             })?;
@@ -131,7 +134,7 @@ pub fn break_glass(cmd: BreakGlassCommand) -> anyhow::Result<ExitCode> {
         BreakGlassCommand::Revoke { id, remote } => {
             let RemoteArgs { server, auth } = remote;
             let g = rt.block_on(async {
-                let mut c = client(&server, auth.token.as_deref()).await?;
+                let mut c = client(&server, &auth).await?;
                 c.revoke_grant(pb::RevokeGrantRequest { id })
                     .await
                     .map(|r| r.into_inner())
@@ -149,7 +152,7 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         RolloutCommand::Status { json, remote } => {
             let RemoteArgs { server, auth } = remote;
             let status = rt.block_on(async {
-                let mut c = client(&server, auth.token.as_deref()).await?;
+                let mut c = client(&server, &auth).await?;
                 c.rollout_status(pb::RolloutStatusRequest {})
                     .await
                     .map(|r| r.into_inner())
@@ -206,7 +209,7 @@ pub fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         RolloutCommand::Reset { service, remote } => {
             let RemoteArgs { server, auth } = remote;
             let r = rt.block_on(async {
-                let mut c = client(&server, auth.token.as_deref()).await?;
+                let mut c = client(&server, &auth).await?;
                 let req = pb::ResetRollbackGuardRequest { service: service.clone() };
                 c.reset_rollback_guard(req).await.map(|r| r.into_inner()).map_err(status_error(&server))
             })?;

@@ -206,6 +206,7 @@ impl<'d> Compiler<'d> {
         self.warn_overlapping_claims(&claims, &services);
         let dns = super::dns::compile_dns_firewall(docs.dns_firewalls, &services, &mut self.matcher, self.diags);
         let service_by_name = services.iter().map(|s| (s.name.clone(), s.index)).collect();
+        let admin_identities = self.check_admin_identities(&mesh.file, &mesh.doc.admin_identities);
 
         Some(CompiledPolicy {
             version: self.version,
@@ -221,6 +222,7 @@ impl<'d> Compiler<'d> {
                 .as_ref()
                 .map(|t| SourceLoc::of(&mesh.file, t)),
             unclaimed_identities_loc: mesh.doc.unclaimed_identities.as_ref().map(|u| SourceLoc::of(&mesh.file, u)),
+            admin_identities,
             detection: super::detection::compile(mesh.doc.detection.as_ref(), &mesh.file, self.diags),
             services,
             groups: sorted_by_name(groups.into_values().map(|g| g.info).collect()),
@@ -684,6 +686,30 @@ impl<'d> Compiler<'d> {
                 format!("`{net}` holds IPv4-mapped/NAT64/compatible addresses, so it also allows IPv4 {list}"),
             );
         }
+    }
+
+    /// MeshDefaults `adminIdentities`: exact SPIFFE IDs (a pattern would hand the admin API to
+    /// every workload it matches), each once.
+    fn check_admin_identities(&mut self, file: &Arc<str>, ids: &[Spanned<String>]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            let loc = SourceLoc::of(file, id);
+            match IdentityPattern::parse(id.value.trim()) {
+                Ok(IdentityPattern::Exact { .. }) => {
+                    let id = id.value.trim().to_string();
+                    if out.contains(&id) {
+                        self.diags.warning(loc, format!("admin identity `{id}` is listed twice"));
+                    } else {
+                        out.push(id);
+                    }
+                }
+                Ok(_) => self
+                    .diags
+                    .error(loc, format!("admin identity `{}` must be one exact SPIFFE ID, not a pattern", id.value)),
+                Err(e) => self.diags.error(loc, format!("admin identity: {e}")),
+            }
+        }
+        out
     }
 
     /// Nested claims (`/ns/ci/*` and `/ns/ci/sa/deployer` in different services) are legal: the

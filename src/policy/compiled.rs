@@ -180,6 +180,9 @@ pub struct CompiledPolicy {
     pub mesh_loc: SourceLoc,
     pub trust_forwarded_client_cert_loc: Option<SourceLoc>,
     pub unclaimed_identities_loc: Option<SourceLoc>,
+    /// Callers whose client certificate's SPIFFE ID authorizes admin API calls (MeshDefaults
+    /// `adminIdentities`), exact IDs.
+    pub admin_identities: Vec<String>,
     /// The detectors' thresholds (MeshDefaults `detection:`).
     pub detection: super::detection::DetectionConfig,
     pub services: Vec<ServiceInfo>,

@@ -22,6 +22,16 @@ pub struct MtlsPaths {
     pub trust_bundle: String,
 }
 
+/// TLS from the gateway to egressd's gRPC port (`authz.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzTls {
+    pub trust_bundle: String,
+    pub server_name: Option<String>,
+    /// The gateway's client certificate chain and key.
+    pub client_certificate: Option<(String, String)>,
+}
+
 /// The gateway's own tracing: Envoy's OpenTelemetry tracer, exporting to an OTLP/gRPC collector.
 /// Envoy then passes its span to egressd in each Check call, so decision spans join its traces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +84,8 @@ pub struct GatewaySpec {
     /// Where the gateway reaches egressd; `None`: egressd's own gRPC listen address.
     pub authz_address: Option<SocketAddr>,
     pub authz_timeout_ms: u64,
+    /// TLS to egressd (`authz.tls`); `None`: plaintext HTTP/2.
+    pub authz_tls: Option<AuthzTls>,
     /// DNS servers for destination names (c-ares); empty means the system's.
     pub dns_resolvers: Vec<SocketAddr>,
     pub dns_host_ttl_ms: u64,
@@ -114,6 +126,7 @@ impl GatewaySpec {
             mtls: None,
             authz_address: Some(authz_address),
             authz_timeout_ms: defaults::AUTHZ_TIMEOUT_MS,
+            authz_tls: None,
             dns_resolvers: Vec::new(),
             dns_host_ttl_ms: defaults::DNS_HOST_TTL_SECONDS * 1000,
             dns_max_hosts: defaults::DNS_MAX_HOSTS,
@@ -183,6 +196,23 @@ fn addr(file: &Arc<str>, v: &Spanned<String>, what: &str, diags: &mut Diagnostic
             None
         }
     }
+}
+
+/// `authz.tls`: a client certificate needs its key (and the other way round).
+fn authz_tls(file: &Arc<str>, t: &super::model::GatewayAuthzTlsDoc, diags: &mut Diagnostics) -> Option<AuthzTls> {
+    let client_certificate = match (&t.certificate_chain, &t.private_key) {
+        (Some(c), Some(k)) => Some((c.value.clone(), k.value.clone())),
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => {
+            diags.error(SourceLoc::of(file, one), "authz.tls: certificateChain and privateKey go together");
+            return None;
+        }
+    };
+    Some(AuthzTls {
+        trust_bundle: t.trust_bundle.value.clone(),
+        server_name: t.server_name.as_ref().map(|n| n.value.trim().to_string()).filter(|n| !n.is_empty()),
+        client_certificate,
+    })
 }
 
 fn positive(
@@ -296,6 +326,7 @@ pub fn compile_gateways(
                 "authz.timeoutMs",
                 diags,
             ),
+            authz_tls: authz.and_then(|a| a.tls.as_ref()).and_then(|t| authz_tls(file, t, diags)),
             dns_resolvers: dns
                 .map(|d| d.resolvers.iter().filter_map(|r| addr(file, r, "dns.resolvers", diags)).collect())
                 .unwrap_or_default(),

@@ -33,6 +33,10 @@ pub struct MeshDefaultsDoc {
     /// Callers in the trust domain that no service claims: `deny` (the default) or `observe`.
     #[serde(default)]
     pub unclaimed_identities: Option<Spanned<UnclaimedIdentities>>,
+    /// SPIFFE IDs whose client certificate authorizes admin API calls (gRPC port over TLS with
+    /// `--client-ca`), as a bearer token does.
+    #[serde(default)]
+    pub admin_identities: Vec<Spanned<String>>,
     /// Thresholds of the exfiltration and C2 detectors (`policy::detection`).
     #[serde(default)]
     pub detection: Option<super::detection::DetectionDoc>,
@@ -184,6 +188,26 @@ pub struct GatewayAuthzDoc {
     pub address: Option<Spanned<String>>,
     #[serde(default)]
     pub timeout_ms: Option<Spanned<i64>>,
+    /// TLS to egressd's gRPC port (egressd served with `--tls-cert`).
+    #[serde(default)]
+    pub tls: Option<GatewayAuthzTlsDoc>,
+}
+
+/// How the gateway verifies egressd's certificate and, optionally, which certificate it presents.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAuthzTlsDoc {
+    /// CA bundle (PEM) that verifies egressd's certificate.
+    pub trust_bundle: Spanned<String>,
+    /// The name egressd's certificate must carry (SNI and SAN check); default: none checked
+    /// beyond the bundle.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// The gateway's client certificate chain and key (PEM), both or neither.
+    #[serde(default)]
+    pub certificate_chain: Option<Spanned<String>>,
+    #[serde(default)]
+    pub private_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

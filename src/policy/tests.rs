@@ -488,6 +488,36 @@ fn unclaimed_identities_values_are_checked_where_written() {
     assert!(first.starts_with("v.yaml:3:22:") && first.contains("allow") && first.contains("observe"), "{errs:#?}");
 }
 
+#[test]
+fn admin_identities_are_exact_spiffe_ids_checked_where_written() {
+    let ok = "kind: MeshDefaults\ntrustDomain: corp.example\nadminIdentities:\n  - spiffe://corp.example/ns/ops/sa/oncall\n  - spiffe://ops.example/sa/breakglass\n";
+    let p = compile(&PolicySource::from_text("v.yaml", ok), NOW).unwrap();
+    assert_eq!(p.admin_identities, ["spiffe://corp.example/ns/ops/sa/oncall", "spiffe://ops.example/sa/breakglass"]);
+    let pattern = "kind: MeshDefaults\ntrustDomain: corp.example\nadminIdentities: [spiffe://corp.example/ns/ops/*]\n";
+    let errs = compile(&PolicySource::from_text("v.yaml", pattern), NOW).unwrap_err();
+    assert!(errs[0].to_string().starts_with("v.yaml:3:19:") && errs[0].message.contains("not a pattern"), "{errs:#?}");
+    let junk = "kind: MeshDefaults\ntrustDomain: corp.example\nadminIdentities:\n  - alice\n";
+    let errs = compile(&PolicySource::from_text("v.yaml", junk), NOW).unwrap_err();
+    assert!(
+        errs[0].to_string().starts_with("v.yaml:4:5:") && errs[0].message.contains("invalid SPIFFE ID"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_gateway_client_certificate_for_egressd_needs_its_key() {
+    let gw = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: default\nlisteners: {http: 127.0.0.1:10080}\nauthz:\n  tls:\n    trustBundle: /etc/egressd/ca.pem\n    certificateChain: /etc/gw/cert.pem\n";
+    let errs = compile(&PolicySource::from_text("g.yaml", gw), NOW).unwrap_err();
+    assert!(errs[0].to_string().starts_with("g.yaml:10:23:") && errs[0].message.contains("go together"), "{errs:#?}");
+    let ok = gw.replace("certificateChain: /etc/gw/cert.pem\n", "serverName: egressd.corp.example\n");
+    let p = compile(&PolicySource::from_text("g.yaml", &ok), NOW).unwrap();
+    let tls = p.gateways[0].authz_tls.as_ref().unwrap();
+    assert_eq!(
+        (tls.trust_bundle.as_str(), tls.server_name.as_deref()),
+        ("/etc/egressd/ca.pem", Some("egressd.corp.example"))
+    );
+}
+
 // ---- placeholder justifications ----
 
 #[test]

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub dns_dropped: Counter,
     /// DNS queries refused by the per-client rate limit (also in `dns_queries` as denies).
     pub dns_rate_limited: Counter,
+    /// Admin API calls refused for their credentials, by reason (`admin::auth`).
+    pub admin_auth_failures: Family<ReasonLabel, Counter>,
 }
 
 /// Reasons a span or an audit record is lost (label values of the `*_dropped_total` metrics).
@@ -201,6 +203,11 @@ impl Metrics {
             "egressd_dns_rate_limited",
             "DNS queries answered REFUSED because their client address was over its rate limit",
             self.dns_rate_limited.clone(),
+        );
+        r.register(
+            "egressd_admin_auth_failures",
+            "Admin API calls refused for their credentials, by reason (missing-credentials, unknown-token, unknown-identity, disabled)",
+            self.admin_auth_failures.clone(),
         );
         for c in extra {
             r.register_collector(c);

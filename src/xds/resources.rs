@@ -153,7 +153,11 @@ fn http2_options() -> (String, Any) {
 
 /// A cluster of one static HTTP/2 endpoint (a gRPC server).
 fn static_h2_cluster(name: &str, addr: std::net::SocketAddr) -> Resource {
-    let c = Cluster {
+    resource(name, static_h2(name, addr))
+}
+
+fn static_h2(name: &str, addr: std::net::SocketAddr) -> Cluster {
+    Cluster {
         name: name.to_string(),
         connect_timeout: Some(millis(1000)),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
@@ -173,13 +177,73 @@ fn static_h2_cluster(name: &str, addr: std::net::SocketAddr) -> Resource {
             ..Default::default()
         }),
         ..Default::default()
-    };
-    resource(name, c)
+    }
 }
 
-/// egressd's own gRPC port, over HTTP/2, for ext_authz.
+/// egressd's own gRPC port, over HTTP/2, for ext_authz and the access log; over TLS when the
+/// Gateway says so (`authz.tls`, egressd served with `--tls-cert`).
 pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
-    static_h2_cluster(AUTHZ_CLUSTER, spec.authz())
+    let c = Cluster {
+        transport_socket: spec.authz_tls.as_ref().map(authz_tls_socket),
+        ..static_h2(AUTHZ_CLUSTER, spec.authz())
+    };
+    resource(AUTHZ_CLUSTER, c)
+}
+
+/// TLS to egressd: its certificate verified against the bundle (and the name, when given), h2
+/// by ALPN, the gateway's certificate presented when configured.
+fn authz_tls_socket(tls: &crate::policy::AuthzTls) -> TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        SubjectAltNameMatcher, subject_alt_name_matcher,
+    };
+    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+    let san_matchers = tls
+        .server_name
+        .iter()
+        .map(|name| {
+            let san_type = if name.parse::<std::net::IpAddr>().is_ok() {
+                subject_alt_name_matcher::SanType::IpAddress
+            } else {
+                subject_alt_name_matcher::SanType::Dns
+            };
+            SubjectAltNameMatcher {
+                san_type: san_type as i32,
+                matcher: Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(name.clone())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: tls
+                .client_certificate
+                .iter()
+                .map(|(chain, key)| TlsCertificate {
+                    certificate_chain: file(chain),
+                    private_key: file(key),
+                    ..Default::default()
+                })
+                .collect(),
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: file(&tls.trust_bundle),
+                    match_typed_subject_alt_names: san_matchers,
+                    ..Default::default()
+                },
+            )),
+            alpn_protocols: vec!["h2".to_string()],
+            ..Default::default()
+        }),
+        sni: tls.server_name.clone().filter(|n| n.parse::<std::net::IpAddr>().is_err()).unwrap_or_default(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
 }
 
 /// The OTLP/gRPC collector of the gateway's own spans, when tracing is configured.
