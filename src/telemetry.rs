@@ -148,8 +148,9 @@ impl Telemetry {
             Some(otlp) => {
                 let exporter = otlp::OtlpExporter::new(otlp)?;
                 let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_BATCHES);
-                let task = tokio::spawn(otlp::export_loop(exporter, rx, metrics.clone()));
-                (Some(SpanBatcher::new(tx, MAX_EXPORT_BATCH, metrics.clone())), Some(task))
+                let health = otlp::ExportHealth::default();
+                let task = tokio::spawn(otlp::export_loop(exporter, rx, metrics.clone(), health.clone()));
+                (Some(SpanBatcher::new(tx, MAX_EXPORT_BATCH, metrics.clone(), health)), Some(task))
             }
             None => (None, None),
         };

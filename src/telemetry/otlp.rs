@@ -224,11 +224,51 @@ fn any_value(v: &opentelemetry::Value) -> any_value::Value {
 
 /// Exports batches until the batcher is gone. One export at a time: if the collector is slow,
 /// batches wait in the bounded queue and the batcher drops (and counts) what does not fit.
-pub async fn export_loop(mut exporter: OtlpExporter, mut rx: mpsc::Receiver<EncodedSpans>, metrics: Metrics) {
-    while let Some(batch) = rx.recv().await {
+/// Whether the collector is failing: set by the exporter when an export fails, cleared when one
+/// (or a probe) succeeds. While it is set, the span batcher encodes nothing (counted as
+/// `export-failed`), so a collector outage costs the telemetry thread nothing per decision.
+#[derive(Debug, Clone, Default)]
+pub struct ExportHealth(Arc<std::sync::atomic::AtomicBool>);
+
+impl ExportHealth {
+    pub fn is_failing(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records an export's outcome; returns whether that changed the state.
+    pub(super) fn set_failing(&self, failing: bool) -> bool {
+        self.0.swap(failing, std::sync::atomic::Ordering::Relaxed) != failing
+    }
+}
+
+/// How often a failing collector is probed (an empty export) while no spans are sent to it.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn export_loop(
+    mut exporter: OtlpExporter,
+    mut rx: mpsc::Receiver<EncodedSpans>,
+    metrics: Metrics,
+    health: ExportHealth,
+) {
+    loop {
+        let batch = if health.is_failing() {
+            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(_) => EncodedSpans::default(), // the probe: an export of no spans
+            }
+        } else {
+            match rx.recv().await {
+                Some(batch) => batch,
+                None => return,
+            }
+        };
         let n = batch.count as u64;
         match exporter.export(batch).await {
             Ok(rejected) => {
+                if health.set_failing(false) {
+                    tracing::info!("OTLP collector reachable again; exporting spans");
+                }
                 metrics.spans_exported.inc_by(n - rejected.min(n));
                 if rejected > 0 {
                     metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc_by(rejected.min(n));
@@ -236,7 +276,10 @@ pub async fn export_loop(mut exporter: OtlpExporter, mut rx: mpsc::Receiver<Enco
             }
             Err(status) => {
                 metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc_by(n);
-                tracing::warn!(spans = n, error = %status.message(), code = ?status.code(), "OTLP span export failed; spans dropped");
+                // Said once per outage, not once per batch.
+                if health.set_failing(true) {
+                    tracing::warn!(spans = n, error = %status.message(), code = ?status.code(), "OTLP span export failed; spans are dropped (counted) until the collector answers again");
+                }
             }
         }
     }

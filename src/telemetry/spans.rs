@@ -11,7 +11,8 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt, Trace
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample};
 use tokio::sync::mpsc;
 
-use super::metrics::{DROP_QUEUE_FULL, Metrics};
+use super::metrics::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, Metrics};
+use super::otlp::ExportHealth;
 use super::record::DecisionRecord;
 use super::wire::{EncodedSpans, SpanWriter};
 use crate::policy::Outcome;
@@ -113,29 +114,52 @@ pub struct SpanBatcher {
     max_batch: usize,
     tx: mpsc::Sender<EncodedSpans>,
     metrics: Metrics,
+    health: ExportHealth,
 }
 
 impl SpanBatcher {
-    pub fn new(tx: mpsc::Sender<EncodedSpans>, max_batch: usize, metrics: Metrics) -> Self {
-        SpanBatcher { batch: EncodedSpans::default(), writer: SpanWriter::default(), max_batch, tx, metrics }
+    pub fn new(tx: mpsc::Sender<EncodedSpans>, max_batch: usize, metrics: Metrics, health: ExportHealth) -> Self {
+        SpanBatcher { batch: EncodedSpans::default(), writer: SpanWriter::default(), max_batch, tx, metrics, health }
     }
 
     /// Encodes the span of one decision into the current batch.
     pub fn push(&mut self, record: &DecisionRecord<'_>, ids: &SpanIds) {
-        self.writer.append(&mut self.batch, record, ids);
-        self.flush_if_full();
+        if self.accepts() {
+            self.writer.append(&mut self.batch, record, ids);
+            self.flush_if_full();
+        }
     }
 
     /// Encodes the span of a detector signal (in the trace `ids` names).
     pub fn push_signal(&mut self, signal: &crate::detect::Signal, ids: &super::signals::SignalIds) {
-        self.writer.append_signal(&mut self.batch, signal, ids);
-        self.flush_if_full();
+        if self.accepts() {
+            self.writer.append_signal(&mut self.batch, signal, ids);
+            self.flush_if_full();
+        }
     }
 
     /// Encodes the span of a DNS firewall query.
     pub fn push_dns(&mut self, event: &super::dns::DnsEvent, ids: &SpanIds) {
-        self.writer.append_dns(&mut self.batch, event, ids);
-        self.flush_if_full();
+        if self.accepts() {
+            self.writer.append_dns(&mut self.batch, event, ids);
+            self.flush_if_full();
+        }
+    }
+
+    /// Whether a span now has anywhere to go. Not while the collector is failing (the exporter
+    /// probes it and says when it is back), nor while the export queue is full (a stalled
+    /// collector): such a span would be encoded only to be dropped with its batch, so it is
+    /// dropped before, counted the same way.
+    fn accepts(&mut self) -> bool {
+        if self.health.is_failing() {
+            self.metrics.spans_dropped.get_or_create(&DROP_EXPORT_FAILED).inc();
+            return false;
+        }
+        if self.tx.capacity() == 0 {
+            self.metrics.spans_dropped.get_or_create(&DROP_QUEUE_FULL).inc();
+            return false;
+        }
+        true
     }
 
     fn flush_if_full(&mut self) {
@@ -179,6 +203,44 @@ mod tests {
     fn parent(sampled: bool) -> SpanContext {
         let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
         SpanContext::new(TraceId::from(7u128), SpanId::from(9u64), flags, true, TraceState::default())
+    }
+
+    fn event() -> super::super::record::CheckEvent {
+        let text = include_str!("../../integration/fixtures/semantics.yaml");
+        let policy = std::sync::Arc::new(
+            crate::policy::compile(&crate::policy::PolicySource::from_text("f.yaml", text), 0).unwrap(),
+        );
+        let request =
+            crate::testing::http_check("spiffe://corp.example/ns/payments/sa/api", "GET", "api.stripe.com", &[]);
+        let (verdict, facts) = crate::testing::checked(&policy, &request, &Default::default());
+        let start = crate::clock::wall_now();
+        super::super::record::CheckEvent { facts, verdict, policy, start, duration: std::time::Duration::ZERO }
+    }
+
+    /// Spans with nowhere to go are not encoded: a failing collector's are `export-failed`, a full
+    /// export queue's `queue-full`; once the collector is back, spans are encoded again.
+    #[test]
+    fn spans_with_nowhere_to_go_are_counted_and_not_encoded() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let (metrics, health) = (Metrics::default(), ExportHealth::default());
+        let mut batcher = SpanBatcher::new(tx, 2, metrics.clone(), health.clone());
+        let event = event();
+        let record = DecisionRecord::describe(&event);
+        let ids = DecisionSampler::new(Sampler::AlwaysOn, false).sample(None, Outcome::Allow);
+        let dropped = |r| metrics.spans_dropped.get_or_create(r).get();
+
+        health.set_failing(true);
+        batcher.push(&record, &ids);
+        assert_eq!((batcher.batch.count, dropped(&DROP_EXPORT_FAILED)), (0, 1));
+        health.set_failing(false);
+        batcher.push(&record, &ids);
+        batcher.push(&record, &ids); // a full batch of 2, handed to the exporter's queue
+        assert_eq!(rx.try_recv().map(|b| b.count).ok(), Some(2));
+        batcher.push(&record, &ids);
+        batcher.push(&record, &ids); // the queue (of one batch) is full now
+        // So the next span is not encoded.
+        batcher.push(&record, &ids);
+        assert_eq!((batcher.batch.count, dropped(&DROP_QUEUE_FULL)), (0, 1));
     }
 
     #[test]
