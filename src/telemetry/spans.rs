@@ -174,7 +174,9 @@ impl SpanBatcher {
         if self.batch.count == 0 {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        // The next batch starts with the room this one needed (no regrowing from empty).
+        let room = self.batch.bytes.len();
+        let batch = std::mem::replace(&mut self.batch, EncodedSpans { bytes: Vec::with_capacity(room), count: 0 });
         if let Err(e) = self.tx.try_send(batch) {
             let lost = match e {
                 mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b.count,
