@@ -129,16 +129,7 @@ async fn wait_for_policy(
     what: &str,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    wait_for_policy_within(admin, what, Duration::from_secs(5), ready).await
-}
-
-async fn wait_for_policy_within(
-    admin: std::net::SocketAddr,
-    what: &str,
-    within: Duration,
-    ready: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    eventually(what, within, || async {
+    eventually(what, Duration::from_secs(5), || async {
         let (_, body) = http_get(admin, "/policy").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         ready(&v).then_some(v)
@@ -215,82 +206,4 @@ async fn a_deleted_or_unreadable_policy_keeps_the_last_good_one_serving() {
     for _ in 0..20 {
         assert_eq!(check(&mut c, probe()).await.code(), 0, "no Check fails");
     }
-}
-
-/// How long a reload of 100,000 rules may take in a debug build on a busy CI machine.
-const LARGE_RELOAD: Duration = Duration::from_secs(60);
-
-/// A policy of 100,000 rules (2,000 services x 50), reloaded ten times by the watcher under
-/// steady traffic: five good edits (each a new version, which then answers) and five broken ones
-/// (a service file that does not parse: rejected, `/policy` says where, the last good version
-/// keeps answering). No Check fails, and every answer is an allow of the service's probe.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_of_100000_rules_reloaded_ten_times_under_traffic_fails_no_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = egressd::testing::synthetic_mesh(MESH, 2_000, 50);
-    for file in &source.files {
-        let path = dir.path().join(&*file.name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, &*file.text).unwrap();
-    }
-    let probe_file = dir.path().join("probe.yaml");
-    std::fs::write(&probe_file, service(true, 0)).unwrap();
-    let server =
-        TestServer::builder(PolicySource::from_dir(dir.path()).unwrap()).watch(dir.path().to_path_buf()).start().await;
-    assert!(server.policy.load().rule_count() >= 100_000, "{} rules", server.policy.load().rule_count());
-    let client = client(server.grpc).await;
-
-    let done = Arc::new(AtomicBool::new(false));
-    let mut traffic = tokio::task::JoinSet::new();
-    for _ in 0..2 {
-        let (mut client, done) = (client.clone(), done.clone());
-        traffic.spawn(async move {
-            let (mut answered, mut failed) = (0usize, Vec::new());
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            while !done.load(Ordering::Relaxed) {
-                tick.tick().await;
-                match client.check(http_check(PAY, "GET", "probe.partner.test", &[])).await {
-                    Ok(r) if r.get_ref().code() == 0 => answered += 1,
-                    Ok(r) => failed.push(format!("answered {}", r.get_ref().code())),
-                    Err(status) => failed.push(status.to_string()),
-                }
-            }
-            (answered, failed)
-        });
-    }
-
-    let mut good = server.policy.load().version.clone();
-    for generation in 1..=10 {
-        let broken = generation % 2 == 0;
-        let svc = dir.path().join("services/svc7.yaml");
-        let text = std::fs::read_to_string(&svc).unwrap();
-        if broken {
-            atomic_write(&svc, &format!("{text}  - host: [unterminated\n"));
-            let policy = wait_for_policy_within(server.admin, "the broken edit rejected", LARGE_RELOAD, |v| {
-                v["lastReloadError"]["errors"].to_string().contains("svc7.yaml")
-            })
-            .await;
-            assert_eq!(policy["version"], good.as_str(), "the last good policy serves");
-            atomic_write(&svc, &text); // repaired by the next good edit's turn
-        } else {
-            atomic_write(&probe_file, &service(true, generation));
-        }
-        if !broken {
-            let want = PolicySource::from_dir(dir.path()).unwrap().version();
-            wait_for_policy_within(server.admin, "the good edit served", LARGE_RELOAD, |v| {
-                v["version"] == want.as_str()
-            })
-            .await;
-            good = want;
-        }
-    }
-    done.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    while let Some(result) = traffic.join_next().await {
-        let (answered, failed) = result.unwrap();
-        assert!(failed.is_empty(), "no Check fails during the reloads: {failed:?}");
-        total += answered;
-    }
-    assert!(total > 100, "traffic throughout: {total} checks");
-    eprintln!("{total} checks across 10 reloads of {} rules, 0 failed", server.policy.load().rule_count());
 }

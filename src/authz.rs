@@ -78,7 +78,8 @@ impl CheckState {
         if !Arc::ptr_eq(&version.cache.policy, &policy) {
             // First check after a reload: start the state of the new version.
             version = Arc::new(VersionState::new(Arc::clone(&policy), &self.telemetry, &self.runtime));
-            self.version.store(version.clone());
+            // The old version's state (its answer cache, a slot per rule) is freed elsewhere.
+            crate::policy::retire::retire(self.version.swap(version.clone()));
         }
         let (metadata, _, req) = request.into_parts();
         let metadata = metadata.into_headers();

@@ -20,6 +20,7 @@ pub mod matcher;
 mod model;
 #[cfg(test)]
 mod proptests;
+pub mod retire;
 mod source;
 mod terms;
 #[cfg(test)]

@@ -82,8 +82,10 @@ pub fn reload_once(
         Ok(compiled) => {
             *rejected = None;
             let from = current.version.clone();
+            drop(current);
             let compiled = Arc::new(compiled);
-            policy.store(compiled.clone());
+            // The old version is freed off the Check path (`policy::retire`).
+            policy::retire::retire(policy.swap(compiled.clone()));
             status.reloads.fetch_add(1, Ordering::Relaxed);
             *status.last_error.lock().expect("status lock") = None;
             for w in &compiled.warnings {
