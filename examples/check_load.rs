@@ -156,6 +156,10 @@ struct Args {
     /// instead of a bare OK, to measure what processing that answer costs the caller.
     #[arg(long, hide = true)]
     noop_shaped: bool,
+    /// With --noop-shaped: the HOST:PORT its answers forward to (`x-egress-host`/`-port`, which
+    /// the generated gateway routes by).
+    #[arg(long, hide = true, default_value = "api.partner.test:80", requires = "noop_shaped")]
+    noop_forward: String,
 }
 
 /// Answers every Check with OK and nothing else (the floor for any ext_authz server), or with a
@@ -167,7 +171,8 @@ impl Noop {
         Noop(CheckResponse { status: Some(Status { code: 0, ..Default::default() }), ..Default::default() })
     }
 
-    fn shaped() -> Self {
+    fn shaped(forward: &str) -> Self {
+        let (host, port) = forward.rsplit_once(':').expect("--noop-forward is HOST:PORT");
         use envoy_types::pb::envoy::service::auth::v3::{OkHttpResponse, check_response};
         use envoy_types::pb::google::protobuf::{Struct, Value, value};
         let s = |v: &str| Value { kind: Some(value::Kind::StringValue(v.to_string())) };
@@ -188,9 +193,7 @@ impl Noop {
                 headers_to_remove: ["x-forwarded-client-cert", "x-egress-corr", "x-egress-tls-name"]
                     .map(str::to_string)
                     .to_vec(),
-                headers: [("x-egress-host", "api.partner.test"), ("x-egress-port", "80")]
-                    .map(|(k, v)| egressd_header(k, v))
-                    .to_vec(),
+                headers: [("x-egress-host", host), ("x-egress-port", port)].map(|(k, v)| egressd_header(k, v)).to_vec(),
                 ..Default::default()
             })),
         });
@@ -462,7 +465,7 @@ fn main() {
     }
     if let Some(addr) = args.serve_noop {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let noop = if args.noop_shaped { Noop::shaped() } else { Noop::bare() };
+        let noop = if args.noop_shaped { Noop::shaped(&args.noop_forward) } else { Noop::bare() };
         rt.block_on(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)

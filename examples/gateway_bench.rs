@@ -464,7 +464,7 @@ async fn main() {
     wait_port(addr(upstream_port)).await;
     let _shaped = Proc(
         Command::new(&args.noop)
-            .args(["--serve-noop", &addr(shaped_port).to_string(), "--noop-shaped"])
+            .args(["--serve-noop", &addr(shaped_port).to_string(), "--noop-shaped", "--noop-forward", &authority])
             .spawn()
             .expect("check_load binary"),
     );
