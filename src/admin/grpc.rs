@@ -188,16 +188,13 @@ impl Admin for AdminApi {
     }
 }
 
+/// An admin API client that sends its bearer token with every call.
+pub type AdminClient = pb::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
 /// An admin API client for `addr` (`HOST:PORT` or a URL).
-pub async fn connect(
-    addr: &str,
-    token: Option<&str>,
-) -> Result<
-    pb::admin_client::AdminClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
-    >,
-    Box<dyn std::error::Error + Send + Sync>,
-> {
+pub async fn connect(addr: &str, token: Option<&str>) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
     connect_with(addr, token, None).await
 }
 
@@ -214,12 +211,7 @@ pub async fn connect_with(
     addr: &str,
     token: Option<&str>,
     tls: Option<&ClientTls>,
-) -> Result<
-    pb::admin_client::AdminClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
-    >,
-    Box<dyn std::error::Error + Send + Sync>,
-> {
+) -> Result<AdminClient, Box<dyn std::error::Error + Send + Sync>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = if addr.contains("://") { addr.to_string() } else { format!("{scheme}://{addr}") };

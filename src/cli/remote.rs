@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use egressd::admin::grpc::{connect_with, pb};
-use egressd::admin::tokens::BearerToken;
+use egressd::admin::grpc::{AdminClient, connect_with, pb};
 use egressd::policy::Protocol;
 
 use super::{AdminAuth, BreakGlassCommand, RemoteArgs, RolloutCommand};
@@ -14,14 +13,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
 
-async fn client(
-    server: &str,
-    auth: &AdminAuth,
-) -> anyhow::Result<
-    pb::admin_client::AdminClient<
-        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
-    >,
-> {
+async fn client(server: &str, auth: &AdminAuth) -> anyhow::Result<AdminClient> {
     let tls = auth.tls(server)?;
     connect_with(server, auth.token.as_deref(), tls.as_ref())
         .await
