@@ -84,10 +84,12 @@ pub fn reload_once(
             let from = current.version.clone();
             drop(current);
             let compiled = Arc::new(compiled);
-            // The old version is freed off the Check path (`policy::retire`).
-            policy::retire::retire(policy.swap(compiled.clone()));
+            // Counted before it is visible: whoever sees the new version (`/policy`) sees its reload.
             status.reloads.fetch_add(1, Ordering::Relaxed);
             *status.last_error.lock().expect("status lock") = None;
+            // The old version is freed off the Check path (`policy::retire`).
+            let old = policy.swap(compiled.clone());
+            policy::retire::retire(old);
             for w in &compiled.warnings {
                 tracing::warn!("{w}");
             }
