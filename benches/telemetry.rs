@@ -41,7 +41,8 @@ fn bench(c: &mut Criterion) {
     };
     let propagators = Propagators::default();
     let sampler = DecisionSampler::new(parse_sampler("parentbased_always_on", None).unwrap(), false);
-    let record = DecisionRecord::describe(&event);
+    let mut text = String::new();
+    let record = DecisionRecord::describe_in(&event, &mut text);
     let ids = sampler.sample(propagators.parent(&event.facts), event.verdict.outcome);
 
     let mut g = c.benchmark_group("telemetry");
@@ -52,7 +53,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(facts::from_view(Some(black_box(&view)), &request, &metadata, true)))
     });
     g.bench_function("describe", |b| {
-        b.iter(|| black_box(DecisionRecord::describe(black_box(&event)).reason_message.len()))
+        let mut text = String::new();
+        b.iter(|| black_box(DecisionRecord::describe_in(black_box(&event), &mut text).reason_message.len()))
     });
     g.bench_function("trace-context+sample", |b| {
         b.iter(|| black_box(sampler.sample(propagators.parent(&event.facts), event.verdict.outcome)))

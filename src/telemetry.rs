@@ -43,8 +43,6 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Decisions handled between two looks at the flush timer.
 const MAX_DRAIN: usize = 1024;
-/// Spans per OTLP export request.
-const MAX_EXPORT_BATCH: usize = 512;
 /// Batches waiting for the exporter before new ones are dropped.
 const EXPORT_QUEUE_BATCHES: usize = 8;
 
@@ -150,7 +148,7 @@ impl Telemetry {
                 let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_BATCHES);
                 let health = otlp::ExportHealth::default();
                 let task = tokio::spawn(otlp::export_loop(exporter, rx, metrics.clone(), health.clone()));
-                (Some(SpanBatcher::new(tx, MAX_EXPORT_BATCH, metrics.clone(), health)), Some(task))
+                (Some(SpanBatcher::new(tx, otlp.max_batch, metrics.clone(), health)), Some(task))
             }
             None => (None, None),
         };
@@ -172,6 +170,7 @@ impl Telemetry {
             flows: config.flows.clone(),
             detect: config.detect.map(signals::DetectSink::new),
             recent: recent::RecentConnects::new(recent::CAPACITY, metrics.stream_ids_evicted.clone()),
+            text: String::new(),
         };
         let handle = std::thread::Builder::new()
             .name("egressd-telemetry".into())
@@ -296,6 +295,8 @@ struct Worker {
     detect: Option<signals::DetectSink>,
     /// Recent CONNECT decisions by request id, so a tunnel's totals name its trace.
     recent: recent::RecentConnects,
+    /// The text fields of the record being written (`DecisionRecord::describe_in`).
+    text: String,
 }
 
 impl Worker {
@@ -354,7 +355,7 @@ impl Worker {
         if self.audit.is_none() && self.batches.is_none() {
             return;
         }
-        let record = DecisionRecord::describe(event);
+        let record = DecisionRecord::describe_in(event, &mut self.text);
         let parent = self.propagators.parent(&event.facts);
         let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);
         self.recent.remember(event, &ids);

@@ -196,7 +196,7 @@ mod tests {
         let e = event(i);
         let ids =
             DecisionSampler::new(parse_sampler("always_on", None).unwrap(), false).sample(None, e.verdict.outcome);
-        log.append(&DecisionRecord::describe(&e), &ids).unwrap();
+        log.append(&DecisionRecord::describe_in(&e, &mut String::new()), &ids).unwrap();
     }
 
     #[test]

@@ -32,7 +32,15 @@ pub struct OtlpConfig {
     /// gRPC metadata sent with every export (e.g. an API key).
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Spans per export request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512 as in the SDKs).
+    pub max_batch: usize,
 }
+
+/// The SDKs' default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+pub const DEFAULT_MAX_BATCH: usize = 512;
+/// The largest batch accepted: ~700 bytes a span keeps a request under the 4 MiB that gRPC
+/// servers (and the OpenTelemetry Collector's receiver) accept by default.
+pub const MAX_MAX_BATCH: usize = 4096;
 
 impl OtlpConfig {
     pub fn new(endpoint: impl Into<String>, service_name: impl Into<String>) -> Self {
@@ -41,6 +49,7 @@ impl OtlpConfig {
             service_name: service_name.into(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
+            max_batch: DEFAULT_MAX_BATCH,
         }
     }
 
@@ -55,6 +64,9 @@ impl OtlpConfig {
             let ms = t.trim().parse::<u64>().map_err(|_| OtlpError::Timeout(t.clone()))?;
             config.timeout = Duration::from_millis(ms);
         }
+        if let Ok(n) = std::env::var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            config.max_batch = parse_batch_size(&n)?;
+        }
         Ok(config)
     }
 }
@@ -67,6 +79,13 @@ pub enum OtlpError {
     Header(String),
     #[error("OTLP timeout `{0}` is not a number of milliseconds")]
     Timeout(String),
+    #[error("OTEL_BSP_MAX_EXPORT_BATCH_SIZE `{0}` is not a number of spans between 1 and {MAX_MAX_BATCH}")]
+    BatchSize(String),
+}
+
+fn parse_batch_size(text: &str) -> Result<usize, OtlpError> {
+    let n = text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_MAX_BATCH).contains(n));
+    n.ok_or_else(|| OtlpError::BatchSize(text.to_string()))
 }
 
 /// `k1=v1,k2=v2` (W3C baggage style), values percent-decoded.
@@ -298,6 +317,15 @@ mod tests {
         assert_eq!(h, vec![("api-key".into(), "abc def".into()), ("x-tenant".into(), "t1".into())]);
         assert!(matches!(parse_headers("novalue"), Err(OtlpError::Header(_))));
         assert!(matches!(parse_headers("bad key=1"), Err(OtlpError::Header(_))));
+    }
+
+    #[test]
+    fn batch_sizes_are_bounded() {
+        assert_eq!(parse_batch_size(" 2048 ").unwrap(), 2048);
+        for bad in ["0", "-1", "many", "4097"] {
+            let err = parse_batch_size(bad).unwrap_err().to_string();
+            assert!(err.contains("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") && err.contains(bad), "{err}");
+        }
     }
 
     #[tokio::test]

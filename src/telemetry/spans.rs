@@ -227,7 +227,8 @@ mod tests {
         let (metrics, health) = (Metrics::default(), ExportHealth::default());
         let mut batcher = SpanBatcher::new(tx, 2, metrics.clone(), health.clone());
         let event = event();
-        let record = DecisionRecord::describe(&event);
+        let mut text = String::new();
+        let record = DecisionRecord::describe_in(&event, &mut text);
         let ids = DecisionSampler::new(Sampler::AlwaysOn, false).sample(None, Outcome::Allow);
         let dropped = |r| metrics.spans_dropped.get_or_create(r).get();
 

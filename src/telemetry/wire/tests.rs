@@ -69,7 +69,8 @@ fn written_bytes_decode_to_the_same_spans_as_built_messages() {
     let propagators = crate::telemetry::context::Propagators::default();
     let (mut writer, mut out, mut expected) = (SpanWriter::default(), EncodedSpans::default(), vec![]);
     for e in &events {
-        let record = DecisionRecord::describe(e);
+        let mut text = String::new();
+        let record = DecisionRecord::describe_in(e, &mut text);
         let ids = sampler.sample(propagators.parent(&e.facts), e.verdict.outcome);
         writer.append(&mut out, &record, &ids);
         expected.push(span_message(&record, &ids));

@@ -9,7 +9,8 @@
 //! Against another running server (e.g. egressd without telemetry): ... --baseline 127.0.0.1:18100
 //! Rounds alternate target / baseline (A B A B ...) and report medians, because this 2-core VM's
 //! absolute numbers drift; only the ratios are meaningful.
-//! `--serve-collector ADDR` hosts a minimal OTLP/gRPC trace collector (decodes and counts spans),
+//! `--serve-collector ADDR` hosts a minimal OTLP/gRPC trace collector (decodes and counts spans;
+//! `--collector-decode wire|messages`, collector.rs),
 //! for measuring egressd with span export on (benches/telemetry_load.sh).
 
 use std::net::SocketAddr;
@@ -24,11 +25,11 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorizat
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use hdrhistogram::Histogram;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+
+mod collector;
 
 /// Client codec that sends CheckRequests and keeps answers as opaque bytes.
 #[derive(Clone, Copy, Default)]
@@ -149,6 +150,10 @@ struct Args {
     /// Serve a minimal OTLP/gRPC trace collector on this address and never return.
     #[arg(long)]
     serve_collector: Option<SocketAddr>,
+    /// How that collector decodes exports: `wire` checks every field of the wire format without
+    /// building messages, `messages` decodes into the generated OTLP types (collector.rs).
+    #[arg(long, value_enum, default_value = "wire")]
+    collector_decode: collector::CollectorDecode,
     /// Internal: serve the no-op Check on this address and never return.
     #[arg(long, hide = true)]
     serve_noop: Option<SocketAddr>,
@@ -430,37 +435,11 @@ fn spawn_noop() -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// The OTLP collector stand-in: decodes every export (as a collector must) and counts the spans.
-#[derive(Default)]
-struct SpanCounter(std::sync::atomic::AtomicU64);
-
-#[tonic::async_trait]
-impl TraceService for SpanCounter {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize =
-            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
-        let total = self.0.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
-        if total / 100_000 != (total - n as u64) / 100_000 {
-            eprintln!("collector: {total} spans received");
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
 fn main() {
     let args = Args::parse();
     if let Some(addr) = args.serve_collector {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(SpanCounter::default()))
-                .serve(addr)
-                .await
-                .unwrap();
-        });
+        rt.block_on(collector::serve(addr, args.collector_decode));
         return;
     }
     if let Some(addr) = args.serve_noop {
