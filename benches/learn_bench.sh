@@ -15,6 +15,10 @@ trap 'rm -rf "$tmp"' EXIT
 echo "audit log: $records records, $(du -m "$tmp/audit.log" | cut -f1) MiB"
 mkdir "$tmp/policy" && cp -r mesh-config/. "$tmp/policy/"
 cat "$tmp/audit.log" >/dev/null # page cache warm: the disk is not what is measured
+# The machine's speed in this run, to compare runs of other days by: the same file's lines counted
+# on the same core (this VM's absolute times drift by up to 1.5x).
+/usr/bin/time -f "%e" -o "$tmp/time" taskset -c 0 wc -l "$tmp/audit.log" >/dev/null
+echo "reference: wc -l of the log on the same core: $(cat "$tmp/time") s"
 measure() { # name command...
   local name=$1; shift
   for run in $(seq "$runs"); do
