@@ -14,7 +14,7 @@
 //! - the policy: `examples/kubernetes/policy/` is `mesh-config/` byte for byte, the ConfigMap holds
 //!   every file of it (plus the cluster's Gateway) and `egressd validate --strict` accepts it;
 //! - the gateway: the policy's Gateway for the bootstrap's node cluster reaches egressd at the
-//!   Service's clusterIP, finds its certificate, key and bundle in the SVID volume, listens on the
+//!   Service's DNS name, finds its certificate, key and bundle in the SVID volume, listens on the
 //!   container ports the Service targets; the bootstrap names the egressd Service and Envoy 1.40
 //!   accepts it (`--mode validate`) with the container's own arguments;
 //! - hot reload: the real `egressd serve` with the Deployment's arguments on the ConfigMap laid
@@ -32,7 +32,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use egressd::policy::{CompiledPolicy, PolicySource, compile};
+use egressd::policy::{AuthzAddress, CompiledPolicy, PolicySource, compile};
 use serde_json::{Value, json};
 
 mod support {
@@ -482,12 +482,13 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
         .find(|g| g.nodes.iter().any(|n| n == node_cluster))
         .unwrap_or_else(|| panic!("no Gateway serves node cluster {node_cluster}"));
 
-    // egressd is reached at the Service's fixed clusterIP, on its gRPC port.
+    // egressd is reached at the Service's DNS name (in the kustomization's namespace), on its gRPC port.
     let service = find(objects, "Service", "egressd");
     let grpc = service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc").unwrap();
-    let cluster_ip: SocketAddr =
-        format!("{}:{}", str_of(&service["spec"]["clusterIP"], "clusterIP"), grpc["port"]).parse().unwrap();
-    assert_eq!(spec.authz_address, Some(cluster_ip), "Gateway authz.address is the egressd Service");
+    let namespace = str_of(&service["metadata"]["namespace"], "Service namespace");
+    let service_name = format!("egressd.{namespace}.svc.cluster.local");
+    let expected = AuthzAddress::Name { host: service_name, port: grpc["port"].as_u64().unwrap() as u16 };
+    assert_eq!(spec.authz_address, Some(expected), "Gateway authz.address is the egressd Service");
     assert!(spec.mtls.is_some(), "workloads authenticate with their SVID");
 
     // The bootstrap's ADS cluster is the egressd Service by name.

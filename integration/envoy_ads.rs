@@ -132,6 +132,33 @@ async fn envoy_gets_acks_follows_and_survives_a_nack() {
     eventually("recovery ACKed", ENVOY_WAIT, || async { acked_all(&s, &snap3).await.then_some(()) }).await;
 }
 
+/// A Gateway that names egressd by DNS name (`authz.address: localhost:PORT`, what a Kubernetes
+/// Service name is): Envoy resolves it itself (STRICT_DNS, the system's resolver: /etc/hosts) and
+/// its ext_authz calls reach egressd, whose deny comes back with egressd's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reaches_egressd_by_dns_name() {
+    let grpc_port = free_port();
+    let grpc: std::net::SocketAddr = format!("127.0.0.1:{grpc_port}").parse().unwrap();
+    let mut spec = gateway(grpc);
+    spec.authz_address = Some(egressd::policy::AuthzAddress::Name { host: "localhost".into(), port: grpc_port });
+    let s = start_on(grpc, spec.clone()).await;
+    let envoy = start_ads_envoy(s.grpc);
+    let snap = s.xds.snapshots.borrow().default.clone();
+    eventually("all types ACKed", ENVOY_WAIT, || async { acked_all(&s, &snap).await.then_some(()) }).await;
+    let (_, config) = http_get(envoy.admin, "/config_dump?resource=dynamic_active_clusters").await;
+    assert!(config.contains("STRICT_DNS") && config.contains("\"localhost\""), "{config}");
+    eventually("localhost resolved to egressd", ENVOY_WAIT, || async {
+        let (_, clusters) = http_get(envoy.admin, "/clusters").await;
+        clusters.contains(&format!("egressd_authz::127.0.0.1:{grpc_port}::")).then_some(())
+    })
+    .await;
+    eventually("egressd answers through the named cluster", ENVOY_WAIT, || async {
+        let (status, headers) = proxy_get(spec.http_listen, "http://api.partner.test/").await;
+        (status == 403 && headers.to_ascii_lowercase().contains("x-egressd-reason: unauthenticated")).then_some(())
+    })
+    .await;
+}
+
 async fn start_on(grpc: std::net::SocketAddr, spec: GatewaySpec) -> TestServer {
     TestServer::builder(mesh_without_gateway()).gateway(spec).grpc_listen(grpc).start().await
 }

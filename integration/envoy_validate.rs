@@ -196,6 +196,26 @@ fn a_gateway_reaching_egressd_over_tls_validates() {
     }
 }
 
+/// A Gateway reaching egressd by name: a STRICT_DNS `egressd_authz` cluster Envoy accepts.
+#[test]
+fn a_gateway_reaching_egressd_by_name_validates() {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    let mut spec = GatewaySpec::local("127.0.0.1:18000".parse().unwrap());
+    spec.authz_address =
+        Some(egressd::policy::AuthzAddress::Name { host: "egressd.egressd.svc.cluster.local".into(), port: 18000 });
+    let cluster: Cluster = decode(&resources::authz_cluster(&spec));
+    assert_eq!(
+        cluster.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
+    );
+    let endpoint = format!("{:?}", cluster.load_assignment.unwrap().endpoints[0].lb_endpoints[0]);
+    assert!(
+        endpoint.contains("\"egressd.egressd.svc.cluster.local\"") && endpoint.contains("PortValue(18000)"),
+        "{endpoint}"
+    );
+    validate("authz-by-name", &spec);
+}
+
 /// The HTTP listener's connection manager, decoded.
 fn http_hcm(spec: &GatewaySpec) -> HttpConnectionManager {
     let listener: Listener = decode(&resources::http_listener(spec));

@@ -33,7 +33,8 @@ pub use decide::Destination;
 pub use decision::{Decision, GrantRef, Malformed, Outcome, Reason, Verdict};
 pub use diagnostic::{Diagnostic, Severity, SourceLoc};
 pub use gateway::{
-    AuthzTls, GatewayAccessLog, GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls, defaults as gateway_defaults,
+    AuthzAddress, AuthzTls, GatewayAccessLog, GatewaySpec, GatewayTracing, MtlsPaths, UpstreamTls,
+    defaults as gateway_defaults, parse_authz_address,
 };
 pub use source::{PolicySource, SourceError};
 pub use terms::{Mode, Protocol, TunnelTls, UnclaimedIdentities};

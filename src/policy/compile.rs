@@ -205,6 +205,7 @@ impl<'d> Compiler<'d> {
         }
         self.warn_overlapping_claims(&claims, &services);
         let dns = super::dns::compile_dns_firewall(docs.dns_firewalls, &services, &mut self.matcher, self.diags);
+        super::gateway::firewall_address_needs_an_ip(&gateways, dns.as_ref(), self.diags);
         let service_by_name = services.iter().map(|s| (s.name.clone(), s.index)).collect();
         let admin_identities = self.check_admin_identities(&mesh.file, &mesh.doc.admin_identities);
 

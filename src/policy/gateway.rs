@@ -82,7 +82,7 @@ pub struct GatewaySpec {
     /// Workload mTLS on the HTTP listener; `None` serves it in plaintext (development only).
     pub mtls: Option<MtlsPaths>,
     /// Where the gateway reaches egressd; `None`: egressd's own gRPC listen address.
-    pub authz_address: Option<SocketAddr>,
+    pub authz_address: Option<AuthzAddress>,
     pub authz_timeout_ms: u64,
     /// TLS to egressd (`authz.tls`); `None`: plaintext HTTP/2.
     pub authz_tls: Option<AuthzTls>,
@@ -117,6 +117,7 @@ pub struct GatewaySpec {
 impl GatewaySpec {
     /// The development gateway on loopback, reaching egressd at `authz_address`.
     pub fn local(authz_address: SocketAddr) -> Self {
+        let authz_address = AuthzAddress::Ip(authz_address);
         GatewaySpec {
             name: "default".to_string(),
             nodes: Vec::new(),
@@ -143,8 +144,8 @@ impl GatewaySpec {
     }
 
     /// Where the gateway reaches egressd (egressd's default address when none is set).
-    pub fn authz(&self) -> SocketAddr {
-        self.authz_address.unwrap_or(defaults::AUTHZ_ADDRESS)
+    pub fn authz(&self) -> AuthzAddress {
+        self.authz_address.clone().unwrap_or(AuthzAddress::Ip(defaults::AUTHZ_ADDRESS))
     }
 
     /// This gateway with its DNS resolvers settled: egressd's DnsFirewall when the policy has one,
@@ -156,7 +157,12 @@ impl GatewaySpec {
             && self.use_dns_firewall != Some(false)
         {
             let listen = self.dns_firewall_address.unwrap_or(dns.listen);
-            let ip = if listen.ip().is_unspecified() { self.authz().ip() } else { listen.ip() };
+            // A named authz address has no IP to lend: compile rejects that pairing
+            // (`firewall_address_needs_an_ip`), so the listen address is kept as it is.
+            let ip = match self.authz() {
+                AuthzAddress::Ip(authz) if listen.ip().is_unspecified() => authz.ip(),
+                _ => listen.ip(),
+            };
             self.dns_resolvers = vec![SocketAddr::new(ip, listen.port())];
         }
         self
@@ -194,6 +200,100 @@ fn addr(file: &Arc<str>, v: &Spanned<String>, what: &str, diags: &mut Diagnostic
         _ => {
             diags.error(SourceLoc::of(file, v), format!("{what} `{}` is not IP:PORT (e.g. 127.0.0.1:10080)", v.value));
             None
+        }
+    }
+}
+
+/// Where a gateway reaches egressd: an IP and port (a STATIC cluster), or a DNS name and port (a
+/// STRICT_DNS cluster: every address the name resolves to, re-resolved as its TTL says, e.g. the
+/// replicas behind a Kubernetes Service). Written `HOST:PORT`, `[v6]:PORT` for IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthzAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl AuthzAddress {
+    pub fn port(&self) -> u16 {
+        match self {
+            AuthzAddress::Ip(a) => a.port(),
+            AuthzAddress::Name { port, .. } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthzAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthzAddress::Ip(a) => write!(f, "{a}"),
+            AuthzAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl Serialize for AuthzAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parses `HOST:PORT`: an IP, or a DNS name (letters, digits, `-` and `.`, as
+/// `crate::policy::host` normalizes it: lowercase, no trailing dot).
+pub fn parse_authz_address(text: &str) -> Result<AuthzAddress, String> {
+    let text = text.trim();
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return if a.port() == 0 { Err("port 0".into()) } else { Ok(AuthzAddress::Ip(a)) };
+    }
+    let (host, port) = text.rsplit_once(':').ok_or("no `:PORT`")?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("port `{port}` is not 1..65535"))?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) || host.parse::<std::net::IpAddr>().is_ok() {
+        return Err(format!("`{host}` is neither an IP address nor a DNS name"));
+    }
+    Ok(AuthzAddress::Name { host, port })
+}
+
+fn authz_address(file: &Arc<str>, v: &Spanned<String>, diags: &mut Diagnostics) -> Option<AuthzAddress> {
+    match parse_authz_address(&v.value) {
+        Ok(a) => Some(a),
+        Err(why) => {
+            let msg = format!(
+                "authz.address `{}` is not HOST:PORT ({why}; e.g. 127.0.0.1:18000 or egressd.egressd.svc.cluster.local:18000)",
+                v.value
+            );
+            diags.error(SourceLoc::of(file, v), msg);
+            None
+        }
+    }
+}
+
+/// A gateway that resolves through the DnsFirewall reaches it at the IP it reaches egressd on when
+/// the firewall listens on an unspecified address; a named `authz.address` has no such IP, so
+/// that gateway must name its resolvers (or opt out) itself.
+pub fn firewall_address_needs_an_ip(
+    gateways: &[GatewaySpec],
+    dns: Option<&super::dns::DnsFirewallSpec>,
+    diags: &mut Diagnostics,
+) {
+    let Some(dns) = dns.filter(|d| d.listen.ip().is_unspecified()) else { return };
+    for g in gateways {
+        if let (Some(AuthzAddress::Name { host, .. }), true, true) =
+            (&g.authz_address, g.dns_resolvers.is_empty(), g.use_dns_firewall != Some(false))
+        {
+            diags.error(
+                g.loc.clone(),
+                format!(
+                    "Gateway {}: authz.address names a host ({host}) and the DnsFirewall listens on {}, so the gateway cannot tell the firewall's IP: set dns.resolvers to it (IP:PORT) or dns.useDnsFirewall: false",
+                    g.name, dns.listen
+                ),
+            );
         }
     }
 }
@@ -317,7 +417,7 @@ pub fn compile_gateways(
                 private_key: m.private_key.value.clone(),
                 trust_bundle: m.trust_bundle.value.clone(),
             }),
-            authz_address: authz.and_then(|a| a.address.as_ref()).and_then(|a| addr(file, a, "authz.address", diags)),
+            authz_address: authz.and_then(|a| a.address.as_ref()).and_then(|a| authz_address(file, a, diags)),
             authz_timeout_ms: positive(
                 file,
                 authz.and_then(|a| a.timeout_ms.as_ref()),

@@ -312,6 +312,53 @@ fn exact_principal_fast_path_agrees_with_parsing() {
 // ---- kind: Gateway ----
 
 #[test]
+fn an_authz_address_is_an_ip_or_a_dns_name_with_a_port() {
+    use crate::policy::{AuthzAddress, parse_authz_address};
+    assert_eq!(parse_authz_address("10.0.0.5:18000"), Ok(AuthzAddress::Ip("10.0.0.5:18000".parse().unwrap())));
+    assert_eq!(parse_authz_address("[::1]:18000"), Ok(AuthzAddress::Ip("[::1]:18000".parse().unwrap())));
+    let named = AuthzAddress::Name { host: "egressd.egressd.svc.cluster.local".into(), port: 18000 };
+    assert_eq!(parse_authz_address(" Egressd.egressd.svc.cluster.local.:18000 "), Ok(named.clone()));
+    assert_eq!(named.to_string(), "egressd.egressd.svc.cluster.local:18000");
+    for bad in ["egressd", "egressd:0", "egressd:99999", "bad_name:1", "-x.example:1", "::1:18000", "a..b:1", ":18000"]
+    {
+        assert!(parse_authz_address(bad).is_err(), "{bad} must be refused");
+    }
+    let gateway = |address: &str| {
+        format!("kind: Gateway\nname: x\nlisteners: {{http: 127.0.0.1:1}}\nauthz: {{address: \"{address}\"}}\n")
+    };
+    let p = compile(
+        &PolicySource::from_text(
+            "g.yaml",
+            &format!("kind: MeshDefaults\ntrustDomain: corp.example\n---\n{}", gateway("egressd.svc:18000")),
+        ),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(p.gateways[0].authz(), AuthzAddress::Name { host: "egressd.svc".into(), port: 18000 });
+    assert_error(&gateway("egressd.svc"), "v.yaml:7:", "authz.address `egressd.svc` is not HOST:PORT (no `:PORT`");
+    assert_error(&gateway("bad_name:1"), "v.yaml:7:", "is neither an IP address nor a DNS name");
+}
+
+#[test]
+fn a_named_authz_address_cannot_lend_its_ip_to_a_firewall_listening_everywhere() {
+    let with = |listen: &str, gateway_dns: &str| {
+        errors(&format!(
+            "kind: Gateway\nname: edge\nlisteners: {{http: 127.0.0.1:1}}\nauthz: {{address: egressd.svc:18000}}\n{gateway_dns}---\nkind: DnsFirewall\nname: d\nlisten: {listen}\nupstreams: [127.0.0.1:53]\n"
+        ))
+    };
+    let errs = with("0.0.0.0:15053", "");
+    assert!(
+        errs.iter().any(|e| e.starts_with("v.yaml:4:1:")
+            && e.contains("Gateway edge: authz.address names a host (egressd.svc)")
+            && e.contains("set dns.resolvers")),
+        "{errs:#?}"
+    );
+    assert!(with("10.0.0.9:15053", "").is_empty(), "a firewall on a named IP is reached there");
+    assert!(with("0.0.0.0:15053", "dns: {resolvers: [10.0.0.9:15053]}\n").is_empty(), "explicit resolvers");
+    assert!(with("0.0.0.0:15053", "dns: {useDnsFirewall: false}\n").is_empty(), "opted out");
+}
+
+#[test]
 fn gateway_documents_compile_and_validate_with_locations() {
     let text = "kind: MeshDefaults\ntrustDomain: corp.example\n---\nkind: Gateway\nname: edge\nnodes: [egress-gateway]\nlisteners:\n  http: 127.0.0.1:10080\n  tls: 127.0.0.1:10443\ndns:\n  resolvers: [127.0.0.1:5353]\n";
     let p = compile(&PolicySource::from_text("g.yaml", text), NOW).unwrap();

@@ -69,7 +69,7 @@ use crate::contract::{
     CORRELATION_HEADER, DECISION_METADATA_NAMESPACE, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS,
     TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
 };
-use crate::policy::GatewaySpec;
+use crate::policy::{AuthzAddress, GatewaySpec};
 
 pub const AUTHZ_CLUSTER: &str = "egressd_authz";
 pub const DFP_CLUSTER: &str = "egress_dfp";
@@ -100,10 +100,15 @@ pub(super) fn millis(ms: u64) -> Duration {
 }
 
 pub(super) fn socket(addr: std::net::SocketAddr) -> Address {
+    named_socket(&addr.ip().to_string(), addr.port())
+}
+
+/// A socket address by name (for a STRICT_DNS cluster) or IP text.
+fn named_socket(host: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: addr.ip().to_string(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            address: host.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
         })),
     }
@@ -182,11 +187,29 @@ fn static_h2(name: &str, addr: std::net::SocketAddr) -> Cluster {
 
 /// egressd's own gRPC port, over HTTP/2, for ext_authz and the access log; over TLS when the
 /// Gateway says so (`authz.tls`, egressd served with `--tls-cert`).
+/// A named address is a STRICT_DNS cluster: Envoy resolves it with its own (system) resolver, not
+/// the gateway's destination resolvers (a DnsFirewall would have no reason to answer for egressd),
+/// and balances over every address it returns.
 pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
-    let c = Cluster {
-        transport_socket: spec.authz_tls.as_ref().map(authz_tls_socket),
-        ..static_h2(AUTHZ_CLUSTER, spec.authz())
+    let base = match spec.authz() {
+        AuthzAddress::Ip(addr) => static_h2(AUTHZ_CLUSTER, addr),
+        AuthzAddress::Name { host, port } => {
+            let mut c = static_h2(AUTHZ_CLUSTER, std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+            c.cluster_discovery_type =
+                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32));
+            c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+            let endpoint = c
+                .load_assignment
+                .as_mut()
+                .and_then(|l| l.endpoints.first_mut())
+                .and_then(|e| e.lb_endpoints.first_mut());
+            if let Some(LbEndpoint { host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(e)), .. }) = endpoint {
+                e.address = Some(named_socket(&host, port));
+            }
+            c
+        }
     };
+    let c = Cluster { transport_socket: spec.authz_tls.as_ref().map(authz_tls_socket), ..base };
     resource(AUTHZ_CLUSTER, c)
 }
 

@@ -149,7 +149,7 @@ impl SnapshotSet {
         for cfg in &policy.gateways {
             // A Gateway that names no authz address reaches egressd where the fallback does.
             let spec = GatewaySpec {
-                authz_address: cfg.authz_address.or(fallback.authz_address),
+                authz_address: cfg.authz_address.clone().or_else(|| fallback.authz_address.clone()),
                 dns_firewall_address: cfg.dns_firewall_address.or(fallback.dns_firewall_address),
                 ..cfg.clone()
             }
