@@ -18,8 +18,6 @@ pub mod pending;
 pub mod replay;
 mod table;
 
-use std::collections::BTreeSet;
-
 pub use table::FlowTable;
 
 use crate::policy::{Outcome, Protocol, Reason};
@@ -156,8 +154,10 @@ pub struct FlowStats {
     pub hits: u64,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
-    /// Distinct SPIFFE IDs, at most `MAX_WORKLOADS`.
-    pub workloads: BTreeSet<String>,
+    /// Distinct SPIFFE IDs, sorted, at most `MAX_WORKLOADS`. A sorted `Vec` rather than a
+    /// `BTreeSet`: most flows have one or two workloads, and a set's first node costs ~280 bytes,
+    /// a fifth of a flow's memory when learning from ~90,000 flows.
+    pub workloads: Vec<String>,
     /// More distinct workloads were seen than are kept.
     pub workloads_truncated: bool,
     /// Distinct (decision, reason, rule) seen, with counts, in first-seen order.
@@ -170,7 +170,7 @@ impl FlowStats {
             hits: 0,
             first_seen_ms: time_ms,
             last_seen_ms: time_ms,
-            workloads: BTreeSet::new(),
+            workloads: Vec::new(),
             workloads_truncated: false,
             decisions: Vec::new(),
         }
@@ -193,9 +193,10 @@ impl FlowStats {
     }
 
     fn add_workload(&mut self, w: &str) {
-        if !self.workloads.contains(w) {
+        if let Err(at) = self.workloads.binary_search_by(|x| x.as_str().cmp(w)) {
             if self.workloads.len() < MAX_WORKLOADS {
-                self.workloads.insert(w.to_string());
+                self.workloads.reserve_exact(1);
+                self.workloads.insert(at, w.to_string());
             } else {
                 self.workloads_truncated = true;
             }
@@ -209,12 +210,16 @@ impl FlowStats {
             .find(|d| d.decision == decision && d.reason == reason && d.rule.as_deref() == rule)
         {
             Some(d) => d.count += count,
-            None => self.decisions.push(DecisionCount {
-                decision,
-                reason: reason.to_string(),
-                rule: rule.map(str::to_string),
-                count,
-            }),
+            None => {
+                // Most flows see one decision: no room for four (a Vec's first growth).
+                self.decisions.reserve_exact(1);
+                self.decisions.push(DecisionCount {
+                    decision,
+                    reason: reason.to_string(),
+                    rule: rule.map(str::to_string),
+                    count,
+                })
+            }
         }
     }
 

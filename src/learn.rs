@@ -92,7 +92,7 @@ impl Evidence {
     fn of(stats: &FlowStats) -> Self {
         Evidence {
             hits: stats.hits,
-            workloads: stats.workloads.clone(),
+            workloads: stats.workloads.iter().cloned().collect(),
             workloads_truncated: stats.workloads_truncated,
             first_seen_ms: stats.first_seen_ms,
             last_seen_ms: stats.last_seen_ms,
