@@ -77,7 +77,7 @@ impl From<&Flow> for FlowJson {
             hits: s.hits,
             first_seen: rfc3339(s.first_seen_ms),
             last_seen: rfc3339(s.last_seen_ms),
-            workloads: s.workloads.iter().cloned().collect(),
+            workloads: s.workloads.to_vec(),
             workloads_truncated: s.workloads_truncated,
             decisions: s
                 .decisions
@@ -111,13 +111,18 @@ impl TryFrom<FlowJson> for Flow {
                 Ok(DecisionCount { decision: d.decision.parse()?, reason: d.reason, rule: d.rule, count: d.count })
             })
             .collect::<Result<_, String>>()?;
+        // A flow's workloads are kept sorted and distinct (`FlowStats::workloads`), whatever the
+        // server sent.
+        let mut workloads = j.workloads;
+        workloads.sort_unstable();
+        workloads.dedup();
         Ok(Flow {
             key: FlowKey { subject, host: j.host, port: j.port, protocol: j.protocol },
             stats: FlowStats {
                 hits: j.hits,
                 first_seen_ms: parse_time("firstSeen", &j.first_seen)?,
                 last_seen_ms: parse_time("lastSeen", &j.last_seen)?,
-                workloads: j.workloads.into_iter().collect(),
+                workloads,
                 workloads_truncated: j.workloads_truncated,
                 decisions,
             },
@@ -155,6 +160,30 @@ mod tests {
             let back: FlowJson = serde_json::from_str(&text).unwrap();
             assert_eq!(Flow::try_from(back).unwrap(), flow, "{text}");
         }
+    }
+
+    #[test]
+    fn workloads_stay_sorted_and_distinct_from_any_order_and_from_a_servers_json() {
+        let mut t = FlowTable::default();
+        for w in ["spiffe://t/c", "spiffe://t/a", "spiffe://t/c", "spiffe://t/b", "spiffe://t/a"] {
+            t.record(&Observation {
+                time_ms: 0,
+                subject: SubjectRef::Service("payments"),
+                workload: Some(w),
+                host: "a.test",
+                port: 443,
+                protocol: Protocol::Https,
+                decision: Outcome::Allow,
+                reason: "allowed",
+                rule: None,
+            });
+        }
+        let flow = t.into_sorted().remove(0);
+        assert_eq!(flow.stats.workloads, ["spiffe://t/a", "spiffe://t/b", "spiffe://t/c"]);
+        assert_eq!(flow.stats.hits, 5);
+        let mut j = FlowJson::from(&flow);
+        j.workloads = vec!["spiffe://t/z".into(), "spiffe://t/a".into(), "spiffe://t/z".into()];
+        assert_eq!(Flow::try_from(j).unwrap().stats.workloads, ["spiffe://t/a", "spiffe://t/z"]);
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub fn replay(policy: &CompiledPolicy, flow: &Flow, now: i64) -> Replayed {
     let dest = Destination { host, port: flow.key.port, protocol: flow.key.protocol };
     let principal = match &flow.key.subject {
         Subject::Unclaimed(id) => Some(id.as_str()),
-        Subject::Service(_) => flow.stats.workloads.iter().next().map(String::as_str),
+        Subject::Service(_) => flow.stats.workloads.first().map(String::as_str),
     };
     match (principal, &flow.key.subject) {
         (Some(p), _) => Replayed::of(&policy.decide(Some(p), Ok(&dest), None, now)),
