@@ -162,17 +162,22 @@ fn static_h2_cluster(name: &str, addr: std::net::SocketAddr) -> Resource {
 }
 
 fn static_h2(name: &str, addr: std::net::SocketAddr) -> Cluster {
+    h2_cluster(name, socket(addr), cluster::DiscoveryType::Static)
+}
+
+/// An HTTP/2 cluster of one endpoint `address` (an IP for STATIC, a name for STRICT_DNS).
+fn h2_cluster(name: &str, address: Address, discovery: cluster::DiscoveryType) -> Cluster {
     Cluster {
         name: name.to_string(),
         connect_timeout: Some(millis(1000)),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
         typed_extension_protocol_options: [http2_options()].into_iter().collect(),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket(addr)),
+                        address: Some(address),
                         ..Default::default()
                     })),
                     ..Default::default()
@@ -186,28 +191,17 @@ fn static_h2(name: &str, addr: std::net::SocketAddr) -> Cluster {
 }
 
 /// egressd's own gRPC port, over HTTP/2, for ext_authz and the access log; over TLS when the
-/// Gateway says so (`authz.tls`, egressd served with `--tls-cert`).
-/// A named address is a STRICT_DNS cluster: Envoy resolves it with its own (system) resolver, not
-/// the gateway's destination resolvers (a DnsFirewall would have no reason to answer for egressd),
-/// and balances over every address it returns.
+/// Gateway says so (`authz.tls`, egressd served with `--tls-cert`). A named address is a
+/// STRICT_DNS cluster: Envoy resolves it with its own (system) resolver, not the gateway's
+/// destination resolvers (a DnsFirewall would have no reason to answer for egressd), and
+/// balances over every address it returns.
 pub fn authz_cluster(spec: &GatewaySpec) -> Resource {
     let base = match spec.authz() {
         AuthzAddress::Ip(addr) => static_h2(AUTHZ_CLUSTER, addr),
-        AuthzAddress::Name { host, port } => {
-            let mut c = static_h2(AUTHZ_CLUSTER, std::net::SocketAddr::from(([0, 0, 0, 0], port)));
-            c.cluster_discovery_type =
-                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32));
-            c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
-            let endpoint = c
-                .load_assignment
-                .as_mut()
-                .and_then(|l| l.endpoints.first_mut())
-                .and_then(|e| e.lb_endpoints.first_mut());
-            if let Some(LbEndpoint { host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(e)), .. }) = endpoint {
-                e.address = Some(named_socket(&host, port));
-            }
-            c
-        }
+        AuthzAddress::Name { host, port } => Cluster {
+            dns_lookup_family: cluster::DnsLookupFamily::V4Preferred as i32,
+            ..h2_cluster(AUTHZ_CLUSTER, named_socket(&host, port), cluster::DiscoveryType::StrictDns)
+        },
     };
     let c = Cluster { transport_socket: spec.authz_tls.as_ref().map(authz_tls_socket), ..base };
     resource(AUTHZ_CLUSTER, c)
