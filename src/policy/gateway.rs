@@ -237,25 +237,26 @@ impl Serialize for AuthzAddress {
     }
 }
 
-/// Parses `HOST:PORT`: an IP, or a DNS name (letters, digits, `-` and `.`, as
-/// `crate::policy::host` normalizes it: lowercase, no trailing dot).
+/// Parses `HOST:PORT`: an IP, or a DNS name normalized as destinations are (`fqdn`: lowercase,
+/// punycode, no trailing dot, length and label rules) and, being a name Envoy must resolve for
+/// itself, a hostname too (RFC 1123: no `_`, no label starting or ending with `-`).
 pub fn parse_authz_address(text: &str) -> Result<AuthzAddress, String> {
+    use super::fqdn::{Host, normalize_host, parse_port};
     let text = text.trim();
     if let Ok(a) = text.parse::<SocketAddr>() {
         return if a.port() == 0 { Err("port 0".into()) } else { Ok(AuthzAddress::Ip(a)) };
     }
     let (host, port) = text.rsplit_once(':').ok_or("no `:PORT`")?;
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("port `{port}` is not 1..65535"))?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
+    let port = parse_port(port).map_err(|_| format!("port `{port}` is not 1..65535"))?;
+    let not_a_name = || format!("`{host}` is neither an IP address nor a DNS name");
+    let host = match normalize_host(host).map_err(|_| not_a_name())? {
+        Host::Name(name) => name.into_owned(),
+        // An IPv4 literal with a valid port parsed as a SocketAddr above.
+        Host::Ip(_) => return Err(not_a_name()),
     };
-    if host.len() > 253 || !host.split('.').all(label_ok) || host.parse::<std::net::IpAddr>().is_ok() {
-        return Err(format!("`{host}` is neither an IP address nor a DNS name"));
+    let hostname_label = |l: &str| !l.contains('_') && !l.starts_with('-') && !l.ends_with('-');
+    if !host.split('.').all(hostname_label) {
+        return Err(not_a_name());
     }
     Ok(AuthzAddress::Name { host, port })
 }
