@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("telemetry");
     g.bench_function("check (authorize, for scale)", |b| b.iter(|| black_box(authorize(&policy, &request, 0))));
     // The Check path copies the facts from the view it already made of the request.
-    let view = request::view(&request, &policy, GatewayCaps { originates_tls: true, removes_headers: true }).unwrap();
+    let view = request::view(&request, &policy, GatewayCaps::generated(true)).unwrap();
     g.bench_function("facts from the check's view (on the Check path)", |b| {
         b.iter(|| black_box(facts::from_view(Some(black_box(&view)), &request, &metadata, true)))
     });

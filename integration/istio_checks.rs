@@ -30,15 +30,16 @@
 //!   metadata) and `x-envoy-peer-metadata-id` (`sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local`),
 //!   as they appear in ext_authz request dumps in Istio's issue threads.
 //!
-//! Two behaviours of egressd today differ from what this gateway needs; the tests pin them (so a
-//! fix shows up here) and the example works around them:
-//! - an HTTP request reaching the gateway over HTTP/1.1 has `:scheme: https` (the hop's mTLS), and
-//!   egressd denies a non-CONNECT `https` request `unsupported-scheme` unless its own gateway
-//!   announces TLS origination, which Istio cannot: the example's DestinationRule upgrades the hop
-//!   to HTTP/2 so `:scheme` stays `http`;
-//! - a network check's port is its destination address, the gateway's own listener (8443), not
-//!   the destination's 443: the example's policy describes Istio's gateway as a `kind: Gateway`
-//!   (policy/istio-gateway.yaml) so that listener's checks are decided as `tlsUpstreamPort`.
+//! How egressd reads this gateway: the example's policy describes it as an external Gateway
+//! (policy/istio-gateway.yaml, `external: true`), matched by the listener address each check
+//! names as its destination:
+//! - an HTTP check on its HTTP listener (8080) is decided as `httpUpstream` says the gateway
+//!   sends it on, not by `:scheme`: over HTTP/1.1 the hop's mTLS makes `:scheme` `https`, and
+//!   egressd's own gateways would have that denied `unsupported-scheme` (no TLS origination
+//!   announced: Istio's provider sends no initial metadata);
+//! - a network check on its TLS listener (8443) is decided on `tlsUpstreamPort` (443);
+//! - answers set no `x-egress-*` routing headers (Istio routes by its VirtualServices and would
+//!   send them to the destination) and remove them and XFCC from the request.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -76,6 +77,20 @@ const CERT_PEM: &str = "-----BEGIN%20CERTIFICATE-----%0AMIIDSTCCAjGgAwIBAgIQX7w9
 
 fn example_policy() -> PolicySource {
     PolicySource::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/istio/policy")).unwrap()
+}
+
+/// The example policy with Istio's gateway originating TLS (the "TLS origination at the egress
+/// gateway" pattern: a DestinationRule `tls.mode: SIMPLE` on the destination's port 443).
+fn originating_tls() -> PolicySource {
+    let mut source = example_policy();
+    let gateway = source.files.iter_mut().find(|f| f.name.ends_with("istio-gateway.yaml")).unwrap();
+    assert!(gateway.text.contains("  protocol: http\n"));
+    gateway.text = gateway.text.replace("  protocol: http\n", "  protocol: https\n  port: 443\n");
+    let checkout = source.files.iter_mut().find(|f| f.text.contains("service: shop-checkout")).unwrap();
+    checkout
+        .text
+        .push_str("  - host: api.partner.test\n    ports: [443]\n    protocols: [https]\n    justification: test\n");
+    source
 }
 
 /// The example policy without its description of Istio's gateway (policy/istio-gateway.yaml).
@@ -269,14 +284,16 @@ async fn plain_http_egress_of_an_allowed_host_is_allowed_and_sent_to_that_host()
     let resp = check(&mut c, http2(CHECKOUT, "api.partner.test")).await;
     assert_eq!(summary(&resp), allowed("shop-checkout/allow/0"), "{resp:?}");
     assert_eq!((resp.meta("service").as_str(), resp.meta("mode").as_str()), ("shop-checkout", "enforce"));
+    // Istio routes by its own VirtualServices: egressd's routing headers would only travel on to
+    // the destination, so none is set; the answer removes them (whatever a client sent) and the
+    // caller's XFCC, which Istio's gateway does not strip itself.
+    assert!(resp.set_header("x-egress-host").is_none() && resp.set_header("x-egress-port").is_none(), "{resp:?}");
+    let mut removed = resp.removed_headers();
+    removed.sort();
     assert_eq!(
-        (resp.set_header("x-egress-host").as_deref(), resp.set_header("x-egress-port").as_deref()),
-        (Some("api.partner.test"), Some("80"))
+        removed,
+        ["x-egress-corr", "x-egress-host", "x-egress-port", "x-egress-tls-name", "x-forwarded-client-cert"],
     );
-    // Istio's gateway does not strip egressd's internal headers or the caller's XFCC itself, so the
-    // answer removes them: the caller's identity never reaches the destination.
-    let removed = resp.removed_headers();
-    assert!(removed.iter().any(|h| h == "x-forwarded-client-cert"), "{removed:?}");
 
     // The authority with its port, as a sidecar may forward it, is the same destination.
     let resp = check(&mut c, http2(CHECKOUT, "api.partner.test:80")).await;
@@ -304,17 +321,52 @@ async fn other_destinations_are_denied_with_the_reason() {
     assert_eq!(summary(&resp), denied("no-matching-allow", ""));
 }
 
-/// GAP: over an HTTP/1.1 hop the gateway derives `:scheme` from `x-forwarded-proto`, which it has
-/// just set to `https` (the hop is mTLS), and egressd refuses a non-CONNECT `https` request its
-/// own gateway did not announce TLS origination for. Istio's gRPC provider cannot send that
-/// announcement (no initial metadata), so every plain-HTTP egress over HTTP/1.1 is denied; the
-/// example keeps the hop on HTTP/2. When egressd learns to read such a gateway, this changes.
+/// Over an HTTP/1.1 hop the gateway derives `:scheme` from `x-forwarded-proto`, which it has just
+/// set to `https` (the hop is mTLS). The external Gateway says the request leaves as plain HTTP,
+/// so it is decided as `http` on port 80; without that document the `https` scheme is refused as
+/// from any gateway that does not announce TLS origination.
 #[tokio::test]
-async fn gap_an_http1_hop_arrives_as_https_and_is_denied_unsupported_scheme() {
+async fn an_http1_hop_arriving_as_https_is_decided_as_the_gateway_sends_it_on() {
     let (_s, mut c) = serve(example_policy()).await;
-    let resp = check(&mut c, istio_http_check(CHECKOUT, "api.partner.test", "https", "HTTP/1.1", &[])).await;
+    let http1 = || istio_http_check(CHECKOUT, "api.partner.test", "https", "HTTP/1.1", &[]);
+    let resp = check(&mut c, http1()).await;
+    assert_eq!(summary(&resp), allowed("shop-checkout/allow/0"), "{resp:?}");
+    let resp = check(&mut c, istio_http_check(CHECKOUT, "evil.example.com", "https", "HTTP/1.1", &[])).await;
+    assert_eq!(summary(&resp), denied("no-matching-allow", ""));
+    assert!(denied_http(&resp).0.contains("evil.example.com:80"), "decided as http/80");
+
+    let (_s, mut c) = serve(without_istio_gateway()).await;
+    let resp = check(&mut c, http1()).await;
     assert_eq!(summary(&resp), denied("unsupported-scheme", ""), "{resp:?}");
-    assert_eq!(denied_http(&resp).1, "unsupported-scheme");
+}
+
+/// Where Istio's gateway originates TLS (`httpUpstream: {protocol: https, port: 443}`), the plain
+/// request the sidecar sent to port 80 is decided as https on 443: the allow of http/80 does not
+/// admit it, an allow of https/443 does.
+#[tokio::test]
+async fn a_gateway_that_originates_tls_has_its_requests_decided_as_https_on_443() {
+    let (_s, mut c) = serve(originating_tls()).await;
+    let resp = check(&mut c, http2(CHECKOUT, "api.partner.test")).await;
+    assert_eq!(summary(&resp), allowed("shop-checkout/allow/2"), "{resp:?}");
+    assert!(resp.set_header("x-egress-tls-name").is_none(), "Istio's DestinationRule names the TLS peer");
+    let resp = check(&mut c, http2(CHECKOUT, "api.partner.test:80")).await;
+    assert_eq!(summary(&resp), allowed("shop-checkout/allow/2"), "the app's :80 leaves on 443");
+
+    let (_s, mut c) = serve(example_policy()).await;
+    let resp = check(&mut c, istio_http_check(CHECKOUT, "api.partner.test:443", "http", "HTTP/2", &[])).await;
+    assert_eq!(summary(&resp), denied("no-matching-allow", ""), "plain http on 443 is not the allow");
+}
+
+/// A check that did not arrive at the external gateway's HTTP listener (another port of the same
+/// pod, e.g. egressd's own gateway beside it) is read as from a gateway that declares nothing.
+#[tokio::test]
+async fn only_checks_on_the_external_gateways_listener_are_read_by_its_document() {
+    let (_s, mut c) = serve(example_policy()).await;
+    let mut req = http2(CHECKOUT, "api.partner.test");
+    req.attributes.as_mut().unwrap().destination.as_mut().unwrap().address = Some(socket(GATEWAY_POD_IP, 15001));
+    let resp = check(&mut c, req).await;
+    assert_eq!(summary(&resp), allowed("shop-checkout/allow/0"), "{resp:?}");
+    assert_eq!(resp.set_header("x-egress-host").as_deref(), Some("api.partner.test"), "routing headers set");
 }
 
 #[tokio::test]
@@ -333,11 +385,11 @@ async fn tls_by_sni_inside_istio_mtls_is_decided_on_the_destinations_port() {
     assert_eq!(summary(&resp), denied("malformed-request", ""));
 }
 
-/// GAP: without the policy's description of Istio's gateway, the port of a network check is the
+/// Without the policy's description of Istio's gateway, the port of a network check is the
 /// gateway's own listener (8443, the Service's targetPort for 443), so `ports: [443]` never
-/// matches. The example policy names that listener (policy/istio-gateway.yaml).
+/// matches: the reason the example policy names that listener (policy/istio-gateway.yaml).
 #[tokio::test]
-async fn gap_without_the_gateway_document_a_tls_check_is_decided_on_port_8443() {
+async fn without_the_gateway_document_a_tls_check_is_decided_on_the_listeners_port_8443() {
     let (_s, mut c) = serve(without_istio_gateway()).await;
     let resp = check(&mut c, istio_tls_check(CHECKOUT, "api.stripe.com")).await;
     assert_eq!(summary(&resp), denied("no-matching-allow", ""), "{resp:?}");

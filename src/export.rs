@@ -147,10 +147,11 @@ impl Options {
             ports.dedup();
             return ports;
         }
-        let mut ports: Vec<u16> = policy
-            .gateways
-            .iter()
-            .flat_map(|g| std::iter::once(g.http_listen.port()).chain(g.tls_listen.map(|l| l.port())))
+        let own = policy.gateways.iter().map(|g| (g.http_listen, g.tls_listen));
+        let external = policy.external_gateways.iter().map(|g| (g.http_listen, g.tls_listen));
+        let mut ports: Vec<u16> = own
+            .chain(external)
+            .flat_map(|(http, tls)| std::iter::once(http.port()).chain(tls.map(|l| l.port())))
             .collect();
         if ports.is_empty() {
             ports = DEFAULT_GATEWAY_PORTS.to_vec();

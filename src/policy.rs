@@ -12,6 +12,7 @@ mod decision;
 pub mod detection;
 pub mod diagnostic;
 pub mod dns;
+pub mod external_gateway;
 pub mod fqdn;
 mod gateway;
 pub mod hits;

@@ -110,7 +110,7 @@ pub fn checked(
 
 /// A check from egressd's own generated gateway with upstream TLS configured.
 fn generated_gateway_call() -> Call<'static> {
-    Call { gateway: GatewayCaps { originates_tls: true, removes_headers: true }, ..Default::default() }
+    Call { gateway: GatewayCaps::generated(true), ..Default::default() }
 }
 
 /// A synthetic mesh for benchmarks of policy size: `services` services of `rules` allows each,

@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
     let is_http = req.attributes.as_ref().and_then(|a| a.request.as_ref()).is_some_and(|r| r.http.is_some());
     for cache in CACHES.iter() {
         let policy = &*cache.policy;
-        for gateway in [GatewayCaps { originates_tls: true, removes_headers: true }, GatewayCaps::default()] {
+        for gateway in [GatewayCaps::generated(true), GatewayCaps::default()] {
             let call = Call { gateway, capture: Capture::Full, ..Default::default() };
             let checked = Checker::offline(policy).check(&req, call, NOW);
             let message = checked.answer.to_message();

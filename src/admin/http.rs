@@ -136,6 +136,7 @@ async fn policy(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "groups": p.groups,
         "warnings": p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         "gateways": p.gateways,
+        "externalGateways": p.external_gateways,
         "dnsFirewall": p.dns,
         "reloads": state.reload.reloads.load(Ordering::Relaxed),
         "reloadFailures": state.reload.failures.load(Ordering::Relaxed),

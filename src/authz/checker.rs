@@ -15,6 +15,7 @@ use super::request::{self, CheckView};
 use super::{response, tunnel};
 use crate::contract::{GATEWAY_GENERATED, GATEWAY_METADATA, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::identity::WorkloadId;
+use crate::policy::external_gateway::{ExternalGateway, HttpUpstream};
 use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
 use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
@@ -29,6 +30,12 @@ pub struct GatewayCaps {
     /// It strips and removes egressd's internal headers and XFCC itself (the generated gateway):
     /// answers carry no removal list.
     pub removes_headers: bool,
+    /// It routes by its own configuration (an external gateway, `policy::external_gateway`):
+    /// answers set no `x-egress-*` headers, they only remove them.
+    pub routes_itself: bool,
+    /// What its HTTP listener's requests leave as (an external gateway's `httpUpstream`): decided
+    /// so instead of by their `:scheme`.
+    pub http_upstream: Option<HttpUpstream>,
 }
 
 impl GatewayCaps {
@@ -37,6 +44,23 @@ impl GatewayCaps {
         GatewayCaps {
             originates_tls: is(UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE),
             removes_headers: is(GATEWAY_METADATA, GATEWAY_GENERATED),
+            routes_itself: false,
+            http_upstream: None,
+        }
+    }
+
+    /// The gateway egressd generates, with or without TLS origination (tests, tools).
+    pub fn generated(originates_tls: bool) -> Self {
+        GatewayCaps { originates_tls, removes_headers: true, ..GatewayCaps::default() }
+    }
+
+    /// An external gateway, as its Gateway document describes it.
+    pub fn external(gateway: &ExternalGateway) -> Self {
+        GatewayCaps {
+            originates_tls: gateway.http_upstream.is_some_and(|u| u.protocol == Protocol::Https),
+            removes_headers: false,
+            routes_itself: true,
+            http_upstream: gateway.http_upstream,
         }
     }
 }
@@ -229,7 +253,7 @@ impl<'a> Checker<'a> {
             }
             _ => None,
         };
-        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, call.gateway);
+        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, view.gateway);
         Checked { answer, verdict, facts: facts.filter(|_| call.capture.trace()) }
     }
 
@@ -281,7 +305,7 @@ impl<'a> Checker<'a> {
         }
         // An `https://` proxy request (not a CONNECT) is sent on with TLS the gateway originates.
         let originate_tls = proxied && dest.protocol == Protocol::Https;
-        let forward = Forward::new(dest, correlation, originate_tls, !gateway.removes_headers);
+        let forward = Forward::new(dest, correlation, originate_tls, !gateway.removes_headers, !gateway.routes_itself);
         match self.cache.and_then(|c| c.ok_core(decision)) {
             Some(core) => CheckAnswer::Forwarded { core, forward },
             None => CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, true, Some(&forward)))),

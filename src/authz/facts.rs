@@ -90,7 +90,7 @@ pub fn body_size(req: &CheckRequest, is_http: bool) -> Option<u64> {
 /// Reads `req` as `policy` would (from the generated gateway) and takes its facts: for tests and
 /// benchmarks of what telemetry does with them.
 pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &CompiledPolicy) -> RequestFacts {
-    let gateway = GatewayCaps { originates_tls: true, removes_headers: true };
+    let gateway = GatewayCaps::generated(true);
     from_view(view(req, policy, gateway).ok().as_ref(), req, metadata, true)
 }
 

@@ -54,6 +54,9 @@ pub struct Forward {
     /// The answer removes XFCC and the internal headers it does not set (every gateway but the
     /// generated one, which removes them itself).
     removes: bool,
+    /// The answer sets the routing headers (every gateway but an external one, which routes by
+    /// its own configuration and would send them to the destination).
+    sets: bool,
 }
 
 /// Which internal headers an answer sets: picks the removal list.
@@ -63,6 +66,8 @@ enum Shape {
     Tunnel = 1,
     Tls = 2,
     TunnelTls = 3,
+    /// Sets none (an external gateway routes the request itself).
+    Unrouted = 4,
 }
 
 impl Forward {
@@ -71,6 +76,7 @@ impl Forward {
         correlation: Option<SocketAddr>,
         originate_tls: bool,
         removes: bool,
+        sets: bool,
     ) -> Self {
         let mut host = SmallVec::new();
         match &destination.host {
@@ -84,7 +90,7 @@ impl Forward {
             }
         }
         let correlation = correlation.map(CorrelationText::new);
-        Forward { host, port: destination.port, correlation, originate_tls, removes }
+        Forward { host, port: destination.port, correlation, originate_tls, removes, sets }
     }
 
     /// The authorized host, as sent in `x-egress-host`.
@@ -102,6 +108,9 @@ impl Forward {
     }
 
     fn shape(&self) -> Shape {
+        if !self.sets {
+            return Shape::Unrouted;
+        }
         match (self.correlation.is_some(), self.originate_tls) {
             (false, false) => Shape::Plain,
             (true, false) => Shape::Tunnel,
@@ -112,6 +121,9 @@ impl Forward {
 
     /// The headers this answer sets, in order, as (name, value) pairs; `f` sees each once.
     fn each_header(&self, mut f: impl FnMut(&str, &str)) {
+        if !self.sets {
+            return;
+        }
         let mut port = itoa_buf();
         f(HOST_HEADER, self.host());
         f(PORT_HEADER, itoa(self.port, &mut port));
@@ -186,8 +198,8 @@ impl Forward {
 }
 
 /// `ok_response { headers_to_remove: [...] }` for each shape, encoded once.
-static REMOVALS: LazyLock<[Vec<u8>; 4]> = LazyLock::new(|| {
-    [Shape::Plain, Shape::Tunnel, Shape::Tls, Shape::TunnelTls].map(|shape| {
+static REMOVALS: LazyLock<[Vec<u8>; 5]> = LazyLock::new(|| {
+    [Shape::Plain, Shape::Tunnel, Shape::Tls, Shape::TunnelTls, Shape::Unrouted].map(|shape| {
         let ok = OkHttpResponse { headers_to_remove: removal_list(shape), ..Default::default() };
         CheckResponse { http_response: Some(check_response::HttpResponse::OkResponse(ok)), ..Default::default() }
             .encode_to_vec()
@@ -196,6 +208,7 @@ static REMOVALS: LazyLock<[Vec<u8>; 4]> = LazyLock::new(|| {
 
 fn removal_list(shape: Shape) -> Vec<String> {
     let sets = |h: &str| match h {
+        _ if shape == Shape::Unrouted => false,
         HOST_HEADER | PORT_HEADER => true,
         CORRELATION_HEADER => matches!(shape, Shape::Tunnel | Shape::TunnelTls),
         TLS_NAME_HEADER => matches!(shape, Shape::Tls | Shape::TunnelTls),
@@ -342,15 +355,23 @@ mod tests {
         let v4 = dest(Host::Ip("10.20.1.5".parse().unwrap()), 5432);
         let corr: SocketAddr = "127.1.2.3:4567".parse().unwrap();
         for f in [
-            Forward::new(&name, None, false, true),
-            Forward::new(&name, Some(corr), false, true),
-            Forward::new(&name, None, true, true),
-            Forward::new(&name, Some(corr), true, true),
-            Forward::new(&v6, None, true, true),
-            Forward::new(&v4, Some(corr), false, true),
-            Forward::new(&name, Some(corr), true, false),
-            Forward::new(&v4, None, false, false),
-            Forward::new(&dest(Host::Name(Cow::Owned(format!("{}.test", "a".repeat(200)))), 1), None, false, true),
+            Forward::new(&name, None, false, true, true),
+            Forward::new(&name, Some(corr), false, true, true),
+            Forward::new(&name, None, true, true, true),
+            Forward::new(&name, Some(corr), true, true, true),
+            Forward::new(&v6, None, true, true, true),
+            Forward::new(&v4, Some(corr), false, true, true),
+            Forward::new(&name, Some(corr), true, false, true),
+            Forward::new(&v4, None, false, false, true),
+            Forward::new(&name, None, true, true, false),
+            Forward::new(&v4, None, false, true, false),
+            Forward::new(
+                &dest(Host::Name(Cow::Owned(format!("{}.test", "a".repeat(200)))), 1),
+                None,
+                false,
+                true,
+                true,
+            ),
         ] {
             let mut wire = Vec::new();
             f.encode_after_core(&mut wire);
@@ -369,13 +390,25 @@ mod tests {
 
     #[test]
     fn headers_name_the_authorized_destination_and_remove_the_rest() {
-        let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true, true);
+        let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true, true, true);
         let set: Vec<(String, String)> =
             v6.headers().into_iter().map(|h| h.header.map(|h| (h.key, h.value)).unwrap()).collect();
         let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         assert_eq!(set, pairs(&[(HOST_HEADER, "[fd00::1]"), (PORT_HEADER, "8443"), (TLS_NAME_HEADER, "fd00::1")]));
         assert_eq!(v6.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER]);
-        let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false, true);
+        let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false, true, true);
         assert_eq!(plain.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER, TLS_NAME_HEADER]);
+    }
+
+    #[test]
+    fn an_external_gateways_answer_sets_no_routing_header_and_removes_them_all() {
+        let name = dest(Host::Name(Cow::Borrowed("api.partner.test")), 443);
+        let unrouted = Forward::new(&name, None, true, true, false);
+        assert!(unrouted.headers().is_empty());
+        let mut removed = unrouted.headers_to_remove();
+        removed.sort();
+        let mut every: Vec<String> = std::iter::once(XFCC_HEADER).chain(INTERNAL_HEADERS).map(String::from).collect();
+        every.sort();
+        assert_eq!(removed, every);
     }
 }

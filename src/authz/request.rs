@@ -27,6 +27,9 @@ pub struct CheckView<'a> {
     pub path: &'a str,
     /// Whether the caller was Envoy's HTTP filter (and so can use an HTTP deny response).
     pub is_http: bool,
+    /// The gateway the check came through: the call's, or the external gateway (policy) whose
+    /// HTTP listener the request arrived at.
+    pub gateway: GatewayCaps,
 }
 
 /// Reads a CheckRequest against the policy: XFCC is used when the peer principal is empty and the
@@ -51,9 +54,14 @@ pub fn view<'a>(
         (None, Some(http)) if trust_xfcc => header(http, "x-forwarded-client-cert").map(xfcc::last_uri).transpose(),
         _ => Ok(None),
     };
+    let gateway = match http {
+        Some(_) => arrived_through(attrs, policy, gateway),
+        None => gateway,
+    };
     Ok(match http {
         Some(http) => CheckView {
             principal,
+            gateway,
             destination: http_destination(http, gateway),
             request_id: header(http, "x-request-id").or(Some(http.id.as_str()).filter(|id| !id.is_empty())),
             method: &http.method,
@@ -62,6 +70,7 @@ pub fn view<'a>(
         },
         None => CheckView {
             principal,
+            gateway,
             destination: network_destination(attrs, policy),
             request_id: None,
             method: "",
@@ -69,6 +78,19 @@ pub fn view<'a>(
             is_http: false,
         },
     })
+}
+
+/// The gateway an HTTP check came through: egressd's own declare themselves in the call's
+/// metadata; any other is matched by the connection's local address against the policy's
+/// external gateways (none: what the call said, i.e. a gateway that declares nothing).
+fn arrived_through(attrs: &AttributeContext, policy: &CompiledPolicy, call: GatewayCaps) -> GatewayCaps {
+    if call.removes_headers || policy.external_gateways.is_empty() {
+        return call;
+    }
+    let local = attrs.destination.as_ref().and_then(|d| socket_address(d.address.as_ref()));
+    local
+        .and_then(|(ip, port)| policy.external_gateway_at(std::net::SocketAddr::new(ip, port)))
+        .map_or(call, GatewayCaps::external)
 }
 
 /// A request header by lowercase name, from `headers` or (when Envoy sends raw headers) `header_map`.
@@ -95,6 +117,10 @@ fn http_destination(http: &HttpRequest, gateway: GatewayCaps) -> Result<Destinat
         let port = port.ok_or(Malformed::ConnectWithoutPort)?;
         let protocol = if port == 443 { Protocol::Https } else { Protocol::Tcp };
         return Ok(Destination { host, port, protocol });
+    }
+    if let Some(upstream) = gateway.http_upstream {
+        // `:scheme` names the hop to the gateway, not how the gateway sends the request on.
+        return Ok(Destination { host, port: upstream.port_for(port), protocol: upstream.protocol });
     }
     let https = http.scheme.eq_ignore_ascii_case("https");
     if !https && !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {

@@ -43,7 +43,10 @@ struct Entry<'p> {
 }
 
 pub fn export(cx: &mut Cx<'_>) -> Vec<Value> {
-    let tls_port = cx.policy.gateways.first().map(|g| g.tls_upstream_port).unwrap_or(443);
+    // Istio's egress gateway is described as an external Gateway; a policy may instead only have
+    // egressd's own (the ports are then the same by construction).
+    let external = cx.policy.external_gateways.first().map(|g| g.tls_upstream_port);
+    let tls_port = external.or(cx.policy.gateways.first().map(|g| g.tls_upstream_port)).unwrap_or(443);
     let mut entries: BTreeMap<Dest, Entry<'_>> = BTreeMap::new();
     let mut warnings: Vec<(crate::policy::SourceLoc, String)> = Vec::new();
     for plan in &cx.services {

@@ -154,7 +154,7 @@ impl<'d> Compiler<'d> {
 
         let groups = self.check_groups(docs.groups);
         let trust_xfcc = mesh.doc.trust_forwarded_client_cert.as_ref().is_some_and(|t| t.value);
-        let gateways = super::gateway::compile_gateways(docs.gateways, trust_xfcc, self.diags);
+        let (gateways, external_gateways) = super::gateway::compile_gateways(docs.gateways, trust_xfcc, self.diags);
 
         // Mesh-wide denies: the floor under every service.
         let mesh_deny_table = self.matcher.add_table();
@@ -233,6 +233,7 @@ impl<'d> Compiler<'d> {
             mesh_deny_table,
             mesh_deny_rules,
             gateways,
+            external_gateways,
             dns,
             warnings: Vec::new(),
             identities,

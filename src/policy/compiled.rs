@@ -197,6 +197,9 @@ pub struct CompiledPolicy {
     pub mesh_deny_rules: usize,
     /// `kind: Gateway` documents: how the gateways egressd configures over xDS are built.
     pub gateways: Vec<super::gateway::GatewaySpec>,
+    /// `kind: Gateway` documents with `external: true`: gateways another control plane configures,
+    /// described so their checks are read right (`external_gateway`).
+    pub external_gateways: Vec<super::external_gateway::ExternalGateway>,
     /// `kind: DnsFirewall`, if the policy has one: egressd answers DNS from this policy.
     pub dns: Option<super::dns::DnsFirewallSpec>,
     /// Findings that did not stop the load (expired allows, overlapping identities).
@@ -213,11 +216,18 @@ impl CompiledPolicy {
     /// The upstream port of a TLS-by-SNI check that arrived on one of the policy's gateway TLS
     /// listeners: Envoy reports the listener's own address, but the gateway dials `tlsUpstreamPort`.
     pub fn tls_upstream_port(&self, listener: std::net::SocketAddr) -> Option<u16> {
-        self.gateways.iter().find_map(|g| {
-            let l = g.tls_listen?;
-            (l.port() == listener.port() && (l.ip().is_unspecified() || l.ip() == listener.ip()))
-                .then_some(g.tls_upstream_port)
-        })
+        use super::external_gateway::listens_on;
+        let own = self.gateways.iter().map(|g| (g.tls_listen, g.tls_upstream_port));
+        let external = self.external_gateways.iter().map(|g| (g.tls_listen, g.tls_upstream_port));
+        own.chain(external).find_map(|(l, port)| listens_on(l?, listener).then_some(port))
+    }
+
+    /// The external gateway whose HTTP listener an HTTP check's connection arrived at.
+    pub fn external_gateway_at(
+        &self,
+        local: std::net::SocketAddr,
+    ) -> Option<&super::external_gateway::ExternalGateway> {
+        self.external_gateways.iter().find(|g| g.serves_http_at(local))
     }
 
     /// The service called `name` (hashed: the tunnel check looks it up on the Check path).

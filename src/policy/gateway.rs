@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_saphyr::Spanned;
 
 use super::diagnostic::{Diagnostics, SourceLoc};
+use super::external_gateway::{self, ExternalGateway};
 use super::load::Located;
 use super::model::{GatewayAccessLogDoc, GatewayDoc};
 
@@ -357,8 +358,9 @@ pub fn compile_gateways(
     docs: Vec<Located<GatewayDoc>>,
     trust_forwarded_client_cert: bool,
     diags: &mut Diagnostics,
-) -> Vec<GatewaySpec> {
+) -> (Vec<GatewaySpec>, Vec<ExternalGateway>) {
     let mut out: Vec<GatewaySpec> = Vec::new();
+    let mut external: Vec<ExternalGateway> = Vec::new();
     let mut names: HashMap<String, SourceLoc> = HashMap::new();
     let mut nodes: HashMap<String, String> = HashMap::new();
     let mut default: Option<SourceLoc> = None;
@@ -371,7 +373,12 @@ pub fn compile_gateways(
         } else if let Some(first) = names.insert(name.clone(), name_loc.clone()) {
             diags.error(name_loc.clone(), format!("Gateway `{name}` is already defined at {first}"));
         }
-        if d.nodes.is_empty() {
+        let is_external = d.external.as_ref().is_some_and(|e| e.value);
+        if let (Some(upstream), false) = (&d.http_upstream, is_external) {
+            let msg = "httpUpstream describes a gateway egressd does not configure: it needs `external: true` (egressd's own gateways send requests on with the scheme they arrived with)";
+            diags.error(SourceLoc::of(file, &upstream.protocol), msg);
+        }
+        if d.nodes.is_empty() && !is_external {
             if let Some(first) = &default {
                 diags.error(g.loc.clone(), format!("a second default Gateway (no `nodes`); the first is at {first}"));
             }
@@ -403,10 +410,15 @@ pub fn compile_gateways(
             "tlsUpstreamPort",
             diags,
         ) as u16;
+        let Some(http_listen) = http else { continue };
+        if is_external {
+            let loc = g.loc.clone();
+            external.extend(external_gateway::compile(file, d, loc, (http_listen, tls), tls_upstream_port, diags));
+            continue;
+        }
         let authz = d.authz.as_ref();
         let dns = d.dns.as_ref();
         let timeouts = d.timeouts.as_ref();
-        let Some(http_listen) = http else { continue };
         out.push(GatewaySpec {
             name: name.clone(),
             nodes: d.nodes.iter().map(|n| n.value.clone()).collect(),
@@ -497,5 +509,5 @@ pub fn compile_gateways(
             loc: g.loc.clone(),
         });
     }
-    out
+    (out, external)
 }

@@ -144,6 +144,23 @@ pub struct GatewayDoc {
     pub upstream_tls: Option<GatewayUpstreamTlsDoc>,
     #[serde(default)]
     pub access_log: Option<GatewayAccessLogDoc>,
+    /// A gateway another control plane configures (Istio's egress gateway): egressd serves it no
+    /// xDS and reads its checks by this document's listeners (`external_gateway`).
+    #[serde(default)]
+    pub external: Option<Spanned<bool>>,
+    /// External gateways: what a request on the HTTP listener becomes upstream.
+    #[serde(default)]
+    pub http_upstream: Option<GatewayHttpUpstreamDoc>,
+}
+
+/// `httpUpstream`: the protocol (and port) an external gateway sends its HTTP listener's requests
+/// on with, whatever `:scheme` the hop to the gateway gave them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayHttpUpstreamDoc {
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub port: Option<Spanned<i64>>,
 }
 
 /// The gateway's access log to egressd over gRPC.

@@ -688,3 +688,48 @@ fn policies_past_the_size_and_document_limits_are_errors_at_the_file() {
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].starts_with("big.yaml:1:1: the file is 4194307 bytes, more than the 4194304"), "{errs:#?}");
 }
+
+#[test]
+fn an_external_gateway_is_described_not_served() {
+    let istio = "kind: Gateway\nname: istio\nexternal: true\nlisteners: {http: 0.0.0.0:8080, tls: 0.0.0.0:8443}\nhttpUpstream: {protocol: https, port: 443}\n";
+    // Beside a default gateway of egressd's own: the external one is not a second default.
+    let own = "kind: Gateway\nname: own\nlisteners: {http: 127.0.0.1:10080}\n";
+    let text = format!("kind: MeshDefaults\ntrustDomain: corp.example\n---\n{istio}---\n{own}");
+    let p = compile(&PolicySource::from_text("g.yaml", &text), NOW).unwrap();
+    assert_eq!(p.gateways.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["own"]);
+    let g = &p.external_gateways[0];
+    assert_eq!((g.name.as_str(), g.tls_upstream_port), ("istio", 443));
+    let upstream = g.http_upstream.unwrap();
+    assert_eq!((upstream.protocol, upstream.port), (Protocol::Https, Some(443)));
+    let pod: std::net::SocketAddr = "10.244.2.7:8080".parse().unwrap();
+    assert_eq!(p.external_gateway_at(pod).map(|g| g.name.as_str()), Some("istio"));
+    assert_eq!(p.external_gateway_at("10.244.2.7:15001".parse().unwrap()), None);
+    assert_eq!(p.tls_upstream_port("10.244.2.7:8443".parse().unwrap()), Some(443));
+}
+
+#[test]
+fn an_external_gateway_rejects_what_only_egressds_gateways_use() {
+    let external =
+        |extra: &str| format!("kind: Gateway\nname: istio\nexternal: true\nlisteners: {{http: 0.0.0.0:8080}}\n{extra}");
+    assert_error(
+        &external("nodes: [istio-egressgateway]\nauthz: {address: 127.0.0.1:18000}\n"),
+        "v.yaml:4:1:",
+        "Gateway `istio` is external (its own control plane configures it; egressd serves it no xDS), so nodes, authz cannot be set: remove them",
+    );
+    assert_error(
+        &external("httpUpstream: {protocol: ftp}\n"),
+        "v.yaml:8:",
+        "httpUpstream.protocol `ftp` is not `http` or `https`",
+    );
+    assert_error(
+        &external("httpUpstream: {protocol: http, port: 0}\n"),
+        "v.yaml:8:",
+        "httpUpstream.port 0 is outside 1..=65535",
+    );
+    assert_error(
+        "kind: Gateway\nname: own\nlisteners: {http: 127.0.0.1:1}\nhttpUpstream: {protocol: http}\n",
+        "v.yaml:7:",
+        "httpUpstream describes a gateway egressd does not configure: it needs `external: true`",
+    );
+    assert!(errors(&external("httpUpstream: {protocol: http}\n")).is_empty());
+}
