@@ -7,10 +7,14 @@ mod support {
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext, common_tls_context,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
@@ -54,13 +58,27 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
     };
     let mut clusters: Vec<Cluster> = all(Cluster::type_url()).iter().map(decode_any).collect();
     // The ADS source the HCM's RDS subscription names.
+    // (Plaintext: a copy that kept `authz.tls` would fetch its own secrets over itself.)
     let mut xds: Cluster = decode(&resources::authz_cluster(spec));
     xds.name = "xds_cluster".into();
+    xds.transport_socket = None;
     if let Some(la) = xds.load_assignment.as_mut() {
         la.cluster_name = "xds_cluster".into();
     }
     clusters.push(xds);
+    // The SDS secrets, static here: Envoy reads their files and checks them, and every TLS
+    // context names them as static secrets (by name, no `sds_config`), so a name that is not
+    // served fails validation too.
+    let secrets: Vec<Secret> = all(Secret::type_url()).iter().map(decode_any).collect();
+    for c in &mut clusters {
+        if let Some(socket) = c.transport_socket.as_mut() {
+            with_static_secrets::<UpstreamTlsContext>(socket, |t| t.common_tls_context.as_mut());
+        }
+    }
     let mut listeners: Vec<Listener> = all(Listener::type_url()).iter().map(decode_any).collect();
+    for socket in listeners.iter_mut().flat_map(|l| &mut l.filter_chains).filter_map(|f| f.transport_socket.as_mut()) {
+        with_static_secrets::<DownstreamTlsContext>(socket, |t| t.common_tls_context.as_mut());
+    }
     let routes: Vec<RouteConfiguration> = all(RouteConfiguration::type_url()).iter().map(decode_any).collect();
     assert_eq!(routes.len(), 1, "one route configuration");
     let http = listeners.iter().find(|l| l.name == resources::HTTP_LISTENER).expect("the HTTP listener").clone();
@@ -77,7 +95,7 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
             cluster: "egress-gateway".into(),
             ..Default::default()
         }),
-        static_resources: Some(bootstrap::StaticResources { listeners, clusters, ..Default::default() }),
+        static_resources: Some(bootstrap::StaticResources { listeners, clusters, secrets }),
         dynamic_resources: Some(bootstrap::DynamicResources {
             ads_config: Some(envoy_types::pb::envoy::config::core::v3::ApiConfigSource {
                 api_type: envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType::Grpc as i32,
@@ -95,6 +113,35 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
         }),
         ..Default::default()
     }
+}
+
+/// Points a TLS transport socket's SDS references at static secrets of the same names.
+fn with_static_secrets<T: Message + Default + Name>(
+    socket: &mut TransportSocket,
+    common: impl Fn(&mut T) -> Option<&mut CommonTlsContext>,
+) {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else { return };
+    if any.type_url != T::type_url() {
+        return; // not TLS (the tunnel cluster's internal upstream, ...)
+    }
+    let mut tls: T = decode_any(any);
+    if let Some(ctx) = common(&mut tls) {
+        for sds in &mut ctx.tls_certificate_sds_secret_configs {
+            sds.sds_config = None;
+        }
+        match ctx.validation_context_type.as_mut() {
+            Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+                sds.sds_config = None
+            }
+            Some(common_tls_context::ValidationContextType::CombinedValidationContext(c)) => {
+                if let Some(sds) = c.validation_context_sds_secret_config.as_mut() {
+                    sds.sds_config = None;
+                }
+            }
+            _ => {}
+        }
+    }
+    socket.config_type = Some(transport_socket::ConfigType::TypedConfig(pack_any(tls)));
 }
 
 fn validate(name: &str, spec: &GatewaySpec) {

@@ -77,6 +77,7 @@ pub struct LabBuilder {
     dns_firewall: bool,
     process: bool,
     listen_ip: Option<Ipv4Addr>,
+    kubelet_svid: bool,
 }
 
 impl LabBuilder {
@@ -139,6 +140,14 @@ impl LabBuilder {
 
     /// The gateway's listeners on `ip` instead of 127.0.0.1 (an address of a veth the test made,
     /// so a network namespace can reach the gateway).
+    /// The gateway's SVID (`tls.crt`, `tls.key`, `ca.crt`) laid out in `svid/` as the kubelet
+    /// mounts a Secret: each file a link through `..data` to a generation directory, so
+    /// `Lab::rotate_svid` replaces all three in one rename.
+    pub fn kubelet_svid(mut self) -> Self {
+        self.kubelet_svid = true;
+        self
+    }
+
     pub fn listen_on(mut self, ip: Ipv4Addr) -> Self {
         self.listen_ip = Some(ip);
         self
@@ -174,10 +183,21 @@ impl LabBuilder {
         // The SNI forward proxy dials the TLS upstream's port.
         spec.tls_upstream_port = tls_upstream.port();
         spec.dns_resolvers = if self.dns_firewall { Vec::new() } else { vec![dns.addr] };
-        spec.mtls = (!self.plaintext).then(|| MtlsPaths {
-            certificate_chain: path("gw.pem"),
-            private_key: path("gw.key"),
-            trust_bundle: path("bundle.pem"),
+        spec.mtls = (!self.plaintext).then(|| match self.kubelet_svid {
+            false => MtlsPaths {
+                certificate_chain: path("gw.pem"),
+                private_key: path("gw.key"),
+                trust_bundle: path("bundle.pem"),
+            },
+            true => {
+                let svid = dir.path().join("svid");
+                kubelet_secret_generation(&svid, "1", &gw, &ca.pem);
+                for key in ["tls.crt", "tls.key", "ca.crt"] {
+                    std::os::unix::fs::symlink(Path::new("..data").join(key), svid.join(key)).unwrap();
+                }
+                let at = |key: &str| svid.join(key).display().to_string();
+                MtlsPaths { certificate_chain: at("tls.crt"), private_key: at("tls.key"), trust_bundle: at("ca.crt") }
+            }
         });
         if let Some(ms) = self.progress_ms {
             spec.access_log.progress_interval_ms = ms;
@@ -344,6 +364,27 @@ pub fn gateway_yaml(spec: &GatewaySpec, request_ms: u64) -> String {
         doc += &format!("upstreamTls:\n  trustBundle: {}\n", t.trust_bundle);
     }
     doc
+}
+
+/// One generation of a kubelet Secret volume in `dir`: the files in `..<stamp>/`, then `..data`
+/// pointed at it in one rename (the kubelet's atomic writer).
+fn kubelet_secret_generation(dir: &Path, stamp: &str, svid: &Issued, bundle: &str) {
+    let generation = format!("..2026_12_02_06_00_0{stamp}.000000001");
+    std::fs::create_dir_all(dir.join(&generation)).unwrap();
+    for (key, text) in [("tls.crt", svid.cert_pem.as_str()), ("tls.key", &svid.key_pem), ("ca.crt", bundle)] {
+        std::fs::write(dir.join(&generation).join(key), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&generation, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+impl Lab {
+    /// Rotates the gateway's SVID (`LabBuilder::kubelet_svid`) as the kubelet updates a Secret
+    /// volume: a new generation, `..data` swapped to it.
+    pub fn rotate_svid(&self, stamp: &str, svid: &Issued, bundle: &str) {
+        kubelet_secret_generation(&self.dir.path().join("svid"), stamp, svid, bundle);
+    }
 }
 
 /// Replaces a file the way editors do: write a sibling, then rename over it.

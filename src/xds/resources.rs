@@ -12,6 +12,8 @@
 //!   tunnel listener), `https://` proxy requests to the TLS DFP cluster, everything else proxied;
 //!   always to the host and port egressd authorized (see `contract`).
 //! * listener `egress_tls` (optional): TLS by SNI: tls_inspector, network ext_authz, SNI DFP, tcp_proxy.
+//! * secrets (SDS, `secrets`): the gateway's SVID and workload bundle (`mtls`), its client
+//!   certificate and egressd's bundle (`authz.tls`), named by the TLS contexts above, so they rotate.
 //! * cluster `egress_otel_collector` (when the Gateway has `tracing`): the OTLP collector Envoy's
 //!   OpenTelemetry tracer exports to; the HTTP listener traces requests and, through its ext_authz
 //!   gRPC client, hands its span to egressd so decision spans join the request's trace.
@@ -56,8 +58,7 @@ use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_pr
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, TlsCertificate, UpstreamTlsContext,
-    common_tls_context,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::v3::Percent;
@@ -65,6 +66,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Name;
 
+use super::secrets;
 use crate::contract::{
     CORRELATION_HEADER, DECISION_METADATA_NAMESPACE, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS,
     TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
@@ -78,6 +80,12 @@ pub const HTTP_LISTENER: &str = "egress_http";
 pub const HTTP_ROUTE: &str = "egress_http";
 pub const TLS_LISTENER: &str = "egress_tls";
 pub const OTEL_CLUSTER: &str = "egress_otel_collector";
+/// SDS secrets (`secrets`): the gateway's SVID and the bundle that verifies workloads (`mtls`),
+/// and its TLS to egressd (`authz.tls`).
+pub const SVID_SECRET: &str = "egress_gateway_svid";
+pub const TRUST_BUNDLE_SECRET: &str = "egress_gateway_trust_bundle";
+pub const AUTHZ_CLIENT_CERT_SECRET: &str = "egressd_authz_client_certificate";
+pub const AUTHZ_TRUST_BUNDLE_SECRET: &str = "egressd_authz_trust_bundle";
 const DNS_CACHE: &str = "egress_dns_cache";
 
 /// One generated resource: its name and the message packed as `Any`.
@@ -233,23 +241,25 @@ fn authz_tls_socket(tls: &crate::policy::AuthzTls) -> TransportSocket {
             }
         })
         .collect();
+    // The bundle and the client certificate are SDS secrets (they rotate, see `secrets`); the
+    // name check stays here, combined with the served bundle.
+    let validation = common_tls_context::CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_typed_subject_alt_names: san_matchers,
+            ..Default::default()
+        }),
+        validation_context_sds_secret_config: Some(secrets::over_ads(AUTHZ_TRUST_BUNDLE_SECRET)),
+        ..Default::default()
+    };
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
-            tls_certificates: tls
+            tls_certificate_sds_secret_configs: tls
                 .client_certificate
                 .iter()
-                .map(|(chain, key)| TlsCertificate {
-                    certificate_chain: file(chain),
-                    private_key: file(key),
-                    ..Default::default()
-                })
+                .map(|_| secrets::over_ads(AUTHZ_CLIENT_CERT_SECRET))
                 .collect(),
-            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: file(&tls.trust_bundle),
-                    match_typed_subject_alt_names: san_matchers,
-                    ..Default::default()
-                },
+            validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+                validation,
             )),
             alpn_protocols: vec!["h2".to_string()],
             ..Default::default()
@@ -261,6 +271,23 @@ fn authz_tls_socket(tls: &crate::policy::AuthzTls) -> TransportSocket {
         name: "envoy.transport_sockets.tls".to_string(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
     }
+}
+
+/// The SDS secrets the gateway's TLS contexts name: its SVID and workload bundle (`mtls`), its
+/// client certificate and egressd's bundle (`authz.tls`).
+pub fn tls_secrets(spec: &GatewaySpec) -> Vec<Resource> {
+    let mut out = Vec::new();
+    if let Some(m) = &spec.mtls {
+        out.push(secrets::certificate(SVID_SECRET, &m.certificate_chain, &m.private_key));
+        out.push(secrets::trust_bundle(TRUST_BUNDLE_SECRET, &m.trust_bundle));
+    }
+    if let Some(t) = &spec.authz_tls {
+        out.push(secrets::trust_bundle(AUTHZ_TRUST_BUNDLE_SECRET, &t.trust_bundle));
+        if let Some((chain, key)) = &t.client_certificate {
+            out.push(secrets::certificate(AUTHZ_CLIENT_CERT_SECRET, chain, key));
+        }
+    }
+    out
 }
 
 /// The OTLP/gRPC collector of the gateway's own spans, when tracing is configured.
@@ -422,16 +449,13 @@ pub(super) fn network_filter<M: Name + prost::Message>(name: &str, msg: M) -> Fi
 }
 
 fn downstream_mtls(spec: &GatewaySpec, alpn: &[&str]) -> Option<TransportSocket> {
-    let mtls = spec.mtls.as_ref()?;
+    spec.mtls.as_ref()?;
     let ctx = DownstreamTlsContext {
+        // The SVID and the bundle are SDS secrets, so they rotate (see `secrets`).
         common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: file(&mtls.certificate_chain),
-                private_key: file(&mtls.private_key),
-                ..Default::default()
-            }],
-            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(
-                CertificateValidationContext { trusted_ca: file(&mtls.trust_bundle), ..Default::default() },
+            tls_certificate_sds_secret_configs: vec![secrets::over_ads(SVID_SECRET)],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                secrets::over_ads(TRUST_BUNDLE_SECRET),
             )),
             alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
             ..Default::default()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -15,10 +16,10 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::resources::{self, Resource};
 use crate::policy::GatewaySpec;
 
-/// Resource types in the order a change is pushed: clusters before the listeners that use them,
-/// listeners before the routes they name (Envoy's make-before-break order).
-pub fn type_order() -> [String; 3] {
-    [Cluster::type_url(), Listener::type_url(), RouteConfiguration::type_url()]
+/// Resource types in the order a change is pushed: clusters and secrets before the listeners that
+/// use them, listeners before the routes they name (Envoy's make-before-break order).
+pub fn type_order() -> [String; 4] {
+    [Cluster::type_url(), Secret::type_url(), Listener::type_url(), RouteConfiguration::type_url()]
 }
 
 /// Types Envoy subscribes to with a wildcard (all resources of the type).
@@ -108,6 +109,7 @@ impl Snapshot {
         if let Some(otel) = resources::otel_cluster(spec) {
             list.push((cluster, otel));
         }
+        list.extend(resources::tls_secrets(spec).into_iter().map(|s| (Secret::type_url(), s)));
         Snapshot::from_resources(&spec.name, policy_version, list)
     }
 
