@@ -10,20 +10,29 @@
 //! - egressd: 2 replicas, probes on `/readyz` and `/healthz` on the admin port, the restricted
 //!   securityContext on every pod, resources, anti-affinity, Prometheus annotations, a PDB that
 //!   selects the pods, Service ports that are the container ports and the `--grpc-listen` /
-//!   `--admin-listen` flags, the policy ConfigMap mounted whole where `--policy` points;
+//!   `--admin-listen` flags, the policy ConfigMap mounted whole where `--policy` points; the gRPC
+//!   port over TLS with `--tls-cert`/`--tls-key`/`--client-ca` the keys of the mounted Secret
+//!   `egressd-grpc-tls`, the probes plain HTTP on the admin port;
 //! - the policy: `examples/kubernetes/policy/` is `mesh-config/` byte for byte, the ConfigMap holds
 //!   every file of it (plus the cluster's Gateway) and `egressd validate --strict` accepts it;
 //! - the gateway: the policy's Gateway for the bootstrap's node cluster reaches egressd at the
 //!   Service's DNS name, finds its certificate, key and bundle in the SVID volume, listens on the
-//!   container ports the Service targets; the bootstrap names the egressd Service and Envoy 1.40
-//!   accepts it (`--mode validate`) with the container's own arguments;
-//! - hot reload: the real `egressd serve` with the Deployment's arguments on the ConfigMap laid
-//!   out as the kubelet mounts it (`..data` link farm), answering its probes; a `..data` swap
-//!   changes the version on `/policy`, a swap to a broken set keeps the running one and says why;
+//!   container ports the Service targets; its `authz.tls` and the bootstrap's ADS cluster verify
+//!   egressd against the CA of egressd's Secret (a volume of the envoy container) for the Service's
+//!   name and present the SVID; the bootstrap names the egressd Service and Envoy 1.40 accepts it
+//!   (`--mode validate`) with the container's own arguments, on real PEM files laid out as the
+//!   container's Secret volumes (and refuses it when a file the bootstrap names is missing);
+//! - hot reload: the real `egressd serve` with the Deployment's arguments (and real certificates
+//!   where its Secret is mounted) on the ConfigMap laid out as the kubelet mounts it (`..data`
+//!   link farm), answering its probes; a `..data` swap changes the version on `/policy`, a swap to
+//!   a broken set keeps the running one and says why; its gRPC health service answers over TLS for
+//!   the Service's name, verified against the CA, to a client presenting the gateway's SVID;
 //! - the Containerfile's shape; the Istio files: the extension provider is egressd's Service and
 //!   fails closed, REGISTRY_ONLY, the Helm values are the IstioOperator's meshConfig, the
 //!   AuthorizationPolicy and ServiceEntries are what `egressd export istio` writes, every route
-//!   goes through the egress gateway over Istio mTLS with the host as SNI.
+//!   goes through the egress gateway over Istio mTLS with the host as SNI; a DestinationRule in
+//!   the gateway's namespace makes the provider's host and port SIMPLE TLS with egressd's name as
+//!   SNI and SAN.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -38,6 +47,7 @@ use serde_json::{Value, json};
 mod support {
     pub mod envoy;
     pub mod eventually;
+    pub mod pki;
     pub mod schemas;
     pub mod server;
 }
@@ -167,6 +177,107 @@ fn flags(container: &Value) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// The Secret and key a file path of `container` is, through its Secret volume mounts (a mount
+/// whose directory is the file's; with `items`, the key projected at that name).
+fn secret_file(deployment: &Value, container: &Value, path: &str) -> (String, String) {
+    let path = Path::new(path);
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let volume = volume_at(deployment, container, path.parent().unwrap());
+    let secret = &volume["secret"];
+    let secret_name = str_of(&secret["secretName"], "secretName (a Secret volume)").to_string();
+    let key = match secret["items"].as_array() {
+        None => name.to_string(),
+        Some(items) => {
+            let item = items.iter().find(|i| i["path"] == name);
+            str_of(&item.unwrap_or_else(|| panic!("{volume}: no item at {name}"))["key"], "key").to_string()
+        }
+    };
+    (secret_name, key)
+}
+
+/// The volume mounted (read-only, whole: a renewal shows) at `dir` in `container`.
+fn volume_at<'a>(deployment: &'a Value, container: &Value, dir: &Path) -> &'a Value {
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(str_of(&m["mountPath"], "mountPath")) == dir)
+        .unwrap_or_else(|| panic!("{}: nothing mounted at {}", container["name"], dir.display()));
+    assert!(mount["readOnly"] == true && mount["subPath"].is_null(), "{mount}: read-only, whole");
+    volume(deployment, str_of(&mount["name"], "name"))
+}
+
+fn volume<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    let volumes = pod_spec(deployment)["volumes"].as_array().unwrap();
+    volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// Certificates for the Secrets the pods mount, as cert-manager would write them from one issuer:
+/// egressd's serving certificate for its Service name, the gateway's SVID, and their CA.
+struct TestSecrets {
+    ca: support::pki::Ca,
+    egressd: support::pki::Issued,
+    svid: support::pki::Issued,
+}
+
+impl TestSecrets {
+    fn new() -> TestSecrets {
+        let ca = support::pki::Ca::new("corp.example trust bundle");
+        let egressd = ca.issue(&[EGRESSD_NAME], &[]);
+        let svid = ca.issue(&[], &["spiffe://corp.example/ns/egressd/sa/egress-gateway"]);
+        TestSecrets { ca, egressd, svid }
+    }
+
+    /// A Secret's keys (tls.crt, tls.key, ca.crt), by its name.
+    fn data(&self, secret: &str) -> BTreeMap<&'static str, &str> {
+        let leaf = match secret {
+            "egressd-grpc-tls" => &self.egressd,
+            "egress-gateway-svid" => &self.svid,
+            other => panic!("no test content for Secret {other}"),
+        };
+        BTreeMap::from([
+            ("tls.crt", leaf.cert_pem.as_str()),
+            ("tls.key", leaf.key_pem.as_str()),
+            ("ca.crt", &self.ca.pem),
+        ])
+    }
+
+    /// Lays out `container`'s Secret volumes below `root` as the kubelet would (each key a file,
+    /// or only the `items`), and returns each mount path with its directory here.
+    fn mount(&self, deployment: &Value, container: &Value, root: &Path) -> Vec<(String, PathBuf)> {
+        let mut mounts = Vec::new();
+        for m in container["volumeMounts"].as_array().unwrap() {
+            let volume = volume(deployment, str_of(&m["name"], "name"));
+            let Some(secret) = volume["secret"].as_object() else { continue };
+            let dir = root.join(str_of(&m["name"], "name"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let data = self.data(str_of(&secret["secretName"], "secretName"));
+            let projected: Vec<(String, String)> = match secret.get("items").and_then(Value::as_array) {
+                None => data.keys().map(|k| (k.to_string(), k.to_string())).collect(),
+                Some(items) => items
+                    .iter()
+                    .map(|i| (str_of(&i["key"], "key").to_string(), str_of(&i["path"], "path").to_string()))
+                    .collect(),
+            };
+            for (key, path) in projected {
+                std::fs::write(dir.join(path), data[key.as_str()]).unwrap();
+            }
+            mounts.push((str_of(&m["mountPath"], "mountPath").to_string(), dir));
+        }
+        mounts
+    }
+}
+
+/// `text` with every `MOUNT/` of `mounts` replaced by its directory here.
+fn substitute_mounts(text: &str, mounts: &[(String, PathBuf)]) -> String {
+    mounts
+        .iter()
+        .fold(text.to_string(), |t, (mount, dir)| t.replace(&format!("{mount}/"), &format!("{}/", dir.display())))
+}
+
+/// The name gateways verify egressd by: its Service's, in the kustomization's namespace.
+const EGRESSD_NAME: &str = "egressd.egressd.svc.cluster.local";
 
 /// Whether `selector.matchLabels` selects pods labelled `labels`.
 fn selects(match_labels: &Value, labels: &Value) -> bool {
@@ -361,7 +472,19 @@ fn egressd_runs_two_restricted_replicas_probed_on_its_admin_port() {
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe} on the admin port");
+        // The admin port stays plain HTTP with the gRPC port on TLS.
+        assert!(c[probe]["httpGet"]["scheme"].is_null(), "{probe}: HTTP");
     }
+
+    // The gRPC port over TLS: certificate, key and client CA are the keys of one mounted Secret,
+    // as cert-manager writes it (kubernetes.io/tls with ca.crt).
+    for flag in ["--tls-cert", "--tls-key", "--client-ca"] {
+        assert!(flags.contains_key(flag), "{flag} in {flags:?}");
+    }
+    let key_of_flag = |flag: &str| secret_file(deployment, c, &flags[flag]);
+    assert_eq!(key_of_flag("--tls-cert"), ("egressd-grpc-tls".to_string(), "tls.crt".to_string()));
+    assert_eq!(key_of_flag("--tls-key"), ("egressd-grpc-tls".to_string(), "tls.key".to_string()));
+    assert_eq!(key_of_flag("--client-ca"), ("egressd-grpc-tls".to_string(), "ca.crt".to_string()));
     let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], admin.port().to_string());
@@ -487,7 +610,8 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
     let grpc = service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "grpc").unwrap();
     let namespace = str_of(&service["metadata"]["namespace"], "Service namespace");
     let service_name = format!("egressd.{namespace}.svc.cluster.local");
-    let expected = AuthzAddress::Name { host: service_name, port: grpc["port"].as_u64().unwrap() as u16 };
+    assert_eq!(service_name, EGRESSD_NAME);
+    let expected = AuthzAddress::Name { host: service_name.clone(), port: grpc["port"].as_u64().unwrap() as u16 };
     assert_eq!(spec.authz_address, Some(expected), "Gateway authz.address is the egressd Service");
     assert!(spec.mtls.is_some(), "workloads authenticate with their SVID");
 
@@ -525,6 +649,36 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
         assert_eq!(Path::new(path), svid_dir.join(key), "the Gateway's mtls file is key {key} of the SVID Secret");
     }
 
+    // TLS to egressd (checks, access log): egressd's CA from a volume of this container that is
+    // egressd's own Secret (its ca.crt alone), the Service's name, the SVID presented.
+    let tls = spec.authz_tls.as_ref().expect("authz.tls: egressd's gRPC port is TLS");
+    let egressd = container(find(objects, "Deployment", "egressd"), "egressd");
+    let egressd_secret = secret_file(find(objects, "Deployment", "egressd"), egressd, &flags(egressd)["--tls-cert"]).0;
+    assert_eq!(secret_file(gateway, envoy, &tls.trust_bundle), (egressd_secret.clone(), "ca.crt".to_string()));
+    let ca_volume = volume_at(gateway, envoy, Path::new(&tls.trust_bundle).parent().unwrap());
+    assert_eq!(ca_volume["secret"]["items"], json!([{"key": "ca.crt", "path": "ca.crt"}]), "never egressd's key");
+    assert_eq!(tls.server_name.as_deref(), Some(service_name.as_str()));
+    assert_eq!(tls.client_certificate, Some((mtls.certificate_chain.clone(), mtls.private_key.clone())), "the SVID");
+
+    // The bootstrap's ADS cluster: the same TLS.
+    let xds = &boot["static_resources"]["clusters"][0]["transport_socket"];
+    assert_eq!(xds["name"], "envoy.transport_sockets.tls");
+    let ctx = &xds["typed_config"];
+    assert_eq!(ctx["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+    assert_eq!(ctx["sni"], service_name.as_str(), "SNI: egressd's Service name");
+    let common = &ctx["common_tls_context"];
+    assert_eq!(common["alpn_protocols"], json!(["h2"]));
+    assert_eq!(common["validation_context"]["trusted_ca"]["filename"], tls.trust_bundle.as_str());
+    assert_eq!(
+        common["validation_context"]["match_typed_subject_alt_names"],
+        json!([{"san_type": "DNS", "matcher": {"exact": service_name}}]),
+        "egressd's certificate must name the Service"
+    );
+    assert_eq!(
+        common["tls_certificates"],
+        json!([{"certificate_chain": {"filename": mtls.certificate_chain}, "private_key": {"filename": mtls.private_key}}])
+    );
+
     // The bootstrap ConfigMap (hashed name) is mounted where --config-path points; the node id
     // is the pod name.
     let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
@@ -545,11 +699,16 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
 
 #[test]
 fn envoy_1_40_accepts_the_bootstrap_with_the_containers_arguments() {
-    let (text, _) = bootstrap();
+    let (text, boot) = bootstrap();
     let dir = tempfile::tempdir().unwrap();
+    let gateway = find(base(), "Deployment", "egress-gateway");
+    let envoy = container(gateway, "envoy");
+    // The TLS files the bootstrap names, where the container's Secret volumes put them.
+    let mounts = TestSecrets::new().mount(gateway, envoy, dir.path());
+    let text = substitute_mounts(&text, &mounts);
+    assert!(!text.contains("/etc/egressd/"), "every file the bootstrap names is in a mounted Secret:\n{text}");
     let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, text).unwrap();
-    let envoy = container(find(base(), "Deployment", "egress-gateway"), "envoy");
+    std::fs::write(&path, &text).unwrap();
     let mut args: Vec<String> =
         envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     let at = args.iter().position(|a| a == "--config-path").unwrap();
@@ -561,13 +720,28 @@ fn envoy_1_40_accepts_the_bootstrap_with_the_containers_arguments() {
         Command::new(support::envoy::envoy_bin()).arg("--mode").arg("validate").args(args).output().expect("run envoy")
     };
     let out = validate(&args);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("OK"), "envoy --mode validate {args:?}:\n{text}");
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && output.contains("OK"), "envoy --mode validate {args:?}:\n{output}");
 
     // The node id comes from the arguments: without them Envoy refuses the ADS bootstrap.
     let out = validate(&["--config-path".to_string(), path.to_str().unwrap().to_string()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 'id' and 'cluster' are required"));
+
+    // Envoy reads the TLS files: without egressd's CA where the bootstrap says, or with no PEM
+    // there, it refuses the bootstrap.
+    let ca = boot["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+        ["validation_context"]["trusted_ca"]["filename"]
+        .as_str()
+        .expect("trusted_ca");
+    let ca = substitute_mounts(ca, &mounts);
+    std::fs::remove_file(&ca).unwrap();
+    let out = validate(&args);
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && output.contains(&ca), "a missing CA file must not validate:\n{output}");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let out = validate(&args);
+    assert!(!out.status.success(), "nor a CA file with no PEM in it");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,19 +802,26 @@ async fn wait_for_policy(admin: SocketAddr, what: &str, ready: impl Fn(&Value) -
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn egressd_serves_the_mounted_configmap_and_follows_its_symlink_swaps() {
+/// The real `egressd serve` with the container's arguments: this machine's paths (the policy
+/// ConfigMap in `policy`, generation `01` of `data`; the Secret volumes laid out with real
+/// certificates), loopback ports; ready once its readiness probe passes.
+struct Deployed {
+    _serving: Serving,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    secrets: TestSecrets,
+}
+
+async fn serve_as_deployed(tmp: &Path, data: &BTreeMap<String, String>) -> Deployed {
     let deployment = find(base(), "Deployment", "egressd");
     let c = container(deployment, "egressd");
-    let data = config_map_data(find(base(), "ConfigMap", "egressd-policy"));
-    let tmp = tempfile::tempdir().unwrap();
-    let policy_dir = tmp.path().join("policy");
+    let policy_dir = tmp.join("policy");
     std::fs::create_dir(&policy_dir).unwrap();
-    configmap_generation(&policy_dir, "01", &data);
-
-    // The container's arguments, with this machine's paths and loopback ports.
+    configmap_generation(&policy_dir, "01", data);
+    let secrets = TestSecrets::new();
+    let mounts = secrets.mount(deployment, c, &tmp.join("secrets"));
     let (grpc, admin) = (loopback(support::envoy::free_port()), loopback(support::envoy::free_port()));
-    let state = tmp.path().join("state");
+    let state = tmp.join("state");
     std::fs::create_dir(&state).unwrap();
     let args: Vec<String> = c["args"]
         .as_array()
@@ -655,18 +836,36 @@ async fn egressd_serves_the_mounted_configmap_and_follows_its_symlink_swaps() {
                 Some(("--break-glass-state", p)) => {
                     format!("--break-glass-state={}", state.join(Path::new(p).file_name().unwrap()).display())
                 }
-                _ => a.to_string(),
+                _ => substitute_mounts(a, &mounts),
             }
         })
         .collect();
-    let log = tmp.path().join("egressd.log");
+    assert!(!args.iter().any(|a| a.contains("/etc/")), "every path is this machine's: {args:?}");
+    let log = tmp.join("egressd.log");
     let mut command = Command::new(BIN);
-    command.args(&args).current_dir(tmp.path()).stdout(std::process::Stdio::null());
+    command.args(&args).current_dir(tmp).stdout(std::process::Stdio::null());
     command.stderr(std::fs::File::create(&log).unwrap());
     for e in c["env"].as_array().into_iter().flatten() {
         command.env(str_of(&e["name"], "env name"), str_of(&e["value"], "env value"));
     }
-    let _serving = Serving { child: command.spawn().expect("start egressd serve"), log };
+    let serving = Serving { child: command.spawn().expect("start egressd serve"), log };
+    let path = str_of(&c["readinessProbe"]["httpGet"]["path"], "probe path").to_string();
+    eventually(&format!("readinessProbe {path}"), Duration::from_secs(20), || {
+        let path = path.clone();
+        async move { matches!(try_http_get(admin, &path).await, Ok((200, _))).then_some(()) }
+    })
+    .await;
+    Deployed { _serving: serving, grpc, admin, secrets }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egressd_serves_the_mounted_configmap_and_follows_its_symlink_swaps() {
+    let c = container(find(base(), "Deployment", "egressd"), "egressd");
+    let data = config_map_data(find(base(), "ConfigMap", "egressd-policy"));
+    let tmp = tempfile::tempdir().unwrap();
+    let policy_dir = tmp.path().join("policy");
+    let deployed = serve_as_deployed(tmp.path(), &data).await;
+    let admin = deployed.admin;
 
     // The kubelet's probes pass.
     for probe in ["readinessProbe", "livenessProbe"] {
@@ -721,6 +920,49 @@ async fn egressd_serves_the_mounted_configmap_and_follows_its_symlink_swaps() {
         p["version"] == v1.version().as_str() && p["lastReloadError"].is_null()
     })
     .await;
+}
+
+/// A gRPC health check over TLS to `grpc`, verifying egressd's certificate against `ca` for `name`
+/// and presenting `client`.
+async fn health_over_tls(grpc: SocketAddr, ca: &str, name: &str, client: &support::pki::Issued) -> Result<i32, String> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(name)
+        .identity(Identity::from_pem(&client.cert_pem, &client.key_pem));
+    let endpoint =
+        Channel::from_shared(format!("https://{grpc}")).unwrap().tls_config(tls).map_err(|e| e.to_string())?;
+    let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+    let request = HealthCheckRequest { service: String::new() };
+    let response = HealthClient::new(channel).check(request).await.map_err(|e| e.to_string())?;
+    Ok(response.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egressd_answers_grpc_health_over_tls_for_its_service_name_with_the_deployments_arguments() {
+    let data = config_map_data(find(base(), "ConfigMap", "egressd-policy"));
+    let tmp = tempfile::tempdir().unwrap();
+    let d = serve_as_deployed(tmp.path(), &data).await;
+    let (ca, svid) = (d.secrets.ca.pem.clone(), &d.secrets.svid);
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    // The Service's name, verified against the CA, with the gateway's SVID (--client-ca takes it).
+    assert_eq!(health_over_tls(d.grpc, &ca, EGRESSD_NAME, svid).await, Ok(serving));
+    // Another name, another CA, a client certificate of another CA, plaintext: no answer.
+    assert!(health_over_tls(d.grpc, &ca, "egressd.other.svc.cluster.local", svid).await.is_err());
+    let stranger = support::pki::Ca::new("another trust domain");
+    assert!(health_over_tls(d.grpc, &stranger.pem, EGRESSD_NAME, svid).await.is_err());
+    let foreign_svid = stranger.issue(&[], &["spiffe://corp.example/ns/egressd/sa/egress-gateway"]);
+    assert!(health_over_tls(d.grpc, &ca, EGRESSD_NAME, &foreign_svid).await.is_err());
+    let plain = tonic::transport::Channel::from_shared(format!("http://{}", d.grpc)).unwrap().connect().await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => tonic_health::pb::health_client::HealthClient::new(ch)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext gRPC must not be served");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -862,4 +1104,30 @@ fn the_istio_examples_name_egressd_fail_closed_and_route_through_the_egress_gate
         assert_eq!(from_gateway["route"][0]["destination"]["host"], host, "{host}: the gateway sends it on");
     }
     assert_eq!(routed, entries, "every allowed host goes through the egress gateway");
+
+    // TLS from the egress gateway to egressd (whose gRPC port is TLS, as in the base): the
+    // provider's cluster is the ordinary outbound one for its host and port, and takes its TLS
+    // from the DestinationRule for that host, seen by the gateway's namespace (where the
+    // credentialName Secret must be).
+    let gateway_ns = operator["spec"]["components"]["egressGateways"][0]["namespace"].as_str().unwrap();
+    assert_eq!(gateway["metadata"]["namespace"], gateway_ns);
+    let to_egressd: Vec<&Value> =
+        overlay.iter().filter(|o| o["kind"] == "DestinationRule" && o["spec"]["host"] == grpc["service"]).collect();
+    assert_eq!(to_egressd.len(), 1, "one DestinationRule for {}", grpc["service"]);
+    let rule = &to_egressd[0];
+    assert_eq!(rule["metadata"]["namespace"], gateway_ns);
+    let export_to = rule["spec"]["exportTo"].as_array();
+    assert!(export_to.is_none_or(|e| e.iter().any(|n| n == "." || n == "*" || n == gateway_ns)), "{rule}");
+    assert!(rule["spec"]["workloadSelector"].is_null(), "credentialName is read at gateways (no selector)");
+    let settings = rule["spec"]["trafficPolicy"]["portLevelSettings"].as_array().unwrap();
+    let at_port = settings.iter().find(|p| p["port"]["number"] == grpc["port"]).expect("the provider's port");
+    let tls = &at_port["tls"];
+    assert_eq!(tls["mode"], "SIMPLE", "{tls}");
+    assert_eq!(tls["sni"], grpc["service"], "SNI: egressd's name, not the checked request's host");
+    assert_eq!(tls["subjectAltNames"], json!([grpc["service"]]), "egressd's certificate names its Service");
+    assert!(tls["credentialName"].is_string(), "egressd's CA, from a Secret in {gateway_ns}");
+    for field in ["caCertificates", "clientCertificate", "privateKey", "insecureSkipVerify"] {
+        assert!(tls[field].is_null(), "{field}: credentialName alone ({tls})");
+    }
+    assert!(rule["spec"]["trafficPolicy"]["tls"].is_null(), "no other port of egressd gets TLS (18001 is plain HTTP)");
 }
