@@ -183,3 +183,82 @@ async fn the_generated_gateway_reaches_egressd_over_tls_for_ads_and_checks() {
     assert!(response.to_ascii_lowercase().contains("x-egressd-reason: unauthenticated"), "{response}");
     assert!(response.contains("egressd denied this request"), "{response}");
 }
+
+/// One generation of a kubelet-mounted TLS Secret in `dir` (`tls.crt`, `tls.key` links through
+/// `..data`), swapped in with one rename as the kubelet does.
+fn kubelet_tls_generation(dir: &Path, stamp: &str, cert_pem: &str, key_pem: &str) {
+    let generation = format!("..2026_12_02_07_00_0{stamp}.000000001");
+    std::fs::create_dir_all(dir.join(&generation)).unwrap();
+    write(&dir.join(&generation), "tls.crt", cert_pem);
+    write(&dir.join(&generation), "tls.key", key_pem);
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(&generation, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for key in ["tls.crt", "tls.key"] {
+        if !dir.join(key).exists() {
+            std::os::unix::fs::symlink(Path::new("..data").join(key), dir.join(key)).unwrap();
+        }
+    }
+}
+
+/// The certificate a new TLS connection to `addr` is shown.
+async fn presented(addr: SocketAddr, ca: &Ca) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(support::client::tls_config(&ca.der, None));
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.ok()?;
+    tls.get_ref().1.peer_certificates().map(|c| c[0].clone())
+}
+
+/// egressd's own certificate rotates without a restart: when the kubelet swaps the Secret volume,
+/// new connections are shown the new certificate and connections already open keep working; a
+/// swap to a set that does not load (a key of another certificate) is refused, logged, and the
+/// last good certificate keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_ports_certificate_reloads_in_place_and_a_broken_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ca = Ca::new("corp.example trust bundle");
+    let secret = dir.join("grpc-tls");
+    let first = ca.issue(&["localhost"], &[]);
+    kubelet_tls_generation(&secret, "1", &first.cert_pem, &first.key_pem);
+    let tokens = write(dir, "tokens", &format!("alice {TOKEN}\n"));
+    let policy = dir.join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    write(&policy, "mesh.yaml", "kind: MeshDefaults\ntrustDomain: corp.example\n");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let args = [
+        format!("--tls-cert={}", secret.join("tls.crt").display()),
+        format!("--tls-key={}", secret.join("tls.key").display()),
+        format!("--admin-tokens={}", tokens.display()),
+    ];
+    let egressd = EgressdProcess::start_with(&policy, dir, grpc, admin, &args).await;
+    assert_eq!(presented(grpc, &ca).await, Some(first.cert_der.clone()));
+    let tls = ClientTls { ca_pem: ca.pem.clone().into_bytes(), identity: None };
+    let url = format!("https://localhost:{}", grpc.port());
+    let mut open = connect_with(&url, Some(TOKEN), Some(&tls)).await.expect("TLS connection");
+    open.list_grants(pb::ListGrantsRequest { include_inactive: true })
+        .await
+        .expect("a call over the first certificate");
+
+    // A certificate with another certificate's key: refused, the first one still served.
+    let (second, other) = (ca.issue(&["localhost"], &[]), ca.issue(&["localhost"], &[]));
+    kubelet_tls_generation(&secret, "2", &second.cert_pem, &other.key_pem);
+    eventually("the broken swap to be refused", Duration::from_secs(10), || async {
+        egressd.log().contains("do not load; serving the previous certificate").then_some(())
+    })
+    .await;
+    assert_eq!(presented(grpc, &ca).await, Some(first.cert_der.clone()), "{}", egressd.log());
+
+    // A good swap: new connections get it.
+    kubelet_tls_generation(&secret, "3", &second.cert_pem, &second.key_pem);
+    eventually("the new certificate to be served", Duration::from_secs(10), || async {
+        (presented(grpc, &ca).await == Some(second.cert_der.clone())).then_some(())
+    })
+    .await;
+    assert!(egressd.log().contains("gRPC TLS certificate reloaded"), "{}", egressd.log());
+    // The connection made before the swaps still serves calls.
+    open.list_grants(pb::ListGrantsRequest { include_inactive: true }).await.expect("the open connection");
+    let mut fresh = connect_with(&url, Some(TOKEN), Some(&tls)).await.expect("TLS connection");
+    fresh.list_grants(pb::ListGrantsRequest { include_inactive: true }).await.expect("a call over the new certificate");
+}

@@ -478,7 +478,9 @@ pub enum FailOn {
 pub struct GrpcTlsArgs {
     /// Serve the gRPC port (Check, ADS, access log, health, admin API) over TLS with this
     /// certificate chain (PEM). Gateways then reach egressd with TLS: set the Gateway document's
-    /// `authz.tls`.
+    /// `authz.tls`. The three files are read again when their directories change (a renewed
+    /// certificate is served to new connections, no restart; a set that does not load is logged
+    /// and the last good one stays).
     #[arg(long, requires = "tls_key", env = "EGRESSD_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.

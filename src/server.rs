@@ -3,6 +3,7 @@
 
 mod io;
 pub mod tls;
+pub mod tls_acceptor;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,6 +146,7 @@ pub async fn serve(
     if config.tls.is_some() {
         warn_plaintext_gateways(&policy.load(), &gateway);
     }
+    let grpc_tls = config.tls.clone().map(tls_acceptor::ReloadingTls::load).transpose()?;
     let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(SnapshotSet::build(&policy.load(), &gateway)));
     let registry = Arc::new(Registry::default());
     let xds = XdsHandle { snapshots: Arc::new(snap_tx), registry: registry.clone(), gateway: gateway.clone() };
@@ -225,11 +227,10 @@ pub async fn serve(
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, policy = %policy.load().version, "egressd serving");
     on_bound(bound);
     grpc_ready.store(true, Ordering::Release);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config()?).map_err(|e| tls::TlsError::config(&e))?;
-    }
-    let grpc_server = builder
+    let tcp = tokio_stream::StreamExt::map(TcpIncoming::from(grpc).with_nodelay(Some(true)), |conn| {
+        conn.map(io::BatchingStream)
+    });
+    let routes = tonic::transport::Server::builder()
         // When many gateway clients disconnect at once, Envoy cancels their in-flight Checks
         // (RST_STREAM) before egressd has picked them up; h2's default of 20 such resets per
         // connection then GOAWAYs the gateway's whole connection (seen under benches/gateway_bench.sh),
@@ -239,16 +240,20 @@ pub async fn serve(
         .add_service(AccessLogSink::new(config.telemetry.clone()).into_server())
         .add_service(CheckServer::new(policy, config.telemetry, runtime))
         .add_service(ads.into_server())
-        .add_service(admin_api.into_server())
-        // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because
-        // the builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small
-        // Check answers wait for delayed ACKs and p99 jumps to ~40 ms.
-        .serve_with_incoming_shutdown(
-            tokio_stream::StreamExt::map(TcpIncoming::from(grpc).with_nodelay(Some(true)), |conn| {
-                conn.map(io::BatchingStream)
-            }),
-            wait_stop(stop_rx.clone()),
-        );
+        .add_service(admin_api.into_server());
+    // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because the
+    // builder's tcp_nodelay only applies to sockets tonic binds itself. With Nagle on, small Check
+    // answers wait for delayed ACKs and p99 jumps to ~40 ms. With TLS, our acceptor (certificates
+    // reload in place) hands tonic finished TLS streams.
+    let stop = wait_stop(stop_rx.clone());
+    type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let (grpc_server, _tls_watch): (Serving, _) = match grpc_tls {
+        None => (Box::pin(routes.serve_with_incoming_shutdown(tcp, stop)), None),
+        Some(tls) => {
+            let watch = tls.watch()?;
+            (Box::pin(routes.serve_with_incoming_shutdown(tls_acceptor::incoming(tcp, tls), stop)), Some(watch))
+        }
+    };
     // Graceful shutdown finishes in-flight calls; a client that keeps a connection open past the
     // drain period does not keep the process alive.
     let drain_expired = async move {

@@ -3,15 +3,10 @@
 //! network in the clear. With `--client-ca`, callers may present a certificate signed by it
 //! (optional: a gateway or operator without one still connects, and is authorized by what it
 //! sends); the admin API then accepts an X.509-SVID listed in `adminIdentities` (`admin::auth`).
-//! tonic's rustls acceptor does the handshakes, concurrently and bounded in time.
+//! The handshakes are `tls_acceptor`'s, which reloads these files when they change.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-
-/// How long a connection may take to finish its TLS handshake before it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use std::sync::Arc;
 
 /// The gRPC port's certificate, key and, optionally, the CA that signs callers' certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +41,46 @@ impl TlsError {
 }
 
 impl GrpcTls {
-    /// Reads and checks the files (each error names its file), ready for tonic's server.
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
-        let cert = read_pem(&self.cert, "--tls-cert", "CERTIFICATE")?;
-        let key = read_pem(&self.key, "--tls-key", "PRIVATE KEY")?;
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(HANDSHAKE_TIMEOUT);
-        if let Some(ca) = &self.client_ca {
-            let ca = read_pem(ca, "--client-ca", "CERTIFICATE")?;
-            config = config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true);
+    /// Reads and checks the files (each error names its flag and file): the rustls config the
+    /// port's acceptor (`tls_acceptor`) handshakes with. HTTP/2 only, by ALPN, as gRPC needs.
+    pub fn rustls_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        fn pem_error<'a>(
+            what: &'static str,
+            path: &'a Path,
+        ) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + 'a {
+            move |e| TlsError::Config(format!("{what} {}: {e}", path.display()))
         }
+        let cert = read_pem(&self.cert, "--tls-cert", "CERTIFICATE")?;
+        let chain = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error("--tls-cert", &self.cert))?;
+        let key = read_pem(&self.key, "--tls-key", "PRIVATE KEY")?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(pem_error("--tls-key", &self.key))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::config(&e))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let ca_pem = read_pem(ca, "--client-ca", "CERTIFICATE")?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&ca_pem) {
+                    let c = c.map_err(pem_error("--client-ca", ca))?;
+                    roots.add(c).map_err(|e| TlsError::Config(format!("--client-ca {}: {e}", ca.display())))?;
+                }
+                // Optional but verified: a gateway or operator without a certificate still connects.
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::config(&e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError::config(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
 }
@@ -99,12 +125,12 @@ mod tests {
         };
         let (c, k) = (write("c.pem", &cert.pem()), write("k.pem", &key.serialize_pem()));
         let ok = GrpcTls { cert: c.clone(), key: k.clone(), client_ca: Some(c.clone()) };
-        assert!(ok.server_config().is_ok());
+        assert!(ok.rustls_config().is_ok());
         let swapped = GrpcTls { cert: k.clone(), key: c.clone(), client_ca: None };
-        let err = swapped.server_config().unwrap_err().to_string();
+        let err = swapped.rustls_config().unwrap_err().to_string();
         assert!(err.starts_with("--tls-cert ") && err.contains("k.pem") && err.contains("no PEM CERTIFICATE"), "{err}");
         let missing = GrpcTls { cert: c, key: k, client_ca: Some(dir.path().join("nope.pem")) };
-        let err = missing.server_config().unwrap_err().to_string();
+        let err = missing.rustls_config().unwrap_err().to_string();
         assert!(err.starts_with("--client-ca ") && err.contains("nope.pem"), "{err}");
     }
 }
