@@ -45,11 +45,13 @@ use egressd::policy::{AuthzAddress, CompiledPolicy, PolicySource, compile};
 use serde_json::{Value, json};
 
 mod support {
+    pub mod client;
     pub mod envoy;
     pub mod eventually;
     pub mod pki;
     pub mod schemas;
     pub mod server;
+    pub mod upstream;
 }
 
 use support::eventually::eventually;
@@ -225,7 +227,8 @@ impl TestSecrets {
     fn new() -> TestSecrets {
         let ca = support::pki::Ca::new("corp.example trust bundle");
         let egressd = ca.issue(&[EGRESSD_NAME], &[]);
-        let svid = ca.issue(&[], &["spiffe://corp.example/ns/egressd/sa/egress-gateway"]);
+        // The gateway's SVID: its SPIFFE ID, and the name workloads reach it by.
+        let svid = ca.issue(&[GATEWAY_NAME], &["spiffe://corp.example/ns/egressd/sa/egress-gateway"]);
         TestSecrets { ca, egressd, svid }
     }
 
@@ -269,15 +272,66 @@ impl TestSecrets {
     }
 }
 
-/// `text` with every `MOUNT/` of `mounts` replaced by its directory here.
+/// `text` with every mount path of `mounts` (as a whole path component: `MOUNT/...` or `MOUNT`
+/// itself) replaced by its directory here.
 fn substitute_mounts(text: &str, mounts: &[(String, PathBuf)]) -> String {
-    mounts
-        .iter()
-        .fold(text.to_string(), |t, (mount, dir)| t.replace(&format!("{mount}/"), &format!("{}/", dir.display())))
+    mounts.iter().fold(text.to_string(), |t, (mount, dir)| {
+        let mut out = String::with_capacity(t.len());
+        let mut rest = t.as_str();
+        while let Some(at) = rest.find(mount.as_str()) {
+            let after = &rest[at + mount.len()..];
+            let whole = after.chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'));
+            out.push_str(&rest[..at]);
+            out.push_str(if whole { dir.to_str().unwrap() } else { mount });
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    })
+}
+
+/// The bootstrap ConfigMap's files (envoy.yaml and the SDS files it names) laid out in `root` as
+/// the gateway's container mounts it, every mounted path (`secrets`, and the ConfigMap's own) made
+/// this machine's. Returns envoy.yaml's path and every mount.
+fn lay_out_bootstrap(root: &Path, secrets: &[(String, PathBuf)]) -> (PathBuf, Vec<(String, PathBuf)>) {
+    let envoy = container(find(base(), "Deployment", "egress-gateway"), "envoy");
+    let args: Vec<&str> = envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let config = args[args.iter().position(|a| *a == "--config-path").unwrap() + 1];
+    let dir = root.join("bootstrap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut mounts = secrets.to_vec();
+    mounts.push((Path::new(config).parent().unwrap().display().to_string(), dir.clone()));
+    for (key, text) in config_map_data(find(base(), "ConfigMap", "egress-gateway-bootstrap")) {
+        let text = substitute_mounts(&text, &mounts);
+        assert!(!text.contains("/etc/"), "every file {key} names is mounted:\n{text}");
+        std::fs::write(dir.join(&key), text).unwrap();
+    }
+    (dir.join(Path::new(config).file_name().unwrap()), mounts)
+}
+
+/// The one Secret resource of a file-based SDS file (a DiscoveryResponse), from the bootstrap
+/// ConfigMap, by the path the bootstrap names it at.
+fn sds_secret(path: &Value) -> Value {
+    let path = Path::new(str_of(path, "path_config_source.path"));
+    let envoy = container(find(base(), "Deployment", "egress-gateway"), "envoy");
+    let mounts = envoy["volumeMounts"].as_array().unwrap();
+    let m = mounts.iter().find(|m| Path::new(str_of(&m["mountPath"], "mountPath")) == path.parent().unwrap());
+    assert_eq!(m.map(|m| &m["name"]), Some(&json!("bootstrap")), "{} is in the bootstrap volume", path.display());
+    let data = config_map_data(find(base(), "ConfigMap", "egress-gateway-bootstrap"));
+    let text = data.get(path.file_name().unwrap().to_str().unwrap()).expect("an SDS file of the ConfigMap");
+    let mut doc = yaml_documents(text).remove(0);
+    let resources = doc["resources"].as_array_mut().unwrap();
+    assert_eq!(resources.len(), 1);
+    assert_eq!(resources[0]["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret");
+    resources.remove(0)
 }
 
 /// The name gateways verify egressd by: its Service's, in the kustomization's namespace.
 const EGRESSD_NAME: &str = "egressd.egressd.svc.cluster.local";
+/// The gateway pod's name: its Envoy node id (`--service-node $(POD_NAME)`).
+const GATEWAY_NODE: &str = "egress-gateway-7d9f-abcde";
+/// The name workloads reach the gateway by (its Service's).
+const GATEWAY_NAME: &str = "egress-gateway.egressd.svc.cluster.local";
 
 /// Whether `selector.matchLabels` selects pods labelled `labels`.
 fn selects(match_labels: &Value, labels: &Value) -> bool {
@@ -611,6 +665,11 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
     let namespace = str_of(&service["metadata"]["namespace"], "Service namespace");
     let service_name = format!("egressd.{namespace}.svc.cluster.local");
     assert_eq!(service_name, EGRESSD_NAME);
+    // One virtual IP, balanced per connection: a CONNECT's check and its tunnel's check (one
+    // Envoy worker's HTTP/2 connection) reach the same replica, which holds the pending tunnel.
+    // A headless Service would hand Envoy every pod and spread them.
+    assert_ne!(service["spec"]["clusterIP"], "None", "the egressd Service must not be headless");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
     let expected = AuthzAddress::Name { host: service_name.clone(), port: grpc["port"].as_u64().unwrap() as u16 };
     assert_eq!(spec.authz_address, Some(expected), "Gateway authz.address is the egressd Service");
     assert!(spec.mtls.is_some(), "workloads authenticate with their SVID");
@@ -668,16 +727,28 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
     assert_eq!(ctx["sni"], service_name.as_str(), "SNI: egressd's Service name");
     let common = &ctx["common_tls_context"];
     assert_eq!(common["alpn_protocols"], json!(["h2"]));
-    assert_eq!(common["validation_context"]["trusted_ca"]["filename"], tls.trust_bundle.as_str());
+    let validation = &common["combined_validation_context"];
     assert_eq!(
-        common["validation_context"]["match_typed_subject_alt_names"],
+        validation["default_validation_context"]["match_typed_subject_alt_names"],
         json!([{"san_type": "DNS", "matcher": {"exact": service_name}}]),
         "egressd's certificate must name the Service"
     );
-    assert_eq!(
-        common["tls_certificates"],
-        json!([{"certificate_chain": {"filename": mtls.certificate_chain}, "private_key": {"filename": mtls.private_key}}])
-    );
+    // The CA and the SVID are file-based SDS secrets of the bootstrap ConfigMap, watched where
+    // their Secret volumes are mounted: a renewal is read again, no restart.
+    let sds = &validation["validation_context_sds_secret_config"];
+    let ca = sds_secret(&sds["sds_config"]["path_config_source"]["path"]);
+    assert_eq!(ca["name"], sds["name"]);
+    assert_eq!(ca["validation_context"]["trusted_ca"]["filename"], tls.trust_bundle.as_str());
+    let ca_dir = Path::new(&tls.trust_bundle).parent().unwrap().to_str().unwrap();
+    assert_eq!(ca["validation_context"]["watched_directory"]["path"], ca_dir);
+    let sds = &common["tls_certificate_sds_secret_configs"];
+    assert_eq!(sds.as_array().map(Vec::len), Some(1), "{sds}");
+    let svid = sds_secret(&sds[0]["sds_config"]["path_config_source"]["path"]);
+    assert_eq!(svid["name"], sds[0]["name"]);
+    let cert = &svid["tls_certificate"];
+    assert_eq!(cert["certificate_chain"]["filename"], mtls.certificate_chain.as_str());
+    assert_eq!(cert["private_key"]["filename"], mtls.private_key.as_str());
+    assert_eq!(cert["watched_directory"]["path"], svid_dir.to_str().unwrap());
 
     // The bootstrap ConfigMap (hashed name) is mounted where --config-path points; the node id
     // is the pod name.
@@ -699,16 +770,12 @@ fn the_gateway_is_wired_to_egressd_and_to_its_svid() {
 
 #[test]
 fn envoy_1_40_accepts_the_bootstrap_with_the_containers_arguments() {
-    let (text, boot) = bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let gateway = find(base(), "Deployment", "egress-gateway");
     let envoy = container(gateway, "envoy");
     // The TLS files the bootstrap names, where the container's Secret volumes put them.
-    let mounts = TestSecrets::new().mount(gateway, envoy, dir.path());
-    let text = substitute_mounts(&text, &mounts);
-    assert!(!text.contains("/etc/egressd/"), "every file the bootstrap names is in a mounted Secret:\n{text}");
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, &text).unwrap();
+    let secrets = TestSecrets::new().mount(gateway, envoy, dir.path());
+    let (path, mounts) = lay_out_bootstrap(dir.path(), &secrets);
     let mut args: Vec<String> =
         envoy["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     let at = args.iter().position(|a| a == "--config-path").unwrap();
@@ -728,20 +795,15 @@ fn envoy_1_40_accepts_the_bootstrap_with_the_containers_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 'id' and 'cluster' are required"));
 
-    // Envoy reads the TLS files: without egressd's CA where the bootstrap says, or with no PEM
-    // there, it refuses the bootstrap.
-    let ca = boot["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
-        ["validation_context"]["trusted_ca"]["filename"]
-        .as_str()
-        .expect("trusted_ca");
-    let ca = substitute_mounts(ca, &mounts);
-    std::fs::remove_file(&ca).unwrap();
+    // Envoy reads the SDS files the bootstrap names: without the CA's, it refuses the bootstrap.
+    let (_, boot) = bootstrap();
+    let sds = &boot["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]["combined_validation_context"]
+        ["validation_context_sds_secret_config"]["sds_config"]["path_config_source"]["path"];
+    let sds = substitute_mounts(str_of(sds, "the CA's SDS file"), &mounts);
+    std::fs::remove_file(&sds).unwrap();
     let out = validate(&args);
     let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success() && output.contains(&ca), "a missing CA file must not validate:\n{output}");
-    std::fs::write(&ca, "not a certificate").unwrap();
-    let out = validate(&args);
-    assert!(!out.status.success(), "nor a CA file with no PEM in it");
+    assert!(!out.status.success() && output.contains(&sds), "a missing SDS file must not validate:\n{output}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,14 +832,22 @@ fn configmap_generation(dir: &Path, stamp: &str, data: &BTreeMap<String, String>
 
 /// `egressd serve`, killed when dropped; its log is printed if the test fails.
 struct Serving {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     log: PathBuf,
+}
+
+impl Serving {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         if std::thread::panicking() {
             eprintln!("egressd log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
         }
@@ -806,21 +876,35 @@ async fn wait_for_policy(admin: SocketAddr, what: &str, ready: impl Fn(&Value) -
 /// ConfigMap in `policy`, generation `01` of `data`; the Secret volumes laid out with real
 /// certificates), loopback ports; ready once its readiness probe passes.
 struct Deployed {
-    _serving: Serving,
+    serving: Serving,
     grpc: SocketAddr,
     admin: SocketAddr,
     secrets: TestSecrets,
+    /// Where egressd's Secret volumes are laid out (mount path -> directory here).
+    mounts: Vec<(String, PathBuf)>,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
 }
 
 async fn serve_as_deployed(tmp: &Path, data: &BTreeMap<String, String>) -> Deployed {
+    let grpc = loopback(support::envoy::free_port());
+    serve_as_deployed_with(tmp, data, TestSecrets::new(), grpc).await
+}
+
+async fn serve_as_deployed_with(
+    tmp: &Path,
+    data: &BTreeMap<String, String>,
+    secrets: TestSecrets,
+    grpc: SocketAddr,
+) -> Deployed {
     let deployment = find(base(), "Deployment", "egressd");
     let c = container(deployment, "egressd");
     let policy_dir = tmp.join("policy");
     std::fs::create_dir(&policy_dir).unwrap();
     configmap_generation(&policy_dir, "01", data);
-    let secrets = TestSecrets::new();
     let mounts = secrets.mount(deployment, c, &tmp.join("secrets"));
-    let (grpc, admin) = (loopback(support::envoy::free_port()), loopback(support::envoy::free_port()));
+    let admin = loopback(support::envoy::free_port());
     let state = tmp.join("state");
     std::fs::create_dir(&state).unwrap();
     let args: Vec<String> = c["args"]
@@ -841,21 +925,51 @@ async fn serve_as_deployed(tmp: &Path, data: &BTreeMap<String, String>) -> Deplo
         })
         .collect();
     assert!(!args.iter().any(|a| a.contains("/etc/")), "every path is this machine's: {args:?}");
+    let env = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (str_of(&e["name"], "env name").to_string(), str_of(&e["value"], "env value").to_string()))
+        .collect();
     let log = tmp.join("egressd.log");
-    let mut command = Command::new(BIN);
-    command.args(&args).current_dir(tmp).stdout(std::process::Stdio::null());
-    command.stderr(std::fs::File::create(&log).unwrap());
-    for e in c["env"].as_array().into_iter().flatten() {
-        command.env(str_of(&e["name"], "env name"), str_of(&e["value"], "env value"));
+    let mut deployed = Deployed {
+        serving: Serving { child: None, log },
+        grpc,
+        admin,
+        secrets,
+        mounts,
+        command: args,
+        env,
+        cwd: tmp.to_path_buf(),
+    };
+    deployed.start().await;
+    deployed
+}
+
+impl Deployed {
+    /// Starts the process and waits for its readiness probe (the container's own).
+    async fn start(&mut self) {
+        let mut command = Command::new(BIN);
+        command.args(&self.command).envs(self.env.iter().cloned()).current_dir(&self.cwd);
+        command.stdout(std::process::Stdio::null());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.serving.log).unwrap();
+        command.stderr(log);
+        self.serving.child = Some(command.spawn().expect("start egressd serve"));
+        let c = container(find(base(), "Deployment", "egressd"), "egressd");
+        let path = str_of(&c["readinessProbe"]["httpGet"]["path"], "probe path").to_string();
+        let admin = self.admin;
+        eventually(&format!("readinessProbe {path}"), Duration::from_secs(20), || {
+            let path = path.clone();
+            async move { matches!(try_http_get(admin, &path).await, Ok((200, _))).then_some(()) }
+        })
+        .await;
     }
-    let serving = Serving { child: command.spawn().expect("start egressd serve"), log };
-    let path = str_of(&c["readinessProbe"]["httpGet"]["path"], "probe path").to_string();
-    eventually(&format!("readinessProbe {path}"), Duration::from_secs(20), || {
-        let path = path.clone();
-        async move { matches!(try_http_get(admin, &path).await, Ok((200, _))).then_some(()) }
-    })
-    .await;
-    Deployed { _serving: serving, grpc, admin, secrets }
+
+    /// A pod restart: the process killed, started again on the same files and ports.
+    async fn restart(&mut self) {
+        self.serving.stop();
+        self.start().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -963,6 +1077,106 @@ async fn egressd_answers_grpc_health_over_tls_for_its_service_name_with_the_depl
             .is_err(),
     };
     assert!(refused, "plaintext gRPC must not be served");
+}
+
+/// Replaces `path` as the kubelet and cert-manager do: a new file moved into its directory.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_file_name("..replacing");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Whether the gateway's ADS stream is open to egressd, as both ends see it: Envoy's
+/// `control_plane.connected_state`, and this egressd process's xDS registry naming the node.
+async fn ads_connected(envoy: &support::envoy::RunningEnvoy, egressd_admin: SocketAddr) -> bool {
+    let Ok((200, stats)) = try_http_get(envoy.admin, "/stats?filter=control_plane.connected_state").await else {
+        return false;
+    };
+    let Ok((200, xds)) = try_http_get(egressd_admin, "/xds").await else { return false };
+    stats.contains("control_plane.connected_state: 1") && xds.contains(GATEWAY_NODE)
+}
+
+/// A workload's request through the gateway: `Some(reason)` when egressd denied it (its
+/// `x-egressd-reason`), `None` when the gateway did not get egressd's answer.
+async fn egressd_reason_through(
+    gateway: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    workload: &support::pki::Issued,
+) -> Option<String> {
+    use support::client::{connect_gateway, proxy_get, tls_config};
+    let mut conn = connect_gateway(gateway, GATEWAY_NAME, tls_config(ca, Some(workload))).await.ok()?;
+    let (status, response) = proxy_get(&mut conn, "http://exfil.example.net/upload").await.ok()?;
+    let reason = response.lines().find_map(|l| l.strip_prefix("x-egressd-reason: "));
+    (status == 403).then_some(reason?.trim().to_string())
+}
+
+/// The Kubernetes example end to end on this machine: egressd with the Deployment's arguments,
+/// and Envoy 1.40 with the gateway's bootstrap and the files its volumes hold (loopback ports and
+/// addresses instead of the Services'). The gateway gets its whole configuration from egressd over
+/// ADS on TLS (the bootstrap's file-based SDS secrets), its listener's SVID and its TLS to egressd
+/// as SDS secrets egressd serves; a workload's request through it is denied by egressd with the
+/// reason. Then egressd's certificate is re-issued by another CA and the gateway's copy of that
+/// CA is swapped, as the kubelet updates both Secrets, and egressd restarts: the gateway, never
+/// restarted, verifies egressd with the new CA on both connections (ADS and checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_example_runs_end_to_end_over_tls_and_follows_a_ca_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = find(base(), "Deployment", "egress-gateway");
+    let secrets = TestSecrets::new();
+    let gateway_mounts = secrets.mount(gateway, container(gateway, "envoy"), &tmp.path().join("gateway"));
+    let workload = secrets.ca.issue(&[], &["spiffe://corp.example/ns/checkout/sa/web"]);
+    let ca = secrets.ca.der.clone();
+
+    // The policy as mounted, its Gateway's files the gateway's volumes here, on loopback.
+    let grpc = loopback(support::envoy::free_port());
+    let (http, tls) = (loopback(support::envoy::free_port()), loopback(support::envoy::free_port()));
+    let mut data = config_map_data(find(base(), "ConfigMap", "egressd-policy"));
+    let cluster_gateway = data.get_mut("cluster-gateway.yaml").unwrap();
+    let rewritten = substitute_mounts(cluster_gateway, &gateway_mounts)
+        .replace("0.0.0.0:15001", &http.to_string())
+        .replace("0.0.0.0:15443", &tls.to_string())
+        .replace(&format!("{EGRESSD_NAME}:18000"), &grpc.to_string());
+    assert!(!rewritten.contains("/etc/egressd/") && rewritten.contains(&grpc.to_string()), "{rewritten}");
+    *cluster_gateway = rewritten;
+    let mut egressd = serve_as_deployed_with(tmp.path(), &data, secrets, grpc).await;
+
+    let (config, _) = lay_out_bootstrap(tmp.path(), &gateway_mounts);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let local = text
+        .replace("port_value: 9901", "port_value: ADMIN_PORT")
+        .replace(
+            &format!("address: {EGRESSD_NAME}, port_value: 18000"),
+            &format!("address: 127.0.0.1, port_value: {}", grpc.port()),
+        )
+        .replace("node:\n  cluster:", &format!("node:\n  id: {GATEWAY_NODE}\n  cluster:"));
+    assert!(
+        local.contains("ADMIN_PORT") && local.contains("id: egress-gateway") && !local.contains("port_value: 18000")
+    );
+    let envoy = support::envoy::start_static_envoy(&local);
+
+    eventually("a request through the gateway decided by egressd", Duration::from_secs(30), || async {
+        egressd_reason_through(http, &ca, &workload).await
+    })
+    .await;
+    assert!(ads_connected(&envoy, egressd.admin).await, "ADS over TLS:\n{}", envoy.log());
+
+    // egressd's certificate from another CA; the gateway's copy of egressd's CA follows.
+    let reissuer = support::pki::Ca::new("corp.example egressd issuer, rotated");
+    let reissued = reissuer.issue(&[EGRESSD_NAME], &[]);
+    let flags = flags(container(find(base(), "Deployment", "egressd"), "egressd"));
+    let at = |flag: &str| PathBuf::from(substitute_mounts(&flags[flag], &egressd.mounts));
+    replace_file(&at("--tls-key"), &reissued.key_pem);
+    replace_file(&at("--tls-cert"), &reissued.cert_pem);
+    let gateway_ca = substitute_mounts("/etc/egressd/egressd-ca/ca.crt", &gateway_mounts);
+    assert!(Path::new(&gateway_ca).is_file(), "{gateway_ca}");
+    replace_file(Path::new(&gateway_ca), &reissuer.pem);
+    egressd.restart().await;
+
+    eventually("the gateway to reconnect to egressd with the rotated CA", Duration::from_secs(30), || async {
+        let connected = ads_connected(&envoy, egressd.admin).await;
+        (connected && egressd_reason_through(http, &ca, &workload).await.is_some()).then_some(())
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
