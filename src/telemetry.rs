@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod otlp;
 mod recent;
 pub mod record;
+mod recycle;
 pub mod signals;
 pub mod spans;
 pub mod totals;
@@ -148,11 +149,12 @@ impl Telemetry {
         let audit = config.audit.map(AuditLog::open).transpose()?;
         let (batches, exporter) = match &config.otlp {
             Some(otlp) => {
-                let exporter = otlp::OtlpExporter::new(otlp)?;
+                let (recycler, recycled) = recycle::recycling();
+                let exporter = otlp::OtlpExporter::new(otlp)?.recycling(recycler);
                 let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_QUEUE_BATCHES);
                 let health = otlp::ExportHealth::default();
                 let task = tokio::spawn(otlp::export_loop(exporter, rx, metrics.clone(), health.clone()));
-                (Some(SpanBatcher::new(tx, otlp.max_batch, metrics.clone(), health)), Some(task))
+                (Some(SpanBatcher::new(tx, recycled, otlp.max_batch, metrics.clone(), health)), Some(task))
             }
             None => (None, None),
         };

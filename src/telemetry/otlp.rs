@@ -19,6 +19,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
 
 use super::metrics::{DROP_EXPORT_FAILED, Metrics};
+use super::recycle::Recycler;
 use super::wire::{EncodedSpans, export_request};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -168,9 +169,19 @@ impl OtlpExporter {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
-        let codec = ExportCodec { resource: resource.encode_to_vec().into(), scope: scope.encode_to_vec().into() };
+        let codec = ExportCodec {
+            resource: resource.encode_to_vec().into(),
+            scope: scope.encode_to_vec().into(),
+            recycle: None,
+        };
         let headers = config.headers.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?))).collect();
         Ok(OtlpExporter { grpc: tonic::client::Grpc::new(channel), codec, headers, timeout: config.timeout })
+    }
+
+    /// Gives each batch's buffer back to the batcher once it is encoded into the request.
+    pub fn recycling(mut self, recycler: Recycler) -> Self {
+        self.codec.recycle = Some(recycler);
+        self
     }
 
     /// Exports one batch. Ok(n): the collector rejected n spans (partial success).
@@ -192,6 +203,7 @@ impl OtlpExporter {
 struct ExportCodec {
     resource: Arc<[u8]>,
     scope: Arc<[u8]>,
+    recycle: Option<Recycler>,
 }
 
 impl Codec for ExportCodec {
@@ -218,6 +230,9 @@ impl Encoder for ExportCodec {
         // buffer by doubling copied it six times over.
         buf.reserve(spans.bytes.len() + self.resource.len() + self.scope.len() + 32);
         export_request(buf, &self.resource, &self.scope, &spans);
+        if let Some(recycle) = &self.recycle {
+            recycle.give_back(spans.bytes);
+        }
         Ok(())
     }
 }

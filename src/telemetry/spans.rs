@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::metrics::{DROP_EXPORT_FAILED, DROP_QUEUE_FULL, Metrics};
 use super::otlp::ExportHealth;
 use super::record::DecisionRecord;
+use super::recycle::Recycled;
 use super::wire::{EncodedSpans, SpanWriter};
 use crate::policy::Outcome;
 
@@ -113,13 +114,22 @@ pub struct SpanBatcher {
     writer: SpanWriter,
     max_batch: usize,
     tx: mpsc::Sender<EncodedSpans>,
+    /// Buffers of exported batches, back from the exporter (`recycle`).
+    recycled: Recycled,
     metrics: Metrics,
     health: ExportHealth,
 }
 
 impl SpanBatcher {
-    pub fn new(tx: mpsc::Sender<EncodedSpans>, max_batch: usize, metrics: Metrics, health: ExportHealth) -> Self {
-        SpanBatcher { batch: EncodedSpans::default(), writer: SpanWriter::default(), max_batch, tx, metrics, health }
+    pub fn new(
+        tx: mpsc::Sender<EncodedSpans>,
+        recycled: Recycled,
+        max_batch: usize,
+        metrics: Metrics,
+        health: ExportHealth,
+    ) -> Self {
+        let (batch, writer) = (EncodedSpans::default(), SpanWriter::default());
+        SpanBatcher { batch, writer, max_batch, tx, recycled, metrics, health }
     }
 
     /// Encodes the span of one decision into the current batch.
@@ -174,9 +184,11 @@ impl SpanBatcher {
         if self.batch.count == 0 {
             return;
         }
-        // The next batch starts with the room this one needed (no regrowing from empty).
+        // The next batch starts with the room this one needed (no regrowing from empty), in a
+        // buffer the exporter is done with when one came back.
         let room = self.batch.bytes.len();
-        let batch = std::mem::replace(&mut self.batch, EncodedSpans { bytes: Vec::with_capacity(room), count: 0 });
+        let next = EncodedSpans { bytes: self.recycled.take(room), count: 0 };
+        let batch = std::mem::replace(&mut self.batch, next);
         if let Err(e) = self.tx.try_send(batch) {
             let lost = match e {
                 mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b.count,
@@ -225,7 +237,7 @@ mod tests {
     fn spans_with_nowhere_to_go_are_counted_and_not_encoded() {
         let (tx, mut rx) = mpsc::channel(1);
         let (metrics, health) = (Metrics::default(), ExportHealth::default());
-        let mut batcher = SpanBatcher::new(tx, 2, metrics.clone(), health.clone());
+        let mut batcher = SpanBatcher::new(tx, super::recycle::recycling().1, 2, metrics.clone(), health.clone());
         let event = event();
         let mut text = String::new();
         let record = DecisionRecord::describe_in(&event, &mut text);
