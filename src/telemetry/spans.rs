@@ -237,7 +237,8 @@ mod tests {
     fn spans_with_nowhere_to_go_are_counted_and_not_encoded() {
         let (tx, mut rx) = mpsc::channel(1);
         let (metrics, health) = (Metrics::default(), ExportHealth::default());
-        let mut batcher = SpanBatcher::new(tx, super::recycle::recycling().1, 2, metrics.clone(), health.clone());
+        let mut batcher =
+            SpanBatcher::new(tx, crate::telemetry::recycle::recycling().1, 2, metrics.clone(), health.clone());
         let event = event();
         let mut text = String::new();
         let record = DecisionRecord::describe_in(&event, &mut text);
