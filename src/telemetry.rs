@@ -14,6 +14,7 @@ pub mod audit;
 pub mod context;
 pub mod dns;
 mod flows;
+mod json_line;
 pub mod metrics;
 pub mod otlp;
 mod recent;

@@ -8,8 +8,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
-use serde::ser::{SerializeMap, Serializer};
+use serde::ser::SerializeMap;
 
+use super::json_line::JsonLine;
 use super::record::{DecisionRecord, Value};
 use super::spans::SpanIds;
 
@@ -132,21 +133,27 @@ impl AuditLog {
     }
 }
 
-/// One audit line (without the newline) into `out`.
+/// One audit line (without the newline) into `out`, written directly (`json_line`): this runs for
+/// every decision.
 pub fn encode(out: &mut Vec<u8>, record: &DecisionRecord<'_>, ids: &SpanIds) -> io::Result<()> {
-    let mut ser = serde_json::Serializer::new(out);
-    let mut map = ser.serialize_map(None)?;
-    let time = jiff::Timestamp::try_from(record.event.start).map(|t| t.to_string()).unwrap_or_default();
-    map.serialize_entry("time", &time)?;
-    map.serialize_entry("trace_id", &ids.trace_id.to_string())?;
-    map.serialize_entry("span_id", &ids.span_id.to_string())?;
-    if let Some(parent) = &ids.parent {
-        map.serialize_entry("parent_span_id", &parent.span_id().to_string())?;
+    let mut line = JsonLine::begin(out);
+    match jiff::Timestamp::try_from(record.event.start) {
+        Ok(time) => line.display("time", time),
+        Err(_) => line.str("time", ""),
     }
-    map.serialize_entry("sampled", &ids.sampled)?;
-    map.serialize_entry("duration_us", &(record.event.duration.as_nanos() as f64 / 1e3))?;
-    serialize_fields(&mut map, |f| record.visit(f))?;
-    map.end()?;
+    line.hex("trace_id", &ids.trace_id.to_bytes());
+    line.hex("span_id", &ids.span_id.to_bytes());
+    if let Some(parent) = &ids.parent {
+        line.hex("parent_span_id", &parent.span_id().to_bytes());
+    }
+    line.bool("sampled", ids.sampled);
+    line.f64("duration_us", record.event.duration.as_nanos() as f64 / 1e3);
+    record.visit(&mut |key, value| match value {
+        Value::Str(s) => line.str(key, s),
+        Value::Int(i) => line.int(key, i),
+        Value::Bool(b) => line.bool(key, b),
+    });
+    line.end();
     Ok(())
 }
 
@@ -190,6 +197,52 @@ mod tests {
         );
         let (verdict, facts) = crate::testing::checked(&policy, &request, &Default::default());
         CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::from_micros(3) }
+    }
+
+    /// The line serde_json writes for a record (what `encode` wrote before it wrote lines itself).
+    fn serde_line(record: &DecisionRecord<'_>, ids: &SpanIds) -> Vec<u8> {
+        use serde::ser::Serializer;
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let mut map = ser.serialize_map(None).unwrap();
+        let time = jiff::Timestamp::try_from(record.event.start).map(|t| t.to_string()).unwrap_or_default();
+        map.serialize_entry("time", &time).unwrap();
+        map.serialize_entry("trace_id", &ids.trace_id.to_string()).unwrap();
+        map.serialize_entry("span_id", &ids.span_id.to_string()).unwrap();
+        if let Some(parent) = &ids.parent {
+            map.serialize_entry("parent_span_id", &parent.span_id().to_string()).unwrap();
+        }
+        map.serialize_entry("sampled", &ids.sampled).unwrap();
+        map.serialize_entry("duration_us", &(record.event.duration.as_nanos() as f64 / 1e3)).unwrap();
+        serialize_fields(&mut map, |f| record.visit(f)).unwrap();
+        map.end().unwrap();
+        out
+    }
+
+    #[test]
+    fn a_line_is_byte_for_byte_what_serde_json_writes() {
+        let sampler = || DecisionSampler::new(parse_sampler("always_on", None).unwrap(), false);
+        let mut e = event(7);
+        // A sub-microsecond duration; with and without a parent span (escaping: `json_line`).
+        e.duration = Duration::from_nanos(921);
+        let mut text = String::new();
+        for parent in [None, Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")] {
+            let ids = match parent {
+                None => sampler().sample(None, e.verdict.outcome),
+                Some(tp) => {
+                    let headers: std::collections::HashMap<String, String> =
+                        [("traceparent".to_string(), tp.to_string())].into_iter().collect();
+                    let cx = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+                    let parent = opentelemetry::propagation::TextMapPropagator::extract(&cx, &headers);
+                    use opentelemetry::trace::TraceContextExt;
+                    sampler().sample(Some(parent.span().span_context().clone()), e.verdict.outcome)
+                }
+            };
+            let record = DecisionRecord::describe_in(&e, &mut text);
+            let mut ours = Vec::new();
+            encode(&mut ours, &record, &ids).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(serde_line(&record, &ids)).unwrap());
+        }
     }
 
     fn write(log: &mut AuditLog, i: usize) {
