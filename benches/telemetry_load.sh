@@ -15,12 +15,14 @@ bin=./target/release/egressd
 load=./target/release/examples/check_load
 tmp=$(mktemp -d)
 pids=()
+declare -A pid_of
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 start() { # name grpc admin args...
   local name=$1 grpc=$2 admin=$3; shift 3
   env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
     "$bin" serve --grpc-listen "$grpc" --admin-listen "$admin" --flow-table-size 0 --no-detect "$@" >"$tmp/$name.log" 2>&1 &
   pids+=($!)
+  pid_of[$name]=$!
   for _ in $(seq 100); do curl -fs "http://$admin/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$name did not start"; cat "$tmp/$name.log"; exit 1
 }
@@ -37,7 +39,7 @@ start audit 127.0.0.1:18108 127.0.0.1:18109 --audit-log "$tmp/audit.jsonl"
 compare() { # name grpc description
   echo "== $1 vs telemetry off: $3"
   "$load" --target "$2" --name "$1" --baseline 127.0.0.1:18100 --baseline-name off \
-    --concurrency 64 --duration "$duration" --rounds "$rounds" "${extra[@]}"
+    --target-pid "${pid_of[$1]}" --baseline-pid "${pid_of[off]}" --concurrency 64 --duration "$duration" --rounds "$rounds" "${extra[@]}"
 }
 extra=("$@")
 compare spans-all 127.0.0.1:18102 "every decision exported as a span"

@@ -347,7 +347,7 @@ impl<'a> Checker<'a> {
             now,
         );
         let facts = match trace {
-            Some(ids) => facts.map(|f| f.with_correlation(&pending.correlation.to_string(), ids)),
+            Some(ids) => facts.map(|f| f.with_correlation(pending.correlation, ids)),
             None => facts,
         };
         (pending.correlation, facts)

@@ -37,6 +37,17 @@ impl SourceLoc {
         Self::new(file, spanned.referenced.line() as u32, spanned.referenced.column() as u32)
     }
 
+    /// Appends `file:line:column` (what `Display` writes) without the formatting machinery: the
+    /// telemetry thread writes a rule's location into every record.
+    pub fn push_to(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push_str(&self.file);
+        out.push(':');
+        out.push_str(digits.format(self.line.max(1)));
+        out.push(':');
+        out.push_str(digits.format(self.column.max(1)));
+    }
+
     /// `file:line`, the short form used in decisions ("the rule at payments.yaml:12").
     pub fn short(&self) -> String {
         format!("{}:{}", self.file, self.line)

@@ -6,7 +6,8 @@
 //! Keys are the xxh3 hash of the request id, not the id itself: the gateway generates every
 //! request id (a client cannot pick one to collide), and a `u64` key keeps an entry small.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, TraceId};
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +24,7 @@ pub const CAPACITY: usize = 65_536;
 pub struct ConnectIds {
     pub trace_id: TraceId,
     pub span_id: SpanId,
-    pub service: Option<Box<str>>,
+    pub service: Option<Arc<str>>,
 }
 
 struct Slot {
@@ -32,18 +33,31 @@ struct Slot {
 }
 
 pub struct RecentConnects {
-    map: HashMap<u64, Slot>,
+    /// Keyed by a hash already (xxh3 of the request id): no second hashing.
+    map: nohash_hasher::IntMap<u64, Slot>,
     /// Insertion order as (key, seq); entries whose key was taken or replaced are stale and
     /// dropped when the queue is compacted.
     order: VecDeque<(u64, u64)>,
     seq: u64,
     capacity: usize,
     evicted: Counter,
+    /// Service names shared by every entry of the service, by index in the policy whose
+    /// version `names_of` is: one allocation per service rather than per CONNECT.
+    names: Vec<Option<Arc<str>>>,
+    names_of: String,
 }
 
 impl RecentConnects {
     pub fn new(capacity: usize, evicted: Counter) -> Self {
-        RecentConnects { map: HashMap::new(), order: VecDeque::new(), seq: 0, capacity: capacity.max(1), evicted }
+        RecentConnects {
+            map: Default::default(),
+            order: VecDeque::new(),
+            seq: 0,
+            capacity: capacity.max(1),
+            evicted,
+            names: Vec::new(),
+            names_of: String::new(),
+        }
     }
 
     /// Remembers `event` if it is a CONNECT with a request id (the gateway's HTTP check of a
@@ -54,8 +68,21 @@ impl RecentConnects {
             return;
         }
         let Some(request_id) = facts.get(Fact::RequestId) else { return };
-        let service = event.verdict.service.map(|s| event.policy.services[s.get()].name.as_str().into());
+        let service = event.verdict.service.map(|s| self.service_name(&event.policy, s.get()));
         self.insert(request_id, ConnectIds { trace_id: ids.trace_id, span_id: ids.span_id, service });
+    }
+
+    /// The shared name of service `index` of `policy`. Policies of one version have the same
+    /// services in the same order; a new version starts the names over.
+    fn service_name(&mut self, policy: &crate::policy::CompiledPolicy, index: usize) -> Arc<str> {
+        if self.names_of != policy.version {
+            self.names.clear();
+            self.names_of.clone_from(&policy.version);
+        }
+        if self.names.len() <= index {
+            self.names.resize(index + 1, None);
+        }
+        self.names[index].get_or_insert_with(|| Arc::from(policy.services[index].name.as_str())).clone()
     }
 
     pub fn insert(&mut self, request_id: &str, ids: ConnectIds) {

@@ -103,9 +103,20 @@ pub const RPC_ATTRIBUTES: [(&str, &str); 3] =
     [("rpc.system", "grpc"), ("rpc.service", "envoy.service.auth.v3.Authorization"), ("rpc.method", "Check")];
 
 /// Writes spans; keeps its scratch buffer between spans.
-#[derive(Default)]
 pub struct SpanWriter {
     scratch: Vec<u8>,
+    /// `RPC_ATTRIBUTES` encoded once: every decision span carries them, unchanged.
+    rpc_attributes: Vec<u8>,
+}
+
+impl Default for SpanWriter {
+    fn default() -> Self {
+        let mut rpc_attributes = Vec::new();
+        for (k, v) in RPC_ATTRIBUTES {
+            attribute(&mut rpc_attributes, k, Value::Str(v));
+        }
+        SpanWriter { scratch: Vec::new(), rpc_attributes }
+    }
 }
 
 /// What every span starts with: its ids, name, kind and times (unix nanoseconds).
@@ -171,9 +182,7 @@ impl SpanWriter {
             end: unix_nanos(event.start + event.duration),
         }
         .write(s);
-        for (k, v) in RPC_ATTRIBUTES {
-            attribute(s, k, Value::Str(v));
-        }
+        s.extend_from_slice(&self.rpc_attributes);
         record.visit(&mut |k, v| attribute(s, k, v));
         close(out, s, ids.parent.is_some());
     }
