@@ -75,24 +75,16 @@ impl<'a> JsonLine<'a> {
     /// Bytes as lowercase hex in a string (trace and span ids).
     pub fn hex(&mut self, key: &str, bytes: &[u8]) {
         self.key(key);
-        // Ids are 8 or 16 bytes: formatted on the stack, copied once.
-        let mut text = [0u8; 2 * 16 + 2];
-        let n = bytes.len().min(16);
-        text[0] = b'"';
-        for (i, b) in bytes[..n].iter().enumerate() {
-            text[1 + 2 * i] = HEX[usize::from(b >> 4)];
-            text[2 + 2 * i] = HEX[usize::from(b & 0xf)];
-        }
-        text[1 + 2 * n] = b'"';
-        self.out.extend_from_slice(&text[..2 + 2 * n]);
-        if bytes.len() > n {
-            // Longer than any id: the rest, byte by byte (not a path that runs per decision).
-            self.out.pop();
-            for b in &bytes[n..] {
-                self.out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        // Ids are 8 or 16 bytes: each 16-byte piece is formatted on the stack and copied once.
+        self.out.push(b'"');
+        for piece in bytes.chunks(16) {
+            let mut text = [0u8; 32];
+            for (pair, b) in text.chunks_exact_mut(2).zip(piece) {
+                pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
             }
-            self.out.push(b'"');
+            self.out.extend_from_slice(&text[..2 * piece.len()]);
         }
+        self.out.push(b'"');
     }
 
     pub fn end(self) {

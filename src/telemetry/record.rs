@@ -184,7 +184,8 @@ fn append(text: &mut String, args: std::fmt::Arguments<'_>) -> Range<usize> {
 }
 
 /// Appends `ip` as `Display` writes it; an IPv4 address (nearly every caller) without the
-/// formatting machinery, which was a tenth of the telemetry thread's time per record (perf).
+/// formatting machinery (perf: `fmt::write`, `u8` Display and `pad_integral`, for the address and
+/// the rule location, were about a tenth of the telemetry thread's samples with the audit log on).
 fn push_ip(text: &mut String, ip: std::net::IpAddr) -> Range<usize> {
     let start = text.len();
     match ip {
