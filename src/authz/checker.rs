@@ -333,7 +333,7 @@ impl<'a> Checker<'a> {
         });
         let enforced = crate::policy::canary::enforces(svc, connect.workload, connect.request_id)
             && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
-        let pending = tunnels.register(
+        let correlation = tunnels.register(
             tunnel::NewTunnel {
                 host: &connect.dest.host,
                 port: connect.dest.port,
@@ -347,9 +347,9 @@ impl<'a> Checker<'a> {
             now,
         );
         let facts = match trace {
-            Some(ids) => facts.map(|f| f.with_correlation(pending.correlation, ids)),
+            Some(ids) => facts.map(|f| f.with_correlation(correlation, ids)),
             None => facts,
         };
-        (pending.correlation, facts)
+        (correlation, facts)
     }
 }

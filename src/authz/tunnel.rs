@@ -9,14 +9,20 @@
 //!
 //! A correlation is an address `127.G.G.G:P`: P-1 is a slot of a fixed ring, G a random 24-bit
 //! generation stored with it, so a stale, replayed or guessed value matches nothing (fail closed).
-//! Register and take are lock-free (`arc-swap` per slot). Pending decisions expire after a minute;
-//! with more than 65,535 CONNECTs in flight the oldest are overwritten and fail closed.
+//! Pending decisions expire after a minute; with more than 65,535 CONNECTs in flight the oldest are
+//! overwritten and fail closed.
+//!
+//! A slot is claimed with `try_lock` and never waited on. Each slot sees one register and one take
+//! per CONNECT, so a busy slot means the ring wrapped onto a slot being read or written that very
+//! moment: register moves on to the next slot, take fails closed (as it would for the overwritten
+//! decision). This costs two uncontended atomic operations; an `arc-swap` slot cost a scan of
+//! every thread's debt list on each store and take (`Debt::pay_all`, 2.6% of egressd's samples on
+//! verified CONNECTs).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use arc_swap::ArcSwapOption;
 use opentelemetry::trace::{SpanId, TraceId};
 
 use crate::contract::{CHECK_KIND_TUNNEL_RAW, CHECK_KIND_TUNNEL_TLS};
@@ -25,6 +31,8 @@ use crate::policy::{CompiledPolicy, Decision, Mode, Outcome, Reason, TunnelTls};
 
 const SLOTS: u64 = 65_535;
 const TTL_SECONDS: i64 = 60;
+/// How many slots `register` tries before it gives up (each busy one means the ring wrapped).
+const REGISTER_TRIES: usize = 4;
 
 /// What the CONNECT decision leaves for its tunnel's check (borrowed: `register` copies it).
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +70,23 @@ pub struct PendingTunnel {
 }
 
 impl PendingTunnel {
+    /// service, principal and host into one allocation.
+    fn set_text(&mut self, service: &str, principal: &str, host: &Host<'_>) {
+        let mut text = String::with_capacity(service.len() + principal.len() + 64);
+        text.push_str(service);
+        self.service_end = text.len() as u32;
+        text.push_str(principal);
+        self.principal_end = text.len() as u32;
+        match host {
+            Host::Name(n) => text.push_str(n),
+            Host::Ip(ip) => {
+                use std::fmt::Write as _;
+                let _ = write!(text, "{ip}");
+            }
+        }
+        self.text = text.into_boxed_str();
+    }
+
     pub fn service(&self) -> &str {
         &self.text[..self.service_end as usize]
     }
@@ -77,7 +102,7 @@ impl PendingTunnel {
 }
 
 pub struct Tunnels {
-    slots: Box<[ArcSwapOption<PendingTunnel>]>,
+    slots: Box<[Slot]>,
     seq: AtomicU64,
     salt: u64,
 }
@@ -87,49 +112,73 @@ impl Default for Tunnels {
         // The standard library's per-process random hash keys: an unpredictable generation salt.
         use std::hash::{BuildHasher, Hasher};
         let salt = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        Tunnels { slots: (0..SLOTS).map(|_| ArcSwapOption::empty()).collect(), seq: AtomicU64::new(0), salt }
+        Tunnels { slots: (0..SLOTS).map(|_| Slot::default()).collect(), seq: AtomicU64::new(0), salt }
+    }
+}
+
+/// One pending decision (boxed: the ring stays 1 MiB however long the strings are).
+#[derive(Default)]
+struct Slot(Mutex<Option<Box<PendingTunnel>>>);
+
+impl Slot {
+    /// The slot if no one else holds it this moment; never waits. Nothing panics while a slot is
+    /// held, so a poisoned slot only means a panic elsewhere unwound past it: its contents are
+    /// still whole.
+    fn claim(&self) -> Option<MutexGuard<'_, Option<Box<PendingTunnel>>>> {
+        match self.0.try_lock() {
+            Ok(held) => Some(held),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 }
 
 impl Tunnels {
-    /// Registers a CONNECT decision; returns it with its correlation value.
-    pub fn register(&self, t: NewTunnel<'_>, now: i64) -> Arc<PendingTunnel> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let slot = seq % SLOTS;
-        let generation = (xxhash_rust::xxh3::xxh3_64(&(seq ^ self.salt).to_le_bytes()) & 0xff_ffff) as u32;
-        let [_, a, b, c] = generation.to_be_bytes();
-        let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16);
-        let mut text = String::with_capacity(t.service.len() + t.principal.len() + 64);
-        text.push_str(t.service);
-        let service_end = text.len() as u32;
-        text.push_str(t.principal);
-        let principal_end = text.len() as u32;
-        match t.host {
-            Host::Name(n) => text.push_str(n),
-            Host::Ip(ip) => {
-                use std::fmt::Write as _;
-                let _ = write!(text, "{ip}");
-            }
-        }
-        let pending = Arc::new(PendingTunnel {
-            generation,
-            correlation,
+    /// Registers a CONNECT decision; returns the correlation its tunnel check must present. If
+    /// every slot tried is busy (the ring wrapped onto checks in progress) nothing is registered
+    /// and the correlation pairs with nothing: the tunnel fails closed.
+    pub fn register(&self, t: NewTunnel<'_>, now: i64) -> SocketAddr {
+        let mut pending = Box::new(PendingTunnel {
+            generation: 0,
+            correlation: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             created_unix: now,
-            text: text.into_boxed_str(),
-            service_end,
-            principal_end,
+            text: Box::default(),
+            service_end: 0,
+            principal_end: 0,
             port: t.port,
             tunnel_tls: t.tunnel_tls,
             mode: t.mode,
             enforced: t.enforced,
             trace: t.trace,
         });
-        self.slots[slot as usize].store(Some(pending.clone()));
-        pending
+        pending.set_text(t.service, t.principal, t.host);
+        for _ in 0..REGISTER_TRIES {
+            let (slot, generation, correlation) = self.next_correlation();
+            pending.generation = generation;
+            pending.correlation = correlation;
+            let Some(mut held) = self.slots[slot].claim() else { continue };
+            let overwritten = held.replace(pending);
+            drop(held);
+            drop(overwritten);
+            return correlation;
+        }
+        // Port 0 names no slot: the tunnel check finds nothing and fails closed.
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
     }
 
-    /// Takes the pending decision `correlation` names, once. `None`: unknown, expired, replayed.
-    pub fn take(&self, correlation: SocketAddr, now: i64) -> Option<Arc<PendingTunnel>> {
+    /// The next slot of the ring, a fresh generation for it, and the correlation naming both.
+    fn next_correlation(&self) -> (usize, u32, SocketAddr) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let slot = seq % SLOTS;
+        let generation = (xxhash_rust::xxh3::xxh3_64(&(seq ^ self.salt).to_le_bytes()) & 0xff_ffff) as u32;
+        let [_, a, b, c] = generation.to_be_bytes();
+        let correlation = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, a, b, c)), (slot + 1) as u16);
+        (slot as usize, generation, correlation)
+    }
+
+    /// Takes the pending decision `correlation` names, once. `None`: unknown, expired, replayed
+    /// (or its slot busy this very moment, which only a wrapped ring or a concurrent replay does).
+    pub fn take(&self, correlation: SocketAddr, now: i64) -> Option<Box<PendingTunnel>> {
         let IpAddr::V4(ip) = correlation.ip() else { return None };
         let [first, a, b, c] = ip.octets();
         let port = u64::from(correlation.port());
@@ -137,15 +186,13 @@ impl Tunnels {
             return None;
         }
         let generation = u32::from_be_bytes([0, a, b, c]);
-        let slot = &self.slots[(port - 1) as usize];
-        let current = slot.load_full()?;
+        let mut held = self.slots[(port - 1) as usize].claim()?;
+        let current = held.as_ref()?;
         if current.generation != generation || now - current.created_unix > TTL_SECONDS {
             return None;
         }
         // Only the first check with this correlation gets it.
-        let previous = slot.compare_and_swap(&Some(current.clone()), None);
-        let won = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current));
-        won.then_some(current)
+        held.take()
     }
 }
 
@@ -228,15 +275,13 @@ mod tests {
     #[test]
     fn a_correlation_pairs_once_and_only_with_its_own_decision() {
         let t = Tunnels::default();
-        let a = t.register(new(host("a.test")), 100);
-        let b = t.register(new(host("b.test")), 100);
-        assert_eq!((a.service(), a.principal(), a.host()), ("s", "p", "a.test"));
-        assert_ne!(a.correlation, b.correlation);
-        let addr = a.correlation;
+        let addr = t.register(new(host("a.test")), 100);
+        let b_addr = t.register(new(host("b.test")), 100);
+        assert_ne!(addr, b_addr);
         assert!(addr.ip().is_loopback());
-        assert_eq!(t.take(addr, 101).unwrap().host(), "a.test");
+        let a = t.take(addr, 101).unwrap();
+        assert_eq!((a.service(), a.principal(), a.host(), a.correlation), ("s", "p", "a.test", addr));
         assert!(t.take(addr, 101).is_none(), "replay fails");
-        let b_addr = b.correlation;
         // Same slot, another generation: a guess or a stale value.
         let IpAddr::V4(b_ip) = b_addr.ip() else { panic!("v4") };
         let forged = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from(b_ip) ^ 1)), b_addr.port());
@@ -251,7 +296,9 @@ mod tests {
     fn tunnel_decisions_by_setting_and_what_the_tunnel_carried() {
         let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
         let pending = |tls: TunnelTls, enforced: bool| {
-            Tunnels::default().register(NewTunnel { tunnel_tls: tls, enforced, ..new(host("api.partner.test")) }, 0)
+            let t = Tunnels::default();
+            let addr = t.register(NewTunnel { tunnel_tls: tls, enforced, ..new(host("api.partner.test")) }, 0);
+            t.take(addr, 0).unwrap()
         };
         let code = |p: &PendingTunnel, start, sni: Option<&str>| {
             let d = decide(&policy, Some(p), start, sni);
@@ -271,6 +318,34 @@ mod tests {
         assert_eq!(code(&off, TunnelStart::NotTls, None), (Outcome::Allow, "tunnel-verified"));
         let unknown = decide(&policy, None, TunnelStart::Tls, Some("api.partner.test"));
         assert_eq!((unknown.outcome, unknown.reason.code()), (Outcome::Deny, "unknown-correlation"));
+    }
+
+    #[test]
+    fn a_busy_slot_is_never_waited_on() {
+        let t = Tunnels::default();
+        let addr = t.register(new(host("a.test")), 100);
+        let slot = &t.slots[usize::from(addr.port()) - 1];
+        {
+            let _held = slot.0.lock().unwrap();
+            assert!(t.take(addr, 100).is_none(), "a held slot fails closed, at once");
+        }
+        assert_eq!(t.take(addr, 100).unwrap().host(), "a.test", "and is found once it is free");
+
+        // The ring wrapped onto a slot held this moment: register moves on to the next one.
+        let next = (t.seq.load(Ordering::Relaxed) % SLOTS) as usize;
+        let held = t.slots[next].0.lock().unwrap();
+        let moved = t.register(new(host("b.test")), 100);
+        assert_eq!(usize::from(moved.port()) - 1, next + 1);
+        drop(held);
+        assert_eq!(t.take(moved, 100).unwrap().host(), "b.test");
+
+        // Every slot it tries busy: nothing registered, and the correlation names no slot.
+        let first = (t.seq.load(Ordering::Relaxed) % SLOTS) as usize;
+        let held: Vec<_> = (first..first + REGISTER_TRIES).map(|i| t.slots[i].0.lock().unwrap()).collect();
+        let unpaired = t.register(new(host("c.test")), 100);
+        drop(held);
+        assert_eq!(unpaired.port(), 0);
+        assert!(t.take(unpaired, 100).is_none());
     }
 
     #[test]
