@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Through the real gateway: (a) no authz, (b) RBAC, (c) ext_authz no-op, (d) ext_authz egressd.
 # Installs wrk and nginx if missing (Debian), fetches Envoy if needed, builds, runs.
-# Usage: [ROUNDS=4] [DURATION=5] bash benches/gateway_bench.sh
+# Usage: [ROUNDS=4] [DURATION=5] [SHAPE=meta,headers] [HTTP_ONLY=true] bash benches/gateway_bench.sh
+#   SHAPE: what the shaped no-op (c') answers (see gateway_bench --help); HTTP_ONLY: plain HTTP only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then

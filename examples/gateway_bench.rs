@@ -3,7 +3,9 @@
 //! (c) ext_authz to a no-op Check server, (d) ext_authz to egressd. Plain HTTP proxy requests are
 //! driven by wrk (absolute-form, keep-alive); CONNECT tunnels (one check per tunnel, a new tunnel
 //! per request) by this tool. Every gateway is egressd's own generated listener and clusters,
-//! differing only in the authorization filter; Envoy runs with --concurrency 1.
+//! differing only in the authorization filter; Envoy runs with --concurrency 1. Besides throughput
+//! and latency, each variant's CPU per request is read from /proc for its Envoy and its ext_authz
+//! server: it says where a difference comes from (Envoy's handling of an answer, or the server).
 //!
 //!   bash benches/gateway_bench.sh      (needs wrk and nginx: apt-get install wrk nginx-light)
 //!
@@ -65,6 +67,14 @@ struct Args {
     noop: PathBuf,
     #[arg(long, env = "ENVOY_BIN", default_value = "target/envoy/envoy/_bin/envoy")]
     envoy: PathBuf,
+    /// What (c') answers, comma-separated (`meta`, `meta1`, `headers`, `remove`; see check_load's
+    /// --noop-parts). The default is egressd's answer to the generated gateway: decision metadata
+    /// and x-egress-host/-port.
+    #[arg(long, env = "SHAPE", default_value = "meta,headers")]
+    shape: String,
+    /// Plain HTTP only: skip the CONNECT and TLS-in-CONNECT tables (quick experiments on the shape).
+    #[arg(long, env = "HTTP_ONLY")]
+    http_only: bool,
 }
 
 struct Proc(Child);
@@ -239,6 +249,37 @@ struct Sample {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU microseconds per request of the gateway's Envoy and of its ext_authz server (0 without
+    /// one): on two shared cores these are steadier than throughput, which every neighbour moves.
+    envoy_us: f64,
+    authz_us: f64,
+}
+
+/// CPU time (utime + stime) of a process, in microseconds (Linux /proc; clock ticks are 10 ms).
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) * 10_000.0
+}
+
+/// The processes one gateway variant's requests cost: its Envoy and its ext_authz server.
+#[derive(Clone, Copy)]
+struct Pids {
+    envoy: u32,
+    authz: Option<u32>,
+}
+
+/// Runs one load round and charges the CPU the variant's processes spent to its requests.
+async fn metered<F: std::future::Future<Output = Sample>>(pids: Pids, duration: u64, load: F) -> Sample {
+    let cpu = |p: Pids| (cpu_us(p.envoy), p.authz.map_or(0.0, cpu_us));
+    let (envoy0, authz0) = cpu(pids);
+    let mut sample = load.await;
+    let (envoy1, authz1) = cpu(pids);
+    let requests = (sample.rps * duration as f64).max(1.0);
+    sample.envoy_us = (envoy1 - envoy0) / requests;
+    sample.authz_us = (authz1 - authz0) / requests;
+    sample
 }
 
 fn parse_wrk(out: &str) -> Sample {
@@ -259,7 +300,7 @@ fn parse_wrk(out: &str) -> Sample {
             })
             .unwrap_or(0.0)
     };
-    Sample { rps, p50_us: pct("50%"), p99_us: pct("99%") }
+    Sample { rps, p50_us: pct("50%"), p99_us: pct("99%"), envoy_us: 0.0, authz_us: 0.0 }
 }
 
 fn wrk(proxy: SocketAddr, script: &Path, args: &Args) -> Sample {
@@ -391,6 +432,8 @@ async fn merged(tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>, seconds: u6
         rps: all.len() as f64 / seconds as f64,
         p50_us: all.value_at_quantile(0.5) as f64,
         p99_us: all.value_at_quantile(0.99) as f64,
+        envoy_us: 0.0,
+        authz_us: 0.0,
     }
 }
 
@@ -464,7 +507,15 @@ async fn main() {
     wait_port(addr(upstream_port)).await;
     let _shaped = Proc(
         Command::new(&args.noop)
-            .args(["--serve-noop", &addr(shaped_port).to_string(), "--noop-shaped", "--noop-forward", &authority])
+            .args([
+                "--serve-noop",
+                &addr(shaped_port).to_string(),
+                "--noop-shaped",
+                "--noop-forward",
+                &authority,
+                "--noop-parts",
+                &args.shape,
+            ])
             .spawn()
             .expect("check_load binary"),
     );
@@ -475,6 +526,7 @@ async fn main() {
     let variants = [Variant::NoAuthz, Variant::Rbac, Variant::NoopExtAuthz, Variant::ShapedNoop, Variant::Egressd];
     let mut envoys = Vec::new();
     let mut proxies = Vec::new();
+    let mut pids = Vec::new();
     for v in variants {
         let authz = match v {
             Variant::Egressd => egressd_port,
@@ -497,6 +549,13 @@ async fn main() {
                 .expect("envoy"),
         ));
         proxies.push(spec.http_listen);
+        let authz_pid = match v {
+            Variant::NoAuthz | Variant::Rbac => None,
+            Variant::NoopExtAuthz => Some(_noop.0.id()),
+            Variant::ShapedNoop => Some(_shaped.0.id()),
+            Variant::Egressd => Some(_egressd.0.id()),
+        };
+        pids.push(Pids { envoy: envoys.last().map_or(0, |e: &Proc| e.0.id()), authz: authz_pid });
     }
     for (v, p) in variants.iter().zip(&proxies) {
         wait_port(*p).await;
@@ -519,10 +578,13 @@ async fn main() {
     let mut tunnels: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..args.rounds {
         for (i, p) in proxies.iter().enumerate() {
-            http[i].push(wrk(*p, &script, &args));
+            http[i].push(metered(pids[i], args.duration, async { wrk(*p, &script, &args) }).await);
+        }
+        if args.http_only {
+            continue;
         }
         for (i, p) in proxies.iter().enumerate() {
-            tunnels[i].push(connect_load(*p, authority.clone(), &args).await);
+            tunnels[i].push(metered(pids[i], args.duration, connect_load(*p, authority.clone(), &args)).await);
         }
     }
     // Tunnels carrying TLS, through (d): plain (tunnelTls off) versus verified.
@@ -540,47 +602,82 @@ async fn main() {
     let tls_authority = format!("{FQDN}:{tls_port}");
     let kinds = [(IDENTITY, true), (IDENTITY_VERIFIED, true), (IDENTITY, false), (IDENTITY_VERIFIED, false)];
     let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
-    for _ in 0..args.rounds {
+    for _ in 0..if args.http_only { 0 } else { args.rounds } {
         for (i, (identity, keepalive)) in kinds.iter().enumerate() {
-            tls_tables[i]
-                .push(tls_tunnel_load(d, tls_authority.clone(), identity, *keepalive, tls.clone(), &args).await);
+            let load = tls_tunnel_load(d, tls_authority.clone(), identity, *keepalive, tls.clone(), &args);
+            tls_tables[i].push(metered(pids[4], args.duration, load).await);
         }
     }
+    println!("(c') answers: {}", args.shape);
     for (name, table) in [("plain HTTP (wrk, keep-alive)", &http), ("CONNECT (new tunnel per request)", &tunnels)] {
+        if table[0].is_empty() {
+            continue;
+        }
         println!("\n{name}");
-        let summary: Vec<(f64, f64, f64)> = table
-            .iter()
-            .map(|s| {
-                (
-                    median(s.iter().map(|x| x.rps).collect()),
-                    median(s.iter().map(|x| x.p50_us).collect()),
-                    median(s.iter().map(|x| x.p99_us).collect()),
-                )
-            })
-            .collect();
-        for (v, (rps, p50, p99)) in variants.iter().zip(&summary) {
-            println!("  {:<24} {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", v.label(), rps, p50, p99);
+        let summary: Vec<Summary> = table.iter().map(|s| Summary::of(s)).collect();
+        for (v, m) in variants.iter().zip(&summary) {
+            println!(
+                "  {:<28} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, authz {:>5.1} us",
+                v.label(),
+                m.rps,
+                m.p50,
+                m.p99,
+                m.envoy_us,
+                m.authz_us
+            );
         }
-        let d = summary[4];
-        for (other, idx) in [("d/c", 2), ("d/c'", 3), ("c'/c", 2), ("d/b", 1), ("d/a", 0)] {
-            let d = if other == "c'/c" { summary[3] } else { d };
-            let o = summary[idx];
-            println!("  {other}: throughput {:.3}   p99 {:+.0} us ({:.2}x)", d.0 / o.0, d.2 - o.2, d.2 / o.2);
+        for (name, this, other) in [("d/c", 4, 2), ("d/c'", 4, 3), ("c'/c", 3, 2), ("d/b", 4, 1), ("d/a", 4, 0)] {
+            let (t, o) = (&summary[this], &summary[other]);
+            println!(
+                "  {name}: throughput {:.3}   p99 {:+.0} us ({:.2}x)   Envoy CPU/req {:.3}x   Envoy+authz CPU/req {:.3}x",
+                t.rps / o.rps,
+                t.p99 - o.p99,
+                t.p99 / o.p99,
+                t.envoy_us / o.envoy_us,
+                (t.envoy_us + t.authz_us) / (o.envoy_us + o.authz_us)
+            );
         }
+    }
+    if args.http_only {
+        return;
     }
     println!("\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI");
-    let med = |v: &Vec<Sample>| {
-        (
-            median(v.iter().map(|x| x.rps).collect()),
-            median(v.iter().map(|x| x.p50_us).collect()),
-            median(v.iter().map(|x| x.p99_us).collect()),
-        )
-    };
     for (label, plain, verified) in [("keep-alive tunnels", 0, 1), ("new tunnel per request", 2, 3)] {
-        let (p, v) = (med(&tls_tables[plain]), med(&tls_tables[verified]));
+        let (p, v) = (Summary::of(&tls_tables[plain]), Summary::of(&tls_tables[verified]));
         println!("  {label}");
-        println!("    plain     {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", p.0, p.1, p.2);
-        println!("    verified  {:>9.0} req/s   p50 {:>7.0} us   p99 {:>7.0} us", v.0, v.1, v.2);
-        println!("    verified/plain: throughput {:.3}   p99 {:.2}x", v.0 / p.0, v.2 / p.2);
+        for (name, m) in [("plain", &p), ("verified", &v)] {
+            println!(
+                "    {name:<9} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, egressd {:>5.1} us",
+                m.rps, m.p50, m.p99, m.envoy_us, m.authz_us
+            );
+        }
+        println!(
+            "    verified/plain: throughput {:.3}   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
+            v.rps / p.rps,
+            v.p99 / p.p99,
+            (v.envoy_us + v.authz_us) / (p.envoy_us + p.authz_us)
+        );
+    }
+}
+
+/// Medians of one variant's rounds.
+struct Summary {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    envoy_us: f64,
+    authz_us: f64,
+}
+
+impl Summary {
+    fn of(rounds: &[Sample]) -> Self {
+        let m = |f: fn(&Sample) -> f64| median(rounds.iter().map(f).collect());
+        Summary {
+            rps: m(|x| x.rps),
+            p50: m(|x| x.p50_us),
+            p99: m(|x| x.p99_us),
+            envoy_us: m(|x| x.envoy_us),
+            authz_us: m(|x| x.authz_us),
+        }
     }
 }

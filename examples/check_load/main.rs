@@ -165,6 +165,12 @@ struct Args {
     /// the generated gateway routes by).
     #[arg(long, hide = true, default_value = "api.partner.test:80", requires = "noop_shaped")]
     noop_forward: String,
+    /// With --noop-shaped: which parts the answer carries, comma-separated: `meta` (the decision
+    /// metadata), `meta1` (the same in one field), `headers` (x-egress-host/-port), `remove` (a
+    /// removal list of XFCC and the internal headers). The default is what egressd answers the
+    /// generated gateway.
+    #[arg(long, hide = true, default_value = "meta,headers", requires = "noop_shaped")]
+    noop_parts: String,
 }
 
 /// Answers every Check with OK and nothing else (the floor for any ext_authz server), or with a
@@ -176,7 +182,7 @@ impl Noop {
         Noop(CheckResponse { status: Some(Status { code: 0, ..Default::default() }), ..Default::default() })
     }
 
-    fn shaped(forward: &str) -> Self {
+    fn shaped(forward: &str, parts: &str) -> Self {
         let (host, port) = forward.rsplit_once(':').expect("--noop-forward is HOST:PORT");
         use envoy_types::pb::envoy::service::auth::v3::{OkHttpResponse, check_response};
         use envoy_types::pb::google::protobuf::{Struct, Value, value};
@@ -189,7 +195,6 @@ impl Noop {
             ("mode", "enforce"),
             ("policy_version", "sha256:0123456789abcdef"),
         ];
-        let parts = std::env::var("NOOP_PARTS").unwrap_or_else(|_| "meta,remove,headers".into());
         let has = |p: &str| parts.split(',').any(|x| x == p);
         let mut r = Noop(CheckResponse {
             status: Some(Status { code: 0, ..Default::default() }),
@@ -444,7 +449,7 @@ fn main() {
     }
     if let Some(addr) = args.serve_noop {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let noop = if args.noop_shaped { Noop::shaped(&args.noop_forward) } else { Noop::bare() };
+        let noop = if args.noop_shaped { Noop::shaped(&args.noop_forward, &args.noop_parts) } else { Noop::bare() };
         rt.block_on(async move {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
