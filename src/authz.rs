@@ -4,17 +4,19 @@
 //! request, decides and answers. A CheckRequest that decodes but cannot be understood is denied
 //! with a reason; only bytes that are not a CheckRequest get an RPC error (INVALID_ARGUMENT).
 //! Permitted answers are written from a per-policy-version cache plus this request's forwarding
-//! headers (see `cache`, `forward`, `codec`).
+//! headers (see `cache`, `forward`, `codec`); denies are written in wire format (`deny`).
 
 pub mod cache;
 pub mod checker;
 pub mod codec;
+pub mod deny;
 pub mod facts;
 pub mod forward;
 pub mod limits;
 pub mod request;
 pub mod response;
 pub mod tunnel;
+mod wire;
 
 use std::convert::Infallible;
 use std::sync::Arc;

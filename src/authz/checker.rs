@@ -16,7 +16,9 @@ use super::{response, tunnel};
 use crate::contract::{GATEWAY_GENERATED, GATEWAY_METADATA, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::identity::WorkloadId;
 use crate::policy::external_gateway::{ExternalGateway, HttpUpstream};
-use crate::policy::{CompiledPolicy, Decision, Destination, Protocol, Reason, ServiceInfo, TunnelTls, Verdict};
+use crate::policy::{
+    CompiledPolicy, Decision, Destination, Malformed, Protocol, Reason, ServiceInfo, TunnelTls, Verdict,
+};
 use crate::runtime::RuntimeOverrides;
 use crate::telemetry::context::Propagators;
 use crate::telemetry::record::RequestFacts;
@@ -169,6 +171,20 @@ pub struct Checker<'a> {
     counts_hits: bool,
 }
 
+/// The answer to a check that cannot be routed (its request or destination did not parse):
+/// a deny, written in wire format; the reference message for anything else.
+fn unrouted(
+    decision: &Decision<'_>,
+    dest: Result<&Destination<'_>, &Malformed>,
+    version: &str,
+    is_http: bool,
+) -> CheckAnswer {
+    if decision.outcome.permits() {
+        return CheckAnswer::Message(Box::new(response::build(decision, dest, version, is_http, None)));
+    }
+    CheckAnswer::Encoded(super::deny::encode(decision, dest, version, is_http))
+}
+
 impl<'a> Checker<'a> {
     /// The policy alone: no cache, no run-time overrides, no tunnel pairing (tests, tools).
     pub fn offline(policy: &'a CompiledPolicy) -> Self {
@@ -212,9 +228,9 @@ impl<'a> Checker<'a> {
             Ok(v) => v,
             Err(m) => {
                 let decision = Decision::hard_deny(Reason::Malformed(m.clone()));
-                let resp = response::build(&decision, Err(&m), &policy.version, true, None);
+                let answer = unrouted(&decision, Err(&m), &policy.version, true);
                 let facts = call.capture.trace().then(|| super::facts::from_view(None, req, metadata, true));
-                return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict: decision.verdict(), facts };
+                return Checked { answer, verdict: decision.verdict(), facts };
             }
         };
         let (decision, workload) = self.decide(&view, now);
@@ -240,8 +256,8 @@ impl<'a> Checker<'a> {
         let mut facts = call.capture.trace().then(|| super::facts::from_view(Some(&view), req, metadata, true));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
-            let resp = response::build(&decision, view.destination.as_ref(), &policy.version, view.is_http, None);
-            return Checked { answer: CheckAnswer::Message(Box::new(resp)), verdict, facts };
+            let answer = unrouted(&decision, view.destination.as_ref(), &policy.version, view.is_http);
+            return Checked { answer, verdict, facts };
         };
         let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload) {
             (true, Some(svc), Some(tunnels), Some(workload)) => {
@@ -294,7 +310,7 @@ impl<'a> Checker<'a> {
     ) -> CheckAnswer {
         let version = &self.policy.version;
         if !decision.outcome.permits() {
-            return CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, is_http, None)));
+            return CheckAnswer::Encoded(super::deny::encode(decision, Ok(dest), version, is_http));
         }
         if !is_http {
             // A permitted network check's answer is its core alone.

@@ -21,9 +21,9 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, OkHttpResponse, check_response};
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use smallvec::SmallVec;
 
+use super::wire::{delimited_len, header_value_len, put_delimited_head, put_header_value, put_varint, varint_len};
 use crate::contract::{CORRELATION_HEADER, HOST_HEADER, INTERNAL_HEADERS, PORT_HEADER, TLS_NAME_HEADER, XFCC_HEADER};
 use crate::policy::Destination;
 use crate::policy::fqdn::Host;
@@ -34,8 +34,6 @@ const CHECK_RESPONSE_OK_RESPONSE: u32 = 3;
 const OK_HTTP_RESPONSE_HEADERS: u32 = 2;
 const HEADER_VALUE_OPTION_HEADER: u32 = 1;
 const HEADER_VALUE_OPTION_APPEND_ACTION: u32 = 3;
-const HEADER_VALUE_KEY: u32 = 1;
-const HEADER_VALUE_VALUE: u32 = 2;
 /// Overwrite whatever the client sent.
 const OVERWRITE: HeaderAppendAction = HeaderAppendAction::OverwriteIfExistsOrAdd;
 
@@ -165,21 +163,13 @@ impl Forward {
         buf.put_slice(self.removal_bytes());
         let mut headers_len = 0;
         self.each_header(|k, v| {
-            let len = header_option_len(k, v);
-            headers_len += key_len(OK_HTTP_RESPONSE_HEADERS) + encoded_len_varint(len as u64) + len;
+            headers_len += delimited_len(OK_HTTP_RESPONSE_HEADERS, header_option_len(k, v));
         });
-        encode_key(CHECK_RESPONSE_OK_RESPONSE, WireType::LengthDelimited, buf);
-        encode_varint(headers_len as u64, buf);
+        put_delimited_head(CHECK_RESPONSE_OK_RESPONSE, headers_len, buf);
         self.each_header(|k, v| {
-            encode_key(OK_HTTP_RESPONSE_HEADERS, WireType::LengthDelimited, buf);
-            encode_varint(header_option_len(k, v) as u64, buf);
-            let value_len = header_value_len(k, v);
-            encode_key(HEADER_VALUE_OPTION_HEADER, WireType::LengthDelimited, buf);
-            encode_varint(value_len as u64, buf);
-            put_string(HEADER_VALUE_KEY, k, buf);
-            put_string(HEADER_VALUE_VALUE, v, buf);
-            encode_key(HEADER_VALUE_OPTION_APPEND_ACTION, WireType::Varint, buf);
-            encode_varint(OVERWRITE as u64, buf);
+            put_delimited_head(OK_HTTP_RESPONSE_HEADERS, header_option_len(k, v), buf);
+            put_header_value(HEADER_VALUE_OPTION_HEADER, k, v, buf);
+            put_varint(HEADER_VALUE_OPTION_APPEND_ACTION, OVERWRITE as u64, buf);
         });
     }
 
@@ -187,13 +177,9 @@ impl Forward {
     pub fn encoded_len(&self) -> usize {
         let mut headers_len = 0;
         self.each_header(|k, v| {
-            let len = header_option_len(k, v);
-            headers_len += key_len(OK_HTTP_RESPONSE_HEADERS) + encoded_len_varint(len as u64) + len;
+            headers_len += delimited_len(OK_HTTP_RESPONSE_HEADERS, header_option_len(k, v));
         });
-        self.removal_bytes().len()
-            + key_len(CHECK_RESPONSE_OK_RESPONSE)
-            + encoded_len_varint(headers_len as u64)
-            + headers_len
+        self.removal_bytes().len() + delimited_len(CHECK_RESPONSE_OK_RESPONSE, headers_len)
     }
 }
 
@@ -225,31 +211,9 @@ pub(super) fn header_option(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-fn key_len(tag: u32) -> usize {
-    prost::encoding::key_len(tag)
-}
-
-fn string_len(tag: u32, s: &str) -> usize {
-    key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
-}
-
-fn header_value_len(k: &str, v: &str) -> usize {
-    string_len(HEADER_VALUE_KEY, k) + string_len(HEADER_VALUE_VALUE, v)
-}
-
 fn header_option_len(k: &str, v: &str) -> usize {
-    let value = header_value_len(k, v);
-    key_len(HEADER_VALUE_OPTION_HEADER)
-        + encoded_len_varint(value as u64)
-        + value
-        + key_len(HEADER_VALUE_OPTION_APPEND_ACTION)
-        + encoded_len_varint(OVERWRITE as u64)
-}
-
-fn put_string(tag: u32, s: &str, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(s.len() as u64, buf);
-    buf.put_slice(s.as_bytes());
+    delimited_len(HEADER_VALUE_OPTION_HEADER, header_value_len(k, v))
+        + varint_len(HEADER_VALUE_OPTION_APPEND_ACTION, OVERWRITE as u64)
 }
 
 fn itoa_buf() -> [u8; 5] {

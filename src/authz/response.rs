@@ -16,7 +16,9 @@ use crate::policy::{Decision, Destination, Malformed};
 
 /// gRPC status codes (google.rpc.Code) Envoy reads from a CheckResponse.
 const OK: i32 = 0;
-const PERMISSION_DENIED: i32 = 7;
+pub(super) const PERMISSION_DENIED: i32 = 7;
+/// A deny's body is text for the person whose request failed.
+pub(super) const DENY_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Builds the answer to Envoy. `dest` is `Err` when the destination could not be parsed;
 /// `forward` is where a permitted HTTP request goes (required for those answers to route).
@@ -51,7 +53,7 @@ pub fn build(
         http_response: is_http.then(|| {
             check_response::HttpResponse::DeniedResponse(DeniedHttpResponse {
                 status: Some(HttpStatus { code: StatusCode::Forbidden as i32 }),
-                headers: vec![header(REASON_HEADER, code), header("content-type", "text/plain; charset=utf-8")],
+                headers: vec![header(REASON_HEADER, code), header("content-type", DENY_CONTENT_TYPE)],
                 body: deny_body(decision, dest),
             })
         }),
@@ -69,20 +71,33 @@ pub fn ok_core(decision: &Decision<'_>, version: &str) -> CheckResponse {
 }
 
 fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>) -> String {
-    let destination = match dest {
-        Ok(d) => format!("{}:{}", d.host, d.port),
-        Err(_) => "(unparseable)".to_string(),
-    };
+    let mut body = String::with_capacity(256);
+    let _ = write_deny_body(&mut body, decision, dest);
+    body
+}
+
+/// The text of a deny's body (also written by `deny` without a String).
+pub(super) fn write_deny_body(
+    out: &mut impl std::fmt::Write,
+    decision: &Decision<'_>,
+    dest: Result<&Destination<'_>, &Malformed>,
+) -> std::fmt::Result {
     let service = if decision.service_name().is_empty() { "(unidentified)" } else { decision.service_name() };
-    let mut body = format!(
-        "egressd denied this request: {}\nreason: {}\nservice: {service}\ndestination: {destination}\n",
+    write!(
+        out,
+        "egressd denied this request: {}\nreason: {}\nservice: {service}\ndestination: ",
         decision.reason,
         decision.reason.code()
-    );
-    if let Some(rule) = decision.rule {
-        body.push_str(&format!("rule: {} ({})\n", rule.id, rule.loc.short()));
+    )?;
+    match dest {
+        Ok(d) => write!(out, "{}:{}", d.host, d.port)?,
+        Err(_) => out.write_str("(unparseable)")?,
     }
-    body
+    out.write_char('\n')?;
+    if let Some(rule) = decision.rule {
+        writeln!(out, "rule: {} ({})", rule.id, rule.loc.short())?;
+    }
+    Ok(())
 }
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
@@ -94,15 +109,26 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
 
 fn metadata(decision: &Decision<'_>, version: &str) -> Struct {
     let s = |v: &str| Value { kind: Some(value::Kind::StringValue(v.to_string())) };
-    let mut fields = std::collections::HashMap::with_capacity(6);
-    fields.insert("decision".to_string(), s(decision.outcome.as_str()));
-    fields.insert("reason".to_string(), s(decision.reason.code()));
-    fields.insert("rule".to_string(), s(decision.rule_id()));
-    fields.insert("service".to_string(), s(decision.service_name()));
-    fields.insert("mode".to_string(), s(decision.mode_str()));
-    fields.insert("policy_version".to_string(), s(version));
-    if let crate::policy::Reason::BreakGlass(g) = &decision.reason {
-        fields.insert("break_glass_grant".to_string(), s(&g.id));
-    }
+    let mut fields = std::collections::HashMap::with_capacity(7);
+    metadata_entries(decision, version, |k, v| {
+        fields.insert(k.to_string(), s(v));
+    });
     Struct { fields }
+}
+
+/// The decision metadata, entry by entry (also written by `deny` without a Struct).
+pub(super) fn metadata_entries<'a>(
+    decision: &'a Decision<'_>,
+    version: &'a str,
+    mut f: impl FnMut(&'static str, &'a str),
+) {
+    f("decision", decision.outcome.as_str());
+    f("reason", decision.reason.code());
+    f("rule", decision.rule_id());
+    f("service", decision.service_name());
+    f("mode", decision.mode_str());
+    f("policy_version", version);
+    if let crate::policy::Reason::BreakGlass(g) = &decision.reason {
+        f("break_glass_grant", &g.id);
+    }
 }
