@@ -15,7 +15,10 @@
 //! Then, through (d), CONNECT tunnels carrying TLS to an nginx TLS upstream: plain (the caller's
 //! service has `tunnelTls: off`: the tunnel goes straight to the destination) versus verified (the
 //! tunnel's ClientHello is checked in the internal tunnel listener), keep-alive tunnels (one tunnel,
-//! many requests) and a new tunnel per request, rounds interleaved.
+//! many requests) and a new tunnel per request, rounds interleaved. A sixth Envoy, "hop only", is
+//! (d) with the tunnel listener's checks taken out: the tunnel still passes through the internal
+//! listener, so verified/hop is the cost of the tunnel check and hop/plain that of Envoy's internal
+//! hop, which no answer of egressd's changes.
 
 #[path = "../integration/support/dns.rs"]
 mod dns;
@@ -190,6 +193,44 @@ fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authorit
         }],
         ..Default::default()
     }
+}
+
+/// (d) with the tunnel listener's network ext_authz filters removed: every verified tunnel still
+/// enters the internal listener (egressd's CONNECT answer routes it there), where nothing checks it.
+fn hop_only_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str) -> Bootstrap {
+    let mut b = bootstrap(spec, Variant::Egressd, admin, upstream_authority);
+    let statics = b.static_resources.as_mut().unwrap();
+    let tunnel = statics.listeners.iter_mut().find(|l| l.name == egressd::xds::tunnel::TUNNEL_LISTENER).unwrap();
+    let before: usize = tunnel.filter_chains.iter().chain(&tunnel.default_filter_chain).map(|c| c.filters.len()).sum();
+    for chain in tunnel.filter_chains.iter_mut().chain(tunnel.default_filter_chain.as_mut()) {
+        chain.filters.retain(|f| f.name != "envoy.filters.network.ext_authz");
+    }
+    let after: usize = tunnel.filter_chains.iter().chain(&tunnel.default_filter_chain).map(|c| c.filters.len()).sum();
+    assert!(after < before, "the tunnel listener has network ext_authz filters to remove");
+    b
+}
+
+/// The generated gateway of one Envoy: its ext_authz server, its HTTP listener, the bench's DNS.
+fn bench_spec(authz: u16, http_listen: u16, dns: SocketAddr) -> GatewaySpec {
+    let mut spec = GatewaySpec::local(addr(authz));
+    spec.http_listen = addr(http_listen);
+    spec.tls_listen = None;
+    spec.dns_resolvers = vec![dns];
+    spec.trust_forwarded_client_cert = true; // the bench policy's identity source
+    spec
+}
+
+/// Writes `bootstrap` to `path` and runs Envoy on it (one worker thread).
+fn start_envoy(envoy: &Path, path: &Path, bootstrap: &Bootstrap) -> Proc {
+    std::fs::write(path, bootstrap.encode_to_vec()).unwrap();
+    Proc(
+        Command::new(envoy)
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "error", "-c"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("envoy"),
+    )
 }
 
 fn resources_socket(a: SocketAddr) -> envoy_types::pb::envoy::config::core::v3::Address {
@@ -533,21 +574,9 @@ async fn main() {
             Variant::ShapedNoop => shaped_port,
             _ => noop_port,
         };
-        let mut spec = GatewaySpec::local(addr(authz));
-        spec.http_listen = addr(port());
-        spec.tls_listen = None;
-        spec.dns_resolvers = vec![dns.addr];
-        spec.trust_forwarded_client_cert = true; // the bench policy's identity source
+        let spec = bench_spec(authz, port(), dns.addr);
         let path = dir.path().join(format!("envoy-{}.pb", proxies.len()));
-        std::fs::write(&path, bootstrap(&spec, v, port(), &authority).encode_to_vec()).unwrap();
-        envoys.push(Proc(
-            Command::new(&args.envoy)
-                .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "error", "-c"])
-                .arg(&path)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("envoy"),
-        ));
+        envoys.push(start_envoy(&args.envoy, &path, &bootstrap(&spec, v, port(), &authority)));
         proxies.push(spec.http_listen);
         let authz_pid = match v {
             Variant::NoAuthz | Variant::Rbac => None,
@@ -557,6 +586,12 @@ async fn main() {
         };
         pids.push(Pids { envoy: envoys.last().map_or(0, |e: &Proc| e.0.id()), authz: authz_pid });
     }
+    // The sixth Envoy: (d) without the tunnel checks (see `hop_only_bootstrap`).
+    let hop_spec = bench_spec(egressd_port, port(), dns.addr);
+    let hop_path = dir.path().join("envoy-hop.pb");
+    let hop_envoy = start_envoy(&args.envoy, &hop_path, &hop_only_bootstrap(&hop_spec, port(), &authority));
+    let (hop, hop_pids) = (hop_spec.http_listen, Pids { envoy: hop_envoy.0.id(), authz: Some(_egressd.0.id()) });
+    wait_port(hop).await;
     for (v, p) in variants.iter().zip(&proxies) {
         wait_port(*p).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -600,12 +635,20 @@ async fn main() {
             .with_no_client_auth();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
     let tls_authority = format!("{FQDN}:{tls_port}");
-    let kinds = [(IDENTITY, true), (IDENTITY_VERIFIED, true), (IDENTITY, false), (IDENTITY_VERIFIED, false)];
+    // Per tunnel kind: plain, verified, hop only (each through its Envoy, as its identity).
+    let kinds = [
+        (d, pids[4], IDENTITY, true),
+        (d, pids[4], IDENTITY_VERIFIED, true),
+        (hop, hop_pids, IDENTITY_VERIFIED, true),
+        (d, pids[4], IDENTITY, false),
+        (d, pids[4], IDENTITY_VERIFIED, false),
+        (hop, hop_pids, IDENTITY_VERIFIED, false),
+    ];
     let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
     for _ in 0..if args.http_only { 0 } else { args.rounds } {
-        for (i, (identity, keepalive)) in kinds.iter().enumerate() {
-            let load = tls_tunnel_load(d, tls_authority.clone(), identity, *keepalive, tls.clone(), &args);
-            tls_tables[i].push(metered(pids[4], args.duration, load).await);
+        for (i, (proxy, pids, identity, keepalive)) in kinds.iter().enumerate() {
+            let load = tls_tunnel_load(*proxy, tls_authority.clone(), identity, *keepalive, tls.clone(), &args);
+            tls_tables[i].push(metered(*pids, args.duration, load).await);
         }
     }
     println!("(c') answers: {}", args.shape);
@@ -641,22 +684,26 @@ async fn main() {
     if args.http_only {
         return;
     }
-    println!("\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI");
-    for (label, plain, verified) in [("keep-alive tunnels", 0, 1), ("new tunnel per request", 2, 3)] {
-        let (p, v) = (Summary::of(&tls_tables[plain]), Summary::of(&tls_tables[verified]));
+    println!(
+        "\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI; hop only: (d) without tunnel checks"
+    );
+    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 3)] {
+        let [p, v, h] = [0, 1, 2].map(|k| Summary::of(&tls_tables[first + k]));
         println!("  {label}");
-        for (name, m) in [("plain", &p), ("verified", &v)] {
+        for (name, m) in [("plain", &p), ("verified", &v), ("hop only", &h)] {
             println!(
                 "    {name:<9} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, egressd {:>5.1} us",
                 m.rps, m.p50, m.p99, m.envoy_us, m.authz_us
             );
         }
-        println!(
-            "    verified/plain: throughput {:.3}   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
-            v.rps / p.rps,
-            v.p99 / p.p99,
-            (v.envoy_us + v.authz_us) / (p.envoy_us + p.authz_us)
-        );
+        for (name, t, o) in [("verified/plain", &v, &p), ("hop/plain", &h, &p), ("verified/hop", &v, &h)] {
+            println!(
+                "    {name}: throughput {:.3}   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
+                t.rps / o.rps,
+                t.p99 / o.p99,
+                (t.envoy_us + t.authz_us) / (o.envoy_us + o.authz_us)
+            );
+        }
     }
 }
 

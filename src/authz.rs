@@ -4,12 +4,12 @@
 //! request, decides and answers. A CheckRequest that decodes but cannot be understood is denied
 //! with a reason; only bytes that are not a CheckRequest get an RPC error (INVALID_ARGUMENT).
 //! Permitted answers are written from a per-policy-version cache plus this request's forwarding
-//! headers (see `cache`, `forward`, `codec`); denies are written in wire format (`deny`).
+//! headers (see `cache`, `forward`, `codec`); denies and tunnel answers are written in wire format (`encoded`).
 
 pub mod cache;
 pub mod checker;
 pub mod codec;
-pub mod deny;
+pub mod encoded;
 pub mod facts;
 pub mod forward;
 pub mod limits;
@@ -128,11 +128,10 @@ impl CheckState {
         let pending = correlation.and_then(|c| self.tunnels.take(c, now));
         let policy = &version.cache.policy;
         let decision = tunnel::decide(policy, pending.as_deref(), start, sni);
-        let resp =
-            response::build(&decision, Err(&crate::policy::Malformed::NoDestination), &policy.version, false, None);
+        let answer = tunnel::answer(&decision, &policy.version);
         let verdict = decision.verdict();
         self.finish(version, verdict, started, || facts::of_tunnel(pending.as_deref(), sni, start));
-        CheckAnswer::Message(Box::new(resp))
+        CheckAnswer::Encoded(answer)
     }
 
     /// Counts, times and (when telemetry records decisions) queues one decision.

@@ -182,7 +182,7 @@ fn unrouted(
     if decision.outcome.permits() {
         return CheckAnswer::Message(Box::new(response::build(decision, dest, version, is_http, None)));
     }
-    CheckAnswer::Encoded(super::deny::encode(decision, dest, version, is_http))
+    CheckAnswer::Encoded(super::encoded::deny(decision, dest, version, is_http))
 }
 
 impl<'a> Checker<'a> {
@@ -310,7 +310,7 @@ impl<'a> Checker<'a> {
     ) -> CheckAnswer {
         let version = &self.policy.version;
         if !decision.outcome.permits() {
-            return CheckAnswer::Encoded(super::deny::encode(decision, Ok(dest), version, is_http));
+            return CheckAnswer::Encoded(super::encoded::deny(decision, Ok(dest), version, is_http));
         }
         if !is_http {
             // A permitted network check's answer is its core alone.

@@ -76,7 +76,7 @@ fn deny_body(decision: &Decision<'_>, dest: Result<&Destination<'_>, &Malformed>
     body
 }
 
-/// The text of a deny's body (also written by `deny` without a String).
+/// The text of a deny's body (also written by `encoded` without a String).
 pub(super) fn write_deny_body(
     out: &mut impl std::fmt::Write,
     decision: &Decision<'_>,
@@ -116,7 +116,7 @@ fn metadata(decision: &Decision<'_>, version: &str) -> Struct {
     Struct { fields }
 }
 
-/// The decision metadata, entry by entry (also written by `deny` without a Struct).
+/// The decision metadata, entry by entry (also written by `encoded` without a Struct).
 pub(super) fn metadata_entries<'a>(
     decision: &'a Decision<'_>,
     version: &'a str,

@@ -251,6 +251,16 @@ pub fn decide<'p>(
     }
 }
 
+/// A tunnel check's answer, in wire format: it has no destination of its own (the CONNECT's
+/// was checked) and no HTTP part.
+pub fn answer(decision: &Decision<'_>, version: &str) -> bytes::Bytes {
+    if decision.outcome.permits() {
+        super::encoded::ok_core(decision, version)
+    } else {
+        super::encoded::deny(decision, Err(&crate::policy::Malformed::NoDestination), version, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +364,48 @@ mod tests {
         assert_eq!(TunnelStart::from_metadata(Some("tunnel-raw")), Some(TunnelStart::NotTls));
         assert_eq!(TunnelStart::from_metadata(Some("other")), None);
         assert_eq!(TunnelStart::from_metadata(None), None);
+    }
+
+    /// Every tunnel decision (verified, each violation enforced and in dry-run, an unknown
+    /// tunnel) is answered with the bytes of the reference answer.
+    #[test]
+    fn every_tunnel_answer_is_the_reference_answer() {
+        use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+        use prost::Message;
+        let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
+        let version = policy.version.as_str();
+        let connect = host("api.stripe.com");
+        let sni_cases =
+            [Some("api.stripe.com"), Some("API.Stripe.com."), Some("evil.test"), Some("[::1"), Some(""), None];
+        let mut pendings = vec![None];
+        for (tunnel_tls, enforced) in [
+            (TunnelTls::RequireMatchingSni, true),
+            (TunnelTls::RequireMatchingSni, false),
+            (TunnelTls::AllowAnyTls, true),
+        ] {
+            let t = Tunnels::default();
+            let mode = if enforced { Mode::Enforce } else { Mode::DryRun };
+            let addr = t.register(NewTunnel { tunnel_tls, enforced, mode, service: "payments", ..new(connect) }, 100);
+            pendings.push(Some(t.take(addr, 100).expect("registered")));
+        }
+        let mut outcomes = std::collections::BTreeSet::new();
+        for pending in &pendings {
+            for start in [TunnelStart::Tls, TunnelStart::NotTls] {
+                for sni in sni_cases {
+                    let d = decide(&policy, pending.as_deref(), start, sni);
+                    outcomes.insert(d.outcome.as_str());
+                    let reference = super::super::response::build(
+                        &d,
+                        Err(&crate::policy::Malformed::NoDestination),
+                        version,
+                        false,
+                        None,
+                    );
+                    let got = CheckResponse::decode(answer(&d, version)).expect("a valid CheckResponse");
+                    assert_eq!(got, reference, "{:?} {start:?} {sni:?}", d.reason);
+                }
+            }
+        }
+        assert_eq!(outcomes.len(), 3, "allow, deny and would-deny were all answered: {outcomes:?}");
     }
 }

@@ -1,5 +1,5 @@
 //! Protobuf wire-format pieces for answers written without building a message (`forward`,
-//! `deny`): lengths first, then the bytes, with prost's own varint and key encoders.
+//! `encoded`): lengths first, then the bytes, with prost's own varint and key encoders.
 
 use bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
