@@ -78,6 +78,11 @@ struct Args {
     /// Plain HTTP only: skip the CONNECT and TLS-in-CONNECT tables (quick experiments on the shape).
     #[arg(long, env = "HTTP_ONLY")]
     http_only: bool,
+    /// Experiment: a proxy-wasm HTTP filter (benches/sni_wasm) that checks a tunnel's SNI in the
+    /// HTTP listener. With it, a seventh Envoy, (d) plus that filter, carries the caller's tunnels
+    /// straight to the destination (tunnelTls off, so no internal hop) with the SNI checked.
+    #[arg(long, env = "SNI_WASM")]
+    sni_wasm: Option<PathBuf>,
 }
 
 struct Proc(Child);
@@ -208,6 +213,90 @@ fn hop_only_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str) 
     let after: usize = tunnel.filter_chains.iter().chain(&tunnel.default_filter_chain).map(|c| c.filters.len()).sum();
     assert!(after < before, "the tunnel listener has network ext_authz filters to remove");
     b
+}
+
+/// (d) with the SNI-checking wasm filter after set_filter_state (it reads x-egress-host, which
+/// ext_authz set and the route removes before the request leaves).
+fn wasm_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str, module: &Path) -> Bootstrap {
+    use envoy_types::pb::envoy::config::core::v3::{AsyncDataSource, DataSource, async_data_source, data_source};
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig, plugin_config};
+    let mut b = bootstrap(spec, Variant::Egressd, admin, upstream_authority);
+    let listener = &mut b.static_resources.as_mut().unwrap().listeners[0];
+    let f = &mut listener.filter_chains[0].filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { unreachable!() };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let wasm = Wasm {
+        config: Some(PluginConfig {
+            name: "sni".into(),
+            vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                runtime: "envoy.wasm.runtime.v8".into(),
+                code: Some(AsyncDataSource {
+                    specifier: Some(async_data_source::Specifier::Local(DataSource {
+                        specifier: Some(data_source::Specifier::Filename(module.display().to_string())),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+    };
+    let at = hcm.http_filters.iter().position(|f| f.name == "envoy.filters.http.set_filter_state").unwrap() + 1;
+    hcm.http_filters.insert(
+        at,
+        HttpFilter {
+            name: "envoy.filters.http.wasm".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(wasm))),
+            ..Default::default()
+        },
+    );
+    f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+    b
+}
+
+/// What a tunnel's ClientHello got.
+#[derive(Debug, PartialEq)]
+enum HelloFate {
+    /// TLS bytes from the upstream.
+    Answered,
+    /// The tunnel closed or reset without any.
+    Refused,
+    /// Nothing within 3 s.
+    Silent,
+}
+
+/// Opens a tunnel as `identity` and sends a ClientHello for `sni`.
+async fn hello_fate(proxy: SocketAddr, authority: &str, identity: &str, sni: &str) -> HelloFate {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let connect =
+        format!("CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\nx-forwarded-client-cert: URI={identity}\r\n\r\n");
+    s.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "CONNECT answered");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 && buf[0] == 0x16 => HelloFate::Answered,
+        Ok(Ok(0) | Err(_)) => HelloFate::Refused,
+        Ok(Ok(_)) => panic!("a tunnel answered a ClientHello with non-TLS bytes"),
+        Err(_) => HelloFate::Silent,
+    }
 }
 
 /// The generated gateway of one Envoy: its ext_authz server, its HTTP listener, the bench's DNS.
@@ -503,6 +592,13 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
     }
 }
 
+/// The median of per-round throughput ratios: each round runs every variant back to back, so a
+/// round's pair shares the machine's state of that minute, and a slow stretch (five processes
+/// on two cores) moves both sides of a pair instead of one side's median.
+fn paired(this: &[Sample], other: &[Sample]) -> f64 {
+    median(this.iter().zip(other).map(|(t, o)| t.rps / o.rps).collect())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -592,6 +688,26 @@ async fn main() {
     let hop_envoy = start_envoy(&args.envoy, &hop_path, &hop_only_bootstrap(&hop_spec, port(), &authority));
     let (hop, hop_pids) = (hop_spec.http_listen, Pids { envoy: hop_envoy.0.id(), authz: Some(_egressd.0.id()) });
     wait_port(hop).await;
+    // The seventh Envoy (experiment): (d) plus the SNI-checking wasm filter.
+    let wasm = args.sni_wasm.as_ref().map(|module| {
+        let spec = bench_spec(egressd_port, port(), dns.addr);
+        let envoy = start_envoy(
+            &args.envoy,
+            &dir.path().join("envoy-wasm.pb"),
+            &wasm_bootstrap(&spec, port(), &authority, module),
+        );
+        (spec.http_listen, Pids { envoy: envoy.0.id(), authz: Some(_egressd.0.id()) }, envoy)
+    });
+    if let Some((proxy, _, _)) = &wasm {
+        wait_port(*proxy).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let tls_authority = format!("{FQDN}:{tls_port}");
+        let fate = |proxy, sni| hello_fate(proxy, &tls_authority, IDENTITY, sni);
+        assert_eq!(fate(proxies[4], "evil.test").await, HelloFate::Answered, "(d) passes any SNI (tunnelTls off)");
+        assert_eq!(fate(*proxy, FQDN).await, HelloFate::Answered, "the wasm filter passes the authorized SNI");
+        assert_eq!(fate(*proxy, "evil.test").await, HelloFate::Refused, "the wasm filter refuses another SNI");
+        println!("wasm SNI filter: passes {FQDN}, refuses evil.test (tunnel closed, no upstream bytes)");
+    }
     for (v, p) in variants.iter().zip(&proxies) {
         wait_port(*p).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -606,7 +722,7 @@ async fn main() {
     .unwrap();
 
     println!(
-        "gateway bench: Envoy --concurrency 1, {} connections, {} x {} s rounds, interleaved a b c c' d; medians",
+        "gateway bench: Envoy --concurrency 1, {} connections, {} x {} s rounds, interleaved a b c c' d; medians (paired: median of per-round ratios)",
         args.connections, args.rounds, args.duration
     );
     let mut http: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
@@ -636,13 +752,17 @@ async fn main() {
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
     let tls_authority = format!("{FQDN}:{tls_port}");
     // Per tunnel kind: plain, verified, hop only (each through its Envoy, as its identity).
+    // Without the wasm Envoy, its rows run (d) plain again (and are not printed).
+    let (wasm_proxy, wasm_pids) = wasm.as_ref().map_or((d, pids[4]), |(p, pids, _)| (*p, *pids));
     let kinds = [
         (d, pids[4], IDENTITY, true),
         (d, pids[4], IDENTITY_VERIFIED, true),
         (hop, hop_pids, IDENTITY_VERIFIED, true),
+        (wasm_proxy, wasm_pids, IDENTITY, true),
         (d, pids[4], IDENTITY, false),
         (d, pids[4], IDENTITY_VERIFIED, false),
         (hop, hop_pids, IDENTITY_VERIFIED, false),
+        (wasm_proxy, wasm_pids, IDENTITY, false),
     ];
     let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
     for _ in 0..if args.http_only { 0 } else { args.rounds } {
@@ -672,8 +792,9 @@ async fn main() {
         for (name, this, other) in [("d/c", 4, 2), ("d/c'", 4, 3), ("c'/c", 3, 2), ("d/b", 4, 1), ("d/a", 4, 0)] {
             let (t, o) = (&summary[this], &summary[other]);
             println!(
-                "  {name}: throughput {:.3}   p99 {:+.0} us ({:.2}x)   Envoy CPU/req {:.3}x   Envoy+authz CPU/req {:.3}x",
+                "  {name}: throughput {:.3} (paired {:.3})   p99 {:+.0} us ({:.2}x)   Envoy CPU/req {:.3}x   Envoy+authz CPU/req {:.3}x",
                 t.rps / o.rps,
+                paired(&table[this], &table[other]),
                 t.p99 - o.p99,
                 t.p99 / o.p99,
                 t.envoy_us / o.envoy_us,
@@ -687,19 +808,27 @@ async fn main() {
     println!(
         "\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI; hop only: (d) without tunnel checks"
     );
-    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 3)] {
-        let [p, v, h] = [0, 1, 2].map(|k| Summary::of(&tls_tables[first + k]));
+    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 4)] {
+        let [p, v, h, w] = [0, 1, 2, 3].map(|k| Summary::of(&tls_tables[first + k]));
         println!("  {label}");
-        for (name, m) in [("plain", &p), ("verified", &v), ("hop only", &h)] {
+        let rows = [("plain", &p), ("verified", &v), ("hop only", &h), ("wasm SNI", &w)];
+        for (name, m) in &rows[..if wasm.is_some() { 4 } else { 3 }] {
             println!(
                 "    {name:<9} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, egressd {:>5.1} us",
                 m.rps, m.p50, m.p99, m.envoy_us, m.authz_us
             );
         }
-        for (name, t, o) in [("verified/plain", &v, &p), ("hop/plain", &h, &p), ("verified/hop", &v, &h)] {
+        let ratios = [
+            ("verified/plain", &v, &p, 1, 0),
+            ("hop/plain", &h, &p, 2, 0),
+            ("verified/hop", &v, &h, 1, 2),
+            ("wasm/plain", &w, &p, 3, 0),
+        ];
+        for &(name, t, o, t_k, o_k) in &ratios[..if wasm.is_some() { 4 } else { 3 }] {
             println!(
-                "    {name}: throughput {:.3}   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
+                "    {name}: throughput {:.3} (paired {:.3})   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
                 t.rps / o.rps,
+                paired(&tls_tables[first + t_k], &tls_tables[first + o_k]),
                 t.p99 / o.p99,
                 (t.envoy_us + t.authz_us) / (o.envoy_us + o.authz_us)
             );
