@@ -1,13 +1,16 @@
 //! Embeds every `mesh-config/**/*.yaml` file into the binary, so `egressd serve` runs on the
 //! example policy even where no `mesh-config/` directory exists; and generates egressd's own gRPC
 //! API (`proto/egressd/admin/v1/admin.proto`) with tonic-prost-build, using the `protoc` binary
-//! vendored by protoc-bin-vendored, so building needs no system protoc.
+//! vendored by protoc-bin-vendored, so building needs no system protoc; and builds the gateway's
+//! tunnel filter (`src/tunnel_filter`, a proxy-wasm module for `wasm32-wasip1`), which the binary
+//! embeds and sends to Envoy inline (`xds::tunnel`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
     embed_policy();
+    build_tunnel_filter();
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform");
     println!("cargo:rerun-if-changed=proto");
     // The protoc to use is passed to prost-build directly, not through the environment.
@@ -48,4 +51,62 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+/// Builds the tunnel filter with the same toolchain into its own target directory (a nested
+/// cargo on egressd's would wait on the lock this build holds). `EGRESSD_TUNNEL_FILTER_WASM`
+/// names a module built elsewhere instead (a toolchain without the wasm target, e.g. a nightly
+/// for `cargo fuzz`).
+fn build_tunnel_filter() {
+    println!("cargo:rerun-if-env-changed=EGRESSD_TUNNEL_FILTER_WASM");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let dest = out.join("tunnel_filter.wasm");
+    if let Ok(prebuilt) = std::env::var("EGRESSD_TUNNEL_FILTER_WASM") {
+        println!("cargo:rerun-if-changed={prebuilt}");
+        std::fs::copy(&prebuilt, &dest).unwrap_or_else(|e| panic!("EGRESSD_TUNNEL_FILTER_WASM={prebuilt}: {e}"));
+        return;
+    }
+    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("src/tunnel_filter");
+    for watched in ["Cargo.toml", "Cargo.lock", "src"] {
+        println!("cargo:rerun-if-changed={}", crate_dir.join(watched).display());
+    }
+    let target_dir = out.join("tunnel-filter-target");
+    // The `cargo` on PATH with the toolchain's own choice (rustup's default), not the outer
+    // build's: `cargo +nightly fuzz` builds the same module as `cargo build`, with the toolchain
+    // the wasm target was added to.
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's flags (a fuzzer's sanitizers, coverage) are not the module's.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTC",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        cmd.env_remove(var);
+    }
+    // The same module from any checkout: the paths panic locations name are made relative to
+    // the source and the cargo home, so the bytes (and the listener's version) do not depend on
+    // where the repository or the registry sit.
+    let home =
+        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let remap =
+        [format!("--remap-path-prefix={}=/egressd", crate_dir.display()), format!("--remap-path-prefix={home}=/cargo")];
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", remap.join("\x1f"));
+    let status = cmd.status().expect("running cargo for src/tunnel_filter");
+    if !status.success() {
+        panic!(
+            "building the tunnel filter (src/tunnel_filter) for wasm32-wasip1 failed; if the target is missing, \
+             run `rustup target add wasm32-wasip1` (or set EGRESSD_TUNNEL_FILTER_WASM to a built module)"
+        );
+    }
+    let built = target_dir.join("wasm32-wasip1/release/egressd_tunnel_filter.wasm");
+    std::fs::copy(&built, &dest).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
 }

@@ -1,7 +1,7 @@
 //! Server-side cost of one Check without the network: request view + decide + response build, on
 //! the example policy, versus building the minimal OK response a no-op server returns; and the
-//! cached-answer path the server takes for allows, the deny it writes in wire format, and a
-//! tunnel check's answer built as a message (the reference) versus written in wire format.
+//! cached-answer path the server takes for allows, the deny it writes in wire format, and the
+//! tunnel report egressd reads from the gateway's access log.
 //! Run: cargo bench --bench authorize
 
 use std::hint::black_box;
@@ -10,10 +10,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use std::sync::Arc;
 
 use egressd::authz::cache::ResponseCache;
-use egressd::authz::response;
-use egressd::authz::tunnel::{self, NewTunnel, TunnelStart, Tunnels};
-use egressd::policy::fqdn::Host;
-use egressd::policy::{CompiledPolicy, Malformed, Mode, PolicySource, TunnelTls, compile};
+use egressd::authz::tunnel;
+use egressd::policy::{CompiledPolicy, PolicySource, compile};
 use egressd::testing::http_check;
 use egressd::testing::{answer, authorize};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -44,37 +42,23 @@ fn bench(c: &mut Criterion) {
     // What the server does for a deny: the same decision, the answer written in wire format.
     g.bench_function("deny-wire", |b| b.iter(|| black_box(answer(&cache, black_box(&deny), 0))));
     g.finish();
-    tunnel_answers(c, &policy);
+    tunnel_reports(c, &policy);
 }
 
-/// A verified tunnel's answer (the second check of every verified CONNECT).
-fn tunnel_answers(c: &mut Criterion, policy: &CompiledPolicy) {
-    let tunnels = Tunnels::default();
-    let host = Host::Name("api.stripe.com".into());
-    let connect = NewTunnel {
-        host: &host,
-        port: 443,
-        service: "payments",
-        principal: "spiffe://corp.example/ns/payments/sa/api",
-        tunnel_tls: TunnelTls::RequireMatchingSni,
-        mode: Mode::Enforce,
-        enforced: true,
-        trace: None,
-    };
-    let pending = tunnels.take(tunnels.register(connect, 0), 0).expect("registered");
-    let verified = tunnel::decide(policy, Some(&pending), TunnelStart::Tls, Some("api.stripe.com"));
-    let mismatch = tunnel::decide(policy, Some(&pending), TunnelStart::Tls, Some("evil.example.org"));
-    let version = policy.version.as_str();
-    let mut g = c.benchmark_group("tunnel-answer");
-    for (name, d) in [("verified", &verified), ("sni-mismatch", &mismatch)] {
-        g.bench_function(format!("{name}-message+encode"), |b| {
+/// A tunnel report read from the gateway's access log and turned into the tunnel's decision (off
+/// the Check path: the ALS stream's cost per tunnel).
+fn tunnel_reports(c: &mut Criterion, policy: &CompiledPolicy) {
+    let mut g = c.benchmark_group("tunnel-report");
+    for (name, text) in [
+        ("verified", "tunnel-verified enforce 1700000000123 api.stripe.com api.stripe.com"),
+        ("sni-mismatch", "sni-mismatch enforce 1700000000123 api.stripe.com evil.example.org"),
+    ] {
+        g.bench_function(format!("{name}-parse+decide"), |b| {
             b.iter(|| {
-                black_box(
-                    response::build(black_box(d), Err(&Malformed::NoDestination), version, false, None).encode_to_vec(),
-                )
+                let report = tunnel::Report::parse(black_box(text)).expect("a report");
+                black_box(tunnel::decide(policy, Some("payments"), &report).outcome)
             })
         });
-        g.bench_function(format!("{name}-wire"), |b| b.iter(|| black_box(tunnel::answer(black_box(d), version))));
     }
     g.finish();
 }

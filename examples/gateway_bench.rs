@@ -12,13 +12,15 @@
 //! Identity: wrk cannot present a client certificate, so the bench policy trusts
 //! x-forwarded-client-cert (the sidecar deployment shape) and the load carries one.
 //!
+//! (a)-(c') have no tunnel filter (their answers carry no tunnel order); (d) is the product's
+//! listener, with it on the CONNECT route.
+//!
 //! Then, through (d), CONNECT tunnels carrying TLS to an nginx TLS upstream: plain (the caller's
-//! service has `tunnelTls: off`: the tunnel goes straight to the destination) versus verified (the
-//! tunnel's ClientHello is checked in the internal tunnel listener), keep-alive tunnels (one tunnel,
-//! many requests) and a new tunnel per request, rounds interleaved. A sixth Envoy, "hop only", is
-//! (d) with the tunnel listener's checks taken out: the tunnel still passes through the internal
-//! listener, so verified/hop is the cost of the tunnel check and hop/plain that of Envoy's internal
-//! hop, which no answer of egressd's changes.
+//! service has `tunnelTls: off`: the filter lets the tunnel through unread) versus verified (the
+//! tunnel filter holds the first bytes until the ClientHello is whole and checks its SNI), and a
+//! sixth Envoy, "no filter": (d) without the tunnel filter at all (what plain would cost if the
+//! filter were free), keep-alive tunnels (one tunnel, many requests) and a new tunnel per request,
+//! rounds interleaved.
 
 #[path = "../integration/support/dns.rs"]
 mod dns;
@@ -78,11 +80,6 @@ struct Args {
     /// Plain HTTP only: skip the CONNECT and TLS-in-CONNECT tables (quick experiments on the shape).
     #[arg(long, env = "HTTP_ONLY")]
     http_only: bool,
-    /// Experiment: a proxy-wasm HTTP filter (benches/sni_wasm) that checks a tunnel's SNI in the
-    /// HTTP listener. With it, a seventh Envoy, (d) plus that filter, carries the caller's tunnels
-    /// straight to the destination (tunnelTls off, so no internal hop) with the SNI checked.
-    #[arg(long, env = "SNI_WASM")]
-    sni_wasm: Option<PathBuf>,
 }
 
 struct Proc(Child);
@@ -128,17 +125,16 @@ impl Variant {
 /// egressd's generated gateway as a static bootstrap, with the authorization filter varied.
 fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authority: &str) -> Bootstrap {
     let decode_cluster = |r: resources::Resource| Cluster::decode(r.any.value.as_slice()).unwrap();
-    let clusters = vec![
-        decode_cluster(resources::authz_cluster(spec)),
-        decode_cluster(resources::dfp_cluster(spec)),
-        decode_cluster(egressd::xds::tunnel::tunnel_cluster()),
-    ];
-    let tunnel_listener = Listener::decode(egressd::xds::tunnel::tunnel_listener(spec).any.value.as_slice()).unwrap();
+    let clusters = vec![decode_cluster(resources::authz_cluster(spec)), decode_cluster(resources::dfp_cluster(spec))];
     let mut listener = Listener::decode(resources::http_listener(spec).any.value.as_slice()).unwrap();
-    let route = RouteConfiguration::decode(resources::http_route(spec).any.value.as_slice()).unwrap();
+    let mut route = RouteConfiguration::decode(resources::http_route(spec).any.value.as_slice()).unwrap();
     let f = &mut listener.filter_chains[0].filters[0];
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { unreachable!() };
     let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    if variant != Variant::Egressd {
+        // Only egressd's answers carry the tunnel order the filter needs.
+        without_tunnel_filter(&mut hcm, &mut route);
+    }
     hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route));
     hcm.access_log.clear(); // measured without logging, in all four
     match variant {
@@ -186,71 +182,36 @@ fn bootstrap(spec: &GatewaySpec, variant: Variant, admin: u16, upstream_authorit
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources {
-            listeners: vec![listener, tunnel_listener],
+            listeners: vec![listener],
             clusters,
             ..Default::default()
         }),
-        bootstrap_extensions: vec![envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
-            name: "envoy.bootstrap.internal_listener".into(),
-            typed_config: Some(pack_any(
-                envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::default(),
-            )),
-        }],
         ..Default::default()
     }
 }
 
-/// (d) with the tunnel listener's network ext_authz filters removed: every verified tunnel still
-/// enters the internal listener (egressd's CONNECT answer routes it there), where nothing checks it.
-fn hop_only_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str) -> Bootstrap {
-    let mut b = bootstrap(spec, Variant::Egressd, admin, upstream_authority);
-    let statics = b.static_resources.as_mut().unwrap();
-    let tunnel = statics.listeners.iter_mut().find(|l| l.name == egressd::xds::tunnel::TUNNEL_LISTENER).unwrap();
-    let before: usize = tunnel.filter_chains.iter().chain(&tunnel.default_filter_chain).map(|c| c.filters.len()).sum();
-    for chain in tunnel.filter_chains.iter_mut().chain(tunnel.default_filter_chain.as_mut()) {
-        chain.filters.retain(|f| f.name != "envoy.filters.network.ext_authz");
+/// Takes the tunnel filter out of a listener and its routes.
+fn without_tunnel_filter(hcm: &mut HttpConnectionManager, route: &mut RouteConfiguration) {
+    let before = hcm.http_filters.len();
+    hcm.http_filters.retain(|f| f.name != egressd::xds::tunnel::TUNNEL_FILTER);
+    assert_eq!(hcm.http_filters.len(), before - 1, "the generated listener has the tunnel filter");
+    for r in route.virtual_hosts.iter_mut().flat_map(|v| v.routes.iter_mut()) {
+        r.typed_per_filter_config.clear();
     }
-    let after: usize = tunnel.filter_chains.iter().chain(&tunnel.default_filter_chain).map(|c| c.filters.len()).sum();
-    assert!(after < before, "the tunnel listener has network ext_authz filters to remove");
-    b
 }
 
-/// (d) with the SNI-checking wasm filter after set_filter_state (it reads x-egress-host, which
-/// ext_authz set and the route removes before the request leaves).
-fn wasm_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str, module: &Path) -> Bootstrap {
-    use envoy_types::pb::envoy::config::core::v3::{AsyncDataSource, DataSource, async_data_source, data_source};
-    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
-    use envoy_types::pb::envoy::extensions::wasm::v3::{PluginConfig, VmConfig, plugin_config};
+/// (d) without the tunnel filter: every tunnel goes straight to the destination, unread.
+fn unfiltered_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str) -> Bootstrap {
     let mut b = bootstrap(spec, Variant::Egressd, admin, upstream_authority);
     let listener = &mut b.static_resources.as_mut().unwrap().listeners[0];
     let f = &mut listener.filter_chains[0].filters[0];
     let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { unreachable!() };
     let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
-    let wasm = Wasm {
-        config: Some(PluginConfig {
-            name: "sni".into(),
-            vm: Some(plugin_config::Vm::VmConfig(VmConfig {
-                runtime: "envoy.wasm.runtime.v8".into(),
-                code: Some(AsyncDataSource {
-                    specifier: Some(async_data_source::Specifier::Local(DataSource {
-                        specifier: Some(data_source::Specifier::Filename(module.display().to_string())),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }),
+    let Some(http_connection_manager::RouteSpecifier::RouteConfig(mut route)) = hcm.route_specifier.take() else {
+        unreachable!("bootstrap inlines the route")
     };
-    let at = hcm.http_filters.iter().position(|f| f.name == "envoy.filters.http.set_filter_state").unwrap() + 1;
-    hcm.http_filters.insert(
-        at,
-        HttpFilter {
-            name: "envoy.filters.http.wasm".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(wasm))),
-            ..Default::default()
-        },
-    );
+    without_tunnel_filter(&mut hcm, &mut route);
+    hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route));
     f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
     b
 }
@@ -686,32 +647,12 @@ async fn main() {
         };
         pids.push(Pids { envoy: envoys.last().map_or(0, |e: &Proc| e.0.id()), authz: authz_pid });
     }
-    // The sixth Envoy: (d) without the tunnel checks (see `hop_only_bootstrap`).
-    let hop_spec = bench_spec(egressd_port, port(), dns.addr);
-    let hop_path = dir.path().join("envoy-hop.pb");
-    let hop_envoy = start_envoy(&args.envoy, &hop_path, &hop_only_bootstrap(&hop_spec, port(), &authority));
-    let (hop, hop_pids) = (hop_spec.http_listen, Pids { envoy: hop_envoy.0.id(), authz: Some(_egressd.0.id()) });
-    wait_port(hop).await;
-    // The seventh Envoy (experiment): (d) plus the SNI-checking wasm filter.
-    let wasm = args.sni_wasm.as_ref().map(|module| {
-        let spec = bench_spec(egressd_port, port(), dns.addr);
-        let envoy = start_envoy(
-            &args.envoy,
-            &dir.path().join("envoy-wasm.pb"),
-            &wasm_bootstrap(&spec, port(), &authority, module),
-        );
-        (spec.http_listen, Pids { envoy: envoy.0.id(), authz: Some(_egressd.0.id()) }, envoy)
-    });
-    if let Some((proxy, _, _)) = &wasm {
-        wait_port(*proxy).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let tls_authority = format!("{FQDN}:{tls_port}");
-        let fate = |proxy, sni| hello_fate(proxy, &tls_authority, IDENTITY, sni);
-        assert_eq!(fate(proxies[4], "evil.test").await, HelloFate::Answered, "(d) passes any SNI (tunnelTls off)");
-        assert_eq!(fate(*proxy, FQDN).await, HelloFate::Answered, "the wasm filter passes the authorized SNI");
-        assert_eq!(fate(*proxy, "evil.test").await, HelloFate::Refused, "the wasm filter refuses another SNI");
-        println!("wasm SNI filter: passes {FQDN}, refuses evil.test (tunnel closed, no upstream bytes)");
-    }
+    // The sixth Envoy: (d) without the tunnel filter (see `unfiltered_bootstrap`).
+    let bare_spec = bench_spec(egressd_port, port(), dns.addr);
+    let bare_path = dir.path().join("envoy-bare.pb");
+    let bare_envoy = start_envoy(&args.envoy, &bare_path, &unfiltered_bootstrap(&bare_spec, port(), &authority));
+    let (bare, bare_pids) = (bare_spec.http_listen, Pids { envoy: bare_envoy.0.id(), authz: Some(_egressd.0.id()) });
+    wait_port(bare).await;
     for (v, p) in variants.iter().zip(&proxies) {
         wait_port(*p).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -755,25 +696,27 @@ async fn main() {
             .with_no_client_auth();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
     let tls_authority = format!("{FQDN}:{tls_port}");
-    // Per tunnel kind: plain, verified, hop only (each through its Envoy, as its identity).
-    // Every fourth kind is the wasm Envoy's: without it, those rows are not run (nor printed).
-    let (wasm_proxy, wasm_pids) = wasm.as_ref().map_or((d, pids[4]), |(p, pids, _)| (*p, *pids));
+    if !args.http_only {
+        // What is measured is what the product does: the filter passes the authorized SNI on a
+        // verified tunnel and closes one with another, and passes an `off` tunnel unread.
+        let fate = |identity, sni| hello_fate(d, &tls_authority, identity, sni);
+        assert_eq!(fate(IDENTITY_VERIFIED, FQDN).await, HelloFate::Answered, "verified: the authorized SNI passes");
+        assert_eq!(fate(IDENTITY_VERIFIED, "evil.test").await, HelloFate::Refused, "verified: another SNI is refused");
+        assert_eq!(fate(IDENTITY, "evil.test").await, HelloFate::Answered, "tunnelTls off: any SNI passes");
+        println!("tunnel filter: verified passes {FQDN} and refuses evil.test; off passes evil.test");
+    }
+    // Per tunnel kind: plain, verified (through (d)), no filter (each as its identity).
     let kinds = [
         (d, pids[4], IDENTITY, true),
         (d, pids[4], IDENTITY_VERIFIED, true),
-        (hop, hop_pids, IDENTITY_VERIFIED, true),
-        (wasm_proxy, wasm_pids, IDENTITY, true),
+        (bare, bare_pids, IDENTITY, true),
         (d, pids[4], IDENTITY, false),
         (d, pids[4], IDENTITY_VERIFIED, false),
-        (hop, hop_pids, IDENTITY_VERIFIED, false),
-        (wasm_proxy, wasm_pids, IDENTITY, false),
+        (bare, bare_pids, IDENTITY, false),
     ];
     let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
     for _ in 0..if args.http_only { 0 } else { args.rounds } {
         for (i, (proxy, pids, identity, keepalive)) in kinds.iter().enumerate() {
-            if wasm.is_none() && i % 4 == 3 {
-                continue;
-            }
             let load = tls_tunnel_load(*proxy, tls_authority.clone(), identity, *keepalive, tls.clone(), &args);
             tls_tables[i].push(metered(*pids, args.duration, load).await);
         }
@@ -813,25 +756,20 @@ async fn main() {
         return;
     }
     println!(
-        "\nTLS inside CONNECT, through (d): plain (tunnelTls: off) vs verified SNI; hop only: (d) without tunnel checks"
+        "\nTLS inside CONNECT: plain (tunnelTls: off) vs verified SNI, through (d); no filter: (d) without the tunnel filter"
     );
-    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 4)] {
-        let [p, v, h, w] = [0, 1, 2, 3].map(|k| Summary::of(&tls_tables[first + k]));
+    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 3)] {
+        let [p, v, n] = [0, 1, 2].map(|k| Summary::of(&tls_tables[first + k]));
         println!("  {label}");
-        let rows = [("plain", &p), ("verified", &v), ("hop only", &h), ("wasm SNI", &w)];
-        for (name, m) in &rows[..if wasm.is_some() { 4 } else { 3 }] {
+        for (name, m) in [("plain", &p), ("verified", &v), ("no filter", &n)] {
             println!(
                 "    {name:<9} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, egressd {:>5.1} us",
                 m.rps, m.p50, m.p99, m.envoy_us, m.authz_us
             );
         }
-        let ratios = [
-            ("verified/plain", &v, &p, 1, 0),
-            ("hop/plain", &h, &p, 2, 0),
-            ("verified/hop", &v, &h, 1, 2),
-            ("wasm/plain", &w, &p, 3, 0),
-        ];
-        for &(name, t, o, t_k, o_k) in &ratios[..if wasm.is_some() { 4 } else { 3 }] {
+        for (name, t, o, t_k, o_k) in
+            [("verified/plain", &v, &p, 1, 0), ("verified/no filter", &v, &n, 1, 2), ("plain/no filter", &p, &n, 0, 2)]
+        {
             println!(
                 "    {name}: throughput {:.3} (paired {:.3})   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
                 t.rps / o.rps,

@@ -9,6 +9,7 @@
 //! record overhead); a plain request's are its body, exactly.
 
 mod support {
+    pub mod audit_log;
     pub mod check;
     pub mod client;
     pub mod dns;
@@ -22,7 +23,6 @@ mod support {
 }
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +31,11 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use egressd::telemetry::audit::{AuditConfig, FsyncPolicy};
-use egressd::telemetry::{Telemetry, TelemetryConfig, TelemetryTasks};
+use egressd::telemetry::{Telemetry, TelemetryConfig};
+use support::audit_log::{audit_at, is, lab_with_audit, records, wait_record};
 use support::client::connect_tunnel;
 use support::eventually::eventually;
-use support::lab::{CHECKOUT, Lab, LabBuilder};
+use support::lab::{CHECKOUT, Lab};
 use support::pki::Issued;
 use support::server::http_get;
 use support::upstream::provider;
@@ -117,40 +117,6 @@ async fn upload<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, head: &str, body: 
     let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
     let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     (status, raw.len() - head_end)
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l}: {e}")))
-        .collect()
-}
-
-/// The first record `pick` accepts, waiting for it (tunnels report when they close, and Envoy
-/// batches entries for a moment).
-async fn wait_record(path: &Path, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
-    eventually(what, Duration::from_secs(20), || async { records(path).into_iter().find(|r| pick(r)) }).await
-}
-
-fn is(r: &Value, key: &str, value: &str) -> bool {
-    r[key].as_str() == Some(value)
-}
-
-/// egressd with an audit log, the gateway lab in front (`tune` picks its options).
-async fn lab_with_audit(tune: impl FnOnce(LabBuilder) -> LabBuilder) -> (Lab, tempfile::TempDir, TelemetryTasks) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = TelemetryConfig {
-        audit: Some(AuditConfig {
-            path: dir.path().join("audit.jsonl"),
-            max_bytes: 1 << 30,
-            keep: 1,
-            fsync: FsyncPolicy::Never,
-        }),
-        ..Default::default()
-    };
-    let (telemetry, tasks) = Telemetry::start(config).unwrap();
-    (tune(Lab::builder().telemetry(telemetry)).start().await, dir, tasks)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,12 +334,7 @@ async fn tunnel_bytes_over_als_raise_a_large_upload_signal() {
     let text = std::fs::read_to_string(&mesh).unwrap();
     std::fs::write(&mesh, format!("{text}detection:\n  largeUpload:\n    bytes: 2MiB\n")).unwrap();
     let config = TelemetryConfig {
-        audit: Some(AuditConfig {
-            path: dir.path().join("audit.jsonl"),
-            max_bytes: 1 << 30,
-            keep: 1,
-            fsync: FsyncPolicy::Never,
-        }),
+        audit: Some(audit_at(&dir.path().join("audit.jsonl"))),
         detect: Some(egressd::telemetry::signals::DetectSetup::default()),
         ..Default::default()
     };

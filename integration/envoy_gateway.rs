@@ -160,7 +160,7 @@ async fn http2_connect_tunnels_are_checked_too() {
     let (client, h2conn) = h2::client::handshake(conn).await.unwrap();
     tokio::spawn(h2conn);
     let mut client = client.ready().await.unwrap();
-    // Allowed: 200. The tunnel then carries plaintext, which the tunnel check refuses (not TLS).
+    // Allowed: 200. The tunnel then carries plaintext, which the tunnel filter refuses (not TLS).
     let authority = format!("api.partner.test:{}", lab.http_upstream.port());
     let req = http::Request::builder().method("CONNECT").uri(authority.as_str()).body(()).unwrap();
     let (resp, mut send) = client.send_request(req, false).unwrap();
@@ -174,7 +174,7 @@ async fn http2_connect_tunnels_are_checked_too() {
         got.extend_from_slice(&chunk);
     }
     assert!(!String::from_utf8_lossy(&got).contains("upstream"), "plaintext never reached the upstream");
-    lab.wait_for_log("reason=not-tls").await;
+    lab.wait_for_log("tunnel=not-tls enforce").await;
     // Denied: the CONNECT stream is answered 403 with the reason.
     let mut client = client.ready().await.unwrap();
     let req = http::Request::builder()
@@ -312,8 +312,10 @@ async fn a_tunnel_whose_tls_names_another_host_is_cut_as_sni_mismatch() {
     let tls = lab.upstream_tls();
     let fronted = tls.connect(ServerName::try_from("admin.partner.test").unwrap(), conn).await;
     assert!(fronted.is_err(), "the TLS handshake for the fronted name must not complete");
-    let line = lab.wait_for_log("reason=sni-mismatch").await;
-    assert!(line.contains("decision=deny") && line.contains("service=checkout"), "{line}");
+    // The CONNECT was allowed; the tunnel filter cut the tunnel and said why.
+    let line = lab.wait_for_log("tunnel=sni-mismatch enforce").await;
+    assert!(line.contains("decision=allow") && line.contains("service=checkout"), "{line}");
+    assert!(line.ends_with(" api.partner.test admin.partner.test"), "the authorized host, then the SNI: {line}");
 }
 
 /// A ClientHello without SNI (TLS to an IP address name) in a tunnel to an allowed name.
@@ -324,8 +326,8 @@ async fn a_tunnel_whose_tls_names_no_server_is_cut_as_sni_missing() {
     let tls = lab.upstream_tls();
     let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()); // rustls sends no SNI for an IP
     assert!(tls.connect(ip, conn).await.is_err(), "the tunnel is cut before any TLS completes");
-    let line = lab.wait_for_log("reason=sni-missing").await;
-    assert!(line.contains("decision=deny"), "{line}");
+    let line = lab.wait_for_log("tunnel=sni-missing enforce").await;
+    assert!(line.contains("service=checkout"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,8 +341,8 @@ async fn a_dry_run_service_tunnel_with_a_mismatching_sni_flows_and_is_recorded()
         exchange(&mut inner, "GET / HTTP/1.1\r\nhost: admin.partner.test\r\nconnection: close\r\n\r\n").await.unwrap();
     assert_eq!(status, 200, "{resp}");
     drop(inner); // the tunnel's access log line is written when it closes
-    let line = lab.wait_for_log("reason=sni-mismatch").await;
-    assert!(line.contains("decision=would-deny") && line.contains("service=search"), "{line}");
+    let line = lab.wait_for_log("tunnel=sni-mismatch observe").await;
+    assert!(line.contains("service=search"), "{line}");
 }
 
 /// `tunnelTls: off`: an opaque TCP tunnel (here plaintext HTTP) to a CIDR-allowed destination.

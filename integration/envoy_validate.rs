@@ -83,13 +83,7 @@ fn bootstrap_for(spec: &GatewaySpec) -> Bootstrap {
     assert_eq!(routes.len(), 1, "one route configuration");
     let http = listeners.iter().find(|l| l.name == resources::HTTP_LISTENER).expect("the HTTP listener").clone();
     listeners.push(with_inline_route(http, routes[0].clone(), 19080));
-    let internal_listener =
-        envoy_types::pb::envoy::extensions::bootstrap::internal_listener::v3::InternalListener::default();
     Bootstrap {
-        bootstrap_extensions: vec![envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig {
-            name: "envoy.bootstrap.internal_listener".into(),
-            typed_config: Some(pack_any(internal_listener)),
-        }],
         node: Some(envoy_types::pb::envoy::config::core::v3::Node {
             id: "validate".into(),
             cluster: "egress-gateway".into(),
@@ -122,7 +116,7 @@ fn with_static_secrets<T: Message + Default + Name>(
 ) {
     let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else { return };
     if any.type_url != T::type_url() {
-        return; // not TLS (the tunnel cluster's internal upstream, ...)
+        return; // not TLS
     }
     let mut tls: T = decode_any(any);
     if let Some(ctx) = common(&mut tls) {

@@ -339,14 +339,14 @@ async fn an_origin_form_request_over_mtls_is_https_and_never_leaves_in_plaintext
 
 /// The generated gateway drops a client's own `x-egress-*` headers before any filter runs, so
 /// egressd's answers need not remove them: a forged TLS name does not send a plaintext request to
-/// TLS origination, a forged host or port does not move the request, and a forged correlation
-/// does not route a tunnel.
+/// TLS origination, a forged host or port does not move the request, and a forged tunnel order
+/// (`x-egress-tunnel: off`) does not let a verified service's tunnel through unchecked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_own_egress_headers_do_nothing() {
     let (lab, _dir) = lab(false, true).await;
     let ci = lab.ca.issue(&[], &[CI]);
     let port = lab.http_upstream.port();
-    let forged = "x-egress-tls-name: evil.test\r\nx-egress-host: admin.partner.test\r\nx-egress-port: 1\r\nx-egress-corr: 127.0.0.1:1\r\n";
+    let forged = "x-egress-tls-name: evil.test\r\nx-egress-host: admin.partner.test\r\nx-egress-port: 1\r\nx-egress-tunnel: off\r\n";
     let mut conn = lab.as_workload(&ci).await;
     let head = format!(
         "GET http://api.partner.test:{port}/v1 HTTP/1.1\r\nhost: api.partner.test:{port}\r\n{forged}connection: close\r\n\r\n"
@@ -354,8 +354,7 @@ async fn a_clients_own_egress_headers_do_nothing() {
     let (status, resp) = exchange(&mut conn, &head).await.unwrap();
     assert_eq!(status, 200, "{resp}\n{}", lab.envoy.log());
     assert!(resp.contains("upstream http host api.partner.test") && resp.contains("internal-headers 0"), "{resp}");
-    // CI's tunnels are opaque (tunnelTls off): a forged correlation must not route this one to
-    // the tunnel listener's check.
+    // CI's tunnels are opaque (tunnelTls off): the forged headers change nothing either way.
     let mut conn = lab.as_workload(&ci).await;
     let target = format!("127.0.0.1:{port}");
     conn.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{forged}\r\n").as_bytes()).await.unwrap();
@@ -367,4 +366,18 @@ async fn a_clients_own_egress_headers_do_nothing() {
     assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
     let (status, resp) = exchange(&mut conn, "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
     assert_eq!(status, 200, "the opaque tunnel reached the upstream: {resp}");
+    // Billing's tunnels are verified: with `off` forged, a fronted ClientHello is still cut.
+    let billing = lab.ca.issue(&[], &[BILLING]);
+    let mut conn = lab.as_workload(&billing).await;
+    let target = format!("billing-api.partner.test:{}", lab.tls_upstream.port());
+    conn.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{forged}\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).await.unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let fronted =
+        lab.upstream_tls().connect(rustls::pki_types::ServerName::try_from("admin.partner.test").unwrap(), conn);
+    assert!(fronted.await.is_err(), "the tunnel filter cut the fronted tunnel despite the forged order");
+    lab.wait_for_log("tunnel=sni-mismatch enforce").await;
 }

@@ -54,12 +54,12 @@ async fn allow_answers_ok_strips_xfcc_and_carries_metadata() {
     // The caller's identity and every internal header the answer does not set are removed.
     assert_eq!(resp.removed_headers(), ["x-forwarded-client-cert", "x-egress-tls-name"]);
     // The gateway is told where the request goes: the authorized host and port (and, for this
-    // verified CONNECT, the tunnel's correlation).
+    // verified CONNECT, what the tunnel filter checks in the tunnel).
     assert_eq!(
         (resp.set_header("x-egress-host").as_deref(), resp.set_header("x-egress-port").as_deref()),
         (Some("api.stripe.com"), Some("443"))
     );
-    assert!(resp.correlation().is_some(), "{resp:?}");
+    assert_eq!(resp.tunnel_order().as_deref(), Some("require-matching-sni enforce"), "{resp:?}");
 }
 
 #[tokio::test]

@@ -292,7 +292,7 @@ async fn plain_http_egress_of_an_allowed_host_is_allowed_and_sent_to_that_host()
     removed.sort();
     assert_eq!(
         removed,
-        ["x-egress-corr", "x-egress-host", "x-egress-port", "x-egress-tls-name", "x-forwarded-client-cert"],
+        ["x-egress-host", "x-egress-port", "x-egress-tls-name", "x-egress-tunnel", "x-forwarded-client-cert"],
     );
 
     // The authority with its port, as a sidecar may forward it, is the same destination.

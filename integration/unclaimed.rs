@@ -51,8 +51,8 @@ async fn an_unclaimed_caller_is_let_through_as_a_would_deny() {
         (Some("evil.example.org"), Some("443"))
     );
     assert!(first.removed_headers().iter().any(|h| h == "x-forwarded-client-cert"), "{first:?}");
-    // No service verifies this tunnel, so none is paired.
-    assert_eq!(first.correlation(), None);
+    // No service's `tunnelTls` applies to this tunnel: the filter lets it through unread.
+    assert_eq!(first.tunnel_order().as_deref(), Some("off"));
     // The second answer comes from the answer cache; it must be the same answer.
     assert_eq!(check(&mut c, req).await, first);
 

@@ -110,7 +110,7 @@ async fn sotw_first_response_ack_and_push_on_change() {
     let cds = Cluster::type_url();
     c.send(DiscoveryRequest { node: node(), type_url: cds.clone(), ..Default::default() }).await;
     let r1 = c.recv().await;
-    assert_eq!(names::<Cluster>(&r1, |c| c.name.clone()), ["egress_dfp", "egress_tunnel", "egressd_authz"]);
+    assert_eq!(names::<Cluster>(&r1, |c| c.name.clone()), ["egress_dfp", "egressd_authz"]);
     assert!(!r1.nonce.is_empty() && !r1.version_info.is_empty());
     c.send(ack(&cds, &r1)).await;
     // An ACK gets no response.
@@ -250,7 +250,7 @@ async fn delta_sends_only_what_changed() {
     let lds = Listener::type_url();
     c.send(DeltaDiscoveryRequest { node: node(), type_url: lds.clone(), ..Default::default() }).await;
     let r1 = c.recv().await;
-    assert_eq!(delta_names(&r1), ["egress_http", "egress_tls", "egress_tunnel"]);
+    assert_eq!(delta_names(&r1), ["egress_http", "egress_tls"]);
     c.send(DeltaDiscoveryRequest { type_url: lds.clone(), response_nonce: r1.nonce.clone(), ..Default::default() })
         .await;
     c.nothing_for(Duration::from_millis(300)).await;

@@ -4,7 +4,8 @@
 //! request, decides and answers. A CheckRequest that decodes but cannot be understood is denied
 //! with a reason; only bytes that are not a CheckRequest get an RPC error (INVALID_ARGUMENT).
 //! Permitted answers are written from a per-policy-version cache plus this request's forwarding
-//! headers (see `cache`, `forward`, `codec`); denies and tunnel answers are written in wire format (`encoded`).
+//! headers (see `cache`, `forward`, `codec`); denies are written in wire format (`encoded`). A
+//! CONNECT tunnel's own check happens in the gateway (`tunnel`): no Check call reaches here for it.
 
 pub mod cache;
 pub mod checker;
@@ -28,7 +29,6 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 
 use crate::clock::coarse_unix_now;
-use crate::contract::CHECK_KIND_METADATA;
 use crate::policy::{CompiledPolicy, SharedPolicy, Verdict};
 use crate::runtime::RuntimeOverrides;
 use crate::runtime::tally::VersionTally;
@@ -61,14 +61,12 @@ impl VersionState {
 }
 
 /// The Check handler's state: the live policy, the state of its current version, the run-time
-/// overrides, the CONNECTs waiting for their tunnel checks, and telemetry.
+/// overrides and telemetry.
 struct CheckState {
     policy: SharedPolicy,
     version: ArcSwap<VersionState>,
     telemetry: Telemetry,
     runtime: Arc<RuntimeOverrides>,
-    tunnels: tunnel::Tunnels,
-    propagators: crate::telemetry::context::Propagators,
 }
 
 impl CheckState {
@@ -86,10 +84,6 @@ impl CheckState {
         let (metadata, _, req) = request.into_parts();
         let metadata = metadata.into_headers();
         let now = coarse_unix_now();
-        let kind = metadata.get(CHECK_KIND_METADATA).and_then(|v| v.to_str().ok());
-        if let Some(start) = tunnel::TunnelStart::from_metadata(kind) {
-            return self.tunnel_check(&version, &req, start, now, started);
-        }
         let call = Call {
             metadata: Some(&metadata),
             gateway: GatewayCaps::from_metadata(&metadata),
@@ -103,35 +97,11 @@ impl CheckState {
             flows: self.telemetry.flows().map(|f| &**f),
             timeline: self.telemetry.notes_timelines(&version.cache.policy),
         };
-        let checker = Checker::serving(&version.cache, &self.runtime, &self.tunnels, &self.propagators);
+        let checker = Checker::serving(&version.cache, &self.runtime);
         let checked = checker.check(&req, call, now);
         let facts = checked.facts;
         self.finish(&version, checked.verdict, started, || facts.unwrap_or_default());
         checked.answer
-    }
-
-    /// The gateway's check of a CONNECT tunnel's first bytes (see `tunnel`).
-    fn tunnel_check(
-        &self,
-        version: &VersionState,
-        req: &CheckRequest,
-        start: tunnel::TunnelStart,
-        now: i64,
-        started: Instant,
-    ) -> CheckAnswer {
-        let attrs = req.attributes.as_ref();
-        let sni = attrs.and_then(request::tls_sni);
-        let correlation = attrs
-            .and_then(|a| a.destination.as_ref())
-            .and_then(|d| request::socket_address(d.address.as_ref()))
-            .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
-        let pending = correlation.and_then(|c| self.tunnels.take(c, now));
-        let policy = &version.cache.policy;
-        let decision = tunnel::decide(policy, pending.as_deref(), start, sni);
-        let answer = tunnel::answer(&decision, &policy.version);
-        let verdict = decision.verdict();
-        self.finish(version, verdict, started, || facts::of_tunnel(pending.as_deref(), sni, start));
-        CheckAnswer::Encoded(answer)
     }
 
     /// Counts, times and (when telemetry records decisions) queues one decision.
@@ -141,12 +111,59 @@ impl CheckState {
         let duration = started.elapsed();
         self.telemetry.metrics.check_duration.observe(duration);
         // Decisions are queued for spans, the audit log and (without a flow table) the detectors; the flow
-        // table and its timelines for the detectors were fed by the Check path itself (`Capture::Flows`),
-        // and a tunnel check is no flow of its own.
+        // table and its timelines for the detectors were fed by the Check path itself (`Capture::Flows`).
         if self.telemetry.queues_decisions(&version.cache.policy) {
             let start = crate::clock::wall_now() - duration;
             let policy = Arc::clone(&version.cache.policy);
             self.telemetry.submit(CheckEvent { facts: facts(), verdict, policy, start, duration });
+        }
+    }
+}
+
+/// What the gateway reported of one CONNECT tunnel (its access log entry, `accesslog`).
+#[derive(Debug, Clone)]
+pub struct TunnelSeen<'a> {
+    pub report: &'a tunnel::Report,
+    /// The CONNECT's service, as its ext_authz answer left it in the stream's metadata.
+    pub service: Option<&'a str>,
+    /// The caller (the URI SAN of its certificate) and the CONNECT's request id and port.
+    pub principal: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub port: Option<u16>,
+}
+
+/// Records tunnel decisions as the Check handler records its own: counted with the current
+/// policy version's counters, queued for spans and the audit log.
+#[derive(Clone)]
+pub struct TunnelRecorder(Arc<CheckState>);
+
+impl std::fmt::Debug for TunnelRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelRecorder")
+    }
+}
+
+impl TunnelRecorder {
+    pub fn record(&self, seen: &TunnelSeen<'_>) {
+        let version = self.0.version.load();
+        let decision = tunnel::decide(&version.cache.policy, seen.service, seen.report);
+        tracing::debug!(
+            decision = decision.outcome.as_str(),
+            reason = decision.reason.code(),
+            service = decision.service_name(),
+            host = seen.report.host(),
+            "tunnel"
+        );
+        let verdict = decision.verdict();
+        version.counters.count(&verdict);
+        version.tally.count(&verdict);
+        if self.0.telemetry.queues_decisions(&version.cache.policy) {
+            // The span starts when the filter judged the tunnel (not when the report arrived,
+            // which for a verified tunnel may be its first progress report or its end).
+            let start = std::time::UNIX_EPOCH + std::time::Duration::from_millis(seen.report.unix_ms);
+            let policy = Arc::clone(&version.cache.policy);
+            let (facts, duration) = (facts::of_tunnel(seen), std::time::Duration::ZERO);
+            self.0.telemetry.submit(CheckEvent { facts, verdict, policy, start, duration });
         }
     }
 }
@@ -161,8 +178,12 @@ pub struct CheckServer {
 impl CheckServer {
     pub fn new(policy: SharedPolicy, telemetry: Telemetry, runtime: Arc<RuntimeOverrides>) -> Self {
         let version = ArcSwap::from_pointee(VersionState::new(policy.load_full(), &telemetry, &runtime));
-        let (tunnels, propagators) = Default::default();
-        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, runtime, tunnels, propagators }) }
+        CheckServer { state: Arc::new(CheckState { policy, version, telemetry, runtime }) }
+    }
+
+    /// The handle the access log service records tunnel decisions through.
+    pub fn tunnel_recorder(&self) -> TunnelRecorder {
+        TunnelRecorder(Arc::clone(&self.state))
     }
 }
 

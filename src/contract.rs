@@ -9,8 +9,9 @@
 //! authority would resolve to by Envoy's rules. Every answer removes those headers it does not
 //! set, so a client can never supply them; the route removes them all before a request leaves.
 
-/// The correlation pairing a CONNECT decision with its tunnel's check (a `127.G.G.G:P` address).
-pub const CORRELATION_HEADER: &str = "x-egress-corr";
+/// On every permitted CONNECT: what the gateway's tunnel filter (`src/tunnel_filter`) checks in
+/// the tunnel's first bytes: `off`, or `<tunnelTls> <enforce|observe>` (see `authz::tunnel`).
+pub const TUNNEL_HEADER: &str = crate::authz::tunnel::filter::ORDER_HEADER;
 /// The authorized destination host (normalized; IPv6 in brackets) and port.
 pub const HOST_HEADER: &str = "x-egress-host";
 pub const PORT_HEADER: &str = "x-egress-port";
@@ -18,18 +19,16 @@ pub const PORT_HEADER: &str = "x-egress-port";
 /// as SNI and verify in the upstream certificate. Its presence routes to the TLS cluster.
 pub const TLS_NAME_HEADER: &str = "x-egress-tls-name";
 /// Headers only egressd may set.
-pub const INTERNAL_HEADERS: [&str; 4] = [CORRELATION_HEADER, HOST_HEADER, PORT_HEADER, TLS_NAME_HEADER];
+pub const INTERNAL_HEADERS: [&str; 4] = [TUNNEL_HEADER, HOST_HEADER, PORT_HEADER, TLS_NAME_HEADER];
 
 /// On a deny: the reason code.
 pub const REASON_HEADER: &str = "x-egressd-reason";
 /// The caller's identity as a sidecar forwarded it: removed from every permitted request.
 pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
 
-/// gRPC metadata of the gateway's tunnel checks: `tunnel-tls` (the tunnel starts with TLS) or
-/// `tunnel-raw` (it does not).
-pub const CHECK_KIND_METADATA: &str = "x-egressd-check";
-pub const CHECK_KIND_TUNNEL_TLS: &str = "tunnel-tls";
-pub const CHECK_KIND_TUNNEL_RAW: &str = "tunnel-raw";
+/// The filter state the tunnel filter writes its verdict to, which the gateway's access logs
+/// carry to egressd (`accesslog::entry`): `<reason> <enforce|observe> <unix ms> <host> <sni>`.
+pub const TUNNEL_REPORT_STATE: &str = "wasm.egressd_tunnel";
 
 /// gRPC metadata of the HTTP checks of egressd's generated gateway (value `generated`): that
 /// gateway strips the internal headers from every incoming request before its filters run

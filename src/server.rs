@@ -230,6 +230,7 @@ pub async fn serve(
     let tcp = tokio_stream::StreamExt::map(TcpIncoming::from(grpc).with_nodelay(Some(true)), |conn| {
         conn.map(io::BatchingStream)
     });
+    let check = CheckServer::new(policy, config.telemetry.clone(), runtime);
     let routes = tonic::transport::Server::builder()
         // When many gateway clients disconnect at once, Envoy cancels their in-flight Checks
         // (RST_STREAM) before egressd has picked them up; h2's default of 20 such resets per
@@ -237,8 +238,8 @@ pub async fn serve(
         // failing every other Check on it closed. The limit stays finite against rapid-reset floods.
         .http2_max_pending_accept_reset_streams(Some(256))
         .add_service(health_service)
-        .add_service(AccessLogSink::new(config.telemetry.clone()).into_server())
-        .add_service(CheckServer::new(policy, config.telemetry, runtime))
+        .add_service(AccessLogSink::new(config.telemetry.clone(), Some(check.tunnel_recorder())).into_server())
+        .add_service(check)
         .add_service(ads.into_server())
         .add_service(admin_api.into_server());
     // Our own listener (bound above, so port 0 works): Nagle must be turned off here, because the

@@ -361,8 +361,12 @@ impl Worker {
             return;
         }
         let record = DecisionRecord::describe_in(event, &mut self.text);
-        let parent = self.propagators.parent(&event.facts);
-        let ids = self.sampler.sample_with(parent, event.verdict.outcome, event.facts.preset_ids);
+        // A tunnel decision's parent is its CONNECT's decision (same request id, decided first).
+        let parent = match (event.facts.tunnel_start, event.facts.get(record::Fact::RequestId)) {
+            (Some(_), Some(id)) => self.recent.get(id).map(recent::ConnectIds::span_context),
+            _ => self.propagators.parent(&event.facts),
+        };
+        let ids = self.sampler.sample(parent, event.verdict.outcome);
         self.recent.remember(event, &ids);
         if let Some(audit) = &mut self.audit {
             match audit.append(&record, &ids) {

@@ -200,7 +200,7 @@ impl Noop {
             status: Some(Status { code: 0, ..Default::default() }),
             dynamic_metadata: Some(Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), s(v))).collect() }),
             http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
-                headers_to_remove: ["x-forwarded-client-cert", "x-egress-corr", "x-egress-tls-name"]
+                headers_to_remove: ["x-forwarded-client-cert", "x-egress-tunnel", "x-egress-tls-name"]
                     .map(str::to_string)
                     .to_vec(),
                 headers: [("x-egress-host", host), ("x-egress-port", port)].map(|(k, v)| egressd_header(k, v)).to_vec(),
@@ -249,8 +249,8 @@ enum Case {
     Mix,
     /// A plain proxied GET, allowed (the answer's core comes from the cache).
     GetAllow,
-    /// A CONNECT to 443 of a service whose tunnels are verified: the answer carries the
-    /// correlation for the tunnel's check.
+    /// A CONNECT to 443 of a service whose tunnels are verified: the answer carries the tunnel
+    /// filter's order (`x-egress-tunnel: require-matching-sni enforce`).
     ConnectVerified,
     /// A TLS-by-SNI network check, allowed.
     NetworkAllow,

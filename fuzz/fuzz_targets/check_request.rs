@@ -3,15 +3,14 @@
 //! are the codec's INVALID_ARGUMENT, not a decision), checked against the example policy
 //! (`PolicySource::embedded()`) and the integration fixture that trusts XFCC, each compiled once,
 //! by both a gateway that originates TLS and one that declares nothing, and the answer encoded:
-//! offline, with the answer cache, and as the server checks (run-time overrides, none active, and
-//! tunnel pairing).
+//! offline, with the answer cache, and as the server checks (run-time overrides, none active).
 //!
 //! Invariants: a malformed request (no attributes, no usable destination, unreadable XFCC) is
 //! denied; the status is OK exactly when the verdict permits, PERMISSION_DENIED otherwise; the
 //! cached answer equals the reference one; the wire form decodes to the message; a permitted HTTP
 //! answer names the destination it authorized; the metadata names the decision and version; the
-//! server's verdict is the offline one, and a CONNECT it registers for a tunnel check pairs once,
-//! with its own host and caller.
+//! server's answer is the offline one; a permitted CONNECT's answer orders the tunnel filter
+//! with one of the orders it reads, and no other answer carries one.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -19,13 +18,11 @@ use std::sync::{Arc, LazyLock};
 use egressd::authz::cache::ResponseCache;
 use egressd::authz::checker::{Call, Capture, Checker, GatewayCaps};
 use egressd::authz::request;
-use egressd::authz::tunnel::Tunnels;
-use egressd::contract::{CORRELATION_HEADER, HOST_HEADER, PORT_HEADER};
-use egressd::policy::fqdn::Host;
-use egressd::policy::{Outcome, PolicySource, Reason, compile};
+use egressd::authz::tunnel;
+use egressd::contract::{HOST_HEADER, PORT_HEADER, TUNNEL_HEADER};
+use egressd::policy::{Outcome, PolicySource, Reason, TunnelTls, compile};
 use egressd::runtime::RuntimeOverrides;
 use egressd::runtime::breakglass::GrantStore;
-use egressd::telemetry::context::Propagators;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -45,17 +42,14 @@ static CACHES: LazyLock<Vec<ResponseCache>> = LazyLock::new(|| {
 });
 
 /// What `Checker::serving` borrows besides the cache: overrides with no grant and no tripped
-/// guard (the Checker does not count toward a guard), the tunnel ring, the propagators.
-struct Serving {
-    overrides: RuntimeOverrides,
-    tunnels: Tunnels,
-    propagators: Propagators,
-}
+/// guard (the Checker does not count toward a guard).
+static OVERRIDES: LazyLock<RuntimeOverrides> =
+    LazyLock::new(|| RuntimeOverrides::new(Arc::new(GrantStore::in_memory(3600)), 60, Default::default()));
 
-static SERVING: LazyLock<Serving> = LazyLock::new(|| Serving {
-    overrides: RuntimeOverrides::new(Arc::new(GrantStore::in_memory(3600)), 60, Default::default()),
-    tunnels: Tunnels::default(),
-    propagators: Propagators::default(),
+/// Every order egressd gives the tunnel filter.
+static ORDERS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let kinds = [TunnelTls::RequireMatchingSni, TunnelTls::AllowAnyTls, TunnelTls::Off];
+    kinds.iter().flat_map(|&t| [tunnel::order(t, true), tunnel::order(t, false)]).collect()
 });
 
 fn metadata<'r>(resp: &'r CheckResponse, key: &str) -> Option<&'r str> {
@@ -92,17 +86,12 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(decoded, message, "the wire form is not the message");
             }
 
-            let serving = &*SERVING;
-            let served = Checker::serving(cache, &serving.overrides, &serving.tunnels, &serving.propagators)
-                .check(&req, call, NOW);
+            let served = Checker::serving(cache, &OVERRIDES).check(&req, call, NOW);
             assert_eq!(&served.verdict, verdict, "the server's and the reference verdicts differ");
             let served_message = served.answer.to_message();
+            assert_eq!(served_message, message, "the server's and the reference answers differ");
             let wire = served.answer.encode_to_vec();
             assert_eq!(CheckResponse::decode(wire.as_slice()).expect("decodes"), served_message);
-            let correlation = match &served_message.http_response {
-                Some(HttpResponse::OkResponse(ok)) => header(&ok.headers, CORRELATION_HEADER),
-                _ => None,
-            };
 
             let code = message.status.as_ref().map(|s| s.code);
             assert_eq!(served_message.status.as_ref().map(|s| s.code), code);
@@ -129,17 +118,11 @@ fuzz_target!(|data: &[u8]| {
                     let dest = view.destination.as_ref().expect("a permitted request has a destination");
                     assert_eq!(header(&ok.headers, HOST_HEADER), Some(dest.host.to_string().as_str()));
                     assert_eq!(header(&ok.headers, PORT_HEADER), Some(dest.port.to_string().as_str()));
-                    if let Some(correlation) = correlation {
-                        let addr = correlation.parse().expect("a correlation is a socket address");
-                        let pending = serving.tunnels.take(addr, NOW).expect("a registered CONNECT pairs");
-                        let host = match &dest.host {
-                            Host::Name(n) => n.to_string(),
-                            Host::Ip(ip) => ip.to_string(),
-                        };
-                        assert_eq!((pending.host(), pending.port), (host.as_str(), dest.port));
-                        let principal = view.principal.as_ref().ok().and_then(|p| p.as_deref());
-                        assert_eq!(Some(pending.principal()), principal, "the tunnel is another caller's");
-                        assert!(serving.tunnels.take(addr, NOW).is_none(), "a correlation paired twice");
+                    let order = header(&ok.headers, TUNNEL_HEADER);
+                    if view.method.eq_ignore_ascii_case("CONNECT") {
+                        assert!(order.is_some_and(|o| ORDERS.contains(&o)), "a CONNECT's order: {order:?}");
+                    } else {
+                        assert_eq!(order, None, "only a CONNECT's answer orders the tunnel filter");
                     }
                 }
                 (Some(HttpResponse::DeniedResponse(denied)), true) => {

@@ -42,8 +42,8 @@ pub trait CheckResponseExt {
     fn set_header(&self, key: &str) -> Option<String>;
     /// The headers a permitted HTTP answer removes (none on a denied or network answer).
     fn removed_headers(&self) -> Vec<String>;
-    /// The tunnel correlation a permitted CONNECT answer sets (`x-egress-corr`), at most one.
-    fn correlation(&self) -> Option<String>;
+    /// The tunnel filter's order a permitted CONNECT answer sets (`x-egress-tunnel`), at most one.
+    fn tunnel_order(&self) -> Option<String>;
 }
 
 fn ok_response(resp: &CheckResponse) -> Option<&OkHttpResponse> {
@@ -82,9 +82,9 @@ impl CheckResponseExt for CheckResponse {
         ok_response(self).map(|ok| ok.headers_to_remove.clone()).unwrap_or_default()
     }
 
-    fn correlation(&self) -> Option<String> {
-        let values: Vec<String> = set_headers(self, "x-egress-corr").collect();
-        assert!(values.len() <= 1, "one correlation at most: {values:?}");
+    fn tunnel_order(&self) -> Option<String> {
+        let values: Vec<String> = set_headers(self, "x-egress-tunnel").collect();
+        assert!(values.len() <= 1, "one order at most: {values:?}");
         values.into_iter().next()
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{FilterConfig as RouteFilterConfig, RouteConfiguration};
 use envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig;
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig;
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3
 use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz as HttpExtAuthz;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::http::set_filter_state::v3::Config as SetFilterState;
+use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as NetworkExtAuthz;
@@ -24,7 +25,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_proxy::v3::FilterConfig as SniDfp;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::network::dns_resolver::cares::v3::CaresDnsResolverConfig;
-use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{DownstreamTlsContext, UpstreamTlsContext};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
@@ -61,13 +61,33 @@ fn decoders() -> HashMap<String, Decoder> {
         SniDfp,
         TcpProxy,
         CaresDnsResolverConfig,
-        InternalUpstreamTransport,
         RawBuffer,
         DownstreamTlsContext,
         UpstreamTlsContext,
         HttpProtocolOptions,
+        RouteFilterConfig,
     );
+    d.insert(Wasm::type_url(), wasm);
     d
+}
+
+/// A wasm filter with its inline module named, not dumped (150 KiB of bytes that change with the
+/// toolchain; `integration/envoy_*` run the module itself).
+fn wasm(bytes: &[u8]) -> String {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    let mut filter = Wasm::decode(bytes).expect("a valid message");
+    let code = filter.config.as_mut().and_then(|c| match c.vm.as_mut()? {
+        envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm::VmConfig(vm) => vm.code.as_mut(),
+    });
+    let inline = code.and_then(|c| match c.specifier.as_mut()? {
+        envoy_types::pb::envoy::config::core::v3::async_data_source::Specifier::Local(d) => d.specifier.as_mut(),
+        _ => None,
+    });
+    if let Some(Specifier::InlineBytes(module)) = inline {
+        assert!(module.starts_with(b"\0asm"), "the inline code is a wasm module");
+        module.clear();
+    }
+    format!("{filter:?}").replace("InlineBytes([])", "InlineBytes(<wasm module>)")
 }
 
 /// One resource, as text.

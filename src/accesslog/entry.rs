@@ -9,7 +9,8 @@ use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::certificate_pro
 use envoy_types::pb::envoy::data::accesslog::v3::{AccessLogCommon, AccessLogType, HttpAccessLogEntry};
 use envoy_types::pb::google::protobuf::{Struct, value};
 
-use crate::contract::DECISION_METADATA_NAMESPACE;
+use crate::authz::tunnel::{MAX_REPORT_BYTES, Report, ReportError};
+use crate::contract::{DECISION_METADATA_NAMESPACE, TUNNEL_REPORT_STATE};
 use crate::telemetry::totals::{StreamDecision, StreamPhase, StreamTotals};
 
 /// Why an entry did not become totals (label values of `egressd_access_log_entries_skipped_total`).
@@ -27,6 +28,8 @@ pub enum Skip {
     OverLimit,
     /// A message that did not decode: the stream is ended.
     Undecodable,
+    /// A tunnel filter report that did not read (the entry's totals still count).
+    TunnelReport,
 }
 
 impl Skip {
@@ -37,6 +40,7 @@ impl Skip {
             Skip::Tcp => "tcp",
             Skip::OverLimit => "over-limit",
             Skip::Undecodable => "undecodable",
+            Skip::TunnelReport => "tunnel-report",
         }
     }
 }
@@ -171,6 +175,26 @@ fn socket(addr: &Address) -> Option<SocketAddr> {
         _ => 0,
     };
     Some(SocketAddr::new(ip, port))
+}
+
+/// The tunnel filter's report on this stream (`contract::TUNNEL_REPORT_STATE`), when it wrote one.
+/// Envoy serializes the filter's state as a `google.protobuf.BytesValue` (or `StringValue`).
+pub fn tunnel_report(entry: &HttpAccessLogEntry) -> Option<Result<Report, ReportError>> {
+    use envoy_types::pb::google::protobuf::{BytesValue, StringValue};
+    use prost::Message;
+    let any = entry.common_properties.as_ref()?.filter_state_objects.get(TUNNEL_REPORT_STATE)?;
+    let bytes = match any.type_url.rsplit('/').next() {
+        Some("google.protobuf.StringValue") => {
+            StringValue::decode(any.value.as_slice()).ok().map(|v| v.value.into_bytes())
+        }
+        Some("google.protobuf.BytesValue") => BytesValue::decode(any.value.as_slice()).ok().map(|v| v.value),
+        _ => None,
+    };
+    let text = bytes
+        .filter(|b| b.len() <= MAX_REPORT_BYTES)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(ReportError::Unreadable);
+    Some(text.and_then(|t| Report::parse(&t)))
 }
 
 fn decision(fields: &Struct) -> StreamDecision {

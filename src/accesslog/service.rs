@@ -2,6 +2,7 @@
 //! streams (one per Envoy worker thread, open for the connection's life), read message by message.
 //! Envoy expects no answer and no acknowledgement: delivery is at most once.
 
+use envoy_types::pb::envoy::data::accesslog::v3::HttpAccessLogEntry;
 use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::{
     AccessLogService, AccessLogServiceServer,
 };
@@ -9,9 +10,18 @@ use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::
 use envoy_types::pb::envoy::service::accesslog::v3::{StreamAccessLogsMessage, StreamAccessLogsResponse};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::entry::{Skip, totals};
+use super::entry::{Skip, totals, tunnel_report};
+use crate::authz::{TunnelRecorder, TunnelSeen};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::ReasonLabel;
+use crate::telemetry::totals::{StreamPhase, StreamTotals};
+
+/// Open tunnels whose decision one access log stream has recorded from a progress report (so its
+/// later reports and its end do not record it again). Envoy logs a stream on the worker thread
+/// that owns it, and each worker has its own access log stream: a tunnel's reports all arrive on
+/// one stream, and the set is the stream's own (no lock). Past this many, the oldest is forgotten
+/// (its end would record the decision a second time).
+const TUNNELS_REMEMBERED: usize = 65_536;
 
 /// Entries read from one message; the rest are skipped (`over-limit`). Envoy flushes a batch at
 /// `buffer_size_bytes` (16 KiB by default, a few dozen entries), so a message with more is not
@@ -23,6 +33,8 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct AccessLogSink {
     telemetry: Telemetry,
+    /// Where tunnel filter reports become tunnel decisions (None: they are not recorded).
+    tunnels: Option<TunnelRecorder>,
 }
 
 /// What one stream said about itself in its first message.
@@ -31,11 +43,13 @@ struct StreamState {
     /// `node.id` and `log_name` of the identifier, for the log line when the stream ends.
     node: Option<(String, String)>,
     entries: u64,
+    /// Request ids (xxh3) of open tunnels whose decision is recorded.
+    tunnels_recorded: hashlink::LinkedHashSet<u64>,
 }
 
 impl AccessLogSink {
-    pub fn new(telemetry: Telemetry) -> Self {
-        AccessLogSink { telemetry }
+    pub fn new(telemetry: Telemetry, tunnels: Option<TunnelRecorder>) -> Self {
+        AccessLogSink { telemetry, tunnels }
     }
 
     pub fn into_server(self) -> AccessLogServiceServer<Self> {
@@ -66,6 +80,7 @@ impl AccessLogSink {
                     state.entries += 1;
                     match totals(entry) {
                         Ok(t) => {
+                            self.tunnel(state, entry, &t);
                             self.telemetry.metrics.stream_totals.inc();
                             self.telemetry.submit_totals(t);
                         }
@@ -73,6 +88,47 @@ impl AccessLogSink {
                     }
                 }
             }
+        }
+    }
+
+    /// Records the tunnel decision a CONNECT's entry reports, once per tunnel: from its first
+    /// progress report, or from its end when it had none (an entry without a request id, only
+    /// from its end). A report that does not read is counted and its totals still go on.
+    fn tunnel(&self, state: &mut StreamState, entry: &HttpAccessLogEntry, t: &StreamTotals) {
+        let Some(recorder) = &self.tunnels else { return };
+        let report = match tunnel_report(entry) {
+            None => return,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                self.skipped(Skip::TunnelReport, 1);
+                tracing::warn!(error = %e, "gateway access log: unreadable tunnel report");
+                return;
+            }
+        };
+        let key = t.request_id.as_deref().map(|id| xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
+        let first = match (t.phase, key) {
+            (StreamPhase::Progress, None) => false,
+            (StreamPhase::Progress, Some(k)) => {
+                let first = !state.tunnels_recorded.contains(&k);
+                if first {
+                    state.tunnels_recorded.insert(k);
+                    if state.tunnels_recorded.len() > TUNNELS_REMEMBERED {
+                        state.tunnels_recorded.pop_front();
+                    }
+                }
+                first
+            }
+            (StreamPhase::End, None) => true,
+            (StreamPhase::End, Some(k)) => !state.tunnels_recorded.remove(&k),
+        };
+        if first {
+            recorder.record(&TunnelSeen {
+                report: &report,
+                service: t.decision.service.as_deref(),
+                principal: t.spiffe_id.as_deref(),
+                request_id: t.request_id.as_deref(),
+                port: t.port,
+            });
         }
     }
 }
@@ -140,7 +196,7 @@ mod tests {
 
     #[test]
     fn the_identifier_is_kept_and_entries_are_counted_by_outcome() {
-        let sink = AccessLogSink::new(Telemetry::metrics_only());
+        let sink = AccessLogSink::new(Telemetry::metrics_only(), None);
         let mut state = StreamState::default();
         let first = StreamAccessLogsMessage {
             identifier: Some(Identifier {
@@ -169,7 +225,7 @@ mod tests {
 
     #[test]
     fn one_message_does_bounded_work() {
-        let sink = AccessLogSink::new(Telemetry::metrics_only());
+        let sink = AccessLogSink::new(Telemetry::metrics_only(), None);
         let mut state = StreamState::default();
         let many = vec![entry(true); MAX_ENTRIES_PER_MESSAGE + 10];
         let msg = StreamAccessLogsMessage {

@@ -1,9 +1,7 @@
-//! One check, start to finish: view the request once, decide, apply the run-time overrides, pair a
-//! verified CONNECT with its coming tunnel check, and produce Envoy's answer, the verdict and the
+//! One check, start to finish: view the request once, decide, apply the run-time overrides, order
+//! a permitted CONNECT's tunnel check (`tunnel::order`), and produce Envoy's answer, the verdict and the
 //! request's facts for telemetry. The server, the reference form used by tests and benchmarks,
 //! and the offline tools all go through `Checker::check`, so they cannot disagree.
-
-use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tonic::codegen::http;
@@ -16,11 +14,8 @@ use super::{response, tunnel};
 use crate::contract::{GATEWAY_GENERATED, GATEWAY_METADATA, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE};
 use crate::identity::WorkloadId;
 use crate::policy::external_gateway::{ExternalGateway, HttpUpstream};
-use crate::policy::{
-    CompiledPolicy, Decision, Destination, Malformed, Protocol, Reason, ServiceInfo, TunnelTls, Verdict,
-};
+use crate::policy::{CompiledPolicy, Decision, Destination, Malformed, Protocol, Reason, TunnelTls, Verdict};
 use crate::runtime::RuntimeOverrides;
-use crate::telemetry::context::Propagators;
 use crate::telemetry::record::RequestFacts;
 
 /// What the gateway that sent a check can do with a permitted request, from the Check call's
@@ -65,13 +60,6 @@ impl GatewayCaps {
             http_upstream: gateway.http_upstream,
         }
     }
-}
-
-/// A permitted CONNECT, as the check's view and decision saw it: what its tunnel check pairs with.
-struct Connect<'v> {
-    dest: &'v Destination<'v>,
-    workload: WorkloadId<'v>,
-    request_id: Option<&'v str>,
 }
 
 /// The call around a CheckRequest: its metadata (trace context) and the gateway's capabilities.
@@ -154,7 +142,7 @@ fn note_flow(
 pub struct Checked {
     pub answer: CheckAnswer,
     pub verdict: Verdict,
-    /// The request's facts, when the call asked for them (or a tunnel was registered).
+    /// The request's facts, when the call asked for them.
     pub facts: Option<RequestFacts>,
 }
 
@@ -164,9 +152,6 @@ pub struct Checker<'a> {
     /// Encoded cores of permitted answers (None: every answer is built as a message).
     cache: Option<&'a ResponseCache>,
     overrides: Option<&'a RuntimeOverrides>,
-    /// Where a permitted CONNECT whose tunnel is checked is registered (None: no pairing).
-    tunnels: Option<&'a tunnel::Tunnels>,
-    propagators: Option<&'a Propagators>,
     /// Whether decisions count as rule hits: the server's traffic does, tools and tests do not.
     counts_hits: bool,
 }
@@ -186,38 +171,19 @@ fn unrouted(
 }
 
 impl<'a> Checker<'a> {
-    /// The policy alone: no cache, no run-time overrides, no tunnel pairing (tests, tools).
+    /// The policy alone: no cache, no run-time overrides (tests, tools).
     pub fn offline(policy: &'a CompiledPolicy) -> Self {
-        Checker { policy, cache: None, overrides: None, tunnels: None, propagators: None, counts_hits: false }
+        Checker { policy, cache: None, overrides: None, counts_hits: false }
     }
 
-    /// What the server runs: cached answers, the overrides and tunnel pairing.
-    pub fn serving(
-        cache: &'a ResponseCache,
-        overrides: &'a RuntimeOverrides,
-        tunnels: &'a tunnel::Tunnels,
-        propagators: &'a Propagators,
-    ) -> Self {
-        Checker {
-            policy: &cache.policy,
-            cache: Some(cache),
-            overrides: Some(overrides),
-            tunnels: Some(tunnels),
-            propagators: Some(propagators),
-            counts_hits: true,
-        }
+    /// What the server runs: cached answers and the overrides.
+    pub fn serving(cache: &'a ResponseCache, overrides: &'a RuntimeOverrides) -> Self {
+        Checker { policy: &cache.policy, cache: Some(cache), overrides: Some(overrides), counts_hits: true }
     }
 
     /// As `offline`, with the answer cache (tests of the cached path).
     pub fn cached(cache: &'a ResponseCache) -> Self {
-        Checker {
-            policy: &cache.policy,
-            cache: Some(cache),
-            overrides: None,
-            tunnels: None,
-            propagators: None,
-            counts_hits: false,
-        }
+        Checker { policy: &cache.policy, cache: Some(cache), overrides: None, counts_hits: false }
     }
 
     pub fn check(&self, req: &CheckRequest, call: Call<'_>, now: i64) -> Checked {
@@ -248,29 +214,18 @@ impl<'a> Checker<'a> {
         }
         let verdict = decision.verdict();
         let connect = view.method.eq_ignore_ascii_case("CONNECT");
-        let tunnel_service = decision.service.filter(|s| s.tunnel_tls != TunnelTls::Off);
-        let registers_tunnel = connect && decision.outcome.permits() && tunnel_service.is_some();
         if let (Capture::Flows, Some(table)) = (call.capture, call.flows) {
             note_flow(table, &view, &decision, now, call.timeline.then_some(req));
         }
-        let mut facts = call.capture.trace().then(|| super::facts::from_view(Some(&view), req, metadata, true));
+        let facts = call.capture.trace().then(|| super::facts::from_view(Some(&view), req, metadata, true));
         let Ok(dest) = &view.destination else {
             // A permitted decision always has a destination; a deny names it as unparseable.
             let answer = unrouted(&decision, view.destination.as_ref(), &policy.version, view.is_http);
             return Checked { answer, verdict, facts };
         };
-        let correlation = match (registers_tunnel, tunnel_service, self.tunnels, workload) {
-            (true, Some(svc), Some(tunnels), Some(workload)) => {
-                let connect = Connect { dest, workload, request_id: view.request_id };
-                let (correlation, with_ids) =
-                    self.register_tunnel(tunnels, svc, connect, facts.take(), call.capture, now);
-                facts = with_ids;
-                Some(correlation)
-            }
-            _ => None,
-        };
-        let answer = self.answer(&decision, dest, view.is_http, !connect, correlation, view.gateway);
-        Checked { answer, verdict, facts: facts.filter(|_| call.capture.trace()) }
+        let tunnel = (connect && decision.outcome.permits()).then(|| self.tunnel_order(&decision, workload, &view));
+        let answer = self.answer(&decision, dest, view.is_http, !connect, tunnel, view.gateway);
+        Checked { answer, verdict, facts }
     }
 
     /// The reference answer as a message (tests and benchmarks compare the server's with it).
@@ -305,7 +260,7 @@ impl<'a> Checker<'a> {
         dest: &Destination<'_>,
         is_http: bool,
         proxied: bool,
-        correlation: Option<SocketAddr>,
+        tunnel: Option<&'static str>,
         gateway: GatewayCaps,
     ) -> CheckAnswer {
         let version = &self.policy.version;
@@ -321,51 +276,28 @@ impl<'a> Checker<'a> {
         }
         // An `https://` proxy request (not a CONNECT) is sent on with TLS the gateway originates.
         let originate_tls = proxied && dest.protocol == Protocol::Https;
-        let forward = Forward::new(dest, correlation, originate_tls, !gateway.removes_headers, !gateway.routes_itself);
+        let forward = Forward::new(dest, tunnel, originate_tls, !gateway.removes_headers, !gateway.routes_itself);
         match self.cache.and_then(|c| c.ok_core(decision)) {
             Some(core) => CheckAnswer::Forwarded { core, forward },
             None => CheckAnswer::Message(Box::new(response::build(decision, Ok(dest), version, true, Some(&forward)))),
         }
     }
 
-    /// Registers a CONNECT for its tunnel check; returns its correlation and, when decisions are
-    /// recorded, the CONNECT's facts with the ids its decision span will have (the tunnel
-    /// decision becomes that span's child).
-    fn register_tunnel(
+    /// What the gateway's tunnel filter checks in a permitted CONNECT's tunnel: the service's
+    /// `tunnelTls`, enforced unless the service is in dry-run, the CONNECT fell outside a canary's
+    /// enforced share, or the service's canary was rolled back (`off` without a service: a
+    /// break-glass grant's tunnel is not the service's).
+    fn tunnel_order(
         &self,
-        tunnels: &tunnel::Tunnels,
-        svc: &ServiceInfo,
-        connect: Connect<'_>,
-        facts: Option<RequestFacts>,
-        capture: Capture,
-        now: i64,
-    ) -> (SocketAddr, Option<RequestFacts>) {
-        // Trace ids only for decisions that become spans or audit records (`Capture::Full`).
-        let trace = facts.as_ref().filter(|_| capture.trace()).map(|facts| {
-            use opentelemetry_sdk::trace::IdGenerator;
-            let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
-            let parent = self.propagators.and_then(|p| p.parent(facts));
-            (parent.map(|p| p.trace_id()).unwrap_or_else(|| ids.new_trace_id()), ids.new_span_id())
-        });
-        let enforced = crate::policy::canary::enforces(svc, connect.workload, connect.request_id)
-            && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
-        let correlation = tunnels.register(
-            tunnel::NewTunnel {
-                host: &connect.dest.host,
-                port: connect.dest.port,
-                service: &svc.name,
-                principal: connect.workload.as_str(),
-                tunnel_tls: svc.tunnel_tls,
-                mode: svc.mode,
-                enforced,
-                trace,
-            },
-            now,
-        );
-        let facts = match trace {
-            Some(ids) => facts.map(|f| f.with_correlation(correlation, ids)),
-            None => facts,
+        decision: &Decision<'_>,
+        workload: Option<WorkloadId<'_>>,
+        view: &CheckView<'_>,
+    ) -> &'static str {
+        let (Some(svc), Some(workload)) = (decision.service, workload) else {
+            return tunnel::order(TunnelTls::Off, true);
         };
-        (correlation, facts)
+        let enforced = crate::policy::canary::enforces(svc, workload, view.request_id)
+            && !self.overrides.is_some_and(|o| o.is_tripped(&svc.name));
+        tunnel::order(svc.tunnel_tls, enforced)
     }
 }

@@ -1,11 +1,10 @@
-//! Answers written straight into protobuf wire format: a deny's, and the core of a permitted
-//! answer (what a tunnel check is answered with).
+//! A deny's answer written straight into protobuf wire format.
 //!
 //! `response::build` makes the reference answer as a message: a metadata Struct of six strings
 //! in a HashMap, two headers and a body, each an allocation, then encoded. The Check path writes
 //! the same fields directly instead: the body into a buffer on the stack, then every length, then
 //! one output buffer. `tests` check that the bytes decode to the message `response::build` makes,
-//! for every kind of deny and of permitted tunnel decision.
+//! for every kind of deny.
 
 use bytes::{BufMut, Bytes};
 use smallvec::SmallVec;
@@ -71,24 +70,6 @@ pub fn deny(
         }
         put_bytes(DENIED_BODY, body, &mut out);
     }
-    put_delimited_head(CHECK_RESPONSE_DYNAMIC_METADATA, metadata_len, &mut out);
-    metadata.put(&mut out);
-    debug_assert_eq!(out.len(), total);
-    Bytes::from(out)
-}
-
-/// The core of a permitted answer (status OK and the decision metadata): the bytes of
-/// `response::ok_core(decision, version)`, which is also the whole answer to a permitted network
-/// check. A tunnel check's decision names the CONNECT's service and mode, not a rule, so it is
-/// written per check rather than cached.
-pub fn ok_core(decision: &Decision<'_>, version: &str) -> Bytes {
-    debug_assert!(decision.outcome.permits());
-    let metadata = Metadata::of(decision, version);
-    let metadata_len = metadata.len();
-    // Status OK is the empty Status message: code 0 and no message are proto3 defaults.
-    let total = delimited_len(CHECK_RESPONSE_STATUS, 0) + delimited_len(CHECK_RESPONSE_DYNAMIC_METADATA, metadata_len);
-    let mut out = Vec::with_capacity(total);
-    put_delimited_head(CHECK_RESPONSE_STATUS, 0, &mut out);
     put_delimited_head(CHECK_RESPONSE_DYNAMIC_METADATA, metadata_len, &mut out);
     metadata.put(&mut out);
     debug_assert_eq!(out.len(), total);
@@ -205,7 +186,6 @@ mod tests {
             Reason::SniMismatch { connect: "api.partner.test".into(), sni: "é.evil.test\n\"".into() },
             Reason::SniMissing,
             Reason::NotTls,
-            Reason::UnknownTunnel,
         ];
         let dests = [
             dest(Host::Name("api.stripe.com".into()), 443),
@@ -232,44 +212,6 @@ mod tests {
                         }
                     }
                 }
-            }
-        }
-    }
-    /// Every permitted tunnel decision (verified, and each violation in dry-run), with and without
-    /// a service and mode, and a break-glass grant's id: the core decodes to the reference answer
-    /// of a network check.
-    #[test]
-    fn every_permitted_core_decodes_to_the_reference_answer() {
-        let policy = policy();
-        let service = policy.services.first();
-        let grant = std::sync::Arc::new(crate::policy::GrantRef {
-            id: "bg-7".into(),
-            grantor: "oncall".into(),
-            reason: "incident".into(),
-            target: "any destination".into(),
-            expires_unix: 1,
-        });
-        let permitted = [
-            (Outcome::Allow, Reason::TunnelVerified),
-            (Outcome::Allow, Reason::BreakGlass(grant)),
-            (Outcome::WouldDeny, Reason::NotTls),
-            (Outcome::WouldDeny, Reason::SniMissing),
-            (Outcome::WouldDeny, Reason::SniMismatch { connect: "api.stripe.com".into(), sni: "x.evil.test".into() }),
-        ];
-        for (outcome, reason) in permitted {
-            for (service, mode) in [(None, None), (service, Some(Mode::DryRun)), (service, Some(Mode::Canary))] {
-                let d = Decision {
-                    outcome,
-                    reason: reason.clone(),
-                    rule: None,
-                    service,
-                    mode,
-                    enforced: false,
-                    near_miss: None,
-                    rolled_back: false,
-                };
-                let got = CheckResponse::decode(ok_core(&d, "sha256:abc")).expect("a valid CheckResponse");
-                assert_eq!(got, reference(&d, Err(&Malformed::NoDestination), false), "{reason:?} {mode:?}");
             }
         }
     }

@@ -9,7 +9,6 @@ use tonic::codegen::http;
 
 use super::checker::GatewayCaps;
 use super::request::{CheckView, header, socket_address, tls_sni, view};
-use super::tunnel::{PendingTunnel, TunnelStart};
 use crate::policy::fqdn::Host;
 use crate::policy::{CompiledPolicy, Protocol};
 use crate::telemetry::context::TRACE_HEADERS;
@@ -94,25 +93,17 @@ pub fn capture(req: &CheckRequest, metadata: &http::HeaderMap, policy: &Compiled
     from_view(view(req, policy, gateway).ok().as_ref(), req, metadata, true)
 }
 
-/// The facts of a tunnel check: the CONNECT's caller and host, the SNI seen, the correlation, and
-/// a `traceparent` naming the CONNECT decision's span, so the two decisions share one trace.
-pub fn of_tunnel(pending: Option<&PendingTunnel>, sni: Option<&str>, start: TunnelStart) -> RequestFacts {
+/// The facts of a tunnel decision: the CONNECT's caller, host, port and request id (which joins
+/// the decision to the CONNECT's trace, see `telemetry::recent`), and the SNI the tunnel sent.
+pub fn of_tunnel(seen: &super::TunnelSeen<'_>) -> RequestFacts {
     let mut values = FactValues::default();
-    let traceparent = pending.and_then(|p| p.trace).map(|(trace, span)| format!("00-{trace}-{span}-01"));
-    let correlation = pending.map(|p| p.correlation.to_string());
-    values.set(Fact::Sni, sni);
-    if let Some(p) = pending {
-        values.set(Fact::Principal, Some(p.principal()));
-        values.set(Fact::Host, Some(p.host()));
-        values.set(Fact::Correlation, correlation.as_deref());
-        values.set_trace_header(0, traceparent.as_deref());
-    }
+    values.set(Fact::Sni, seen.report.sni.as_deref());
+    values.set(Fact::Principal, seen.principal);
+    values.set(Fact::Host, Some(seen.report.host()));
+    values.set(Fact::RequestId, seen.request_id);
     let mut facts = RequestFacts::pack_from(values);
-    facts.port = pending.map(|p| p.port);
+    facts.port = seen.port;
     facts.protocol = Some(Protocol::Tls);
-    facts.tunnel_start = Some(match start {
-        TunnelStart::Tls => "tls",
-        TunnelStart::NotTls => "not-tls",
-    });
+    facts.tunnel_start = Some(seen.report.verdict.start());
     facts
 }

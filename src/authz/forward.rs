@@ -1,8 +1,8 @@
 //! What a permitted HTTP answer tells the gateway: where the request goes.
 //!
 //! Every permitted HTTP check's answer sets `x-egress-host` / `x-egress-port` to the destination
-//! egressd authorized (normalized), plus `x-egress-corr` on a CONNECT whose tunnel is checked and
-//! `x-egress-tls-name` on an `https://` proxy request, and removes the internal headers it does
+//! egressd authorized (normalized), plus `x-egress-tunnel` on a CONNECT (the order for the
+//! gateway's tunnel filter, see `tunnel`) and `x-egress-tls-name` on an `https://` proxy request, and removes the internal headers it does
 //! not set (see `contract`). The gateway dials exactly that host and port.
 //!
 //! The headers depend on the request, while the rest of an allow's answer depends only on the
@@ -13,7 +13,7 @@
 //! the pieces gives the same message `response::build` makes.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use bytes::BufMut;
@@ -24,7 +24,7 @@ use prost::Message;
 use smallvec::SmallVec;
 
 use super::wire::{delimited_len, header_value_len, put_delimited_head, put_header_value, put_varint, varint_len};
-use crate::contract::{CORRELATION_HEADER, HOST_HEADER, INTERNAL_HEADERS, PORT_HEADER, TLS_NAME_HEADER, XFCC_HEADER};
+use crate::contract::{HOST_HEADER, INTERNAL_HEADERS, PORT_HEADER, TLS_NAME_HEADER, TUNNEL_HEADER, XFCC_HEADER};
 use crate::policy::Destination;
 use crate::policy::fqdn::Host;
 
@@ -44,9 +44,8 @@ pub struct Forward {
     /// The normalized host as the gateway's forward proxy takes it: IPv6 in brackets.
     host: SmallVec<[u8; 64]>,
     port: u16,
-    /// A CONNECT whose tunnel is checked: the correlation its check will present, as text
-    /// (formatted once: the answer is measured, then written).
-    correlation: Option<CorrelationText>,
+    /// A CONNECT: the order for the gateway's tunnel filter (`tunnel::order`).
+    tunnel: Option<&'static str>,
     /// An `https://` proxy request: the gateway originates TLS for this name.
     originate_tls: bool,
     /// The answer removes XFCC and the internal headers it does not set (every gateway but the
@@ -71,7 +70,7 @@ enum Shape {
 impl Forward {
     pub fn new(
         destination: &Destination<'_>,
-        correlation: Option<SocketAddr>,
+        tunnel: Option<&'static str>,
         originate_tls: bool,
         removes: bool,
         sets: bool,
@@ -87,8 +86,7 @@ impl Forward {
                 };
             }
         }
-        let correlation = correlation.map(CorrelationText::new);
-        Forward { host, port: destination.port, correlation, originate_tls, removes, sets }
+        Forward { host, port: destination.port, tunnel, originate_tls, removes, sets }
     }
 
     /// The authorized host, as sent in `x-egress-host`.
@@ -109,7 +107,7 @@ impl Forward {
         if !self.sets {
             return Shape::Unrouted;
         }
-        match (self.correlation.is_some(), self.originate_tls) {
+        match (self.tunnel.is_some(), self.originate_tls) {
             (false, false) => Shape::Plain,
             (true, false) => Shape::Tunnel,
             (false, true) => Shape::Tls,
@@ -125,8 +123,8 @@ impl Forward {
         let mut port = itoa_buf();
         f(HOST_HEADER, self.host());
         f(PORT_HEADER, itoa(self.port, &mut port));
-        if let Some(c) = &self.correlation {
-            f(CORRELATION_HEADER, c.as_str());
+        if let Some(order) = self.tunnel {
+            f(TUNNEL_HEADER, order);
         }
         if self.originate_tls {
             f(TLS_NAME_HEADER, self.tls_name());
@@ -196,7 +194,7 @@ fn removal_list(shape: Shape) -> Vec<String> {
     let sets = |h: &str| match h {
         _ if shape == Shape::Unrouted => false,
         HOST_HEADER | PORT_HEADER => true,
-        CORRELATION_HEADER => matches!(shape, Shape::Tunnel | Shape::TunnelTls),
+        TUNNEL_HEADER => matches!(shape, Shape::Tunnel | Shape::TunnelTls),
         TLS_NAME_HEADER => matches!(shape, Shape::Tls | Shape::TunnelTls),
         _ => false,
     };
@@ -233,56 +231,6 @@ fn itoa(mut n: u16, buf: &mut [u8; 5]) -> &str {
     std::str::from_utf8(&buf[i..]).expect("digits")
 }
 
-/// A correlation address as text, without the formatting machinery (it is on every verified
-/// CONNECT's answer): `a.b.c.d:port`, at most 21 bytes for IPv4; IPv6 (never made by `tunnel`)
-/// is formatted the slow way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CorrelationText {
-    bytes: [u8; 48],
-    len: u8,
-}
-
-impl CorrelationText {
-    fn new(addr: SocketAddr) -> Self {
-        let mut t = CorrelationText { bytes: [0; 48], len: 0 };
-        match addr {
-            SocketAddr::V4(v4) => {
-                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        t.push(b'.');
-                    }
-                    t.push_number(u16::from(octet));
-                }
-                t.push(b':');
-                t.push_number(v4.port());
-            }
-            SocketAddr::V6(_) => {
-                let mut text = SmallVec::<[u8; 48]>::new();
-                let _ = write!(InlineText(&mut text), "{addr}");
-                t.len = text.len() as u8;
-                t.bytes[..text.len()].copy_from_slice(&text);
-            }
-        }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        self.bytes[self.len as usize] = b;
-        self.len += 1;
-    }
-
-    fn push_number(&mut self, n: u16) {
-        let mut digits = itoa_buf();
-        for &b in itoa(n, &mut digits).as_bytes() {
-            self.push(b);
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("ascii digits")
-    }
-}
-
 /// `fmt::Write` into a SmallVec, so addresses are formatted without a heap allocation.
 struct InlineText<'a, const N: usize>(&'a mut SmallVec<[u8; N]>);
 
@@ -317,7 +265,7 @@ mod tests {
         let name = dest(Host::Name(Cow::Borrowed("api.partner.test")), 443);
         let v6 = dest(Host::Ip("fd00::1".parse().unwrap()), 8443);
         let v4 = dest(Host::Ip("10.20.1.5".parse().unwrap()), 5432);
-        let corr: SocketAddr = "127.1.2.3:4567".parse().unwrap();
+        let corr = "require-matching-sni enforce";
         for f in [
             Forward::new(&name, None, false, true, true),
             Forward::new(&name, Some(corr), false, true, true),
@@ -345,23 +293,15 @@ mod tests {
     }
 
     #[test]
-    fn correlations_are_written_as_their_display_form() {
-        for a in ["127.0.0.1:1", "127.255.255.255:65535", "127.10.200.3:4567", "[::1]:443"] {
-            let addr: SocketAddr = a.parse().unwrap();
-            assert_eq!(CorrelationText::new(addr).as_str(), addr.to_string());
-        }
-    }
-
-    #[test]
     fn headers_name_the_authorized_destination_and_remove_the_rest() {
         let v6 = Forward::new(&dest(Host::Ip("fd00::1".parse().unwrap()), 8443), None, true, true, true);
         let set: Vec<(String, String)> =
             v6.headers().into_iter().map(|h| h.header.map(|h| (h.key, h.value)).unwrap()).collect();
         let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
         assert_eq!(set, pairs(&[(HOST_HEADER, "[fd00::1]"), (PORT_HEADER, "8443"), (TLS_NAME_HEADER, "fd00::1")]));
-        assert_eq!(v6.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER]);
+        assert_eq!(v6.headers_to_remove(), [XFCC_HEADER, TUNNEL_HEADER]);
         let plain = Forward::new(&dest(Host::Name(Cow::Borrowed("a.test")), 80), None, false, true, true);
-        assert_eq!(plain.headers_to_remove(), [XFCC_HEADER, CORRELATION_HEADER, TLS_NAME_HEADER]);
+        assert_eq!(plain.headers_to_remove(), [XFCC_HEADER, TUNNEL_HEADER, TLS_NAME_HEADER]);
     }
 
     #[test]

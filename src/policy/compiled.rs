@@ -230,7 +230,7 @@ impl CompiledPolicy {
         self.external_gateways.iter().find(|g| g.serves_http_at(local))
     }
 
-    /// The service called `name` (hashed: the tunnel check looks it up on the Check path).
+    /// The service called `name` (hashed: tunnel reports name their CONNECT's service).
     pub fn service(&self, name: &str) -> Option<&ServiceInfo> {
         self.service_by_name.get(name).map(|&i| &self.services[i.get()])
     }

@@ -112,8 +112,6 @@ pub enum Reason {
     SniMissing,
     /// A CONNECT tunnel did not start with TLS.
     NotTls,
-    /// A tunnel check that pairs with no CONNECT decision (unknown, expired or replayed).
-    UnknownTunnel,
     /// The tunnel carries what its service's `tunnelTls` requires.
     TunnelVerified,
 }
@@ -137,7 +135,6 @@ impl Reason {
             Reason::SniMismatch { .. } => "sni-mismatch",
             Reason::SniMissing => "sni-missing",
             Reason::NotTls => "not-tls",
-            Reason::UnknownTunnel => "unknown-correlation",
             Reason::TunnelVerified => "tunnel-verified",
         }
     }
@@ -159,9 +156,6 @@ impl std::fmt::Display for Reason {
             Reason::SniMissing => f.write_str("the tunnel's TLS ClientHello names no server (no SNI)"),
             Reason::NotTls => f.write_str("the tunnel did not start with TLS"),
             Reason::TunnelVerified => f.write_str("the tunnel carries what tunnelTls requires"),
-            Reason::UnknownTunnel => {
-                f.write_str("tunnel check without a matching CONNECT decision (unknown, expired or replayed)")
-            }
             Reason::BreakGlass(g) => write!(
                 f,
                 "break-glass grant {} by {} for {}: {} (expires {})",

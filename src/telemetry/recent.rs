@@ -24,7 +24,18 @@ pub const CAPACITY: usize = 65_536;
 pub struct ConnectIds {
     pub trace_id: TraceId,
     pub span_id: SpanId,
+    /// Whether the CONNECT's span was exported (its tunnel decision's span samples as it did).
+    pub sampled: bool,
     pub service: Option<Arc<str>>,
+}
+
+impl ConnectIds {
+    /// The CONNECT decision's span, as the parent of its tunnel decision's.
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+        let flags = if self.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        SpanContext::new(self.trace_id, self.span_id, flags, true, TraceState::default())
+    }
 }
 
 struct Slot {
@@ -69,7 +80,10 @@ impl RecentConnects {
         }
         let Some(request_id) = facts.get(Fact::RequestId) else { return };
         let service = event.verdict.service.map(|s| self.service_name(&event.policy, s.get()));
-        self.insert(request_id, ConnectIds { trace_id: ids.trace_id, span_id: ids.span_id, service });
+        self.insert(
+            request_id,
+            ConnectIds { trace_id: ids.trace_id, span_id: ids.span_id, sampled: ids.sampled, service },
+        );
     }
 
     /// The shared name of service `index` of `policy`. Policies of one version have the same
@@ -124,7 +138,12 @@ mod tests {
     use super::*;
 
     fn ids(n: u64) -> ConnectIds {
-        ConnectIds { trace_id: TraceId::from(u128::from(n)), span_id: SpanId::from(n), service: Some("pay".into()) }
+        ConnectIds {
+            trace_id: TraceId::from(u128::from(n)),
+            span_id: SpanId::from(n),
+            sampled: true,
+            service: Some("pay".into()),
+        }
     }
 
     #[test]

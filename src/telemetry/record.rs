@@ -22,11 +22,9 @@ pub enum Fact {
     Sni,
     Method,
     RequestId,
-    /// The correlation pairing a CONNECT decision with its tunnel's check.
-    Correlation,
 }
 
-const FACTS: usize = 6;
+const FACTS: usize = 5;
 /// Trace headers follow the facts, in `TRACE_HEADERS` order.
 const SLOTS: usize = FACTS + TRACE_HEADERS.len();
 
@@ -39,9 +37,8 @@ pub struct RequestFacts {
     pub protocol: Option<Protocol>,
     pub client: Option<SocketAddr>,
     pub is_http: bool,
-    /// Ids fixed on the Check path (a CONNECT whose tunnel check must join its trace).
-    pub preset_ids: Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)>,
-    /// For a tunnel check: what the tunnel started with (`tls` / `not-tls`).
+    /// For a tunnel decision: what the tunnel started with (`tls` / `not-tls`). Its span joins
+    /// the trace of the CONNECT with the same request id (`recent`).
     pub tunnel_start: Option<&'static str>,
     /// An HTTP request's declared body size (its `content-length`); never set for CONNECT, whose
     /// upload only the gateway's access log knows (see `accesslog`).
@@ -74,22 +71,6 @@ impl RequestFacts {
         let mut facts = RequestFacts::default();
         facts.pack(values.0);
         facts
-    }
-
-    /// Marks these facts as a CONNECT paired with a tunnel check: the correlation is written
-    /// after the other values, into the room `packed` left for it (no second packing).
-    pub fn with_correlation(
-        mut self,
-        correlation: SocketAddr,
-        ids: (opentelemetry::trace::TraceId, opentelemetry::trace::SpanId),
-    ) -> Self {
-        let start = self.buf.len();
-        push_ip(&mut self.buf, correlation.ip());
-        self.buf.push(':');
-        self.buf.push_str(itoa::Buffer::new().format(correlation.port()));
-        self.slots[Fact::Correlation as usize] = start as u32..self.buf.len() as u32;
-        self.preset_ids = Some(ids);
-        self
     }
 
     fn pack(&mut self, values: [Option<&str>; SLOTS]) {
@@ -130,14 +111,9 @@ fn bounded(v: &str) -> &str {
     &v[..end]
 }
 
-/// The longest correlation (`127.255.255.255:65535`).
-const CORRELATION_ROOM: usize = 21;
-
 fn packed(values: [Option<&str>; SLOTS]) -> (String, [Range<u32>; SLOTS]) {
     let values = values.map(|v| v.map(bounded));
-    // A CONNECT may be paired with its tunnel's check: room for the correlation then.
-    let room = if values[Fact::Method as usize] == Some("CONNECT") { CORRELATION_ROOM } else { 0 };
-    let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum::<usize>() + room);
+    let mut buf = String::with_capacity(values.iter().flatten().map(|v| v.len()).sum::<usize>());
     let mut slots: [Range<u32>; SLOTS] = Default::default();
     for (slot, value) in slots.iter_mut().zip(values) {
         if let Some(v) = value {
@@ -252,7 +228,6 @@ impl<'a> DecisionRecord<'a> {
         str_field("egress.reason.message", Some(self.reason_message));
         str_field("egress.policy.version", Some(&policy.version));
         str_field("egress.request_id", facts.get(Fact::RequestId));
-        str_field("egress.tunnel.correlation", facts.get(Fact::Correlation));
         str_field("egress.tunnel.start", facts.tunnel_start);
         if let crate::policy::Reason::BreakGlass(g) = &verdict.reason {
             str_field("egress.break_glass.grant", Some(&g.id));
@@ -362,28 +337,6 @@ mod tests {
 #[cfg(test)]
 mod bound_tests {
     use super::*;
-
-    #[test]
-    fn a_correlation_joins_the_facts_in_the_room_left_for_it() {
-        let connect = || {
-            let mut values = FactValues::default();
-            values.set(Fact::Method, Some("CONNECT"));
-            values.set(Fact::Host, Some("api.stripe.com"));
-            values.set(Fact::RequestId, Some("r-1"));
-            RequestFacts::pack_from(values)
-        };
-        let room = connect().buf.capacity();
-        let ids = (opentelemetry::trace::TraceId::from(1u128), opentelemetry::trace::SpanId::from(2u64));
-        for corr in ["127.255.255.255:65535", "127.0.0.1:1"] {
-            let facts = connect().with_correlation(corr.parse().unwrap(), ids);
-            assert_eq!(facts.get(Fact::Correlation), Some(corr));
-            assert_eq!(facts.get(Fact::Host), Some("api.stripe.com"));
-            assert_eq!(facts.get(Fact::RequestId), Some("r-1"));
-            assert_eq!(facts.get(Fact::Method), Some("CONNECT"));
-            assert_eq!(facts.preset_ids, Some(ids));
-            assert_eq!(facts.buf.capacity(), room, "written into the room left for it: no second allocation");
-        }
-    }
 
     #[test]
     fn addresses_and_locations_are_written_as_display_writes_them() {

@@ -82,25 +82,14 @@ impl DecisionSampler {
 
     /// Ids and the sampling decision for one decision, under `parent` if it has one.
     pub fn sample(&self, parent: Option<SpanContext>, outcome: Outcome) -> SpanIds {
-        self.sample_with(parent, outcome, None)
-    }
-
-    /// As `sample`, with trace and span ids fixed beforehand (`preset`).
-    pub fn sample_with(
-        &self,
-        parent: Option<SpanContext>,
-        outcome: Outcome,
-        preset: Option<(TraceId, SpanId)>,
-    ) -> SpanIds {
-        let trace_id =
-            preset.map(|(t, _)| t).or(parent.as_ref().map(|p| p.trace_id())).unwrap_or_else(|| self.ids.new_trace_id());
+        let trace_id = parent.as_ref().map(|p| p.trace_id()).unwrap_or_else(|| self.ids.new_trace_id());
         let parent_cx = parent.clone().map(|p| opentelemetry::Context::new().with_remote_span_context(p));
         let result = self.sampler.should_sample(parent_cx.as_ref(), trace_id, SPAN_NAME, &SpanKind::Server, &[], &[]);
         let sampled_by_sampler = result.decision == SamplingDecision::RecordAndSample;
         let keep_deny = !self.sample_denies && outcome != Outcome::Allow;
         SpanIds {
             trace_id,
-            span_id: preset.map(|(_, s)| s).unwrap_or_else(|| self.ids.new_span_id()),
+            span_id: self.ids.new_span_id(),
             parent,
             sampled: sampled_by_sampler || keep_deny,
             trace_state: result.trace_state,

@@ -191,8 +191,12 @@ mod tests {
 
     #[test]
     fn a_tunnels_record_names_its_decisions_trace_and_the_bytes() {
-        let ids =
-            ConnectIds { trace_id: TraceId::from(7u128), span_id: SpanId::from(9u64), service: Some("pay".into()) };
+        let ids = ConnectIds {
+            trace_id: TraceId::from(7u128),
+            span_id: SpanId::from(9u64),
+            sampled: true,
+            service: Some("pay".into()),
+        };
         let v = json(&tunnel(), Some(&ids));
         assert_eq!(v["time"], "2027-01-15T08:00:00.25Z");
         assert_eq!(v["egress.record"], "stream-totals");

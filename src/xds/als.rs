@@ -1,7 +1,8 @@
 //! The gateway's access log to egressd: Envoy's gRPC access log service (`envoy.access_loggers.
 //! http_grpc`) on the HTTP listener, to egressd's gRPC port through the cluster ext_authz already
 //! uses (`egressd_authz`), so every request's and every CONNECT tunnel's byte totals reach egressd
-//! (`accesslog`) as they end.
+//! (`accesslog`) as they end, with the tunnel filter's verdict on each CONNECT's tunnel (the
+//! tunnel decision egressd records: without this log, tunnels are still checked, not recorded).
 //!
 //! * On by default; a Gateway's `accessLog.grpc: false` leaves the stdout log alone.
 //! * Only what totals need: the stream's end (`DownstreamEnd`) and periodic reports
@@ -56,6 +57,9 @@ pub fn grpc_access_log() -> AccessLog {
                 ..Default::default()
             }),
             transport_api_version: ApiVersion::V3 as i32,
+            // The tunnel filter's verdict on a CONNECT (`xds::tunnel`): egressd records the
+            // tunnel decision from the first entry that carries it.
+            filter_state_objects_to_log: vec![crate::contract::TUNNEL_REPORT_STATE.to_string()],
             buffer_flush_interval: Some(millis(BUFFER_FLUSH_MS)),
             grpc_stream_retry_policy: Some(RetryPolicy {
                 retry_back_off: Some(BackoffStrategy {

@@ -8,8 +8,8 @@
 //!   access logs to stdout and, over gRPC, to egressd (`als`).
 //! * cluster `egress_dfp_tls` (when the Gateway has `upstreamTls`): the same, with TLS originated
 //!   to the destination for `https://` proxy requests.
-//! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel (or, verified, through the
-//!   tunnel listener), `https://` proxy requests to the TLS DFP cluster, everything else proxied;
+//! * route `egress_http` (RDS): CONNECT to the DFP cluster as a tunnel (its first bytes checked by
+//!   the tunnel filter, `tunnel`), `https://` proxy requests to the TLS DFP cluster, everything else proxied;
 //!   always to the host and port egressd authorized (see `contract`).
 //! * listener `egress_tls` (optional): TLS by SNI: tls_inspector, network ext_authz, SNI DFP, tcp_proxy.
 //! * secrets (SDS, `secrets`): the gateway's SVID and workload bundle (`mtls`), its client
@@ -68,8 +68,8 @@ use prost::Name;
 
 use super::secrets;
 use crate::contract::{
-    CORRELATION_HEADER, DECISION_METADATA_NAMESPACE, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS,
-    TLS_NAME_HEADER, UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
+    DECISION_METADATA_NAMESPACE, GATEWAY_GENERATED, GATEWAY_METADATA, INTERNAL_HEADERS, TLS_NAME_HEADER,
+    UPSTREAM_TLS_METADATA, UPSTREAM_TLS_ORIGINATE, XFCC_HEADER,
 };
 use crate::policy::{AuthzAddress, GatewaySpec};
 
@@ -410,8 +410,14 @@ pub(super) fn access_log(namespace: &str, tcp: bool) -> Vec<AccessLog> {
         "%DOWNSTREAM_REMOTE_ADDRESS% \"%REQ(:METHOD)% %REQ(:AUTHORITY)%%REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS%"
             .to_string()
     };
+    // An HTTP stream's tunnel filter verdict (`reason action ms host sni`), `-` when it wrote none.
+    let tunnel = if tcp {
+        String::new()
+    } else {
+        format!(" tunnel=%FILTER_STATE({}:PLAIN)%", crate::contract::TUNNEL_REPORT_STATE)
+    };
     let format = format!(
-        "[%START_TIME%] {what} peer=%DOWNSTREAM_PEER_URI_SAN% decision={} reason={} rule={} service={} mode={}\n",
+        "[%START_TIME%] {what} peer=%DOWNSTREAM_PEER_URI_SAN% decision={} reason={} rule={} service={} mode={}{tunnel}\n",
         m("decision"),
         m("reason"),
         m("rule"),
@@ -487,7 +493,7 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         // Fail closed: egressd down means no egress.
         failure_mode_allow: false,
         include_peer_certificate: false,
-        // egressd's answer decides the route (a verified tunnel goes to the tunnel listener).
+        // egressd's answer decides the route (`x-egress-tls-name`: TLS origination).
         clear_route_cache: true,
         ..Default::default()
     };
@@ -509,6 +515,8 @@ pub fn http_listener(spec: &GatewaySpec) -> Resource {
         http_filters: vec![
             http_filter("envoy.filters.http.ext_authz", ext_authz),
             super::tunnel::set_filter_state_filter(),
+            // A CONNECT's tunnel: its ClientHello checked as egressd's answer ordered.
+            super::tunnel::tunnel_filter(),
             http_filter("envoy.filters.http.dynamic_forward_proxy", dfp),
             http_filter("envoy.filters.http.router", Router::default()),
         ],
@@ -589,23 +597,6 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
             name: "any".to_string(),
             domains: vec!["*".to_string()],
             routes: vec![
-                // egressd answered with a correlation: the tunnel's first bytes get checked.
-                Route {
-                    name: "connect-verified".to_string(),
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
-                            route_match::ConnectMatcher::default(),
-                        )),
-                        headers: vec![HeaderMatcher {
-                            name: CORRELATION_HEADER.to_string(),
-                            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    action: Some(to(super::tunnel::TUNNEL_CLUSTER, true)),
-                    ..Default::default()
-                },
                 Route {
                     name: "connect".to_string(),
                     r#match: Some(RouteMatch {
@@ -635,6 +626,7 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                         // egressd never permits one without upstream TLS; should it, fail closed.
                         route::Action::DirectResponse(DirectResponseAction { status: 403, ..Default::default() })
                     }),
+                    typed_per_filter_config: super::tunnel::disabled_on_route(),
                     ..Default::default()
                 },
                 Route {
@@ -644,6 +636,7 @@ pub fn http_route(spec: &GatewaySpec) -> Resource {
                         ..Default::default()
                     }),
                     action: Some(to(DFP_CLUSTER, false)),
+                    typed_per_filter_config: super::tunnel::disabled_on_route(),
                     ..Default::default()
                 },
             ],

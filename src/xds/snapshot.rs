@@ -100,9 +100,6 @@ impl Snapshot {
         if let Some(tls) = spec.tls_listen {
             list.push((listener, resources::tls_listener(spec, tls)));
         }
-        // CONNECT tunnels whose service verifies them are checked in the internal tunnel listener.
-        list.push((cluster.clone(), super::tunnel::tunnel_cluster()));
-        list.push((Listener::type_url(), super::tunnel::tunnel_listener(spec)));
         if let Some(tls) = resources::dfp_tls_cluster(spec) {
             list.push((cluster.clone(), tls));
         }
@@ -205,8 +202,8 @@ mod tests {
     fn types_and_names() {
         let s = Snapshot::for_gateway(&spec(), "p");
         let names = |t: &str| s.get(t).unwrap().resources.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(names(&Cluster::type_url()), ["egress_dfp", "egress_tunnel", "egressd_authz"]);
-        assert_eq!(names(&Listener::type_url()), ["egress_http", "egress_tls", "egress_tunnel"]);
+        assert_eq!(names(&Cluster::type_url()), ["egress_dfp", "egressd_authz"]);
+        assert_eq!(names(&Listener::type_url()), ["egress_http", "egress_tls"]);
         assert_eq!(names(&RouteConfiguration::type_url()), ["egress_http"]);
         assert_eq!(short_type(&Cluster::type_url()), "Cluster");
     }
