@@ -275,6 +275,30 @@ mod tests {
     }
 
     #[test]
+    fn the_tunnel_report_reads_from_either_wrapper_and_bad_ones_are_errors() {
+        let with = |any: Option<pb::Any>| {
+            let mut e = connect_entry();
+            let common = e.common_properties.as_mut().unwrap();
+            common.filter_state_objects = any.map(|a| (TUNNEL_REPORT_STATE.to_string(), a)).into_iter().collect();
+            tunnel_report(&e)
+        };
+        let text = "sni-mismatch enforce 1700000000000 api.stripe.com evil.test";
+        let string = envoy_types::util::pack_any(pb::StringValue { value: text.into() });
+        let bytes = envoy_types::util::pack_any(pb::BytesValue { value: text.as_bytes().to_vec() });
+        for any in [string, bytes] {
+            let r = with(Some(any)).expect("a report").expect("it reads");
+            assert_eq!((r.host(), r.sni.as_deref()), ("api.stripe.com", Some("evil.test")));
+        }
+        assert_eq!(with(None), None, "a stream the filter wrote nothing for");
+        let other = envoy_types::util::pack_any(pb::UInt32Value { value: 7 });
+        assert_eq!(with(Some(other)), Some(Err(ReportError::Unreadable)));
+        let huge = envoy_types::util::pack_any(pb::StringValue { value: "x".repeat(MAX_REPORT_BYTES + 1) });
+        assert_eq!(with(Some(huge)), Some(Err(ReportError::Unreadable)));
+        let not_utf8 = envoy_types::util::pack_any(pb::BytesValue { value: vec![0xff, 0xfe] });
+        assert_eq!(with(Some(not_utf8)), Some(Err(ReportError::Unreadable)));
+    }
+
+    #[test]
     fn a_closed_connect_tunnel_becomes_its_totals() {
         let t = totals(&connect_entry()).unwrap();
         assert_eq!(t.phase, StreamPhase::End);

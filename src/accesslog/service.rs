@@ -223,6 +223,93 @@ mod tests {
         assert_eq!(state.entries, 3);
     }
 
+    /// A sink whose tunnel reports become decisions of the embedded example policy.
+    fn recording_sink() -> AccessLogSink {
+        let policy = crate::policy::compile(&crate::policy::PolicySource::embedded(), 0).unwrap();
+        let shared = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+        let telemetry = Telemetry::metrics_only();
+        let runtime = std::sync::Arc::new(crate::runtime::RuntimeOverrides::new(
+            std::sync::Arc::new(crate::runtime::breakglass::GrantStore::in_memory(3600)),
+            60,
+            Default::default(),
+        ));
+        let check = crate::authz::CheckServer::new(shared, telemetry.clone(), runtime);
+        AccessLogSink::new(telemetry, Some(check.tunnel_recorder()))
+    }
+
+    /// A CONNECT entry of payments' with the tunnel filter's `report`, at `phase`.
+    fn tunnel_entry(request_id: &str, report: &str, periodic: bool) -> HttpAccessLogEntry {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
+        use envoy_types::pb::google::protobuf::{StringValue, Struct, Value, value};
+        let mut e = entry(true);
+        let common = e.common_properties.as_mut().unwrap();
+        let service = Value { kind: Some(value::Kind::StringValue("payments".into())) };
+        let fields = [("service".to_string(), service)].into_iter().collect();
+        common.metadata = Some(Metadata {
+            filter_metadata: [(crate::contract::DECISION_METADATA_NAMESPACE.to_string(), Struct { fields })]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        common.access_log_type =
+            if periodic { AccessLogType::DownstreamPeriodic } else { AccessLogType::DownstreamEnd } as i32;
+        let state = envoy_types::util::pack_any(StringValue { value: report.into() });
+        common.filter_state_objects = [(crate::contract::TUNNEL_REPORT_STATE.to_string(), state)].into_iter().collect();
+        e.request.as_mut().unwrap().request_id = request_id.into();
+        e
+    }
+
+    /// payments' tunnel decisions by outcome, as /metrics counts them.
+    fn payments_decisions(sink: &AccessLogSink, outcome: &str) -> u64 {
+        let text = crate::telemetry::metrics::render(&sink.telemetry.metrics.registry(vec![]));
+        let line = text.lines().find(|l| {
+            l.starts_with("egressd_decisions_total{")
+                && l.contains("service=\"payments\"")
+                && l.contains(&format!("decision=\"{outcome}\""))
+        });
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    fn send(sink: &AccessLogSink, state: &mut StreamState, entries: Vec<HttpAccessLogEntry>) {
+        let msg = StreamAccessLogsMessage {
+            identifier: None,
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries { log_entry: entries })),
+        };
+        sink.handle(state, msg);
+    }
+
+    #[test]
+    fn a_tunnel_is_recorded_once_from_its_first_report() {
+        let sink = recording_sink();
+        let mut state = StreamState::default();
+        let verified = "tunnel-verified enforce 1700000000000 api.stripe.com api.stripe.com";
+        // Two progress reports, then the end: one decision.
+        send(&sink, &mut state, vec![tunnel_entry("r-1", verified, true)]);
+        send(&sink, &mut state, vec![tunnel_entry("r-1", verified, true), tunnel_entry("r-1", verified, false)]);
+        assert_eq!(payments_decisions(&sink, "allow"), 1);
+        assert!(state.tunnels_recorded.is_empty(), "the end forgets the tunnel");
+        // A tunnel cut at once has only its end; another tunnel is another decision.
+        let cut = "sni-mismatch enforce 1700000000000 api.stripe.com evil.test";
+        send(&sink, &mut state, vec![tunnel_entry("r-2", cut, false)]);
+        assert_eq!(payments_decisions(&sink, "deny"), 1);
+        // Without a request id, only the end records (a progress report could not be paired).
+        send(&sink, &mut state, vec![tunnel_entry("", verified, true), tunnel_entry("", verified, false)]);
+        assert_eq!(payments_decisions(&sink, "allow"), 2);
+        assert_eq!(sink.telemetry.metrics.stream_totals.get(), 6, "every entry's totals still count");
+    }
+
+    #[test]
+    fn an_unreadable_report_is_counted_and_its_totals_go_on() {
+        let sink = recording_sink();
+        let mut state = StreamState::default();
+        send(&sink, &mut state, vec![tunnel_entry("r-1", "tunnel-verified maybe 1 api.stripe.com x", false)]);
+        send(&sink, &mut state, vec![tunnel_entry("r-2", &"x".repeat(5000), false)]);
+        assert_eq!(skipped(&sink, "tunnel-report"), 2);
+        assert_eq!(payments_decisions(&sink, "allow") + payments_decisions(&sink, "deny"), 0);
+        assert_eq!(sink.telemetry.metrics.stream_totals.get(), 2);
+    }
+
     #[test]
     fn one_message_does_bounded_work() {
         let sink = AccessLogSink::new(Telemetry::metrics_only(), None);
