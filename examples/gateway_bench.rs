@@ -80,6 +80,10 @@ struct Args {
     /// Plain HTTP only: skip the CONNECT and TLS-in-CONNECT tables (quick experiments on the shape).
     #[arg(long, env = "HTTP_ONLY")]
     http_only: bool,
+    /// A candidate tunnel filter module (.wasm): a seventh Envoy, (d) with this module instead of
+    /// the embedded one, carries verified tunnels beside (d)'s in the TLS table.
+    #[arg(long, env = "CANDIDATE_MODULE")]
+    candidate_module: Option<PathBuf>,
 }
 
 struct Proc(Child);
@@ -212,6 +216,32 @@ fn unfiltered_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str
     };
     without_tunnel_filter(&mut hcm, &mut route);
     hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route));
+    f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
+    b
+}
+
+/// (d) with another tunnel filter module inline.
+fn candidate_bootstrap(spec: &GatewaySpec, admin: u16, upstream_authority: &str, module: &[u8]) -> Bootstrap {
+    use envoy_types::pb::envoy::config::core::v3::{async_data_source, data_source};
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config;
+    let mut b = bootstrap(spec, Variant::Egressd, admin, upstream_authority);
+    let listener = &mut b.static_resources.as_mut().unwrap().listeners[0];
+    let f = &mut listener.filter_chains[0].filters[0];
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { unreachable!() };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let tunnel = hcm.http_filters.iter_mut().find(|f| f.name == egressd::xds::tunnel::TUNNEL_FILTER).unwrap();
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &tunnel.config_type else { unreachable!() };
+    let mut wasm = Wasm::decode(any.value.as_slice()).unwrap();
+    let Some(plugin_config::Vm::VmConfig(vm)) = wasm.config.as_mut().and_then(|c| c.vm.as_mut()) else {
+        unreachable!()
+    };
+    vm.vm_id = "egressd.tunnel.candidate".into();
+    let Some(async_data_source::Specifier::Local(local)) = vm.code.as_mut().and_then(|c| c.specifier.as_mut()) else {
+        unreachable!()
+    };
+    local.specifier = Some(data_source::Specifier::InlineBytes(module.to_vec()));
+    tunnel.config_type = Some(http_filter::ConfigType::TypedConfig(pack_any(wasm)));
     f.config_type = Some(filter::ConfigType::TypedConfig(pack_any(hcm)));
     b
 }
@@ -653,6 +683,17 @@ async fn main() {
     let bare_envoy = start_envoy(&args.envoy, &bare_path, &unfiltered_bootstrap(&bare_spec, port(), &authority));
     let (bare, bare_pids) = (bare_spec.http_listen, Pids { envoy: bare_envoy.0.id(), authz: Some(_egressd.0.id()) });
     wait_port(bare).await;
+    // The seventh Envoy, with a candidate module (see `candidate_bootstrap`).
+    let candidate = args.candidate_module.as_ref().map(|path| {
+        let module = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let spec = bench_spec(egressd_port, port(), dns.addr);
+        let bootstrap = candidate_bootstrap(&spec, port(), &authority, &module);
+        let envoy = start_envoy(&args.envoy, &dir.path().join("envoy-candidate.pb"), &bootstrap);
+        (spec.http_listen, Pids { envoy: envoy.0.id(), authz: Some(_egressd.0.id()) }, envoy)
+    });
+    if let Some((proxy, _, _)) = &candidate {
+        wait_port(*proxy).await;
+    }
     for (v, p) in variants.iter().zip(&proxies) {
         wait_port(*p).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -699,21 +740,29 @@ async fn main() {
     if !args.http_only {
         // What is measured is what the product does: the filter passes the authorized SNI on a
         // verified tunnel and closes one with another, and passes an `off` tunnel unread.
-        let fate = |identity, sni| hello_fate(d, &tls_authority, identity, sni);
-        assert_eq!(fate(IDENTITY_VERIFIED, FQDN).await, HelloFate::Answered, "verified: the authorized SNI passes");
-        assert_eq!(fate(IDENTITY_VERIFIED, "evil.test").await, HelloFate::Refused, "verified: another SNI is refused");
-        assert_eq!(fate(IDENTITY, "evil.test").await, HelloFate::Answered, "tunnelTls off: any SNI passes");
-        println!("tunnel filter: verified passes {FQDN} and refuses evil.test; off passes evil.test");
+        let gateways = std::iter::once(("(d)", d)).chain(candidate.as_ref().map(|(p, _, _)| ("candidate", *p)));
+        for (name, proxy) in gateways {
+            let fate = |identity, sni| hello_fate(proxy, &tls_authority, identity, sni);
+            assert_eq!(fate(IDENTITY_VERIFIED, FQDN).await, HelloFate::Answered, "{name}: the authorized SNI passes");
+            assert_eq!(fate(IDENTITY_VERIFIED, "evil.test").await, HelloFate::Refused, "{name}: another is refused");
+            assert_eq!(fate(IDENTITY, "evil.test").await, HelloFate::Answered, "{name}: tunnelTls off passes any");
+            println!("tunnel filter of {name}: verified passes {FQDN} and refuses evil.test; off passes evil.test");
+        }
     }
-    // Per tunnel kind: plain, verified (through (d)), no filter (each as its identity).
-    let kinds = [
-        (d, pids[4], IDENTITY, true),
-        (d, pids[4], IDENTITY_VERIFIED, true),
-        (bare, bare_pids, IDENTITY, true),
-        (d, pids[4], IDENTITY, false),
-        (d, pids[4], IDENTITY_VERIFIED, false),
-        (bare, bare_pids, IDENTITY, false),
+    // Per tunnel kind: plain, verified (through (d)), no filter, and the candidate's verified
+    // tunnels (each as its identity); keep-alive ones first, then a tunnel per request.
+    let mut group = vec![
+        ("plain", d, pids[4], IDENTITY),
+        ("verified", d, pids[4], IDENTITY_VERIFIED),
+        ("no filter", bare, bare_pids, IDENTITY),
     ];
+    if let Some((proxy, pids, _)) = &candidate {
+        group.push(("candidate", *proxy, *pids, IDENTITY_VERIFIED));
+    }
+    let kinds: Vec<(SocketAddr, Pids, &str, bool)> = [true, false]
+        .into_iter()
+        .flat_map(|keepalive| group.iter().map(move |&(_, proxy, pids, identity)| (proxy, pids, identity, keepalive)))
+        .collect();
     let mut tls_tables: Vec<Vec<Sample>> = kinds.iter().map(|_| Vec::new()).collect();
     for _ in 0..if args.http_only { 0 } else { args.rounds } {
         for (i, (proxy, pids, identity, keepalive)) in kinds.iter().enumerate() {
@@ -758,18 +807,21 @@ async fn main() {
     println!(
         "\nTLS inside CONNECT: plain (tunnelTls: off) vs verified SNI, through (d); no filter: (d) without the tunnel filter"
     );
-    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", 3)] {
-        let [p, v, n] = [0, 1, 2].map(|k| Summary::of(&tls_tables[first + k]));
+    for (label, first) in [("keep-alive tunnels", 0), ("new tunnel per request", group.len())] {
+        let summary: Vec<Summary> = (0..group.len()).map(|k| Summary::of(&tls_tables[first + k])).collect();
         println!("  {label}");
-        for (name, m) in [("plain", &p), ("verified", &v), ("no filter", &n)] {
+        for ((name, ..), m) in group.iter().zip(&summary) {
             println!(
                 "    {name:<9} {:>7.0} req/s   p50 {:>6.0} us   p99 {:>6.0} us   CPU/req: Envoy {:>5.1} us, egressd {:>5.1} us",
                 m.rps, m.p50, m.p99, m.envoy_us, m.authz_us
             );
         }
-        for (name, t, o, t_k, o_k) in
-            [("verified/plain", &v, &p, 1, 0), ("verified/no filter", &v, &n, 1, 2), ("plain/no filter", &p, &n, 0, 2)]
-        {
+        let mut ratios = vec![("verified/plain", 1, 0), ("verified/no filter", 1, 2), ("plain/no filter", 0, 2)];
+        if group.len() > 3 {
+            ratios.extend([("candidate/verified", 3, 1), ("candidate/no filter", 3, 2)]);
+        }
+        for (name, t_k, o_k) in ratios {
+            let (t, o) = (&summary[t_k], &summary[o_k]);
             println!(
                 "    {name}: throughput {:.3} (paired {:.3})   p99 {:.2}x   Envoy+egressd CPU/req {:.3}x",
                 t.rps / o.rps,

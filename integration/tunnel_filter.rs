@@ -229,3 +229,19 @@ fn the_filter_and_egressd_name_the_same_headers_and_filter_state() {
     assert_eq!(format!("wasm.{}", verdict::REPORT_PROPERTY), contract::TUNNEL_REPORT_STATE);
     assert!(contract::INTERNAL_HEADERS.contains(&verdict::ORDER_HEADER), "a client cannot send its own order");
 }
+
+/// Envoy calls a proxy-wasm hook only if the module exports it; build.rs trims the SDK's exports
+/// to the hooks the filter implements (the module is stripped of names, so an unexported hook's
+/// name is nowhere in it).
+#[test]
+fn the_module_egressd_sends_exports_only_the_hooks_the_filter_implements() {
+    let module = egressd::xds::tunnel::TUNNEL_FILTER_WASM;
+    let has = |name: &str| module.windows(name.len()).any(|w| w == name.as_bytes());
+    assert!(module.starts_with(b"\0asm"));
+    for hook in ["proxy_on_request_headers", "proxy_on_request_body", "proxy_on_context_create", "proxy_on_delete"] {
+        assert!(has(hook), "{hook} is exported");
+    }
+    for hook in ["proxy_on_response_headers", "proxy_on_response_body", "proxy_on_log", "proxy_on_request_trailers"] {
+        assert!(!has(hook), "{hook} is not exported");
+    }
+}
