@@ -2,8 +2,9 @@
 //!
 //! Every permitted HTTP check's answer sets `x-egress-host` / `x-egress-port` to the destination
 //! egressd authorized (normalized), plus `x-egress-tunnel` on a CONNECT (the order for the
-//! gateway's tunnel filter, see `tunnel`) and `x-egress-tls-name` on an `https://` proxy request, and removes the internal headers it does
-//! not set (see `contract`). The gateway dials exactly that host and port.
+//! gateway's tunnel filter, see `tunnel`) and `x-egress-tls-name` on an `https://` proxy request,
+//! and removes the internal headers it does not set (see `contract`). The gateway dials exactly
+//! that host and port.
 //!
 //! The headers depend on the request, while the rest of an allow's answer depends only on the
 //! rule (`cache`), so the answer is written in three pieces of protobuf wire format: the cached

@@ -65,7 +65,7 @@ mod filter {
 
         fn on_http_request_body(&mut self, size: usize, end: bool) -> Action {
             let Tunnel::Waiting { order, host } = &*self else { return Action::Continue };
-            let (order, host) = (*order, host.clone());
+            let order = *order;
             if size == 0 && end {
                 return Action::Continue; // closed before sending anything: nothing to judge
             }
@@ -74,14 +74,14 @@ mod filter {
             if start == Start::Incomplete && !end {
                 return Action::Pause; // Envoy buffers until the next chunk
             }
-            let judged = verdict::judge(order.check, &host, &start);
+            let judged = verdict::judge(order.check, host, &start);
             let sni = match &start {
                 Start::Tls { sni } => sni.as_deref(),
                 _ => None,
             };
             let now = self.get_current_time();
             let unix_ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let report = verdict::report(judged, order.enforce, unix_ms, &host, sni);
+            let report = verdict::report(judged, order.enforce, unix_ms, host, sni);
             self.set_property(vec![REPORT_PROPERTY], Some(report.as_bytes()));
             *self = Tunnel::Unchecked;
             if judged != verdict::Verdict::Verified && order.enforce {
