@@ -125,6 +125,10 @@ async fn a_grant_lets_its_destination_through_with_reason_and_grantor_until_revo
     assert_eq!(resp.code(), 0);
     assert_eq!(resp.reason(), "break-glass");
     assert_eq!(resp.meta("break_glass_grant"), g.id);
+    // A grant opens the destination, not the tunnel: the service's tunnelTls (the default,
+    // require-matching-sni) still holds, so a fronted tunnel through the grant is cut.
+    assert_eq!(resp.tunnel_order().as_deref(), Some("require-matching-sni enforce"));
+    assert_eq!(resp.set_header("x-egress-host").as_deref(), Some("evil.example.org"));
     assert_eq!(connect_as(&server, PAY, "evil.example.org:8443").await.code(), 7, "only the granted port");
     assert_eq!(connect_as(&server, SEARCH, "evil.example.org:443").await.code(), 0, "search is dry-run anyway");
 

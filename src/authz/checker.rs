@@ -285,8 +285,9 @@ impl<'a> Checker<'a> {
 
     /// What the gateway's tunnel filter checks in a permitted CONNECT's tunnel: the service's
     /// `tunnelTls`, enforced unless the service is in dry-run, the CONNECT fell outside a canary's
-    /// enforced share, or the service's canary was rolled back (`off` without a service: a
-    /// break-glass grant's tunnel is not the service's).
+    /// enforced share, or the service's canary was rolled back. A break-glass grant keeps the
+    /// service (`runtime::breakglass`), so its tunnels are verified as the service's are; `off`
+    /// only without a service, whose CONNECT is never permitted.
     fn tunnel_order(
         &self,
         decision: &Decision<'_>,
