@@ -7,7 +7,7 @@ use super::terms::Mode;
 use crate::identity::AuthnError;
 
 /// What happens to the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Allow,
@@ -136,6 +136,25 @@ impl Reason {
             Reason::SniMissing => "sni-missing",
             Reason::NotTls => "not-tls",
             Reason::TunnelVerified => "tunnel-verified",
+        }
+    }
+
+    /// Whether the message (`Display`) is the same for every reason of this code: nothing of the
+    /// request or a grant is in it. Telemetry encodes such a decision's fields once
+    /// (`telemetry::wire`); a new reason whose message says more must answer false.
+    pub fn message_is_fixed(&self) -> bool {
+        match self {
+            Reason::Allowed
+            | Reason::MeshDeny
+            | Reason::ServiceDeny
+            | Reason::NoMatchingAllow
+            | Reason::UnknownService
+            | Reason::SniMissing
+            | Reason::NotTls
+            | Reason::TunnelVerified => true,
+            Reason::Unauthenticated(_) | Reason::Malformed(_) | Reason::BreakGlass(_) | Reason::SniMismatch { .. } => {
+                false
+            }
         }
     }
 }

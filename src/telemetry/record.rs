@@ -202,8 +202,16 @@ impl<'a> DecisionRecord<'a> {
     }
 
     /// Every field, in a stable order, under its attribute name (OpenTelemetry semantic
-    /// conventions where one exists, else `egress.*`). Absent values are skipped.
+    /// conventions where one exists, else `egress.*`): the decision's (`visit_decision`), then
+    /// the request's (`visit_request`). Absent values are skipped.
     pub fn visit(&self, f: &mut dyn FnMut(&'static str, Value<'_>)) {
+        self.visit_decision(f);
+        self.visit_request(f);
+    }
+
+    /// The fields of the decision: what the policy concluded and why. For a decision with a
+    /// `class`, they depend on nothing else (the span writer encodes them once per class).
+    pub fn visit_decision(&self, f: &mut dyn FnMut(&'static str, Value<'_>)) {
         let facts = &self.event.facts;
         let policy = &self.event.policy;
         let verdict = &self.event.verdict;
@@ -213,13 +221,7 @@ impl<'a> DecisionRecord<'a> {
             }
         };
         str_field("egress.check", Some(if facts.is_http { "http" } else { "network" }));
-        str_field("egress.spiffe_id", facts.get(Fact::Principal));
         str_field("egress.service", verdict.service.map(|s| policy.services[s.get()].name.as_str()));
-        str_field("client.address", self.client_address);
-        str_field("server.address", facts.get(Fact::Host));
-        str_field("egress.protocol", facts.protocol.map(Protocol::as_str));
-        str_field("egress.sni", facts.get(Fact::Sni));
-        str_field("http.request.method", facts.get(Fact::Method));
         str_field("egress.decision", Some(verdict.outcome.as_str()));
         str_field("egress.mode", Some(verdict.mode.map(|m| m.as_str()).unwrap_or("none")));
         str_field("egress.rule.id", verdict.rule.map(|r| policy.rules[r as usize].id.as_str()));
@@ -227,13 +229,33 @@ impl<'a> DecisionRecord<'a> {
         str_field("egress.reason", Some(verdict.reason.code()));
         str_field("egress.reason.message", Some(self.reason_message));
         str_field("egress.policy.version", Some(&policy.version));
-        str_field("egress.request_id", facts.get(Fact::RequestId));
-        str_field("egress.tunnel.start", facts.tunnel_start);
         if let crate::policy::Reason::BreakGlass(g) = &verdict.reason {
             str_field("egress.break_glass.grant", Some(&g.id));
             str_field("egress.break_glass.grantor", Some(&g.grantor));
             str_field("egress.break_glass.reason", Some(&g.reason));
         }
+        f("egress.enforced", Value::Bool(verdict.enforced));
+        if verdict.rolled_back {
+            f("egress.rollback_guard_tripped", Value::Bool(true));
+        }
+    }
+
+    /// The fields of the request: who asked, for what, from where.
+    pub fn visit_request(&self, f: &mut dyn FnMut(&'static str, Value<'_>)) {
+        let facts = &self.event.facts;
+        let mut str_field = |key, v: Option<&str>| {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                f(key, Value::Str(v));
+            }
+        };
+        str_field("egress.spiffe_id", facts.get(Fact::Principal));
+        str_field("client.address", self.client_address);
+        str_field("server.address", facts.get(Fact::Host));
+        str_field("egress.protocol", facts.protocol.map(Protocol::as_str));
+        str_field("egress.sni", facts.get(Fact::Sni));
+        str_field("http.request.method", facts.get(Fact::Method));
+        str_field("egress.request_id", facts.get(Fact::RequestId));
+        str_field("egress.tunnel.start", facts.tunnel_start);
         if let Some(client) = facts.client {
             f("client.port", Value::Int(i64::from(client.port())));
         }
@@ -243,11 +265,37 @@ impl<'a> DecisionRecord<'a> {
         if let Some(size) = facts.body_size {
             f("http.request.body.size", Value::Int(i64::try_from(size).unwrap_or(i64::MAX)));
         }
-        f("egress.enforced", Value::Bool(verdict.enforced));
-        if verdict.rolled_back {
-            f("egress.rollback_guard_tripped", Value::Bool(true));
-        }
     }
+
+    /// What `visit_decision` depends on, within one policy version: decisions of one class have
+    /// the same decision fields. `None` when they say more than the class (a message naming the
+    /// request, a break-glass grant).
+    pub fn class(&self) -> Option<DecisionClass> {
+        let verdict = &self.event.verdict;
+        verdict.reason.message_is_fixed().then_some(DecisionClass {
+            is_http: self.event.facts.is_http,
+            outcome: verdict.outcome,
+            reason: verdict.reason.code(),
+            rule: verdict.rule,
+            service: verdict.service,
+            mode: verdict.mode,
+            enforced: verdict.enforced,
+            rolled_back: verdict.rolled_back,
+        })
+    }
+}
+
+/// A decision's fields but for the policy version (see `DecisionRecord::class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecisionClass {
+    is_http: bool,
+    outcome: crate::policy::Outcome,
+    reason: &'static str,
+    rule: Option<u32>,
+    service: Option<crate::policy::ServiceIdx>,
+    mode: Option<crate::policy::Mode>,
+    enforced: bool,
+    rolled_back: bool,
 }
 
 #[cfg(test)]

@@ -8,16 +8,18 @@
 //! `ScopeSpans.spans`; the exporter only adds the request's envelope. Tests decode the output with
 //! the generated OTLP types and compare it with the same span built as messages.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BufMut;
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use rustc_hash::FxHashMap;
 
 use super::dns::DnsEvent;
-use super::record::{DecisionRecord, Value};
+use super::record::{DecisionClass, DecisionRecord, Value};
 use super::spans::{SPAN_NAME, SpanIds};
-use crate::policy::Outcome;
+use crate::policy::{CompiledPolicy, Outcome};
 
 /// Spans of one export batch, each framed as field 2 (`spans`) of `ScopeSpans`.
 #[derive(Debug, Default)]
@@ -107,6 +109,47 @@ pub struct SpanWriter {
     scratch: Vec<u8>,
     /// `RPC_ATTRIBUTES` encoded once: every decision span carries them, unchanged.
     rpc_attributes: Vec<u8>,
+    decisions: DecisionBlocks,
+}
+
+/// The most decision classes kept encoded; past it the cache starts again (a policy has a few
+/// classes per rule, so this is only reached by a huge policy, at the cost of re-encoding).
+const MAX_DECISION_BLOCKS: usize = 4096;
+
+/// A decision's attributes (`DecisionRecord::visit_decision`) encoded once per class
+/// (`DecisionRecord::class`) of the policy version the last record came from: about half of a
+/// decision span's attributes, the same for every decision a rule makes, and most of the
+/// telemetry thread's span encoding (perf).
+#[derive(Default)]
+struct DecisionBlocks {
+    policy: Option<Arc<CompiledPolicy>>,
+    blocks: FxHashMap<DecisionClass, Box<[u8]>>,
+}
+
+impl DecisionBlocks {
+    /// Appends `record`'s decision attributes to `s`.
+    fn write(&mut self, record: &DecisionRecord<'_>, s: &mut Vec<u8>) {
+        let Some(class) = record.class() else {
+            record.visit_decision(&mut |k, v| attribute(s, k, v));
+            return;
+        };
+        // Another version names other rules, locations and services by the same indexes.
+        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &record.event.policy)) {
+            self.blocks.clear();
+            self.policy = Some(record.event.policy.clone());
+        }
+        if let Some(block) = self.blocks.get(&class) {
+            s.extend_from_slice(block);
+            return;
+        }
+        if self.blocks.len() >= MAX_DECISION_BLOCKS {
+            self.blocks.clear();
+        }
+        let mut block = Vec::new();
+        record.visit_decision(&mut |k, v| attribute(&mut block, k, v));
+        s.extend_from_slice(&block);
+        self.blocks.insert(class, block.into_boxed_slice());
+    }
 }
 
 impl Default for SpanWriter {
@@ -115,7 +158,7 @@ impl Default for SpanWriter {
         for (k, v) in RPC_ATTRIBUTES {
             attribute(&mut rpc_attributes, k, Value::Str(v));
         }
-        SpanWriter { scratch: Vec::new(), rpc_attributes }
+        SpanWriter { scratch: Vec::new(), rpc_attributes, decisions: DecisionBlocks::default() }
     }
 }
 
@@ -183,7 +226,8 @@ impl SpanWriter {
         }
         .write(s);
         s.extend_from_slice(&self.rpc_attributes);
-        record.visit(&mut |k, v| attribute(s, k, v));
+        self.decisions.write(record, s);
+        record.visit_request(&mut |k, v| attribute(s, k, v));
         close(out, s, ids.parent.is_some());
     }
 }

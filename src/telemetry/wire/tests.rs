@@ -48,9 +48,14 @@ fn span_message(record: &DecisionRecord<'_>, ids: &SpanIds) -> Span {
     }
 }
 
-fn event(req: envoy_types::pb::envoy::service::auth::v3::CheckRequest) -> CheckEvent {
+/// One policy version for every event, as on a server between reloads.
+static POLICY: std::sync::LazyLock<Arc<crate::policy::CompiledPolicy>> = std::sync::LazyLock::new(|| {
     let text = include_str!("../../../integration/fixtures/semantics.yaml");
-    let policy = Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap());
+    Arc::new(compile(&PolicySource::from_text("f.yaml", text), 0).unwrap())
+});
+
+fn event(req: envoy_types::pb::envoy::service::auth::v3::CheckRequest) -> CheckEvent {
+    let policy = POLICY.clone();
     let (verdict, facts) = crate::testing::checked(&policy, &req, &Default::default());
     CheckEvent { facts, verdict, policy, start: crate::clock::wall_now(), duration: Duration::from_nanos(1234) }
 }
@@ -68,7 +73,8 @@ fn written_bytes_decode_to_the_same_spans_as_built_messages() {
     let sampler = DecisionSampler::new(parse_sampler("always_on", None).unwrap(), false);
     let propagators = crate::telemetry::context::Propagators::default();
     let (mut writer, mut out, mut expected) = (SpanWriter::default(), EncodedSpans::default(), vec![]);
-    for e in &events {
+    // Twice each: the second time the decision attributes come from the writer's cache.
+    for e in events.iter().chain(&events) {
         let mut text = String::new();
         let record = DecisionRecord::describe_in(e, &mut text);
         let ids = sampler.sample(propagators.parent(&e.facts), e.verdict.outcome);
@@ -94,8 +100,11 @@ fn written_bytes_decode_to_the_same_spans_as_built_messages() {
             ..Default::default()
         }],
     };
-    assert_eq!(out.count, 4);
+    assert_eq!(out.count, 8);
     assert_eq!(decoded, reference);
+    // Three of the four decisions have a class (the malformed one's message names its flaw).
+    let reasons: Vec<_> = events.iter().map(|e| e.verdict.reason.code()).collect();
+    assert_eq!(writer.decisions.blocks.len(), 3, "{reasons:?}");
     // The reference really carries what it should (a parent, attributes).
     let spans = &decoded.resource_spans[0].scope_spans[0].spans;
     assert_eq!(spans[0].parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
@@ -182,4 +191,49 @@ fn a_dns_query_span_decodes_with_the_audit_lines_fields_and_an_error_status_when
     assert_eq!(get("network.transport"), Some(s("tcp")));
     assert_eq!(get("egress.decision"), Some(s("allow")));
     assert_eq!(get("egress.service"), None);
+}
+
+/// The cached decision attributes are those of the record's own policy version: a reload (same
+/// rule, same class, another version) is written with the new version, and a decision whose
+/// message names more than its code (a malformed request) is never cached.
+#[test]
+fn cached_decision_attributes_follow_the_policy_version() {
+    let pay = "spiffe://corp.example/ns/payments/sa/api";
+    let text = include_str!("../../../integration/fixtures/semantics.yaml");
+    let policies = [text.to_string(), format!("{text}\n# reloaded\n")]
+        .map(|t| Arc::new(compile(&PolicySource::from_text("f.yaml", &t), 0).unwrap()));
+    assert_ne!(policies[0].version, policies[1].version);
+    let sampler = DecisionSampler::new(parse_sampler("always_on", None).unwrap(), false);
+    let (mut writer, mut out) = (SpanWriter::default(), EncodedSpans::default());
+    let request = crate::testing::http_check(pay, "CONNECT", "api.stripe.com:443", &[]);
+    for policy in policies.iter().chain(&policies) {
+        let (verdict, facts) = crate::testing::checked(policy, &request, &Default::default());
+        let e = CheckEvent {
+            facts,
+            verdict,
+            policy: policy.clone(),
+            start: crate::clock::wall_now(),
+            duration: Duration::ZERO,
+        };
+        let mut text = String::new();
+        let record = DecisionRecord::describe_in(&e, &mut text);
+        assert!(record.class().is_some());
+        writer.append(&mut out, &record, &sampler.sample(None, e.verdict.outcome));
+    }
+    let versions: Vec<String> = decoded_spans(&out)
+        .iter()
+        .map(|span| {
+            let kv = span.attributes.iter().find(|kv| kv.key == "egress.policy.version").expect("a version");
+            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(v)) => v.clone(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    let [a, b] = [policies[0].version.clone(), policies[1].version.clone()];
+    assert_eq!(versions, [a.clone(), b.clone(), a, b]);
+
+    let malformed = event(Default::default());
+    let mut text = String::new();
+    assert!(DecisionRecord::describe_in(&malformed, &mut text).class().is_none());
 }
