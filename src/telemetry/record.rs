@@ -215,11 +215,7 @@ impl<'a> DecisionRecord<'a> {
         let facts = &self.event.facts;
         let policy = &self.event.policy;
         let verdict = &self.event.verdict;
-        let mut str_field = |key, v: Option<&str>| {
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                f(key, Value::Str(v));
-            }
-        };
+        let mut str_field = |key, v: Option<&str>| str_field(f, key, v);
         str_field("egress.check", Some(if facts.is_http { "http" } else { "network" }));
         str_field("egress.service", verdict.service.map(|s| policy.services[s.get()].name.as_str()));
         str_field("egress.decision", Some(verdict.outcome.as_str()));
@@ -243,11 +239,7 @@ impl<'a> DecisionRecord<'a> {
     /// The fields of the request: who asked, for what, from where.
     pub fn visit_request(&self, f: &mut dyn FnMut(&'static str, Value<'_>)) {
         let facts = &self.event.facts;
-        let mut str_field = |key, v: Option<&str>| {
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                f(key, Value::Str(v));
-            }
-        };
+        let mut str_field = |key, v: Option<&str>| str_field(f, key, v);
         str_field("egress.spiffe_id", facts.get(Fact::Principal));
         str_field("client.address", self.client_address);
         str_field("server.address", facts.get(Fact::Host));
@@ -282,6 +274,13 @@ impl<'a> DecisionRecord<'a> {
             enforced: verdict.enforced,
             rolled_back: verdict.rolled_back,
         })
+    }
+}
+
+/// `key = v` as a string field, unless `v` is absent or empty.
+fn str_field(f: &mut dyn FnMut(&'static str, Value<'_>), key: &'static str, v: Option<&str>) {
+    if let Some(v) = v.filter(|v| !v.is_empty()) {
+        f(key, Value::Str(v));
     }
 }
 

@@ -97,6 +97,10 @@ impl DecisionSampler {
     }
 }
 
+/// The most bytes of spans one export carries (plus the span that crossed it): 3 MiB, under the
+/// 4 MiB gRPC servers and the OpenTelemetry Collector's receiver accept by default.
+pub const MAX_BATCH_BYTES: usize = 3 << 20;
+
 /// Collects sampled spans (already encoded) into batches and hands full batches to the export task.
 pub struct SpanBatcher {
     batch: EncodedSpans,
@@ -161,8 +165,11 @@ impl SpanBatcher {
         true
     }
 
+    /// A batch leaves at `max_batch` spans, or sooner when its bytes near the collectors' 4 MiB
+    /// message limit: spans carrying long request values (up to `record::MAX_FACT_BYTES` each)
+    /// would otherwise make an export every collector rejects whole.
     fn flush_if_full(&mut self) {
-        if self.batch.count >= self.max_batch {
+        if self.batch.count >= self.max_batch || self.batch.bytes.len() >= MAX_BATCH_BYTES {
             self.flush();
         }
     }
@@ -246,6 +253,38 @@ mod tests {
         // So the next span is not encoded.
         batcher.push(&record, &ids);
         assert_eq!((batcher.batch.count, dropped(&DROP_QUEUE_FULL)), (0, 1));
+    }
+
+    /// Spans as large as a request can make them leave in batches under the collectors' limit,
+    /// before the batch reaches its span count.
+    #[test]
+    fn a_batch_of_large_spans_leaves_before_the_collectors_message_limit() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut batcher = SpanBatcher::new(
+            tx,
+            crate::telemetry::recycle::recycling().1,
+            4096,
+            Metrics::default(),
+            ExportHealth::default(),
+        );
+        let long = "x".repeat(crate::telemetry::record::MAX_FACT_BYTES);
+        let mut event = event();
+        event.facts = crate::telemetry::record::RequestFacts::pack_from({
+            let mut v = crate::telemetry::record::FactValues::default();
+            v.set(crate::telemetry::record::Fact::RequestId, Some(&long));
+            v.set(crate::telemetry::record::Fact::Principal, Some(&long));
+            v.set(crate::telemetry::record::Fact::Method, Some(&long));
+            v
+        });
+        let mut text = String::new();
+        let record = DecisionRecord::describe_in(&event, &mut text);
+        let ids = DecisionSampler::new(Sampler::AlwaysOn, false).sample(None, Outcome::Allow);
+        for _ in 0..1000 {
+            batcher.push(&record, &ids);
+        }
+        let batch = rx.try_recv().expect("a batch left before 4096 spans");
+        assert!(batch.count < 1000, "{}", batch.count);
+        assert!(batch.bytes.len() < 4 << 20, "{} bytes", batch.bytes.len());
     }
 
     #[test]
